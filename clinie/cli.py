@@ -1,0 +1,138 @@
+"""``clinie``: serve the Label Studio backend, or train, predict and evaluate on JSONL files.
+
+Files are in the JSONL format of the shared corpora (one document per line with ``entities``
+and ``relations``). Examples::
+
+    clinie serve --host 0.0.0.0 --port 9090
+    clinie train --data train.jsonl --out models/ncbi
+    clinie predict --model models/ncbi --data test.jsonl --out pred.jsonl
+    clinie evaluate --gold test.jsonl --pred pred.jsonl
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from clinie.core import read_documents, write_documents
+from clinie.settings import Settings
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from gunicorn.app.base import BaseApplication
+
+    from ml_backend.app import create_app
+
+    settings = Settings.load()
+    host, port = args.host or settings.host, args.port or settings.port
+
+    class Server(BaseApplication):
+        # One worker process: it owns the training thread and the loaded models; threads serve
+        # concurrent requests. Models are loaded in the worker, never before the fork.
+        def load_config(self) -> None:
+            self.cfg.set("bind", f"{host}:{port}")
+            self.cfg.set("workers", 1)
+            self.cfg.set("threads", args.threads)
+            self.cfg.set("timeout", 600)
+            self.cfg.set("graceful_timeout", 30)
+            self.cfg.set("loglevel", settings.log_level.lower())
+
+        def load(self):  # noqa: ANN201 - gunicorn's hook
+            return create_app(settings)
+
+    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    Server().run()
+    return 0
+
+
+def _train(args: argparse.Namespace) -> int:
+    from clinie.extractors.encoder import EncoderTagger
+
+    docs = list(read_documents(args.data))
+    labels = args.labels.split(",") if args.labels else sorted({s.label for d in docs for s in d.entities})
+    if not labels:
+        raise SystemExit(f"{args.data}: no entities to learn from; pass --labels to name them")
+    options = {"epochs": args.epochs} if args.epochs else {}
+    tagger = EncoderTagger(labels, args.model, **options).fit(docs, progress=True)
+    tagger.save(args.out)
+    print(f"trained on {len(docs)} documents, labels {', '.join(labels)}: {args.out}", file=sys.stderr)
+    return 0
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from clinie.extractors.encoder import EncoderTagger
+
+    docs = list(read_documents(args.data))
+    predictions = EncoderTagger.load(args.model).predict(docs, batch_size=args.batch_size, progress=True)
+    if args.out:
+        write_documents(predictions, args.out)
+    else:
+        write_documents(predictions, sys.stdout)
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from clinie.evaluation import evaluate_spans
+
+    scores = evaluate_spans(read_documents(args.gold), read_documents(args.pred))
+    report = {mode: s.as_dict() for mode, s in scores.items()}
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    for mode, s in report.items():
+        print(f"\n{mode} matching")
+        print(f"{'label':<20} {'P':>6} {'R':>6} {'F1':>6} {'support':>8}")
+        for label, row in [*s["per_label"].items(), ("micro", s["micro"])]:
+            print(f"{label:<20} {row['precision']:>6.3f} {row['recall']:>6.3f} {row['f1']:>6.3f} {row['support']:>8}")
+        print(f"{'macro F1':<20} {'':>6} {'':>6} {s['macro_f1']:>6.3f}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="clinie", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="run the Label Studio ML backend (gunicorn)")
+    serve.add_argument("--host", help="default: CLINIE_HOST or 127.0.0.1")
+    serve.add_argument("--port", type=int, help="default: CLINIE_PORT or 9090")
+    serve.add_argument("--threads", type=int, default=8, help="concurrent requests (default 8)")
+    serve.set_defaults(run=_serve)
+
+    train = commands.add_parser("train", help="fine-tune the encoder tagger on a JSONL file")
+    train.add_argument("--data", type=Path, required=True)
+    train.add_argument("--out", type=Path, required=True, help="directory for the trained model")
+    train.add_argument("--model", help="base encoder: HF name or directory (default: embedded MiniLM)")
+    train.add_argument("--labels", help="comma-separated labels (default: those in the data)")
+    train.add_argument("--epochs", type=int)
+    train.set_defaults(run=_train)
+
+    predict = commands.add_parser("predict", help="predict entities for a JSONL file")
+    predict.add_argument("--model", type=Path, required=True, help="a directory written by 'clinie train'")
+    predict.add_argument("--data", type=Path, required=True)
+    predict.add_argument("--out", type=Path, help="output JSONL (default: stdout)")
+    predict.add_argument("--batch-size", type=int, default=32)
+    predict.set_defaults(run=_predict)
+
+    evaluate = commands.add_parser("evaluate", help="strict and partial span P/R/F1 per label")
+    evaluate.add_argument("--gold", type=Path, required=True)
+    evaluate.add_argument("--pred", type=Path, required=True)
+    evaluate.add_argument("--json", action="store_true", help="print the figures as JSON")
+    evaluate.set_defaults(run=_evaluate)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"clinie {args.command}: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

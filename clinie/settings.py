@@ -1,0 +1,85 @@
+"""The one settings object: read once at start-up, passed down, never looked up again.
+
+Values come from an optional TOML file (``CLINIE_CONFIG=/path/clinie.toml``, keys named as the
+fields below) and are overridden by environment variables ``CLINIE_<FIELD>`` in upper case.
+
+Example:
+    >>> s = Settings.load({"CLINIE_DATA_DIR": "/srv/clinie", "CLINIE_TRAIN_EVERY": "20"})
+    >>> (str(s.data_dir), s.train_every, s.port)
+    ('/srv/clinie', 20, 9090)
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from typing import Any, get_type_hints
+
+PREFIX = "CLINIE_"
+
+
+@dataclass(frozen=True)
+class Settings:
+    #: Where the annotation store (``clinie.sqlite3``) and the model versions (``models/``) live.
+    data_dir: Path = Path("clinie-data")
+    #: Address ``clinie serve`` listens on; the container sets 0.0.0.0.
+    host: str = "127.0.0.1"
+    port: int = 9090
+    #: Encoder to fine-tune: a local directory or a Hugging Face name; empty = embedded MiniLM.
+    encoder_model: str = ""
+    #: Fine-tuning epochs of the encoder; 0 = the tagger's default.
+    encoder_epochs: int = 0
+    #: Retrain a project's encoder after this many new or changed annotations; 0 = only on
+    #: Label Studio's "Start training".
+    train_every: int = 10
+    #: Fewest usable annotations a project needs before an encoder is trained.
+    min_annotations: int = 5
+    #: Basic auth required on every endpoint when both are set (put them in the backend URL
+    #: that Label Studio calls: http://user:password@host:port).
+    basic_auth_user: str = ""
+    basic_auth_password: str = ""
+    #: Largest request body accepted, in megabytes (Label Studio sends whole batches).
+    max_request_mb: int = 100
+    log_level: str = "INFO"
+
+    @property
+    def store_path(self) -> Path:
+        return self.data_dir / "clinie.sqlite3"
+
+    @property
+    def models_dir(self) -> Path:
+        return self.data_dir / "models"
+
+    @classmethod
+    def load(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Settings from ``CLINIE_CONFIG`` (TOML) and ``CLINIE_*`` variables; errors name the key."""
+        environ = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        if config := environ.get(PREFIX + "CONFIG"):
+            with open(config, "rb") as f:
+                values.update(tomllib.load(f))
+        for f in fields(cls):
+            if (raw := environ.get(PREFIX + f.name.upper())) is not None:
+                values[f.name] = raw
+        unknown = set(values) - {f.name for f in fields(cls)}
+        if unknown:
+            raise ValueError(f"unknown clinie settings: {', '.join(sorted(unknown))}")
+        return replace(cls(), **{name: _convert(cls, name, v) for name, v in values.items()})
+
+
+def _convert(cls: type, name: str, value: Any) -> Any:
+    kind = get_type_hints(cls)[name]
+    try:
+        if kind is Path:
+            return Path(value)
+        if kind is int:
+            number = int(value)
+            if number < 0:
+                raise ValueError("must not be negative")
+            return number
+        return str(value)
+    except ValueError as e:
+        raise ValueError(f"setting {PREFIX}{name.upper()}={value!r}: {e}") from e

@@ -1,0 +1,172 @@
+"""The HTTP surface Label Studio 1.23 talks to (see shared/LABEL_STUDIO.md for the protocol).
+
+Requests are validated completely before anything is stored, so a malformed body gets a 4xx
+that says what is wrong and leaves no trace; errors are JSON, never an HTML page.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hmac
+import logging
+import time
+from typing import Any
+
+from flask import Flask, Response, jsonify, request
+from werkzeug.exceptions import HTTPException
+
+from clinie.labelstudio import LabelConfigError
+from clinie.settings import Settings
+from ml_backend.service import ANNOTATION_ACTIONS, Backend, project_key
+
+log = logging.getLogger(__name__)
+
+
+class BadRequest(ValueError):
+    """A request that cannot be served as sent; its message goes back to the caller."""
+
+
+def _json_object() -> dict[str, Any]:
+    body = request.get_json(silent=True)
+    if not isinstance(body, dict):
+        raise BadRequest("the body must be a JSON object (Content-Type: application/json)")
+    return body
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise BadRequest(message)
+
+
+def _is_id(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) or (isinstance(value, str) and value.isdigit())
+
+
+def validate_webhook(body: dict[str, Any]) -> None:
+    """Everything the store will need is present and well-typed, or nothing is stored."""
+    action = body.get("action")
+    _require(isinstance(action, str) and action != "", "'action' must be a non-empty string")
+    if action in ANNOTATION_ACTIONS or action in ("ANNOTATIONS_DELETED", "START_TRAINING"):
+        try:
+            project_key(body.get("project"))
+        except ValueError as e:
+            raise BadRequest(f"'project': {e}") from None
+    if action in ANNOTATION_ACTIONS:
+        annotation, task = body.get("annotation"), body.get("task")
+        _require(isinstance(annotation, dict) and _is_id(annotation.get("id")),
+                 "'annotation' must be an object with an integer 'id'")
+        _require(isinstance(annotation.get("result", []), list), "'annotation.result' must be a list")
+        _require(all(isinstance(r, dict) for r in annotation.get("result") or []),
+                 "'annotation.result' items must be objects")
+        _require(isinstance(task, dict) and _is_id(task.get("id")) and isinstance(task.get("data"), dict),
+                 "'task' must be an object with an integer 'id' and a 'data' object")
+    elif action == "ANNOTATIONS_DELETED":
+        annotations = body.get("annotations")
+        _require(isinstance(annotations, list) and all(isinstance(a, dict) and _is_id(a.get("id"))
+                                                       for a in annotations),
+                 "'annotations' must be a list of objects with an integer 'id'")
+
+
+def create_app(settings: Settings | None = None, backend: Backend | None = None) -> Flask:
+    settings = settings or Settings.load()
+    backend = backend or Backend(settings)
+    app = Flask("clinie")
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_request_mb * 1024 * 1024
+    app.extensions["clinie"] = backend
+
+    @app.before_request
+    def authenticate() -> Response | None:
+        if not (settings.basic_auth_user and settings.basic_auth_password):
+            return None
+        if _credentials_ok(request.headers.get("Authorization", ""), settings):
+            return None
+        response = jsonify(error="authentication required")
+        response.status_code = 401
+        response.headers["WWW-Authenticate"] = 'Basic realm="clinie"'
+        return response
+
+    @app.errorhandler(BadRequest)
+    def bad_request(e: BadRequest) -> tuple[Response, int]:
+        return jsonify(error=str(e)), 400
+
+    @app.errorhandler(LabelConfigError)
+    def bad_config(e: LabelConfigError) -> tuple[Response, int]:
+        return jsonify(error=f"labeling config: {e}"), 422
+
+    @app.errorhandler(HTTPException)
+    def http_error(e: HTTPException) -> tuple[Response, int]:
+        return jsonify(error=e.description), e.code or 500
+
+    @app.errorhandler(Exception)
+    def unexpected(e: Exception) -> tuple[Response, int]:
+        backend.metrics.count("server_errors")
+        log.error("%s %s failed: %s", request.method, request.path, type(e).__name__)
+        log.debug("unhandled error", exc_info=e)
+        return jsonify(error=f"internal error ({type(e).__name__}); see the backend log"), 500
+
+    @app.get("/")
+    @app.get("/health")
+    def health() -> Response:
+        return jsonify(backend.health())
+
+    @app.post("/setup")
+    def setup() -> Response:
+        body = _json_object()
+        schema = body.get("schema")
+        _require(isinstance(schema, str) and schema.strip() != "", "'schema' must be the labeling config XML")
+        try:
+            project = project_key(body.get("project"))
+        except ValueError as e:
+            raise BadRequest(f"'project': {e}") from None
+        return jsonify(model_version=backend.setup(project, schema))
+
+    @app.post("/predict")
+    def predict() -> Response:
+        body = _json_object()
+        tasks = body.get("tasks")
+        _require(isinstance(tasks, list), "'tasks' must be a list")
+        label_config = body.get("label_config")
+        _require(label_config is None or isinstance(label_config, str), "'label_config' must be a string")
+        try:
+            project = project_key(body.get("project"))
+        except ValueError as e:
+            raise BadRequest(f"'project': {e}") from None
+        try:
+            return jsonify(backend.predict(project, tasks, label_config))
+        except LabelConfigError:
+            raise
+        except ValueError as e:
+            raise BadRequest(str(e)) from None
+
+    @app.post("/webhook")
+    def webhook() -> Response:
+        started = time.perf_counter()
+        body = _json_object()
+        validate_webhook(body)
+        answer = backend.webhook(body)
+        backend.metrics.observe("webhook", time.perf_counter() - started)
+        return jsonify(answer)
+
+    @app.get("/versions")
+    def versions() -> Response:
+        return jsonify(versions=backend.versions())
+
+    @app.get("/metrics")
+    def metrics() -> Response:
+        return jsonify(backend.metrics_snapshot())
+
+    return app
+
+
+def _credentials_ok(header: str, settings: Settings) -> bool:
+    scheme, _, encoded = header.partition(" ")
+    if scheme.lower() != "basic":
+        return False
+    try:
+        user, _, password = base64.b64decode(encoded, validate=True).decode("utf-8").partition(":")
+    except (binascii.Error, UnicodeDecodeError):
+        return False
+    # Both compared, always: no early exit that would time the user name.
+    return hmac.compare_digest(user.encode(), settings.basic_auth_user.encode()) & \
+        hmac.compare_digest(password.encode(), settings.basic_auth_password.encode())

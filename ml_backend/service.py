@@ -1,0 +1,218 @@
+"""What the backend does for each Label Studio call, without HTTP.
+
+``Backend`` owns the process-wide pieces: the settings, the annotation store, the loaded model
+versions (each loaded once per process), the metrics and the training worker. The Flask app in
+``ml_backend.app`` only parses requests and calls it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from functools import lru_cache
+from typing import Any
+
+from clinie import __version__
+from clinie.core import Document, Schema
+from clinie.extractors.encoder import EncoderTagger
+from clinie.labelstudio import document_to_result, parse_label_config, task_to_document
+from clinie.settings import Settings
+from clinie.store import AnnotationStore, ModelRecord
+from ml_backend.metrics import Metrics
+from ml_backend.training import NotEnoughAnnotations, TrainingWorker, train_project
+
+log = logging.getLogger(__name__)
+
+#: The version Label Studio sees while a project has no trained model: its predictions are empty.
+NO_MODEL_VERSION = f"clinie-{__version__}-no-model-yet"
+
+ANNOTATION_ACTIONS = ("ANNOTATION_CREATED", "ANNOTATION_UPDATED")
+
+
+def project_key(project: Any) -> str:
+    """Label Studio names a project ``"<id>.<created_at>"`` in /setup and /predict, and as an
+    object or an int in webhooks; the store keys it by the id alone."""
+    if isinstance(project, dict):
+        project = project.get("id")
+    if isinstance(project, bool) or not isinstance(project, (int, str)) or str(project).strip() == "":
+        raise ValueError("project is missing or not an id")
+    return str(project).split(".", 1)[0].strip()
+
+
+@lru_cache(maxsize=64)
+def _schema(label_config: str) -> Schema:
+    return parse_label_config(label_config)
+
+
+class Backend:
+    def __init__(self, settings: Settings, *, start_worker: bool = True) -> None:
+        self.settings = settings
+        self.store = AnnotationStore(settings.store_path)
+        self.metrics = Metrics()
+        self._models: dict[str, tuple[str, EncoderTagger]] = {}  # project -> (version, model)
+        self._models_lock = threading.Lock()
+        if abandoned := self.store.abandon_running_trainings():
+            log.warning("%d trainings were interrupted by a restart and are marked failed", abandoned)
+        self.worker = TrainingWorker(self.train) if start_worker else None
+
+    # --- setup and prediction -------------------------------------------------------------
+
+    def setup(self, project: str, label_config: str) -> str:
+        _schema(label_config)  # a config clinie cannot use is refused at connection time
+        self.store.set_label_config(project, label_config)
+        return self.model_version(project)
+
+    def model_version(self, project: str) -> str:
+        record = self.store.serving_model(project)
+        return record.version if record else NO_MODEL_VERSION
+
+    def versions(self) -> list[str]:
+        return [m.version for m in self.store.models()]
+
+    def _model(self, record: ModelRecord) -> EncoderTagger:
+        with self._models_lock:
+            cached = self._models.get(record.project)
+            if cached is None or cached[0] != record.version:
+                started = time.perf_counter()
+                cached = (record.version, EncoderTagger.load(record.path))
+                self._models[record.project] = cached
+                self.metrics.observe("model_load", time.perf_counter() - started)
+            return cached[1]
+
+    def predict(self, project: str, tasks: list[Any], label_config: str | None) -> dict[str, Any]:
+        """One result per task, in order; a task that fails gets an empty result, never the batch."""
+        started = time.perf_counter()
+        if label_config is None:
+            label_config = self.store.label_config(project)
+            if label_config is None:
+                raise ValueError("no label_config in the request and none known for this project")
+        schema = _schema(label_config)
+        record = self.store.serving_model(project)
+        version = record.version if record else NO_MODEL_VERSION
+        model = self._model(record) if record else None
+
+        docs: list[list[Document] | None] = []
+        for task in tasks:
+            try:
+                docs.append([task_to_document(task, control) for control in schema.span_controls])
+            except Exception as e:
+                docs.append(None)
+                self._task_error(task, "read", e)
+        predicted = self._run_model(model, tasks, docs)
+
+        results = []
+        for task, task_docs in zip(tasks, predicted):
+            result: list[dict[str, Any]] = []
+            scores: list[float] = []
+            if task_docs is not None:
+                try:
+                    for control, doc in zip(schema.span_controls, task_docs):
+                        items, _ = document_to_result(doc, control)
+                        result.extend(items)
+                        scores.extend(item["score"] for item in items if "score" in item)
+                except Exception as e:
+                    result, scores = [], []
+                    self._task_error(task, "convert", e)
+            entry: dict[str, Any] = {"result": result, "model_version": version}
+            if scores:
+                entry["score"] = round(sum(scores) / len(scores), 4)
+            results.append(entry)
+        self.metrics.count("predict_requests")
+        self.metrics.count("predicted_tasks", len(tasks))
+        self.metrics.observe("predict_request", time.perf_counter() - started)
+        return {"results": results, "model_version": version}
+
+    def _run_model(
+        self, model: EncoderTagger | None, tasks: list[Any], docs: list[list[Document] | None]
+    ) -> list[list[Document] | None]:
+        """Predict the whole batch at once; if that fails, task by task to isolate the culprit."""
+        if model is None:
+            return [None if d is None else [x.with_annotations(()) for x in d] for d in docs]
+        labels = set(model.labels)
+        try:
+            flat = [doc for task_docs in docs if task_docs for doc in task_docs]
+            predictions = iter(model.predict(flat))
+            out = [None if d is None else [next(predictions) for _ in d] for d in docs]
+        except Exception as e:
+            log.warning("batch prediction failed (%s); retrying task by task", type(e).__name__)
+            out = []
+            for task, task_docs in zip(tasks, docs):
+                try:
+                    out.append(None if task_docs is None else model.predict(task_docs))
+                except Exception as e:
+                    out.append(None)
+                    self._task_error(task, "predict", e)
+        # A model trained before a label was removed from the config must not resurrect it.
+        return [None if d is None else [doc.with_annotations([s for s in doc.entities if s.label in labels])
+                                        for doc in d] for d in out]
+
+    def _task_error(self, task: Any, stage: str, error: Exception) -> None:
+        task_id = task.get("id") if isinstance(task, dict) else None
+        self.metrics.count("prediction_errors")
+        # The exception type, not its message: messages can quote note text.
+        log.error("task %s: %s failed: %s", task_id, stage, type(error).__name__)
+        log.debug("task %s: %s failed", task_id, stage, exc_info=error)
+
+    # --- annotations and training ---------------------------------------------------------
+
+    def webhook(self, payload: dict[str, Any]) -> dict[str, Any]:
+        """Store the event (already validated by the caller) and return at once."""
+        action = payload["action"]
+        project = project_key(payload["project"])
+        if isinstance(payload.get("project"), dict) and payload["project"].get("label_config"):
+            self.store.set_label_config(project, payload["project"]["label_config"])
+        changed = False
+        if action in ANNOTATION_ACTIONS:
+            changed = self.store.record_annotation(project, payload["annotation"], payload["task"], action)
+            self.metrics.count("annotations_received")
+        elif action == "ANNOTATIONS_DELETED":
+            changed = bool(self.store.delete_annotations(project, [int(a["id"]) for a in payload["annotations"]]))
+            self.metrics.count("annotations_deleted", len(payload["annotations"]))
+        if action == "START_TRAINING":
+            self.request_training(project)
+        elif changed and self.settings.train_every and \
+                self.store.changes_since_training(project) >= self.settings.train_every:
+            self.request_training(project)
+        return {"status": "ok", "action": action, "stored": changed}
+
+    def request_training(self, project: str) -> bool:
+        if self.worker is None:
+            return False
+        return self.worker.request(project)
+
+    def train(self, project: str) -> ModelRecord | None:
+        """Train now (in the calling thread); None when there is nothing to train yet."""
+        training_id = self.store.begin_training(project)
+        if training_id is None:
+            log.info("project %s: a training is already running", project)
+            return None
+        self.metrics.count("trainings_started")
+        started = time.perf_counter()
+        try:
+            record = train_project(self.store, self.settings, project, training_id)
+        except NotEnoughAnnotations as e:
+            self.store.fail_training(training_id, str(e))
+            self.metrics.count("trainings_skipped")
+            log.info("%s", e)
+            return None
+        except Exception as e:
+            self.store.fail_training(training_id, f"{type(e).__name__}: {e}")
+            self.metrics.count("trainings_failed")
+            log.exception("project %s: training failed; the previous model keeps serving", project)
+            return None
+        self.metrics.count("trainings_succeeded")
+        self.metrics.observe("training", time.perf_counter() - started)
+        log.info("project %s: now serving %s (%d examples)", project, record.version, record.n_examples)
+        return record
+
+    def health(self) -> dict[str, Any]:
+        return {"status": "UP", "model_class": "clinie", "clinie_version": __version__,
+                "remote_endpoints": []}
+
+    def metrics_snapshot(self) -> dict[str, Any]:
+        snapshot = self.metrics.snapshot()
+        snapshot["store"] = {"annotations": self.store.annotation_counts(),
+                             "trainings": self.store.training_counts(),
+                             "model_versions": len(self.store.models())}
+        return snapshot

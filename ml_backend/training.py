@@ -1,0 +1,102 @@
+"""Background training: one worker thread per process, one training at a time.
+
+Label Studio's webhooks must be answered within a second, so a webhook only *requests* a
+training; this worker does it. A new model version is written to a temporary directory,
+renamed into place, and only then registered as the serving version (one SQLite transaction):
+if anything fails before that, the old version keeps serving and the failure is recorded.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import re
+import shutil
+import threading
+import time
+from collections.abc import Callable
+from datetime import datetime, timezone
+
+from clinie.extractors.encoder import EncoderTagger
+from clinie.labelstudio import annotation_to_document, parse_label_config
+from clinie.settings import Settings
+from clinie.store import AnnotationStore, ModelRecord
+
+log = logging.getLogger(__name__)
+
+
+class NotEnoughAnnotations(RuntimeError):
+    pass
+
+
+def train_project(store: AnnotationStore, settings: Settings, project: str, training_id: int) -> ModelRecord:
+    """Fine-tune the encoder on the project's stored annotations and register the result."""
+    config = store.label_config(project)
+    if config is None:
+        raise RuntimeError(f"project {project} has no labeling config yet (no /setup or webhook seen)")
+    schema = parse_label_config(config)
+    docs = [annotation_to_document(e.task, e.result, schema) for e in store.training_examples(project)]
+    docs = [d for d in docs if d.text]
+    if len(docs) < max(1, settings.min_annotations):
+        raise NotEnoughAnnotations(
+            f"project {project} has {len(docs)} usable annotations, {settings.min_annotations} needed")
+    options = {"epochs": settings.encoder_epochs} if settings.encoder_epochs else {}
+    tagger = EncoderTagger(schema.span_labels, settings.encoder_model or None, **options)
+    tagger.fit(docs)
+
+    version = f"clinie-encoder-p{project}-t{training_id}-n{len(docs)}"
+    final = settings.models_dir / re.sub(r"[^\w.-]", "_", project) / version
+    partial = final.with_name(final.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    tagger.save(partial)
+    os.replace(partial, final)
+    record = ModelRecord(
+        version=version, project=project, kind="encoder", path=final, n_examples=len(docs),
+        info={"labels": list(schema.span_labels), "base_model": settings.encoder_model or "embedded MiniLM"},
+        created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    store.finish_training(training_id, record)
+    return record
+
+
+class TrainingWorker:
+    """Runs ``train(project)`` for requested projects, each queued at most once at a time."""
+
+    def __init__(self, train: Callable[[str], None]) -> None:
+        self._train = train
+        self._queue: queue.Queue[str] = queue.Queue()
+        self._pending: set[str] = set()
+        self._lock = threading.Lock()
+        self._idle = threading.Event()
+        self._idle.set()
+        self._thread = threading.Thread(target=self._run, name="clinie-training", daemon=True)
+        self._thread.start()
+
+    def request(self, project: str) -> bool:
+        """Queue a training of ``project``; False when one is already waiting."""
+        with self._lock:
+            if project in self._pending:
+                return False
+            self._pending.add(project)
+            self._idle.clear()
+        self._queue.put(project)
+        return True
+
+    def wait_idle(self, timeout: float | None = None) -> bool:
+        """Block until nothing is queued or running (for the CLI and tests)."""
+        return self._idle.wait(timeout)
+
+    def _run(self) -> None:
+        while True:
+            project = self._queue.get()
+            with self._lock:
+                self._pending.discard(project)
+            started = time.perf_counter()
+            try:
+                self._train(project)
+            except Exception:  # the worker must outlive any one training
+                log.exception("training of project %s crashed the worker loop", project)
+            log.debug("training of project %s took %.1fs", project, time.perf_counter() - started)
+            with self._lock:
+                if not self._pending:
+                    self._idle.set()

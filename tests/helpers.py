@@ -1,0 +1,14 @@
+"""Invariant checks shared by the tests of every module."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from clinie.core import Span
+
+
+def assert_spans_match_text(text: str, spans: Iterable[Span]) -> None:
+    """Offsets are sacred: every span is a non-empty interval whose text is its surface form."""
+    for s in spans:
+        assert 0 <= s.start < s.end <= len(text), f"{s} is outside a text of {len(text)} chars"
+        assert text[s.start : s.end] == s.text, f"{s}: text[start:end] is {text[s.start:s.end]!r}"
