@@ -1,0 +1,35 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from clinie.settings import Settings
+
+
+def test_defaults_need_no_environment():
+    s = Settings.load({})
+    assert s.port == 9090 and s.store_path == Path("clinie-data/clinie.sqlite3")
+
+
+def test_environment_overrides_the_config_file(tmp_path):
+    config = tmp_path / "clinie.toml"
+    config.write_text('data_dir = "/from/file"\ntrain_every = 3\nlog_level = "DEBUG"\n')
+    s = Settings.load({"CLINIE_CONFIG": str(config), "CLINIE_TRAIN_EVERY": "7"})
+    assert (s.data_dir, s.train_every, s.log_level) == (Path("/from/file"), 7, "DEBUG")
+
+
+@pytest.mark.parametrize("env, message", [
+    ({"CLINIE_PORT": "http"}, "CLINIE_PORT"),
+    ({"CLINIE_TRAIN_EVERY": "-1"}, "CLINIE_TRAIN_EVERY"),
+])
+def test_bad_values_name_the_variable(env, message):
+    with pytest.raises(ValueError, match=message):
+        Settings.load(env)
+
+
+def test_unknown_keys_in_the_config_file_are_refused(tmp_path):
+    config = tmp_path / "clinie.toml"
+    config.write_text("data_dri = 'typo'\n")
+    with pytest.raises(ValueError, match="data_dri"):
+        Settings.load({"CLINIE_CONFIG": str(config)})
