@@ -1,0 +1,222 @@
+"""The Flask backend over real HTTP and real components: store, encoder, training worker."""
+
+from __future__ import annotations
+
+import base64
+import json
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import requests
+from werkzeug.serving import make_server
+
+from clinie.core import read_documents
+from clinie.labelstudio import document_to_result, parse_label_config
+from clinie.settings import Settings
+from helpers import assert_spans_match_text
+from ml_backend.app import create_app
+from ml_backend.service import NO_MODEL_VERSION, Backend
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "data"
+CONFIG = (ROOT / "label_configs" / "disease_ner.xml").read_text()
+SCHEMA = parse_label_config(CONFIG)
+NCBI_TRAIN = SHARED / "ncbi_disease" / "fewshot" / "gutierrez_train100_seed42.jsonl"
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return Settings(data_dir=tmp_path / "data", train_every=0, min_annotations=5, encoder_epochs=3)
+
+
+@pytest.fixture
+def client(settings):
+    app = create_app(settings)
+    return app.test_client()
+
+
+def webhook_event(annotation_id: int, task_id: int, text: str, result: list, project: int = 1,
+                  action: str = "ANNOTATION_CREATED") -> dict:
+    return {"action": action,
+            "annotation": {"id": annotation_id, "result": result, "was_cancelled": False, "task": task_id,
+                           "project": project, "completed_by": 1},
+            "task": {"id": task_id, "data": {"text": text}, "meta": {}},
+            "project": {"id": project, "label_config": CONFIG}}
+
+
+def gold_result(doc) -> list:
+    result, _ = document_to_result(doc, SCHEMA.span_controls[0])
+    return result
+
+
+def test_health_setup_and_versions_before_any_training(client):
+    assert client.get("/health").json["status"] == "UP"
+    answer = client.post("/setup", json={"project": "3.1795480604", "schema": CONFIG, "hostname": "x"})
+    assert answer.status_code == 200 and answer.json == {"model_version": NO_MODEL_VERSION}
+    assert client.get("/versions").json == {"versions": []}
+
+
+def test_predict_without_a_model_answers_one_empty_result_per_task(client):
+    tasks = [{"id": i, "data": {"text": f"note {i}"}} for i in range(5)]
+    answer = client.post("/predict", json={"tasks": tasks, "project": "3.17", "label_config": CONFIG})
+    assert answer.status_code == 200
+    assert answer.json["model_version"] == NO_MODEL_VERSION
+    assert [r["result"] for r in answer.json["results"]] == [[]] * 5
+
+
+@pytest.mark.parametrize("path, body, status", [
+    ("/predict", b"{not json", 400),
+    ("/predict", b"[1, 2]", 400),
+    ("/predict", json.dumps({"tasks": "x", "project": "1", "label_config": CONFIG}).encode(), 400),
+    ("/predict", json.dumps({"tasks": [], "project": None, "label_config": CONFIG}).encode(), 400),
+    ("/predict", json.dumps({"tasks": [], "project": "1", "label_config": "<View>"}).encode(), 422),
+    ("/predict", json.dumps({"tasks": [], "project": "77"}).encode(), 400),
+    ("/setup", json.dumps({"project": "1", "schema": "<View><Text name='t' value='$t'/></View>"}).encode(), 422),
+    ("/webhook", b"", 400),
+    ("/webhook", json.dumps({"action": ""}).encode(), 400),
+    ("/webhook", json.dumps({"action": "ANNOTATION_CREATED", "project": {"id": 1},
+                             "annotation": {"id": "x"}, "task": {"id": 1, "data": {}}}).encode(), 400),
+    ("/webhook", json.dumps({"action": "ANNOTATION_CREATED", "project": {"id": 1},
+                             "annotation": {"id": 5, "result": [1]}, "task": {"id": 1, "data": {}}}).encode(), 400),
+    ("/webhook", json.dumps({"action": "ANNOTATION_CREATED", "project": {"id": 1},
+                             "annotation": {"id": 5, "result": []}, "task": {"id": 1}}).encode(), 400),
+    ("/webhook", json.dumps({"action": "ANNOTATIONS_DELETED", "project": {"id": 1},
+                             "annotations": [{"nope": 1}]}).encode(), 400),
+])
+def test_malformed_requests_get_a_clear_4xx_and_store_nothing(client, path, body, status):
+    answer = client.post(path, data=body, content_type="application/json")
+    assert answer.status_code == status
+    assert answer.json["error"]  # says what is wrong
+    backend = client.application.extensions["clinie"]
+    assert backend.store.annotation_counts() == {}
+
+
+def test_oversized_requests_are_refused(settings):
+    client = create_app(replace(settings, max_request_mb=1)).test_client()
+    answer = client.post("/predict", data=b"x" * (2 * 1024 * 1024), content_type="application/json")
+    assert answer.status_code == 413 and "error" in answer.json
+
+
+def test_basic_auth_when_configured(settings):
+    client = create_app(replace(settings, basic_auth_user="ls", basic_auth_password="s3cret")).test_client()
+    assert client.get("/health").status_code == 401
+    wrong = base64.b64encode(b"ls:guess").decode()
+    assert client.get("/health", headers={"Authorization": f"Basic {wrong}"}).status_code == 401
+    right = base64.b64encode(b"ls:s3cret").decode()
+    assert client.get("/health", headers={"Authorization": f"Basic {right}"}).status_code == 200
+    assert client.post("/webhook", json={"action": "X"}).status_code == 401
+
+
+def test_unknown_webhook_actions_are_acknowledged_and_deletions_kept(client):
+    assert client.post("/webhook", json={"action": "PROJECT_UPDATED", "project": {"id": 1}}).status_code == 200
+    event = webhook_event(9, 4, "a text", [])
+    assert client.post("/webhook", json=event).json["stored"] is True
+    assert client.post("/webhook", json=event).json["stored"] is False  # idempotent
+    deleted = {"action": "ANNOTATIONS_DELETED", "project": {"id": 1}, "annotations": [{"id": 9}]}
+    assert client.post("/webhook", json=deleted).status_code == 200
+    backend = client.application.extensions["clinie"]
+    assert backend.store.annotation_counts("1") == {"deleted": 1}
+
+
+def test_a_webhook_flood_of_200_concurrent_events_loses_none(settings):
+    backend = Backend(settings, start_worker=False)
+    server = make_server("127.0.0.1", 0, create_app(settings, backend), threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{server.server_port}/webhook"
+    try:
+        def send(i: int) -> int:
+            return requests.post(url, json=webhook_event(1000 + i, i, f"note {i} — café\r\n", []), timeout=30).status_code
+
+        with ThreadPoolExecutor(max_workers=200) as pool:
+            codes = list(pool.map(send, range(200)))
+    finally:
+        server.shutdown()
+    assert codes == [200] * 200
+    assert backend.store.annotation_counts("1") == {"submitted": 200}
+    assert backend.metrics.snapshot()["counts"]["annotations_received"] == 200
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A backend whose project 1 was trained from 30 real NCBI-disease annotations by webhook."""
+    settings = Settings(data_dir=tmp_path_factory.mktemp("trained"), train_every=0, min_annotations=5,
+                        encoder_epochs=8)
+    backend = Backend(settings)
+    client = create_app(settings, backend).test_client()
+    docs = list(read_documents(NCBI_TRAIN))
+    for i, doc in enumerate(docs[:30]):
+        assert client.post("/webhook", json=webhook_event(i + 1, i + 1, doc.text, gold_result(doc))).status_code == 200
+    assert client.post("/webhook", json={"action": "START_TRAINING", "project": {"id": 1}}).status_code == 200
+    assert backend.worker.wait_idle(timeout=600)
+    return settings, backend, client, docs
+
+
+@pytest.mark.slow
+def test_training_by_webhook_swaps_in_a_model_that_predicts_valid_spans(trained):
+    settings, backend, client, docs = trained
+    versions = client.get("/versions").json["versions"]
+    assert len(versions) == 1 and versions[0].endswith("-n30")
+    tasks = [{"id": 100 + i, "data": {"text": d.text}} for i, d in enumerate(docs[30:60])]
+    answer = client.post("/predict", json={"tasks": tasks, "project": "1.99", "label_config": CONFIG}).json
+    assert answer["model_version"] == versions[0]
+    assert len(answer["results"]) == len(tasks)
+    regions = [r for res in answer["results"] for r in res["result"]]
+    assert regions, "a model trained on 30 NCBI sentences predicts some Disease spans on 30 others"
+    for task, res in zip(tasks, answer["results"]):
+        ids = [r["id"] for r in res["result"]]
+        assert len(ids) == len(set(ids))
+        for r in res["result"]:
+            assert (r["from_name"], r["to_name"], r["type"]) == ("label", "text", "labels")
+            assert r["value"]["labels"] == ["Disease"] and 0 <= r["score"] <= 1
+            assert task["data"]["text"][r["value"]["start"]:r["value"]["end"]] == r["value"]["text"]
+    metrics = client.get("/metrics").json
+    assert metrics["counts"]["trainings_succeeded"] == 1 and metrics["store"]["model_versions"] == 1
+
+
+@pytest.mark.slow
+def test_one_bad_task_never_sinks_the_batch(trained):
+    _, backend, client, docs = trained
+    long_note = ((docs[0].text + "\r\n\t") * 400)[:50_000]
+    tasks = [{"id": 1, "data": {"text": docs[40].text}}, {"id": 2, "data": {"other": "x"}}, "not a task",
+             {"id": 3, "data": {"text": ""}}, {"id": 4, "data": {"text": long_note}}]
+    errors_before = backend.metrics.snapshot()["counts"].get("prediction_errors", 0)
+    answer = client.post("/predict", json={"tasks": tasks, "project": "1", "label_config": CONFIG})
+    assert answer.status_code == 200
+    results = answer.json["results"]
+    assert len(results) == 5 and results[1]["result"] == [] and results[2]["result"] == []
+    assert results[3]["result"] == []
+    long_spans = results[4]["result"]
+    assert long_spans and all(long_note[r["value"]["start"]:r["value"]["end"]] == r["value"]["text"]
+                              for r in long_spans)
+    assert backend.metrics.snapshot()["counts"]["prediction_errors"] == errors_before + 2
+
+
+@pytest.mark.slow
+def test_a_failed_training_leaves_the_old_model_serving(trained):
+    settings, backend, client, _ = trained
+    serving = backend.store.serving_model("1").version
+    broken = Backend(replace(settings, encoder_model=str(settings.data_dir / "no-such-model")), start_worker=False)
+    assert broken.train("1") is None
+    assert broken.store.serving_model("1").version == serving
+    assert broken.store.training_counts()["failed"] == 1
+    assert broken.metrics.snapshot()["counts"]["trainings_failed"] == 1
+    spans = client.post("/predict", json={"tasks": [{"id": 1, "data": {"text": "breast cancer"}}],
+                                          "project": "1", "label_config": CONFIG}).json
+    assert spans["model_version"] == serving
+
+
+@pytest.mark.slow
+def test_predicted_spans_come_back_as_annotations_without_drift(trained):
+    """What Label Studio receives can be read back as a Document with the same offsets."""
+    from clinie.labelstudio import annotation_to_document
+
+    _, _, client, docs = trained
+    task = {"id": 7, "data": {"text": docs[50].text}}
+    result = client.post("/predict", json={"tasks": [task], "project": "1", "label_config": CONFIG}).json
+    doc = annotation_to_document(task, result["results"][0]["result"], SCHEMA)
+    assert_spans_match_text(doc.text, doc.entities)
+    assert len(doc.entities) == len(result["results"][0]["result"])
