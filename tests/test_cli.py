@@ -1,0 +1,70 @@
+"""The ``clinie`` command line on real files: train, predict (file and stdout), evaluate."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from clinie.cli import main
+from clinie.core import read_documents, write_documents
+from helpers import assert_spans_match_text
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+NCBI = SHARED / "ncbi_disease" / "fewshot"
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("cli")
+    train, test = tmp / "train.jsonl", tmp / "test.jsonl"
+    write_documents(list(read_documents(NCBI / "gutierrez_train100_seed42.jsonl"))[:25], train)
+    write_documents(list(read_documents(NCBI / "chen2023_test_sample200.jsonl"))[:15], test)
+    return tmp, train, test
+
+
+@pytest.mark.slow
+def test_train_predict_evaluate(files, capsys):
+    tmp, train, test = files
+    model = tmp / "model"
+    assert main(["train", "--data", str(train), "--out", str(model), "--epochs", "3"]) == 0
+    assert (model / "clinie.json").exists()
+
+    pred = tmp / "pred.jsonl"
+    assert main(["predict", "--model", str(model), "--data", str(test), "--out", str(pred)]) == 0
+    predicted = list(read_documents(pred))
+    gold = list(read_documents(test))
+    assert [d.id for d in predicted] == [d.id for d in gold]
+    for doc in predicted:
+        assert_spans_match_text(doc.text, doc.entities)
+        assert {s.label for s in doc.entities} <= {"Disease"}
+
+    capsys.readouterr()
+    assert main(["evaluate", "--gold", str(test), "--pred", str(pred), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert set(report) == {"strict", "partial"}
+    assert report["strict"]["micro"]["support"] == sum(len(d.entities) for d in gold)
+    assert report["partial"]["micro"]["tp"] >= report["strict"]["micro"]["tp"]
+
+    # The installed console script writes to stdout when --out is omitted.
+    out = subprocess.run([sys.executable, "-m", "clinie.cli", "predict", "--model", str(model),
+                          "--data", str(test)], capture_output=True, text=True, check=True).stdout
+    assert [json.loads(line)["id"] for line in out.splitlines()] == [d.id for d in gold]
+
+
+def test_evaluate_prints_a_table(files, capsys):
+    _, _, test = files
+    assert main(["evaluate", "--gold", str(test), "--pred", str(test)]) == 0
+    out = capsys.readouterr().out
+    assert "strict matching" in out and "Disease" in out and "1.000" in out
+
+
+def test_errors_are_one_clear_line(tmp_path, capsys):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"id": "1", "text": "abc", "entities": [{"start": 0, "end": 9, "label": "X"}]}\n')
+    assert main(["evaluate", "--gold", str(bad), "--pred", str(bad)]) == 2
+    assert "bad.jsonl:1" in capsys.readouterr().err
+    assert main(["train", "--data", str(tmp_path / "missing.jsonl"), "--out", str(tmp_path / "m")]) == 2

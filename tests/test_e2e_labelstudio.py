@@ -1,0 +1,94 @@
+"""End to end against a real Label Studio 1.23.2 and the real backend (gunicorn) over HTTP.
+
+Annotators' submissions reach clinie by webhook and are stored; "Start training" trains the
+encoder in the background; "Retrieve predictions" stores clinie's spans in Label Studio.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+from backend_server import BackendServer
+from clinie.core import read_documents
+from clinie.labelstudio import document_to_result, parse_label_config
+from labelstudio_server import LabelStudio
+
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.skipif(os.environ.get("CLINIE_SKIP_E2E") == "1", reason="CLINIE_SKIP_E2E=1"),
+]
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "data"
+DISEASE_CONFIG = (ROOT / "label_configs" / "disease_ner.xml").read_text()
+
+
+def wait_for(condition, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if value := condition():
+            return value
+        time.sleep(1)
+    raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+@pytest.fixture(scope="module")
+def label_studio():
+    with LabelStudio() as ls:
+        yield ls
+
+
+@pytest.fixture(scope="module")
+def backend(tmp_path_factory):
+    settings = {"CLINIE_TRAIN_EVERY": "0", "CLINIE_MIN_ANNOTATIONS": "5", "CLINIE_ENCODER_EPOCHS": "8"}
+    with BackendServer(tmp_path_factory.mktemp("backend"), **settings) as server:
+        yield server
+
+
+def test_annotations_train_the_encoder_and_predictions_land_in_label_studio(label_studio, backend):
+    api = label_studio.client
+    control = parse_label_config(DISEASE_CONFIG).span_controls[0]
+    docs = list(read_documents(SHARED / "ncbi_disease" / "fewshot" / "gutierrez_train100_seed42.jsonl"))[:45]
+    project = api.create_project("NCBI disease (clinie e2e)", DISEASE_CONFIG)
+    task_ids = api.import_tasks(project, [{"text": d.text} for d in docs])
+    ml_id = api.connect_ml_backend(project, backend.url)
+
+    # Annotators submit 30 tasks; each submission reaches clinie by webhook and is stored.
+    for task_id, doc in zip(task_ids[:30], docs[:30]):
+        result, _ = document_to_result(doc, control)
+        api.create_annotation(task_id, result)
+    counts = requests.get(backend.url + "/metrics", timeout=10).json()["store"]["annotations"]
+    assert counts == {"submitted": 30}, backend.log_tail()
+
+    # "Start training": Label Studio sends START_TRAINING; the new version appears in /versions.
+    api.train(ml_id)
+    versions = wait_for(lambda: requests.get(backend.url + "/versions", timeout=10).json()["versions"],
+                        600, "a trained model version")
+    assert versions[0].endswith("-n30")
+
+    # "Retrieve predictions" for the 15 unannotated tasks: one batch, stored by Label Studio.
+    targets = task_ids[30:]
+    api.retrieve_predictions(project, targets)
+    texts = dict(zip(task_ids, (d.text for d in docs)))
+    n_regions = 0
+    for task_id in targets:
+        [prediction] = [p for p in api.predictions(task_id) if p["model_version"] == versions[0]]
+        region_ids = [r["id"] for r in prediction["result"]]
+        assert len(region_ids) == len(set(region_ids)) and all(region_ids)
+        for region in prediction["result"]:
+            assert (region["from_name"], region["to_name"], region["type"]) == ("label", "text", "labels")
+            assert region["value"]["labels"] == ["Disease"]
+            start, end = region["value"]["start"], region["value"]["end"]
+            assert texts[task_id][start:end] == region["value"]["text"]
+            assert 0.0 <= region["score"] <= 1.0
+        n_regions += len(region_ids)
+    assert n_regions > 0, "the trained encoder predicted no Disease span in 15 NCBI sentences"
+
+    metrics = requests.get(backend.url + "/metrics", timeout=10).json()
+    assert metrics["counts"]["trainings_succeeded"] == 1
+    assert metrics["counts"].get("prediction_errors", 0) == 0
