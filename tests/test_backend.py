@@ -144,7 +144,7 @@ def test_a_webhook_flood_of_200_concurrent_events_loses_none(settings):
 def trained(tmp_path_factory):
     """A backend whose project 1 was trained from 30 real NCBI-disease annotations by webhook."""
     settings = Settings(data_dir=tmp_path_factory.mktemp("trained"), train_every=0, min_annotations=5,
-                        encoder_epochs=8)
+                        encoder_epochs=15)
     backend = Backend(settings)
     client = create_app(settings, backend).test_client()
     docs = list(read_documents(NCBI_TRAIN))

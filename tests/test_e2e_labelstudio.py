@@ -45,7 +45,7 @@ def label_studio():
 
 @pytest.fixture(scope="module")
 def backend(tmp_path_factory):
-    settings = {"CLINIE_TRAIN_EVERY": "0", "CLINIE_MIN_ANNOTATIONS": "5", "CLINIE_ENCODER_EPOCHS": "8"}
+    settings = {"CLINIE_TRAIN_EVERY": "0", "CLINIE_MIN_ANNOTATIONS": "5", "CLINIE_ENCODER_EPOCHS": "15"}
     with BackendServer(tmp_path_factory.mktemp("backend"), **settings) as server:
         yield server
 
