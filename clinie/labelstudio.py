@@ -3,20 +3,33 @@
 Label Studio speaks labeling configs (XML), tasks (``{"id", "data": {...}}``) and results
 (regions with ids, relations between region ids); clinie speaks ``Schema`` and ``Document``.
 Everything that crosses is checked here: labels against the config, offsets against the text.
+Label Studio itself checks neither (a prediction with a wrong label is stored and silently not
+shown), so nothing downstream of this module has to.
 
 Example:
-    >>> config = '''<View><Labels name="label" toName="text" granularity="word">
-    ...   <Label value="Disease" hint="a disorder or syndrome"/></Labels>
-    ...   <Text name="text" value="$note"/></View>'''
+    >>> config = '''<View>
+    ...   <Labels name="label" toName="text" granularity="word">
+    ...     <Label value="Medication" hint="a drug the patient takes"/>
+    ...     <Label value="Dosage" hint="the amount of one dose"/>
+    ...   </Labels>
+    ...   <Relations><Relation value="has_dosage"/></Relations>
+    ...   <Text name="text" value="$note"/>
+    ... </View>'''
     >>> schema = parse_label_config(config)
     >>> control = schema.span_controls[0]
     >>> (control.name, control.to_name, control.value_key, control.granularity)
     ('label', 'text', 'note', 'word')
-    >>> doc = task_to_document({"id": 4, "data": {"note": "Familial breast cancer"}}, control)
-    >>> doc = doc.with_annotations([Span.from_text(doc.text, 11, 17, "Disease", score=0.9)])
-    >>> result, score = document_to_result(doc, control)
-    >>> result[0]["value"]
-    {'start': 9, 'end': 22, 'text': 'breast cancer', 'labels': ['Disease']}
+    >>> doc = task_to_document({"id": 4, "data": {"note": "Aspirin 81 mg daily"}}, control)
+    >>> doc = doc.with_annotations(
+    ...     [Span.from_text(doc.text, 0, 4, "Medication", id="m", score=0.9),  # "Aspi": widened
+    ...      Span.from_text(doc.text, 8, 13, "Dosage", id="d", score=0.7)],
+    ...     [Relation("m", "d", "has_dosage")])
+    >>> result, score = document_to_result(doc, control, schema.relation_label_names)
+    >>> [item["value"]["text"] for item in result if item["type"] == "labels"], score
+    (['Aspirin', '81 mg'], 0.8)
+    >>> back = annotation_to_document({"id": 4, "data": {"note": doc.text}}, result, schema)
+    >>> [(s.text, s.label) for s in back.entities], [r.label for r in back.relations]
+    ([('Aspirin', 'Medication'), ('81 mg', 'Dosage')], ['has_dosage'])
 """
 
 from __future__ import annotations
@@ -24,10 +37,11 @@ from __future__ import annotations
 import hashlib
 import logging
 import xml.etree.ElementTree as ET
+from bisect import bisect_left, bisect_right
 from collections.abc import Sequence
 from typing import Any
 
-from clinie.core import Document, LabelSpec, Relation, Schema, Span, SpanControl, tokenize
+from clinie.core import Document, LabelSpec, Relation, Schema, Span, SpanControl, Token, tokenize
 
 log = logging.getLogger(__name__)
 
@@ -40,52 +54,73 @@ class UnknownLabelError(ValueError):
     """A label that the labeling config does not declare."""
 
 
-def _label_specs(control: ET.Element, tag: str) -> tuple[LabelSpec, ...]:
+# --- labeling config -> Schema ------------------------------------------------------------
+
+
+def _label_specs(control: ET.Element, tag: str) -> list[LabelSpec]:
     specs = []
     for label in control.iter(tag):
         value = label.get("value")
         if not value:
-            raise LabelConfigError(f"<{tag}> without a value in <{control.tag} name={control.get('name')!r}>")
+            raise LabelConfigError(f"a <{tag}> in <{control.tag} name={control.get('name')!r}> has no value")
         specs.append(LabelSpec(value, label.get("hint") or label.get("description") or ""))
+    return specs
+
+
+def _refuse_duplicates(specs: Sequence[LabelSpec], where: str) -> None:
+    # Label Studio would show two identical buttons; clinie could not tell them apart.
     names = [s.name for s in specs]
     if duplicates := sorted({n for n in names if names.count(n) > 1}):
-        raise LabelConfigError(f"<{control.tag} name={control.get('name')!r}> repeats {', '.join(duplicates)}")
-    return tuple(specs)
+        raise LabelConfigError(f"{where} repeats the label(s) {', '.join(duplicates)}; each must appear once")
 
 
 def parse_label_config(xml: str) -> Schema:
     """The ``Schema`` of a labeling config: its ``<Labels>`` on ``<Text>``, and its ``<Relations>``.
 
     Configs with nothing clinie can predict (no ``<Labels>`` on a ``<Text>``) are refused with
-    a ``LabelConfigError`` rather than served with silently empty predictions.
+    a ``LabelConfigError`` rather than served with silently empty predictions. Entity
+    declarations are refused outright: the standard library parser would expand them.
     """
+    if not isinstance(xml, str) or not xml.strip():
+        raise LabelConfigError("the labeling config is empty")
     if "<!DOCTYPE" in xml or "<!ENTITY" in xml:
         raise LabelConfigError("DOCTYPE and ENTITY declarations are not allowed in a labeling config")
     try:
         root = ET.fromstring(xml)
     except ET.ParseError as e:
-        raise LabelConfigError(f"not well-formed XML: {e}") from None
+        raise LabelConfigError(f"the labeling config is not well-formed XML: {e}") from None
     texts = {t.get("name"): t for t in root.iter("Text") if t.get("name")}
     controls = []
     for labels in root.iter("Labels"):
         name, to_name = labels.get("name"), labels.get("toName")
         if not name or not to_name:
-            raise LabelConfigError("every <Labels> needs a name and a toName")
+            raise LabelConfigError("every <Labels> needs a name and a toName attribute")
         if to_name not in texts:
-            raise LabelConfigError(f"<Labels name={name!r}> points at toName={to_name!r}, which is not a <Text>")
+            raise LabelConfigError(
+                f"<Labels name={name!r}> has toName={to_name!r}, but there is no <Text name={to_name!r}>; "
+                f"the <Text> names are: {', '.join(map(repr, texts)) or 'none'}")
         specs = _label_specs(labels, "Label")
         if not specs:
-            raise LabelConfigError(f"<Labels name={name!r}> has no <Label>")
+            raise LabelConfigError(f"<Labels name={name!r}> has no <Label value=...> inside it")
+        _refuse_duplicates(specs, f"<Labels name={name!r}>")
         text = texts[to_name]
         value = text.get("value", "")
         if not value.startswith("$") or len(value) < 2:
             raise LabelConfigError(f"<Text name={to_name!r}> needs value=\"$key\" naming the task's data field")
+        if text.get("valueType", "text") != "text":
+            # The task then holds a URL, and offsets into the URL would be meaningless.
+            raise LabelConfigError(f"<Text name={to_name!r}> has valueType={text.get('valueType')!r}; "
+                                   "clinie needs the text itself in the task data")
         word = "word" in (labels.get("granularity"), text.get("granularity"))
-        controls.append(SpanControl(name, to_name, value[1:], specs, "word" if word else "symbol"))
+        controls.append(SpanControl(name, to_name, value[1:], tuple(specs), "word" if word else "symbol"))
     if not controls:
-        raise LabelConfigError("the config has no <Labels> on a <Text>: nothing for clinie to predict")
-    relations = tuple(spec for r in root.iter("Relations") for spec in _label_specs(r, "Relation"))
-    return Schema(tuple(controls), relations)
+        raise LabelConfigError("the config has no <Labels> attached to a <Text>: nothing for clinie to predict")
+    relations = [spec for r in root.iter("Relations") for spec in _label_specs(r, "Relation")]
+    _refuse_duplicates(relations, "<Relations>")
+    return Schema(tuple(controls), tuple(relations))
+
+
+# --- Label Studio -> Documents -------------------------------------------------------------
 
 
 def task_to_document(task: dict[str, Any], control: SpanControl) -> Document:
@@ -99,54 +134,108 @@ def task_to_document(task: dict[str, Any], control: SpanControl) -> Document:
                     meta={"task_id": task.get("id"), "to_name": control.to_name})
 
 
+def _region_span(item: dict[str, Any], control: SpanControl, text: str) -> Span:
+    """The span of one region; the ValueError's message is a reason safe to log (no note text)."""
+    value = item.get("value")
+    if not isinstance(value, dict) or "start" not in value or "end" not in value:
+        raise ValueError("no value.start/value.end")
+    labels = value.get("labels") or []
+    if len(labels) != 1:
+        raise ValueError(f"{len(labels)} labels; clinie takes exactly one per region")
+    if labels[0] not in control.label_names:
+        raise UnknownLabelError(f"label {labels[0]!r} is not in <Labels name={control.name!r}>")
+    # Offsets are the truth; value.text is only Label Studio's copy, rebuilt here from the text.
+    return Span.from_text(text, int(value["start"]), int(value["end"]), labels[0], id=str(item["id"]))
+
+
+def _relation_labels(item: dict[str, Any], schema: Schema) -> list[str]:
+    labels = [str(label) for label in item.get("labels") or []]
+    if not schema.relation_labels:
+        return [""]  # the config types no relations: every arrow is an untyped link
+    if not labels:
+        raise ValueError("relation without a label")
+    if unknown := [label for label in labels if label not in schema.relation_label_names]:
+        raise UnknownLabelError(f"relation label(s) {unknown} not in <Relations>")
+    return labels
+
+
 def annotation_to_document(task: dict[str, Any], result: Sequence[dict[str, Any]], schema: Schema) -> Document:
     """The annotated text of the first span control, with its regions and relations.
 
+    With several ``<Text>`` objects, the one the first ``<Labels>`` annotates is read, and so are
+    the regions of every ``<Labels>`` on that same text; regions on other texts are ignored
+    (their offsets belong to another string). Span ids are the region ids.
+
     Offsets are the truth: a region whose ``value.text`` disagrees with the text is rebuilt
-    from the offsets; regions outside the text, with labels the config does not declare, or
-    from another control are skipped (and logged, without their text). Relations between
-    skipped regions are skipped too; ``direction: left`` swaps head and tail.
+    from the offsets. Regions that cannot be trusted are skipped and logged (without the note
+    text, which may be protected health information): outside the text, not exactly one label,
+    a label the control does not declare. A skipped annotation costs one example; a crash
+    would cost the whole training run.
+
+    Relations: ``direction: left`` swaps head and tail (``bi`` is kept as drawn); one relation
+    per label when an arrow has several. When the config has ``<Relations>``, an arrow without
+    a label is unfinished work and is skipped rather than taught as a class; when it has none,
+    every arrow is kept with the label ``""``. Arrows touching a skipped or unknown region are
+    skipped.
     """
-    control = schema.span_controls[0]
-    doc = task_to_document(task, control)
+    first = schema.span_controls[0]
+    doc = task_to_document(task, first)
+    controls = {c.name: c for c in schema.span_controls if c.to_name == first.to_name}
     spans: dict[str, Span] = {}
-    relations = []
+    arrows = []
     for item in result:
-        kind = item.get("type")
-        if kind == "labels" and item.get("from_name") == control.name:
-            value = item.get("value") or {}
-            labels = value.get("labels") or []
+        if not isinstance(item, dict):
+            continue
+        if item.get("type") == "labels" and str(item.get("from_name")) in controls:
+            rid = item.get("id")
             try:
-                start, end = int(value["start"]), int(value["end"])
-                if len(labels) != 1 or labels[0] not in control.label_names:
-                    raise UnknownLabelError(f"labels {labels}")
-                spans[str(item["id"])] = Span.from_text(doc.text, start, end, labels[0], id=str(item["id"]))
-            except (KeyError, TypeError, ValueError) as e:
-                log.warning("task %s: region %s skipped: %s", doc.id, item.get("id"), type(e).__name__)
-        elif kind == "relation":
-            relations.append(item)
-    links = []
-    for item in relations:
+                if rid is None or str(rid) in spans:
+                    raise ValueError("missing or repeated region id")
+                span = _region_span(item, controls[str(item["from_name"])], doc.text)
+            except (TypeError, ValueError) as e:
+                log.warning("task %s: region %s skipped: %s", doc.id, rid, e)
+                continue
+            if str(item["value"].get("text", span.text)) != span.text:
+                log.info("task %s: region %s: value.text disagrees with the offsets; offsets kept", doc.id, rid)
+            spans[span.id] = span
+        elif item.get("type") == "relation":
+            arrows.append(item)
+    relations: dict[Relation, None] = {}
+    for item in arrows:
         head, tail = str(item.get("from_id")), str(item.get("to_id"))
         if item.get("direction") == "left":
             head, tail = tail, head
-        labels = item.get("labels") or [""]
-        if head in spans and tail in spans:
-            links.append(Relation(head, tail, labels[0]))
-    return doc.with_annotations(tuple(spans.values()), tuple(links))
+        try:
+            if head not in spans or tail not in spans:
+                raise ValueError("it points at a region that is missing or was skipped")
+            labels = _relation_labels(item, schema)
+        except ValueError as e:
+            log.warning("task %s: relation %s -> %s skipped: %s", doc.id, head, tail, e)
+            continue
+        relations.update((Relation(head, tail, label), None) for label in labels)
+    return doc.with_annotations(tuple(spans.values()), tuple(relations))
 
 
-def _snap_to_words(text: str, span: Span) -> Span:
-    words = [w for w in tokenize(text) if w.start < span.end and span.start < w.end]
-    if not words:
-        return span
-    start, end = min(span.start, words[0].start), max(span.end, words[-1].end)
-    return Span.from_text(text, start, end, span.label, id=span.id, score=span.score)
+# --- Documents -> Label Studio -------------------------------------------------------------
 
 
-def region_id(span: Span) -> str:
-    """Stable across calls, so re-predicting a task gives its regions the same ids."""
-    return hashlib.sha1(f"{span.start}:{span.end}:{span.label}".encode()).hexdigest()[:10]
+def _snap_to_words(words: Sequence[Token], starts: list[int], ends: list[int], start: int, end: int
+                   ) -> tuple[int, int]:
+    # Words are sorted and disjoint: the first one ending after ``start`` and the last one
+    # starting before ``end`` are the outermost words the span touches.
+    first, last = bisect_right(ends, start), bisect_left(starts, end) - 1
+    if first < len(words) and words[first].start < end:
+        start = min(start, words[first].start)
+    if last >= 0 and words[last].end > start:
+        end = max(end, words[last].end)
+    return start, end
+
+
+def _region_id(control: SpanControl, start: int, end: int, label: str) -> str:
+    # A function of what the region is, so re-predicting a task gives its regions the same ids,
+    # and two controls on one text never share one.
+    key = f"{control.name}:{start}:{end}:{label}".encode()
+    return hashlib.sha1(key).hexdigest()[:10]
 
 
 def document_to_result(
@@ -154,38 +243,45 @@ def document_to_result(
 ) -> tuple[list[dict[str, Any]], float | None]:
     """Label Studio ``result`` items for ``doc``'s spans and relations, and a task-level score.
 
-    Labels are checked against the config (``UnknownLabelError``): Label Studio itself accepts
-    any label and the UI then silently shows nothing. With word granularity, spans are widened
-    to whole words. The task score is the mean span score: what Label Studio sorts tasks by.
+    Labels are checked against the config (``UnknownLabelError``), and offsets against the
+    text (``ValueError``): Label Studio accepts anything and the UI then silently shows
+    nothing or the wrong words. With word granularity, spans are widened to whole words, as
+    the annotator's own selections would be; spans that become the same region are merged
+    (keeping the highest score). Relations name spans by ``Span.id`` and are rewritten to
+    region ids. The task score, which Label Studio sorts tasks by, is the mean region score.
     """
+    words = tokenize(doc.text) if control.granularity == "word" and doc.entities else []
+    starts, ends = [w.start for w in words], [w.end for w in words]
     regions: dict[str, dict[str, Any]] = {}
-    ids: dict[str, str] = {}
+    region_of: dict[str, str] = {}
     for span in doc.entities:
         if span.label not in control.label_names:
-            raise UnknownLabelError(f"label {span.label!r} is not one of {', '.join(control.label_names)}")
-        if control.granularity == "word":
-            span = _snap_to_words(doc.text, span)
-        rid = region_id(span)
-        ids[span.id] = rid
-        if rid in regions:
-            continue
-        region: dict[str, Any] = {
+            raise UnknownLabelError(
+                f"label {span.label!r} is not one of {', '.join(control.label_names)} "
+                f"(<Labels name={control.name!r}>)")
+        if not 0 <= span.start < span.end <= len(doc.text):
+            raise ValueError(f"span {span.id!r} [{span.start}, {span.end}) is empty or outside "
+                             f"a text of {len(doc.text)} chars")
+        start, end = (span.start, span.end) if not words else _snap_to_words(words, starts, ends,
+                                                                              span.start, span.end)
+        rid = _region_id(control, start, end, span.label)
+        region_of[span.id] = rid
+        region = regions.setdefault(rid, {
             "id": rid, "from_name": control.name, "to_name": control.to_name, "type": "labels",
-            "value": {"start": span.start, "end": span.end, "text": doc.text[span.start:span.end],
-                      "labels": [span.label]}}
+            "value": {"start": start, "end": end, "text": doc.text[start:end], "labels": [span.label]}})
         if span.score is not None:
-            region["score"] = round(float(span.score), 4)
-        regions[rid] = region
-    result = list(regions.values())
+            region["score"] = max(round(float(span.score), 4), region.get("score", 0.0))
+    arrows: dict[tuple[str, str, str], dict[str, Any]] = {}
     for relation in doc.relations:
         if relation_labels and relation.label not in relation_labels:
             raise UnknownLabelError(f"relation {relation.label!r} is not one of {', '.join(relation_labels)}")
-        if relation.head not in ids or relation.tail not in ids:
-            raise ValueError(f"relation {relation.label!r} points at a span that is not in the document")
-        item: dict[str, Any] = {"from_id": ids[relation.head], "to_id": ids[relation.tail], "type": "relation",
-                                "direction": "right", "labels": [relation.label] if relation.label else []}
+        if relation.head not in region_of or relation.tail not in region_of:
+            raise ValueError(f"relation {relation.label!r} points at a span id that no span of the document has")
+        key = (region_of[relation.head], region_of[relation.tail], relation.label)
+        arrow = arrows.setdefault(key, {"from_id": key[0], "to_id": key[1], "type": "relation",
+                                        "direction": "right", "labels": [relation.label] if relation.label else []})
         if relation.score is not None:
-            item["score"] = round(float(relation.score), 4)
-        result.append(item)
+            arrow["score"] = max(round(float(relation.score), 4), arrow.get("score", 0.0))
     scores = [r["score"] for r in regions.values() if "score" in r]
-    return result, (round(sum(scores) / len(scores), 4) if scores else None)
+    task_score = round(sum(scores) / len(scores), 4) if scores else None
+    return [*regions.values(), *arrows.values()], task_score

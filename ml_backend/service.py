@@ -108,7 +108,10 @@ class Backend:
             if task_docs is not None:
                 try:
                     for control, doc in zip(schema.span_controls, task_docs):
-                        items, _ = document_to_result(doc, control)
+                        # Each control gets its own labels only; a label since removed from the
+                        # config is not resurrected by a model trained before.
+                        own = [s for s in doc.entities if s.label in control.label_names]
+                        items, _ = document_to_result(doc.with_annotations(own), control)
                         result.extend(items)
                         scores.extend(item["score"] for item in items if "score" in item)
                 except Exception as e:
@@ -129,7 +132,6 @@ class Backend:
         """Predict the whole batch at once; if that fails, task by task to isolate the culprit."""
         if model is None:
             return [None if d is None else [x.with_annotations(()) for x in d] for d in docs]
-        labels = set(model.labels)
         try:
             flat = [doc for task_docs in docs if task_docs for doc in task_docs]
             predictions = iter(model.predict(flat))
@@ -143,9 +145,7 @@ class Backend:
                 except Exception as e:
                     out.append(None)
                     self._task_error(task, "predict", e)
-        # A model trained before a label was removed from the config must not resurrect it.
-        return [None if d is None else [doc.with_annotations([s for s in doc.entities if s.label in labels])
-                                        for doc in d] for d in out]
+        return out
 
     def _task_error(self, task: Any, stage: str, error: Exception) -> None:
         task_id = task.get("id") if isinstance(task, dict) else None
