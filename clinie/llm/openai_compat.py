@@ -1,0 +1,64 @@
+"""Any OpenAI-compatible endpoint through the ``openai`` SDK: the OpenAI API, vLLM, llama.cpp's
+server, Ollama. Text is sent to ``base_url``: only ever one the deployment configured.
+
+Greedy decoding (temperature 0). The completions API is the default (word/TAG prompts are
+continuations); ``chat=True`` for chat-only models. A GBNF ``grammar`` is passed through as
+llama.cpp's server expects it; token log-probabilities are read back when the server gives them.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+
+from clinie.llm.base import Completion, LLMError
+
+
+class OpenAICompatibleLLM:
+    provider = "openai-compatible"
+
+    def __init__(self, model: str, *, base_url: str | None = None, api_key: str | None = None, chat: bool = False,
+                 timeout: float = 60.0, max_retries: int = 3, concurrency: int = 4, logprobs: bool = True) -> None:
+        import openai
+
+        self.model = model
+        self.base_url = base_url or "https://api.openai.com/v1"
+        self.chat = chat
+        self.logprobs = logprobs
+        # The SDK retries connection errors, 408/409/429 and 5xx with exponential backoff.
+        self._client = openai.OpenAI(base_url=self.base_url, api_key=api_key or "not-needed",
+                                     timeout=timeout, max_retries=max_retries)
+        self._slots = threading.BoundedSemaphore(concurrency)
+
+    def complete(self, prompt: str, *, max_tokens: int, stop: Sequence[str] = (),
+                 grammar: str | None = None) -> Completion:
+        import openai
+
+        extra = {"grammar": grammar} if grammar else None
+        try:
+            with self._slots:
+                if self.chat:
+                    response = self._client.chat.completions.create(
+                        model=self.model, messages=[{"role": "user", "content": prompt}], max_tokens=max_tokens,
+                        temperature=0.0, stop=list(stop) or None, logprobs=self.logprobs or None, extra_body=extra)
+                    choice = response.choices[0]
+                    text = choice.message.content or ""
+                    logprobs = tuple(t.logprob for t in choice.logprobs.content) \
+                        if choice.logprobs and choice.logprobs.content else None
+                else:
+                    response = self._client.completions.create(
+                        model=self.model, prompt=prompt, max_tokens=max_tokens, temperature=0.0,
+                        stop=list(stop) or None, logprobs=1 if self.logprobs else None, extra_body=extra)
+                    choice = response.choices[0]
+                    text = choice.text
+                    logprobs = tuple(lp for lp in choice.logprobs.token_logprobs if lp is not None) \
+                        if choice.logprobs and choice.logprobs.token_logprobs else None
+        except openai.APITimeoutError as e:
+            raise LLMError(f"{self.base_url}: no answer in time ({e.__class__.__name__})") from e
+        except openai.APIConnectionError as e:
+            raise LLMError(f"{self.base_url}: cannot connect; is the model server running?") from e
+        except openai.APIStatusError as e:
+            raise LLMError(f"{self.base_url}: HTTP {e.status_code} for model {self.model!r}") from e
+        usage = response.usage
+        return Completion(text, usage.prompt_tokens if usage else 0, usage.completion_tokens if usage else 0,
+                          logprobs)

@@ -1,0 +1,1 @@
+"""Prompt building and response parsing; templates are versioned files in ``templates/``."""

@@ -1,0 +1,74 @@
+"""The LLM tagger end to end on real NCBI-disease sentences, with the embedded Gemma model:
+constrained in-process decoding, and free generation through the OpenAI-compatible path."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from backend_server import LlamaServer
+from clinie.core import Document, LabelSpec, read_documents, tokenize
+from clinie.extractors.llm import LLMTagger
+from clinie.llm.cache import CallCache
+from clinie.llm.llamacpp import LlamaCppLLM, default_gguf
+from clinie.llm.openai_compat import OpenAICompatibleLLM
+from clinie.retrieval import Embedder
+from helpers import assert_spans_match_text
+
+NCBI = Path(__file__).resolve().parents[2] / "shared" / "data" / "ncbi_disease" / "fewshot"
+LABELS = [LabelSpec("Disease", "a disease, disorder or syndrome")]
+
+
+@pytest.fixture(scope="module")
+def data():
+    return (list(read_documents(NCBI / "gutierrez_train100_seed42.jsonl")),
+            list(read_documents(NCBI / "chen2023_test_sample200.jsonl"))[:3])
+
+
+@pytest.fixture(scope="module")
+def embedder():
+    return Embedder()
+
+
+@pytest.mark.slow
+def test_constrained_tagging_with_retrieved_demos_and_a_call_cache(data, embedder, tmp_path):
+    train, test = data
+    cache = CallCache(tmp_path / "calls.sqlite3")
+    tagger = LLMTagger(LABELS, LlamaCppLLM(), k=3, embedder=embedder, cache=cache).fit(train)
+    assert tagger.constrained
+    predicted = tagger.predict(test)
+    assert tagger.usage.calls == 3 and tagger.usage.prompt_tokens > 3 * 200
+    for doc in predicted:
+        assert_spans_match_text(doc.text, doc.entities)
+        assert all(s.label == "Disease" and 0 < s.score <= 1 for s in doc.entities)
+    assert any(doc.entities for doc in predicted)
+    # the same inputs again: every answer comes from the cache, identical, with no model call
+    again = LLMTagger(LABELS, tagger.llm, k=3, embedder=embedder, cache=cache).fit(train)
+    assert again.predict(test) == predicted
+    assert again.usage.calls == 0 and again.usage.cache_hits == 3
+
+
+@pytest.mark.slow
+def test_long_notes_are_chunked_and_offsets_map_back(embedder):
+    text = ("Patient\twith cystic fibrosis.\r\n" * 30) + "Café-au-lait spots; no diabetes."
+    tagger = LLMTagger(LABELS, LlamaCppLLM(), k=0, max_words=40)
+    [doc] = tagger.predict([Document("n", text)])
+    assert tagger.usage.calls > 1  # more than one chunk
+    assert_spans_match_text(text, doc.entities)
+
+
+@pytest.mark.slow
+def test_free_generation_through_an_openai_compatible_server_is_realigned(data, embedder, tmp_path):
+    train, test = data
+    with LlamaServer(default_gguf(), tmp_path / "server.log") as server:
+        llm = OpenAICompatibleLLM("gemma", base_url=server.url + "/v1", timeout=300)
+        tagger = LLMTagger(LABELS, llm, k=3, embedder=embedder).fit(train)
+        assert not tagger.constrained
+        predicted = tagger.predict(test[:2])
+    for doc in predicted:
+        assert_spans_match_text(doc.text, doc.entities)
+        assert all(s.label == "Disease" for s in doc.entities)
+    parse = tagger.usage.parse
+    assert parse.source_words == sum(len(tokenize(d.text)) for d in test[:2])
+    assert parse.aligned + parse.dropped == parse.source_words
