@@ -6,6 +6,7 @@ and ``relations``). Examples::
     clinie serve --host 0.0.0.0 --port 9090
     clinie train --data train.jsonl --out models/ncbi
     clinie predict --model models/ncbi --data test.jsonl --out pred.jsonl
+    clinie predict --strategy llm --demos train.jsonl --k 5 --data test.jsonl --out pred.jsonl
     clinie evaluate --gold test.jsonl --pred pred.jsonl
 """
 
@@ -16,6 +17,8 @@ import json
 import logging
 import sys
 from pathlib import Path
+
+from tqdm.auto import tqdm
 
 from clinie.core import read_documents, write_documents
 from clinie.settings import Settings
@@ -62,11 +65,45 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _predict(args: argparse.Namespace) -> int:
-    from clinie.extractors.encoder import EncoderTagger
+def _llm_tagger(args: argparse.Namespace):
+    from dataclasses import replace
 
+    from clinie.core import LabelSpec
+    from clinie.extractors.llm import LLMTagger
+    from clinie.labelstudio import parse_label_config
+    from clinie.llm import make_llm
+    from clinie.llm.cache import CallCache
+
+    demos = list(read_documents(args.demos)) if args.demos else []
+    if args.config:
+        schema = parse_label_config(args.config.read_text())
+        labels = [label for control in schema.span_controls for label in control.labels]
+    else:
+        names = args.labels.split(",") if args.labels else sorted({s.label for d in demos for s in d.entities})
+        labels = [LabelSpec(name) for name in names]
+    if not labels:
+        raise ValueError("name the labels: --config label_configs/X.xml, --labels A,B, or --demos with entities")
+    settings = replace(Settings.load(), llm_provider=args.provider, llm_model=args.llm_model or "",
+                       llm_base_url=args.base_url or "")
+    settings.validate()
+    cache = CallCache(args.cache) if args.cache else None
+    return LLMTagger(labels, make_llm(settings), k=args.k if demos else 0, cache=cache).fit(demos)
+
+
+def _predict(args: argparse.Namespace) -> int:
     docs = list(read_documents(args.data))
-    predictions = EncoderTagger.load(args.model).predict(docs, batch_size=args.batch_size, progress=True)
+    if args.strategy == "llm":
+        tagger = _llm_tagger(args)
+        predictions = [tagger.predict([d])[0] for d in tqdm(docs, desc="predicting", unit="doc")]
+        usage = tagger.usage
+        print(f"LLM: {usage.calls} calls, {usage.cache_hits} cache hits, {usage.prompt_tokens} prompt and "
+              f"{usage.completion_tokens} generated tokens", file=sys.stderr)
+    else:
+        from clinie.extractors.encoder import EncoderTagger
+
+        if not args.model:
+            raise ValueError("--model DIR (written by 'clinie train') is needed with --strategy encoder")
+        predictions = EncoderTagger.load(args.model).predict(docs, batch_size=args.batch_size, progress=True)
     if args.out:
         write_documents(predictions, args.out)
     else:
@@ -111,10 +148,20 @@ def build_parser() -> argparse.ArgumentParser:
     train.set_defaults(run=_train)
 
     predict = commands.add_parser("predict", help="predict entities for a JSONL file")
-    predict.add_argument("--model", type=Path, required=True, help="a directory written by 'clinie train'")
     predict.add_argument("--data", type=Path, required=True)
     predict.add_argument("--out", type=Path, help="output JSONL (default: stdout)")
+    predict.add_argument("--strategy", choices=("encoder", "llm"), default="encoder")
+    predict.add_argument("--model", type=Path, help="encoder: a directory written by 'clinie train'")
     predict.add_argument("--batch-size", type=int, default=32)
+    predict.add_argument("--provider", choices=("llama.cpp", "openai"), default="llama.cpp",
+                         help="llm: in-process llama.cpp (default) or an OpenAI-compatible endpoint")
+    predict.add_argument("--llm-model", help="llm: GGUF path (default: embedded Gemma 3 270M) or model name")
+    predict.add_argument("--base-url", help="llm: the OpenAI-compatible endpoint (required with --provider openai)")
+    predict.add_argument("--demos", type=Path, help="llm: annotated JSONL to retrieve demonstrations from")
+    predict.add_argument("--k", type=int, default=5, help="llm: demonstrations per sentence (default 5)")
+    predict.add_argument("--config", type=Path, help="llm: a labeling config whose label hints describe the labels")
+    predict.add_argument("--labels", help="llm: comma-separated labels (default: those in --demos)")
+    predict.add_argument("--cache", type=Path, help="llm: SQLite file caching model calls")
     predict.set_defaults(run=_predict)
 
     evaluate = commands.add_parser("evaluate", help="strict and partial span P/R/F1 per label")

@@ -37,6 +37,21 @@ class Settings:
     train_every: int = 10
     #: Fewest usable annotations a project needs before an encoder is trained.
     min_annotations: int = 5
+    #: Which extractor pre-annotates: ``auto`` (the project's trained encoder once there is
+    #: one, the LLM before), ``llm`` or ``encoder``.
+    strategy: str = "auto"
+    #: ``llama.cpp`` (in-process, nothing leaves the machine) or ``openai`` (any
+    #: OpenAI-compatible endpoint: note text IS sent to ``llm_base_url``).
+    llm_provider: str = "llama.cpp"
+    #: llama.cpp: a GGUF path (empty = the embedded Gemma 3 270M); openai: the model name.
+    llm_model: str = ""
+    #: The OpenAI-compatible endpoint; required with ``llm_provider=openai`` — never implied.
+    llm_base_url: str = ""
+    llm_api_key: str = ""
+    #: Demonstrations retrieved per sentence (0 = zero-shot from the label descriptions).
+    llm_k: int = 5
+    #: CPU threads for llama.cpp (0 = its default).
+    llm_threads: int = 0
     #: Basic auth required on every endpoint when both are set (put them in the backend URL
     #: that Label Studio calls: http://user:password@host:port).
     basic_auth_user: str = ""
@@ -67,7 +82,18 @@ class Settings:
         unknown = set(values) - {f.name for f in fields(cls)}
         if unknown:
             raise ValueError(f"unknown clinie settings: {', '.join(sorted(unknown))}")
-        return replace(cls(), **{name: _convert(cls, name, v) for name, v in values.items()})
+        settings = replace(cls(), **{name: _convert(cls, name, v) for name, v in values.items()})
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        if self.strategy not in ("auto", "llm", "encoder"):
+            raise ValueError(f"{PREFIX}STRATEGY must be auto, llm or encoder, not {self.strategy!r}")
+        if self.llm_provider not in ("llama.cpp", "openai"):
+            raise ValueError(f"{PREFIX}LLM_PROVIDER must be llama.cpp or openai, not {self.llm_provider!r}")
+        if self.llm_provider == "openai" and not (self.llm_base_url and self.llm_model):
+            raise ValueError(f"{PREFIX}LLM_PROVIDER=openai needs {PREFIX}LLM_BASE_URL and {PREFIX}LLM_MODEL: "
+                             "clinie sends note text to no endpoint that was not named explicitly")
 
 
 def _convert(cls: type, name: str, value: Any) -> Any:

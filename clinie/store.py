@@ -252,6 +252,12 @@ class AnnotationStore:
                           "WHERE annotation_id = ? ORDER BY version", (annotation_id,))
         return [{**dict(r), "result": json.loads(r["result"])} for r in rows]
 
+    def revision(self, project: str) -> str:
+        """Changes whenever the project's annotations do: a cache key for what derives from them."""
+        row = self._read("SELECT COUNT(*), MAX(updated_at), SUM(version) FROM annotations WHERE project = ?",
+                         (project,))[0]
+        return f"{row[0]}:{row[1]}:{row[2]}"
+
     def training_examples(self, project: str) -> list[Example]:
         """The latest submitted annotation of each task: what the project's models learn from."""
         rows = self._read(

@@ -11,12 +11,18 @@ import logging
 import threading
 import time
 from functools import lru_cache
+from pathlib import Path
 from typing import Any
 
 from clinie import __version__
 from clinie.core import Document, Schema
+from clinie.extractors.base import Extractor
 from clinie.extractors.encoder import EncoderTagger
-from clinie.labelstudio import document_to_result, parse_label_config, task_to_document
+from clinie.extractors.llm import LLMTagger
+from clinie.labelstudio import annotation_to_document, document_to_result, parse_label_config, task_to_document
+from clinie.llm import LLM, make_llm
+from clinie.llm.cache import CallCache
+from clinie.retrieval import Embedder
 from clinie.settings import Settings
 from clinie.store import AnnotationStore, ModelRecord
 from ml_backend.metrics import Metrics
@@ -51,7 +57,11 @@ class Backend:
         self.store = AnnotationStore(settings.store_path)
         self.metrics = Metrics()
         self._models: dict[str, tuple[str, EncoderTagger]] = {}  # project -> (version, model)
+        self._llm_taggers: dict[str, tuple[str, str, LLMTagger]] = {}  # project -> (revision, version, tagger)
         self._models_lock = threading.Lock()
+        self._llm: LLM | None = None
+        self._embedder: Embedder | None = None
+        self._llm_cache = CallCache(settings.data_dir / "llm_cache.sqlite3")
         if abandoned := self.store.abandon_running_trainings():
             log.warning("%d trainings were interrupted by a restart and are marked failed", abandoned)
         self.worker = TrainingWorker(self.train) if start_worker else None
@@ -65,7 +75,46 @@ class Backend:
 
     def model_version(self, project: str) -> str:
         record = self.store.serving_model(project)
-        return record.version if record else NO_MODEL_VERSION
+        if record and self.settings.strategy != "llm":
+            return record.version
+        if self.settings.strategy == "encoder":
+            return NO_MODEL_VERSION
+        return self._llm_version(len(self.store.training_examples(project)))
+
+    def _llm_version(self, pool_size: int) -> str:
+        """Names provider, model and pool size: a new annotation makes Label Studio ask again."""
+        s = self.settings
+        model = Path(s.llm_model).stem if s.llm_provider == "llama.cpp" and s.llm_model else \
+            (s.llm_model or "gemma-3-270m-q4_k_m")
+        k = s.llm_k if pool_size else 0
+        return f"clinie-llm-{s.llm_provider}-{model}-k{k}-pool{pool_size}"
+
+    def _shared_llm(self) -> tuple[LLM, Embedder]:
+        with self._models_lock:
+            if self._llm is None:
+                started = time.perf_counter()
+                self._llm = make_llm(self.settings)
+                self._embedder = Embedder()
+                self.metrics.observe("model_load", time.perf_counter() - started)
+            return self._llm, self._embedder
+
+    def _llm_tagger(self, project: str, schema: Schema) -> tuple[str, LLMTagger]:
+        """The project's LLM tagger and its version; its demonstrations are the annotations as
+        of now (a new one joins the pool at once, no training needed)."""
+        llm, embedder = self._shared_llm()
+        revision = f"{self.store.revision(project)}|{hash(schema)}"
+        with self._models_lock:
+            cached = self._llm_taggers.get(project)
+        if cached is None or cached[0] != revision:
+            examples = self.store.training_examples(project)
+            docs = [annotation_to_document(e.task, e.result, schema) for e in examples]
+            labels = tuple(label for control in schema.span_controls for label in control.labels)
+            tagger = LLMTagger(labels, llm, k=self.settings.llm_k if docs else 0, embedder=embedder,
+                               cache=self._llm_cache).fit(docs)
+            cached = (revision, self._llm_version(len(examples)), tagger)
+            with self._models_lock:
+                self._llm_taggers[project] = cached
+        return cached[1], cached[2]
 
     def versions(self) -> list[str]:
         return [m.version for m in self.store.models()]
@@ -88,9 +137,7 @@ class Backend:
             if label_config is None:
                 raise ValueError("no label_config in the request and none known for this project")
         schema = _schema(label_config)
-        record = self.store.serving_model(project)
-        version = record.version if record else NO_MODEL_VERSION
-        model = self._model(record) if record else None
+        version, model = self._extractor(project, schema)
 
         docs: list[list[Document] | None] = []
         for task in tasks:
@@ -126,8 +173,17 @@ class Backend:
         self.metrics.observe("predict_request", time.perf_counter() - started)
         return {"results": results, "model_version": version}
 
+    def _extractor(self, project: str, schema: Schema) -> tuple[str, Extractor | None]:
+        """The strategy's extractor for this project, and the model version it answers as."""
+        record = self.store.serving_model(project)
+        if record and self.settings.strategy != "llm":
+            return record.version, self._model(record)
+        if self.settings.strategy == "encoder":
+            return NO_MODEL_VERSION, None
+        return self._llm_tagger(project, schema)
+
     def _run_model(
-        self, model: EncoderTagger | None, tasks: list[Any], docs: list[list[Document] | None]
+        self, model: Extractor | None, tasks: list[Any], docs: list[list[Document] | None]
     ) -> list[list[Document] | None]:
         """Predict the whole batch at once; if that fails, task by task to isolate the culprit."""
         if model is None:
@@ -207,8 +263,9 @@ class Backend:
         return record
 
     def health(self) -> dict[str, Any]:
+        remote = [self.settings.llm_base_url] if self.settings.llm_provider == "openai" else []
         return {"status": "UP", "model_class": "clinie", "clinie_version": __version__,
-                "remote_endpoints": []}
+                "strategy": self.settings.strategy, "remote_endpoints": remote}
 
     def metrics_snapshot(self) -> dict[str, Any]:
         snapshot = self.metrics.snapshot()

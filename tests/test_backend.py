@@ -29,7 +29,8 @@ NCBI_TRAIN = SHARED / "ncbi_disease" / "fewshot" / "gutierrez_train100_seed42.js
 
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
-    return Settings(data_dir=tmp_path / "data", train_every=0, min_annotations=5, encoder_epochs=3)
+    return Settings(data_dir=tmp_path / "data", train_every=0, min_annotations=5, encoder_epochs=3,
+                    strategy="encoder")
 
 
 @pytest.fixture
@@ -144,7 +145,7 @@ def test_a_webhook_flood_of_200_concurrent_events_loses_none(settings):
 def trained(tmp_path_factory):
     """A backend whose project 1 was trained from 30 real NCBI-disease annotations by webhook."""
     settings = Settings(data_dir=tmp_path_factory.mktemp("trained"), train_every=0, min_annotations=5,
-                        encoder_epochs=15)
+                        encoder_epochs=15, strategy="encoder")
     backend = Backend(settings)
     client = create_app(settings, backend).test_client()
     docs = list(read_documents(NCBI_TRAIN))
@@ -220,3 +221,23 @@ def test_predicted_spans_come_back_as_annotations_without_drift(trained):
     doc = annotation_to_document(task, result["results"][0]["result"], SCHEMA)
     assert_spans_match_text(doc.text, doc.entities)
     assert len(doc.entities) == len(result["results"][0]["result"])
+
+
+@pytest.mark.slow
+def test_a_fresh_project_is_pre_annotated_by_the_llm_and_new_annotations_join_its_demos(tmp_path):
+    settings = Settings(data_dir=tmp_path / "llm", train_every=0, llm_k=2)  # strategy "auto"
+    client = create_app(settings).test_client()
+    docs = list(read_documents(NCBI_TRAIN))
+    task = {"id": 500, "data": {"text": docs[90].text}}
+    first = client.post("/predict", json={"tasks": [task], "project": "4", "label_config": CONFIG}).json
+    assert first["model_version"] == "clinie-llm-llama.cpp-gemma-3-270m-q4_k_m-k0-pool0"  # zero-shot
+    for i, doc in enumerate(docs[:3]):
+        client.post("/webhook", json=webhook_event(i + 1, i + 1, doc.text, gold_result(doc), project=4))
+    answer = client.post("/predict", json={"tasks": [task], "project": "4", "label_config": CONFIG}).json
+    assert answer["model_version"] == "clinie-llm-llama.cpp-gemma-3-270m-q4_k_m-k2-pool3"
+    assert client.post("/setup", json={"project": "4.1", "schema": CONFIG}).json["model_version"] == \
+        answer["model_version"]
+    for r in answer["results"][0]["result"]:
+        assert task["data"]["text"][r["value"]["start"]:r["value"]["end"]] == r["value"]["text"]
+        assert r["value"]["labels"] == ["Disease"] and 0 < r["score"] <= 1
+    assert client.get("/health").json["remote_endpoints"] == []  # nothing leaves the machine

@@ -68,3 +68,29 @@ def test_errors_are_one_clear_line(tmp_path, capsys):
     assert main(["evaluate", "--gold", str(bad), "--pred", str(bad)]) == 2
     assert "bad.jsonl:1" in capsys.readouterr().err
     assert main(["train", "--data", str(tmp_path / "missing.jsonl"), "--out", str(tmp_path / "m")]) == 2
+
+
+@pytest.mark.slow
+def test_predict_with_the_llm_strategy_and_retrieved_demos(files, tmp_path, capsys):
+    _, train, test = files
+    out = tmp_path / "llm.jsonl"
+    config = Path(__file__).resolve().parents[1] / "label_configs" / "disease_ner.xml"
+    assert main(["predict", "--strategy", "llm", "--demos", str(train), "--k", "2", "--config", str(config),
+                 "--data", str(test), "--out", str(out), "--cache", str(tmp_path / "calls.sqlite3")]) == 0
+    predicted = list(read_documents(out))
+    assert len(predicted) == 15
+    for doc in predicted:
+        assert_spans_match_text(doc.text, doc.entities)
+        assert {s.label for s in doc.entities} <= {"Disease"}
+    assert "LLM: 15 calls, 0 cache hits" in capsys.readouterr().err
+    # a second run is answered from the cache
+    assert main(["predict", "--strategy", "llm", "--demos", str(train), "--k", "2", "--config", str(config),
+                 "--data", str(test), "--out", str(out), "--cache", str(tmp_path / "calls.sqlite3")]) == 0
+    assert "0 calls, 15 cache hits" in capsys.readouterr().err
+
+
+def test_llm_strategy_refuses_an_implicit_remote_endpoint(files, capsys):
+    _, _, test = files
+    assert main(["predict", "--strategy", "llm", "--provider", "openai", "--labels", "Disease",
+                 "--data", str(test)]) == 2
+    assert "LLM_BASE_URL" in capsys.readouterr().err

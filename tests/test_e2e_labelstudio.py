@@ -1,7 +1,8 @@
 """End to end against a real Label Studio 1.23.2 and the real backend (gunicorn) over HTTP.
 
-Annotators' submissions reach clinie by webhook and are stored; "Start training" trains the
-encoder in the background; "Retrieve predictions" stores clinie's spans in Label Studio.
+Before any annotation the LLM pre-annotates (zero-shot); annotators' submissions reach clinie by
+webhook and are stored; "Start training" trains the encoder in the background; "Retrieve
+predictions" stores clinie's spans in Label Studio.
 """
 
 from __future__ import annotations
@@ -37,6 +38,16 @@ def wait_for(condition, timeout: float, what: str):
     raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
+def assert_regions_valid(result: list[dict], text: str) -> None:
+    region_ids = [r["id"] for r in result]
+    assert len(region_ids) == len(set(region_ids)) and all(region_ids)
+    for region in result:
+        assert (region["from_name"], region["to_name"], region["type"]) == ("label", "text", "labels")
+        assert region["value"]["labels"] == ["Disease"]
+        assert text[region["value"]["start"]:region["value"]["end"]] == region["value"]["text"]
+        assert 0.0 <= region["score"] <= 1.0
+
+
 @pytest.fixture(scope="module")
 def label_studio():
     with LabelStudio() as ls:
@@ -58,6 +69,16 @@ def test_annotations_train_the_encoder_and_predictions_land_in_label_studio(labe
     task_ids = api.import_tasks(project, [{"text": d.text} for d in docs])
     ml_id = api.connect_ml_backend(project, backend.url)
 
+    # Cold start: no annotation, no trained model: the LLM pre-annotates zero-shot.
+    texts = dict(zip(task_ids, (d.text for d in docs)))
+    cold = task_ids[40:42]
+    api.retrieve_predictions(project, cold)
+    for task_id in cold:
+        [prediction] = api.predictions(task_id)
+        assert prediction["model_version"].startswith("clinie-llm-llama.cpp-"), backend.log_tail()
+        assert prediction["model_version"].endswith("-k0-pool0")
+        assert_regions_valid(prediction["result"], texts[task_id])
+
     # Annotators submit 30 tasks; each submission reaches clinie by webhook and is stored.
     for task_id, doc in zip(task_ids[:30], docs[:30]):
         result, _ = document_to_result(doc, control)
@@ -74,19 +95,11 @@ def test_annotations_train_the_encoder_and_predictions_land_in_label_studio(labe
     # "Retrieve predictions" for the 15 unannotated tasks: one batch, stored by Label Studio.
     targets = task_ids[30:]
     api.retrieve_predictions(project, targets)
-    texts = dict(zip(task_ids, (d.text for d in docs)))
     n_regions = 0
     for task_id in targets:
         [prediction] = [p for p in api.predictions(task_id) if p["model_version"] == versions[0]]
-        region_ids = [r["id"] for r in prediction["result"]]
-        assert len(region_ids) == len(set(region_ids)) and all(region_ids)
-        for region in prediction["result"]:
-            assert (region["from_name"], region["to_name"], region["type"]) == ("label", "text", "labels")
-            assert region["value"]["labels"] == ["Disease"]
-            start, end = region["value"]["start"], region["value"]["end"]
-            assert texts[task_id][start:end] == region["value"]["text"]
-            assert 0.0 <= region["score"] <= 1.0
-        n_regions += len(region_ids)
+        assert_regions_valid(prediction["result"], texts[task_id])
+        n_regions += len(prediction["result"])
     assert n_regions > 0, "the trained encoder predicted no Disease span in 15 NCBI sentences"
 
     metrics = requests.get(backend.url + "/metrics", timeout=10).json()
