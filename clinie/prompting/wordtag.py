@@ -20,7 +20,7 @@ from __future__ import annotations
 import difflib
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
@@ -90,7 +90,6 @@ class ParseStats:
     extra: int = 0         # answer words with no source word
     unknown_tags: int = 0  # tags outside the schema (replaced by O)
     repaired_bio: int = 0  # I-x without a preceding B-x/I-x (turned into B-x)
-    notes: list[str] = field(default_factory=list)
 
     def add(self, other: ParseStats) -> None:
         for name in ("source_words", "aligned", "dropped", "extra", "unknown_tags", "repaired_bio"):

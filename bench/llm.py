@@ -1,0 +1,79 @@
+"""LLM tagger on NCBI-disease: quality, speed and tokens of word/TAG prompting.
+
+Demonstrations only from ``fewshot/gutierrez_train100_seed42.jsonl``; test items from
+``fewshot/chen2023_test_sample200.jsonl`` (the first ``--n``). Configurations: zero-shot and
+k retrieved demos, grammar-free constrained decoding (in-process) and free generation with
+re-alignment. Also the floor: the model's raw time for the same number of prompt and
+generated tokens, measured in the same process, and clinie's time as a ratio of it.
+
+    python bench/llm.py --n 40
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from clinie.core import LabelSpec, read_documents
+from clinie.evaluation import evaluate_spans
+from clinie.extractors.llm import LLMTagger
+from clinie.llm.llamacpp import LlamaCppLLM
+from clinie.retrieval import Embedder
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "ncbi_disease" / "fewshot"
+LABELS = [LabelSpec("Disease", "a disease, disorder, syndrome or abnormal condition")]
+
+
+def raw_rates(llm: LlamaCppLLM) -> tuple[float, float]:
+    """Tokens/second of the bare model: batched prompt evaluation, and one-token decode steps."""
+    engine = llm._llm
+    tokens = [engine.token_bos()] + llm.tokenize("The patient was admitted with chest pain. " * 40)[:500]
+    engine.n_tokens = 0
+    started = time.perf_counter()
+    engine.eval(tokens)
+    prompt_rate = len(tokens) / (time.perf_counter() - started)
+    step = llm.tokenize(" and")
+    started = time.perf_counter()
+    for _ in range(64):
+        engine.eval(step)
+    decode_rate = 64 / (time.perf_counter() - started)
+    engine.n_tokens = 0
+    return prompt_rate, decode_rate
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--n", type=int, default=40, help="test items (from the start of the 200)")
+    parser.add_argument("--k", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--configs", default="constrained-k0,constrained-k5,free-k5")
+    args = parser.parse_args()
+
+    demos = list(read_documents(DATA / "gutierrez_train100_seed42.jsonl"))
+    test = list(read_documents(DATA / "chen2023_test_sample200.jsonl"))[: args.n]
+    llm = LlamaCppLLM(n_threads=args.threads)
+    embedder = Embedder()
+    prompt_rate, decode_rate = raw_rates(llm)
+    print(f"raw Gemma 3 270M Q4_K_M, {args.threads} threads: prompt {prompt_rate:.0f} tok/s, "
+          f"decode {decode_rate:.1f} tok/s\n")
+    print("| config | P | R | F1 | s/sentence | prompt tok/sent | generated tok/sent | time / raw-model floor |")
+    print("|---|---|---|---|---|---|---|---|")
+    for config in args.configs.split(","):
+        mode, k = config.split("-k")
+        tagger = LLMTagger(LABELS, llm, k=int(k), embedder=embedder, constrained=mode == "constrained").fit(demos)
+        started = time.perf_counter()
+        predicted = tagger.predict(test)
+        seconds = (time.perf_counter() - started) / len(test)
+        scores = evaluate_spans(test, predicted)["strict"].micro
+        prompt_tokens = tagger.usage.prompt_tokens / len(test)
+        generated = tagger.usage.completion_tokens / len(test)
+        floor = prompt_tokens / prompt_rate + generated / decode_rate
+        print(f"| {config} | {scores.precision:.3f} | {scores.recall:.3f} | {scores.f1:.3f} | {seconds:.2f} | "
+              f"{prompt_tokens:.0f} | {generated:.0f} | {seconds / floor:.2f}x |", flush=True)
+        if mode == "free":
+            print(f"  free generation re-alignment: {tagger.usage.parse}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
