@@ -36,11 +36,8 @@ def test_llama_cpp_completes_greedily_and_deterministically(gemma):
 
 
 def test_choices_are_scored_from_the_logits_and_sum_to_one(gemma):
-    probabilities = []
-    for option in ("Paris", "London", "Berlin"):
-        with gemma.session(PROMPT) as session:
-            index, p = session.choose(["Paris", "London", "Berlin"])
-            probabilities.append(p)
+    with gemma.session(PROMPT) as session:
+        index, p = session.choose([" Paris", " London", " Berlin"])
     assert index == 0 and 0.5 < p <= 1.0
     # the scores of two options that share no first token are a softmax over those tokens
     with gemma.session(PROMPT) as session:
