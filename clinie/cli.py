@@ -87,7 +87,7 @@ def _llm_tagger(args: argparse.Namespace):
                        llm_base_url=args.base_url or "")
     settings.validate()
     cache = CallCache(args.cache) if args.cache else None
-    return LLMTagger(labels, make_llm(settings), k=args.k if demos else 0, cache=cache).fit(demos)
+    return LLMTagger(labels, make_llm(settings), k=args.k if demos else 0, guided=args.guided, cache=cache).fit(demos)
 
 
 def _predict(args: argparse.Namespace) -> int:
@@ -161,6 +161,8 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--k", type=int, default=5, help="llm: demonstrations per sentence (default 5)")
     predict.add_argument("--config", type=Path, help="llm: a labeling config whose label hints describe the labels")
     predict.add_argument("--labels", help="llm: comma-separated labels (default: those in --demos)")
+    predict.add_argument("--guided", action="store_true",
+                         help="llm: guided decoding by the server (a GBNF grammar; llama.cpp's server)")
     predict.add_argument("--cache", type=Path, help="llm: SQLite file caching model calls")
     predict.set_defaults(run=_predict)
 

@@ -48,6 +48,9 @@ class Settings:
     #: The OpenAI-compatible endpoint; required with ``llm_provider=openai`` — never implied.
     llm_base_url: str = ""
     llm_api_key: str = ""
+    #: 1 = ask an OpenAI-compatible server for guided decoding (a GBNF grammar, as llama.cpp's
+    #: server takes it) that forces every word to be copied.
+    llm_guided: int = 0
     #: Demonstrations retrieved per sentence (0 = zero-shot from the label descriptions).
     llm_k: int = 5
     #: CPU threads for llama.cpp (0 = its default).

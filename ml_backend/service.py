@@ -110,7 +110,7 @@ class Backend:
             docs = [annotation_to_document(e.task, e.result, schema) for e in examples]
             labels = tuple(label for control in schema.span_controls for label in control.labels)
             tagger = LLMTagger(labels, llm, k=self.settings.llm_k if docs else 0, embedder=embedder,
-                               cache=self._llm_cache).fit(docs)
+                               guided=bool(self.settings.llm_guided), cache=self._llm_cache).fit(docs)
             cached = (revision, self._llm_version(len(examples)), tagger)
             with self._models_lock:
                 self._llm_taggers[project] = cached

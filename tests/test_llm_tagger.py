@@ -66,6 +66,13 @@ def test_free_generation_through_an_openai_compatible_server_is_realigned(data, 
         tagger = LLMTagger(LABELS, llm, k=3, embedder=embedder).fit(train)
         assert not tagger.constrained
         predicted = tagger.predict(test[:2])
+        # the server's guided decoding: the grammar makes the model copy every word
+        guided = LLMTagger(LABELS, llm, k=3, embedder=embedder, guided=True).fit(train)
+        guided_predicted = guided.predict(test[:2])
+    assert guided.usage.parse.dropped == 0 and guided.usage.parse.extra == 0
+    assert guided.usage.parse.aligned == guided.usage.parse.source_words
+    for doc in guided_predicted:
+        assert_spans_match_text(doc.text, doc.entities)
     for doc in predicted:
         assert_spans_match_text(doc.text, doc.entities)
         assert all(s.label == "Disease" for s in doc.entities)

@@ -4,8 +4,9 @@ For each chunk of a document (whole sentences, ``max_words`` at most), the ``k``
 annotated chunks are retrieved as demonstrations; the prompt asks the model to copy each word
 with its tag. A provider that runs in-process decodes under the word/TAG constraint (every
 source word forced, only BIO-consistent tags chosen, each tag scored from its logits); any
-other provider generates freely and its answer is re-aligned to the source words. Either way
-the spans come from the source words' own offsets: the model never states an offset.
+other provider generates (freely, or with ``guided=True`` under a GBNF grammar that llama.cpp's
+server enforces) and its answer is re-aligned to the source words. Either way the spans come
+from the source words' own offsets: the model never states an offset.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from dataclasses import dataclass, field
 from clinie.core import Document, LabelSpec, Span, Token, bio_to_spans, chunk, split_document, spans_to_bio, tokenize
 from clinie.llm.base import LLM, SupportsDecoding
 from clinie.llm.cache import CallCache
-from clinie.prompting.wordtag import ParseStats, decode_constrained, generate_prompt, parse_response
+from clinie.prompting.wordtag import ParseStats, decode_constrained, generate_prompt, grammar, parse_response
 from clinie.retrieval import DemoPool, Embedder
 
 
@@ -33,7 +34,8 @@ class Usage:
 
 class LLMTagger:
     def __init__(self, labels: Sequence[LabelSpec], llm: LLM, *, k: int = 5, embedder: Embedder | None = None,
-                 constrained: bool | None = None, max_words: int = 60, cache: CallCache | None = None) -> None:
+                 constrained: bool | None = None, guided: bool = False, max_words: int = 60,
+                 cache: CallCache | None = None) -> None:
         if not labels:
             raise ValueError("an LLM tagger needs at least one label")
         self.label_specs = tuple(labels)
@@ -43,6 +45,7 @@ class LLMTagger:
         self.constrained = isinstance(llm, SupportsDecoding) if constrained is None else constrained
         if self.constrained and not isinstance(llm, SupportsDecoding):
             raise ValueError(f"{llm.provider} cannot decode under constraints; use constrained=False")
+        self.guided = guided and not self.constrained  # a GBNF grammar for the server (llama.cpp's)
         self.max_words = max_words
         self.pool = DemoPool(embedder or Embedder()) if k > 0 else None
         self.cache = cache
@@ -65,7 +68,7 @@ class LLMTagger:
         return demos
 
     def _tag(self, prompt: str, words: list[str]) -> tuple[list[str], list[float] | None]:
-        mode = "constrained" if self.constrained else "free"
+        mode = "constrained" if self.constrained else "guided" if self.guided else "free"
         key = None
         if self.cache is not None:
             key = self.cache.key(self.llm.provider, self.llm.model, prompt, {"mode": mode, "labels": self.labels})
@@ -79,7 +82,8 @@ class LLMTagger:
                 self.usage.prompt_tokens += session.prompt_tokens
                 self.usage.completion_tokens += session.forced_tokens + len(words)
         else:
-            completion = self.llm.complete(prompt, max_tokens=8 * len(words) + 16, stop=["\n\n", "Sentence:"])
+            completion = self.llm.complete(prompt, max_tokens=8 * len(words) + 16, stop=["\n\n", "Sentence:"],
+                                           grammar=grammar(words, self.labels) if self.guided else None)
             self.usage.prompt_tokens += completion.prompt_tokens
             self.usage.completion_tokens += completion.completion_tokens
             tags, stats = parse_response(completion.text, words, self.label_specs)

@@ -64,6 +64,23 @@ def allowed_tags(previous: str, labels: Sequence[str]) -> list[str]:
     return tags
 
 
+def _gbnf_literal(text: str) -> str:
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def grammar(words: Sequence[str], labels: Sequence[str]) -> str:
+    """GBNF for a server's guided decoding (llama.cpp server): every word copied in order, each
+    followed by one of the tags. BIO order is not expressible without state; the parser repairs it.
+
+    >>> print(grammar(["a", 'say "x"'], ["D"]))
+    root ::= " a/" tag " say \\"x\\"/" tag
+    tag ::= "O" | "B-D" | "I-D"
+    """
+    tags = [OUTSIDE] + [f"{p}-{label}" for label in labels for p in ("B", "I")]
+    body = " ".join(f"{_gbnf_literal(f' {w}/')} tag" for w in words)
+    return f"root ::= {body}\ntag ::= " + " | ".join(_gbnf_literal(t) for t in tags)
+
+
 def decode_constrained(session: DecodingSession, words: Sequence[str],
                        labels: Sequence[str]) -> tuple[list[str], list[float]]:
     """Force every source word, in order, and let the model choose only a legal tag for each."""
