@@ -18,9 +18,8 @@ counted in ``ParseStats``.
 from __future__ import annotations
 
 import difflib
-import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from functools import lru_cache
 from pathlib import Path
 
@@ -109,11 +108,8 @@ class ParseStats:
     repaired_bio: int = 0  # I-x without a preceding B-x/I-x (turned into B-x)
 
     def add(self, other: ParseStats) -> None:
-        for name in ("source_words", "aligned", "dropped", "extra", "unknown_tags", "repaired_bio"):
-            setattr(self, name, getattr(self, name) + getattr(other, name))
-
-
-_ITEM = re.compile(r"\S+")
+        for f in fields(self):
+            setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
 
 
 def _answer_items(response: str) -> list[tuple[str, str | None]]:
@@ -124,7 +120,7 @@ def _answer_items(response: str) -> list[tuple[str, str | None]]:
         return []
     best = max(lines[:3], key=lambda line: line.count("/"))  # the tagged line, not the chatter
     items = []
-    for raw in _ITEM.findall(best):
+    for raw in best.split():
         word, slash, tag = raw.rpartition("/")
         items.append((word, tag.strip(".,;:")) if slash and word else (raw, None))
     return items
