@@ -314,9 +314,6 @@ class AnnotationStore:
     def training_counts(self) -> dict[str, int]:
         return {r[0]: r[1] for r in self._read("SELECT status, COUNT(*) FROM trainings GROUP BY status")}
 
-    def trainings(self, project: str) -> int:
-        return self._read("SELECT COUNT(*) FROM trainings WHERE project = ?", (project,))[0][0]
-
     def serving_model(self, project: str) -> ModelRecord | None:
         rows = self._read("SELECT m.* FROM serving s JOIN models m ON m.version = s.version "
                           "WHERE s.project = ?", (project,))

@@ -73,9 +73,13 @@ class Backend:
         self.store.set_label_config(project, label_config)
         return self.model_version(project)
 
+    def _encoder_record(self, project: str) -> ModelRecord | None:
+        """The trained encoder that serves ``project`` under the configured strategy, if any."""
+        return self.store.serving_model(project) if self.settings.strategy != "llm" else None
+
     def model_version(self, project: str) -> str:
-        record = self.store.serving_model(project)
-        if record and self.settings.strategy != "llm":
+        """The version ``predict`` would answer as, without loading any model."""
+        if record := self._encoder_record(project):
             return record.version
         if self.settings.strategy == "encoder":
             return NO_MODEL_VERSION
@@ -175,8 +179,7 @@ class Backend:
 
     def _extractor(self, project: str, schema: Schema) -> tuple[str, Extractor | None]:
         """The strategy's extractor for this project, and the model version it answers as."""
-        record = self.store.serving_model(project)
-        if record and self.settings.strategy != "llm":
+        if record := self._encoder_record(project):
             return record.version, self._model(record)
         if self.settings.strategy == "encoder":
             return NO_MODEL_VERSION, None
