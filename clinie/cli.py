@@ -84,10 +84,12 @@ def _llm_tagger(args: argparse.Namespace):
     if not labels:
         raise ValueError("name the labels: --config label_configs/X.xml, --labels A,B, or --demos with entities")
     settings = replace(Settings.load(), llm_provider=args.provider, llm_model=args.llm_model or "",
-                       llm_base_url=args.base_url or "")
+                       llm_base_url=args.base_url or "", llm_guided=args.guided or "", llm_chat=int(args.chat),
+                       llm_device=args.device or "")
     settings.validate()
     cache = CallCache(args.cache) if args.cache else None
-    return LLMTagger(labels, make_llm(settings), k=args.k if demos else 0, guided=args.guided, cache=cache).fit(demos)
+    return LLMTagger(labels, make_llm(settings), k=args.k if demos else 0, guided=bool(settings.llm_guided),
+                     cache=cache).fit(demos)
 
 
 def _predict(args: argparse.Namespace) -> int:
@@ -153,16 +155,19 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--strategy", choices=("encoder", "llm"), default="encoder")
     predict.add_argument("--model", type=Path, help="encoder: a directory written by 'clinie train'")
     predict.add_argument("--batch-size", type=int, default=32)
-    predict.add_argument("--provider", choices=("llama.cpp", "openai"), default="llama.cpp",
-                         help="llm: in-process llama.cpp (default) or an OpenAI-compatible endpoint")
-    predict.add_argument("--llm-model", help="llm: GGUF path (default: embedded Gemma 3 270M) or model name")
+    predict.add_argument("--provider", choices=("llama.cpp", "transformers", "openai"), default="llama.cpp",
+                         help="llm: in-process llama.cpp (default) or transformers, or an OpenAI-compatible endpoint")
+    predict.add_argument("--llm-model", help="llm: GGUF path, HF model directory or name (default: embedded "
+                                             "Gemma 3 270M), or the endpoint's model name")
     predict.add_argument("--base-url", help="llm: the OpenAI-compatible endpoint (required with --provider openai)")
+    predict.add_argument("--chat", action="store_true", help="llm: the endpoint's chat API instead of completions")
+    predict.add_argument("--device", help="llm: torch device for --provider transformers (default: CUDA if any)")
     predict.add_argument("--demos", type=Path, help="llm: annotated JSONL to retrieve demonstrations from")
     predict.add_argument("--k", type=int, default=5, help="llm: demonstrations per sentence (default 5)")
     predict.add_argument("--config", type=Path, help="llm: a labeling config whose label hints describe the labels")
     predict.add_argument("--labels", help="llm: comma-separated labels (default: those in --demos)")
-    predict.add_argument("--guided", action="store_true",
-                         help="llm: guided decoding by the server (a GBNF grammar; llama.cpp's server)")
+    predict.add_argument("--guided", choices=("llama.cpp", "vllm"),
+                         help="llm: guided decoding by the server, a grammar in the form this server takes")
     predict.add_argument("--cache", type=Path, help="llm: SQLite file caching model calls")
     predict.set_defaults(run=_predict)
 

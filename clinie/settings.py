@@ -40,17 +40,24 @@ class Settings:
     #: Which extractor pre-annotates: ``auto`` (the project's trained encoder once there is
     #: one, the LLM before), ``llm`` or ``encoder``.
     strategy: str = "auto"
-    #: ``llama.cpp`` (in-process, nothing leaves the machine) or ``openai`` (any
+    #: ``llama.cpp`` (in-process on the CPU), ``transformers`` (in-process, a Hugging Face causal
+    #: LM, on the GPU when there is one) — nothing leaves the machine — or ``openai`` (any
     #: OpenAI-compatible endpoint: note text IS sent to ``llm_base_url``).
     llm_provider: str = "llama.cpp"
-    #: llama.cpp: a GGUF path (empty = the embedded Gemma 3 270M); openai: the model name.
+    #: llama.cpp: a GGUF path; transformers: a model directory, HF name or GGUF path (empty, for
+    #: both: the embedded Gemma 3 270M); openai: the model name the endpoint serves.
     llm_model: str = ""
     #: The OpenAI-compatible endpoint; required with ``llm_provider=openai`` — never implied.
     llm_base_url: str = ""
     llm_api_key: str = ""
-    #: 1 = ask an OpenAI-compatible server for guided decoding (a GBNF grammar, as llama.cpp's
-    #: server takes it) that forces every word to be copied.
-    llm_guided: int = 0
+    #: openai: 1 = use the chat API (for chat-only models) instead of plain completions.
+    llm_chat: int = 0
+    #: openai: ask the server for guided decoding that forces every word to be copied — a GBNF
+    #: grammar in the form ``llama.cpp``'s server or ``vllm`` takes it; empty = free generation,
+    #: re-aligned afterwards.
+    llm_guided: str = ""
+    #: transformers: the torch device (``cuda``, ``cuda:1``, ``cpu``); empty = CUDA when available.
+    llm_device: str = ""
     #: Demonstrations retrieved per sentence (0 = zero-shot from the label descriptions).
     llm_k: int = 5
     #: CPU threads for llama.cpp (0 = its default).
@@ -92,8 +99,11 @@ class Settings:
     def validate(self) -> None:
         if self.strategy not in ("auto", "llm", "encoder"):
             raise ValueError(f"{PREFIX}STRATEGY must be auto, llm or encoder, not {self.strategy!r}")
-        if self.llm_provider not in ("llama.cpp", "openai"):
-            raise ValueError(f"{PREFIX}LLM_PROVIDER must be llama.cpp or openai, not {self.llm_provider!r}")
+        if self.llm_provider not in ("llama.cpp", "transformers", "openai"):
+            raise ValueError(f"{PREFIX}LLM_PROVIDER must be llama.cpp, transformers or openai, "
+                             f"not {self.llm_provider!r}")
+        if self.llm_guided not in ("", "llama.cpp", "vllm"):
+            raise ValueError(f"{PREFIX}LLM_GUIDED must be empty, llama.cpp or vllm, not {self.llm_guided!r}")
         if self.llm_provider == "openai" and not (self.llm_base_url and self.llm_model):
             raise ValueError(f"{PREFIX}LLM_PROVIDER=openai needs {PREFIX}LLM_BASE_URL and {PREFIX}LLM_MODEL: "
                              "clinie sends note text to no endpoint that was not named explicitly")

@@ -88,8 +88,12 @@ class Backend:
     def _llm_version(self, pool_size: int) -> str:
         """Names provider, model and pool size: a new annotation makes Label Studio ask again."""
         s = self.settings
-        model = Path(s.llm_model).stem if s.llm_provider == "llama.cpp" and s.llm_model else \
-            (s.llm_model or "gemma-3-270m-q4_k_m")
+        if not s.llm_model:
+            model = "gemma-3-270m-q4_k_m"
+        elif s.llm_provider == "openai":
+            model = s.llm_model
+        else:  # a local file or directory: its name
+            model = Path(s.llm_model).name.removesuffix(".gguf")
         k = s.llm_k if pool_size else 0
         return f"clinie-llm-{s.llm_provider}-{model}-k{k}-pool{pool_size}"
 

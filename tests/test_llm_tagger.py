@@ -79,3 +79,25 @@ def test_free_generation_through_an_openai_compatible_server_is_realigned(data, 
     parse = tagger.usage.parse
     assert parse.source_words == sum(len(tokenize(d.text)) for d in test[:2])
     assert parse.aligned + parse.dropped == parse.source_words
+
+
+@pytest.mark.slow
+def test_a_chat_model_tags_through_the_chat_api_under_the_servers_grammar(data, embedder, tmp_path):
+    """SmolLM2-135M-Instruct left free only echoes the sentence (no word is tagged); under the
+    server's grammar, sent with the chat request, it must copy every word and tag it."""
+    from test_llm import smollm2_gguf
+
+    train, test = data
+    with LlamaServer(smollm2_gguf(), tmp_path / "server.log") as server:
+        llm = OpenAICompatibleLLM("smollm2", base_url=server.url + "/v1", chat=True, timeout=300)
+        free = LLMTagger(LABELS, llm, k=2, embedder=embedder).fit(train)
+        free.predict(test[:2])
+        guided = LLMTagger(LABELS, llm, k=2, embedder=embedder, guided=True).fit(train)
+        predicted = guided.predict(test[:2])
+    words = sum(len(tokenize(d.text)) for d in test[:2])
+    assert free.usage.parse.source_words == words
+    assert free.usage.parse.aligned + free.usage.parse.dropped == words
+    assert guided.usage.parse.aligned == words and guided.usage.parse.dropped == 0
+    for doc in predicted:
+        assert_spans_match_text(doc.text, doc.entities)
+        assert all(s.label == "Disease" for s in doc.entities)

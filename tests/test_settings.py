@@ -22,6 +22,8 @@ def test_environment_overrides_the_config_file(tmp_path):
 @pytest.mark.parametrize("env, message", [
     ({"CLINIE_PORT": "http"}, "CLINIE_PORT"),
     ({"CLINIE_TRAIN_EVERY": "-1"}, "CLINIE_TRAIN_EVERY"),
+    ({"CLINIE_LLM_PROVIDER": "torch"}, "CLINIE_LLM_PROVIDER"),
+    ({"CLINIE_LLM_GUIDED": "1"}, "CLINIE_LLM_GUIDED"),
 ])
 def test_bad_values_name_the_variable(env, message):
     with pytest.raises(ValueError, match=message):

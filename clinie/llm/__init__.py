@@ -15,7 +15,12 @@ def make_llm(settings: Settings) -> LLM:
         from clinie.llm.openai_compat import OpenAICompatibleLLM
 
         return OpenAICompatibleLLM(settings.llm_model, base_url=settings.llm_base_url,
-                                   api_key=settings.llm_api_key or None)
+                                   api_key=settings.llm_api_key or None, chat=bool(settings.llm_chat),
+                                   grammar_style=settings.llm_guided or "llama.cpp")
+    if settings.llm_provider == "transformers":
+        from clinie.llm.transformers_lm import TransformersLLM
+
+        return TransformersLLM(settings.llm_model or None, device=settings.llm_device or None)
     from clinie.llm.llamacpp import LlamaCppLLM
 
     return LlamaCppLLM(settings.llm_model or None, n_threads=settings.llm_threads or None)

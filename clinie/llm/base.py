@@ -9,9 +9,11 @@ tag" without a grammar over a 262k-token vocabulary.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
+
+import numpy as np
 
 
 class LLMError(RuntimeError):
@@ -55,3 +57,39 @@ class DecodingSession(Protocol):
 class SupportsDecoding(Protocol):
     def session(self, prompt: str) -> DecodingSession:
         """A decoding session that starts from ``prompt``."""
+
+
+def choose_option(sequences: Sequence[Sequence[int]], next_logits: Callable[[], np.ndarray],
+                  feed: Callable[[int], None]) -> tuple[int, float]:
+    """Walk the token trie of the options, at each branch keeping the likeliest child.
+
+    ``sequences`` are the options' token ids, ``next_logits()`` the logits after the context so
+    far, ``feed(token)`` appends a token to it. The probability of the result is the product of
+    the softmax over the children at each branch: a distribution over the options, computed from
+    a handful of logits, never from the whole vocabulary.
+
+    Example (a model that always prefers the larger token id):
+        >>> fed = []
+        >>> index, p = choose_option([[5, 1], [5, 2], [3]], lambda: np.arange(8.0), fed.append)
+        >>> index, round(p, 3), fed
+        (1, 0.644, [5, 2])
+    """
+    alive = list(range(len(sequences)))
+    depth, probability = 0, 1.0
+    while True:
+        ended = [i for i in alive if len(sequences[i]) == depth]
+        if ended:  # an option that is a prefix of others wins once reached
+            return ended[0], probability
+        children = sorted({sequences[i][depth] for i in alive})
+        if len(children) == 1:
+            token = children[0]  # one way on: no choice, no logits needed
+        else:
+            logits = np.asarray(next_logits(), dtype=np.float64)[children]
+            p = np.exp(logits - logits.max())
+            p /= p.sum()
+            best = int(p.argmax())
+            probability *= float(p[best])
+            token = children[best]
+        feed(token)
+        alive = [i for i in alive if sequences[i][depth] == token]
+        depth += 1

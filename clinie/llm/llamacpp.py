@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from clinie.llm.base import Completion, LLMError
+from clinie.llm.base import Completion, LLMError, choose_option
 
 
 def default_gguf() -> Path:
@@ -109,28 +109,4 @@ class LlamaCppSession:
         return np.ctypeslib.as_array(self._llm._ctx.get_logits(), shape=(self._llm.n_vocab(),))
 
     def choose(self, options: Sequence[str]) -> tuple[int, float]:
-        """Walk the token trie of ``options``, at each branch keeping the likeliest child.
-
-        The probability of the result is the product of the softmax over the children at each
-        branch: a distribution over the options, computed from a handful of logits.
-        """
-        sequences = [self._owner.tokenize(o) for o in options]
-        alive = list(range(len(options)))
-        depth, probability = 0, 1.0
-        while True:
-            ended = [i for i in alive if len(sequences[i]) == depth]
-            if ended:  # an option that is a prefix of others wins once reached
-                return ended[0], probability
-            children = sorted({sequences[i][depth] for i in alive})
-            if len(children) == 1:
-                token = children[0]  # one way on: no choice, no logits needed
-            else:
-                logits = self._next_logits()[children].astype(np.float64)
-                p = np.exp(logits - logits.max())
-                p /= p.sum()
-                best = int(p.argmax())
-                probability *= float(p[best])
-                token = children[best]
-            self._pending.append(token)
-            alive = [i for i in alive if sequences[i][depth] == token]
-            depth += 1
+        return choose_option([self._owner.tokenize(o) for o in options], self._next_logits, self._pending.append)

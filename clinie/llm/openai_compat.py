@@ -2,8 +2,10 @@
 server, Ollama. Text is sent to ``base_url``: only ever one the deployment configured.
 
 Greedy decoding (temperature 0). The completions API is the default (word/TAG prompts are
-continuations); ``chat=True`` for chat-only models. A GBNF ``grammar`` is passed through as
-llama.cpp's server expects it; token log-probabilities are read back when the server gives them.
+continuations); ``chat=True`` for chat-only models. A GBNF ``grammar`` is passed the way the
+server takes it (``grammar_style``): llama.cpp's server reads ``grammar``, vLLM (0.12 and later;
+xgrammar reads GBNF) ``structured_outputs.grammar``. Token log-probabilities are read back when
+the server gives them.
 """
 
 from __future__ import annotations
@@ -13,13 +15,24 @@ from collections.abc import Sequence
 
 from clinie.llm.base import Completion, LLMError
 
+#: How each kind of server takes a grammar, as extra fields of the request body.
+GRAMMAR_FIELDS = {
+    "llama.cpp": lambda grammar: {"grammar": grammar},
+    "vllm": lambda grammar: {"structured_outputs": {"grammar": grammar}},
+}
+
 
 class OpenAICompatibleLLM:
     provider = "openai-compatible"
 
     def __init__(self, model: str, *, base_url: str | None = None, api_key: str | None = None, chat: bool = False,
-                 timeout: float = 60.0, max_retries: int = 3, concurrency: int = 4, logprobs: bool = True) -> None:
+                 timeout: float = 60.0, max_retries: int = 3, concurrency: int = 4, logprobs: bool = True,
+                 grammar_style: str = "llama.cpp") -> None:
         import openai
+
+        if grammar_style not in GRAMMAR_FIELDS:
+            raise ValueError(f"grammar_style must be one of {', '.join(GRAMMAR_FIELDS)}, not {grammar_style!r}")
+        self._grammar_fields = GRAMMAR_FIELDS[grammar_style]
 
         self.model = model
         self.base_url = base_url or "https://api.openai.com/v1"
@@ -34,13 +47,14 @@ class OpenAICompatibleLLM:
                  grammar: str | None = None) -> Completion:
         import openai
 
-        extra = {"grammar": grammar} if grammar else None
+        extra = self._grammar_fields(grammar) if grammar else None
         try:
             with self._slots:
                 if self.chat:
                     response = self._client.chat.completions.create(
                         model=self.model, messages=[{"role": "user", "content": prompt}], max_tokens=max_tokens,
-                        temperature=0.0, stop=list(stop) or None, logprobs=self.logprobs or None, extra_body=extra)
+                        temperature=0.0, stop=list(stop) or None, logprobs=self.logprobs or None,
+                        top_logprobs=1 if self.logprobs else None, extra_body=extra)
                     choice = response.choices[0]
                     text = choice.message.content or ""
                     logprobs = tuple(t.logprob for t in choice.logprobs.content) \

@@ -1,0 +1,128 @@
+"""A Hugging Face causal LM in-process (``transformers``): for sites with a GPU and an HF model.
+
+``model`` is a Hugging Face name, a local model directory, or a ``.gguf`` file (transformers
+dequantizes it; no file named: the embedded Gemma 3 270M). The model runs on CUDA when there
+is one, else on the CPU (about 6x slower than llama.cpp there, so llama.cpp is the CPU default).
+It offers the same constrained decoding sessions as llama.cpp: forced text is evaluated
+incrementally against a growing key/value cache and choices are scored from the logits of the
+candidate tokens only. Unlike the llama.cpp provider, a session does not reuse the previous
+session's prompt prefix.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from clinie.llm.base import Completion, LLMError, choose_option
+
+
+class TransformersLLM:
+    """One loaded model; calls are serialised (one model, one device)."""
+
+    provider = "transformers"
+
+    def __init__(self, model: str | Path | None = None, *, device: str | None = None) -> None:
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        from clinie.llm.llamacpp import default_gguf
+
+        source = Path(model) if model and str(model).endswith(".gguf") else model or default_gguf()
+        if isinstance(source, Path):
+            if not source.is_file():
+                raise LLMError(f"no GGUF model at {source}")
+            where, options = str(source.parent), {"gguf_file": source.name}
+        else:
+            where, options = str(source), {}
+        self.model = Path(where, options.get("gguf_file", "")).name if options else where
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(where, **options)
+            self._lm = AutoModelForCausalLM.from_pretrained(
+                where, dtype=torch.bfloat16 if self.device.startswith("cuda") else torch.float32,
+                **options).to(self.device).eval()
+        except OSError as e:  # no such directory, and no hub to fetch the name from
+            raise LLMError(f"cannot load the causal LM {where!r}: {e}") from e
+        self._torch = torch
+        self.lock = threading.RLock()
+
+    def tokenize(self, text: str, *, special: bool = False) -> list[int]:
+        """Token ids of ``text``; ``special`` adds what the model puts at a sequence start (BOS)."""
+        return self.tokenizer(text, add_special_tokens=special).input_ids
+
+    def complete(self, prompt: str, *, max_tokens: int, stop: Sequence[str] = (),
+                 grammar: str | None = None) -> Completion:
+        if grammar is not None:
+            raise LLMError("the transformers provider takes no GBNF grammar: it decodes under constraints "
+                           "itself (constrained=True)")
+        ids = self._torch.tensor([self.tokenize(prompt, special=True)], device=self.device)
+        with self.lock, self._torch.inference_mode():
+            out = self._lm.generate(ids, attention_mask=self._torch.ones_like(ids), max_new_tokens=max_tokens,
+                                    do_sample=False, stop_strings=list(stop) or None, tokenizer=self.tokenizer,
+                                    pad_token_id=self.tokenizer.pad_token_id or self.tokenizer.eos_token_id)
+        generated = out[0, ids.shape[1]:].tolist()
+        text = self.tokenizer.decode(generated, skip_special_tokens=True)
+        cut = min((i for i in (text.find(s) for s in stop) if i >= 0), default=len(text))
+        return Completion(text[:cut], ids.shape[1], len(generated))
+
+    def session(self, prompt: str) -> TransformersSession:
+        return TransformersSession(self, prompt)
+
+
+class TransformersSession:
+    """Forced text and constrained choices on a growing key/value cache.
+
+    Forced tokens join a pending list and are evaluated in one forward pass when logits are
+    next needed, as in the llama.cpp session.
+    """
+
+    def __init__(self, owner: TransformersLLM, prompt: str, *, max_tokens: int = 8192) -> None:
+        from transformers import DynamicCache
+
+        self._owner = owner
+        self._pending = owner.tokenize(prompt, special=True)
+        self._max_tokens = min(max_tokens, getattr(owner._lm.config, "max_position_embeddings", max_tokens))
+        if len(self._pending) >= self._max_tokens:
+            raise LLMError(f"prompt of {len(self._pending)} tokens does not fit a context of {self._max_tokens}")
+        self.prompt_tokens = len(self._pending)
+        self.forced_tokens = 0
+        self._cache = DynamicCache(config=owner._lm.config)
+        self._seen = 0
+        self._logits: np.ndarray | None = None
+        owner.lock.acquire()
+
+    def close(self) -> None:
+        self._owner.lock.release()
+
+    def __enter__(self) -> TransformersSession:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def force(self, text: str) -> None:
+        tokens = self._owner.tokenize(text)
+        self.forced_tokens += len(tokens)
+        self._pending.extend(tokens)
+
+    def _next_logits(self) -> np.ndarray:
+        if self._pending:
+            if self._seen + len(self._pending) >= self._max_tokens:
+                raise LLMError("the context is full")
+            torch = self._owner._torch
+            ids = torch.tensor([self._pending], device=self._owner.device)
+            with torch.inference_mode():
+                out = self._owner._lm(input_ids=ids, past_key_values=self._cache, use_cache=True,
+                                      logits_to_keep=1)
+            self._seen += len(self._pending)
+            self._pending = []
+            self._logits = out.logits[0, -1].float().cpu().numpy()
+        assert self._logits is not None
+        return self._logits
+
+    def choose(self, options: Sequence[str]) -> tuple[int, float]:
+        return choose_option([self._owner.tokenize(o) for o in options], self._next_logits, self._pending.append)
