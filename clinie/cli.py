@@ -6,6 +6,8 @@ and ``relations``). Examples::
     clinie serve --host 0.0.0.0 --port 9090
     clinie train --data train.jsonl --out models/ncbi
     clinie predict --model models/ncbi --data test.jsonl --out pred.jsonl
+    clinie train --data ddi_pairs.jsonl --pairs listed --config label_configs/drug_interactions.xml --out models/ddi
+    clinie predict --model models/ddi --gold-spans --data ddi_test.jsonl --out pred.jsonl
     clinie predict --strategy llm --demos train.jsonl --k 5 --data test.jsonl --out pred.jsonl
     clinie evaluate --gold test.jsonl --pred pred.jsonl
 """
@@ -51,32 +53,62 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+RELATIONS_DIR = "relations"  # where a model directory keeps its relation classifier
+
+
+def _schema(args: argparse.Namespace):
+    from clinie.labelstudio import parse_label_config
+
+    return parse_label_config(args.config.read_text()) if args.config else None
+
+
+def _relation_specs(schema, docs: list) -> list:
+    """The config's relations, or else the relation labels the documents use."""
+    from clinie.core import NO_RELATION, RelationSpec
+
+    if schema is not None and schema.relation_labels:
+        return list(schema.relation_labels)
+    return [RelationSpec(name) for name in sorted({r.label for d in docs for r in d.relations} - {NO_RELATION})]
+
+
 def _train(args: argparse.Namespace) -> int:
     from clinie.extractors.encoder import EncoderTagger
+    from clinie.extractors.relation_encoder import RelationClassifier
 
     docs = list(read_documents(args.data))
-    labels = args.labels.split(",") if args.labels else sorted({s.label for d in docs for s in d.entities})
+    schema = _schema(args)
+    if args.labels:
+        labels = args.labels.split(",")
+    else:
+        labels = list(schema.span_labels) if schema else sorted({s.label for d in docs for s in d.entities})
     if not labels:
         raise SystemExit(f"{args.data}: no entities to learn from; pass --labels to name them")
     options = {"epochs": args.epochs} if args.epochs else {}
     tagger = EncoderTagger(labels, args.model, **options).fit(docs, progress=True)
     tagger.save(args.out)
     print(f"trained on {len(docs)} documents, labels {', '.join(labels)}: {args.out}", file=sys.stderr)
+    if specs := _relation_specs(schema, docs):
+        classifier = RelationClassifier(specs, args.model, **options)
+        classifier.fit(docs, listed=args.pairs == "listed", progress=True).save(args.out / RELATIONS_DIR)
+        print(f"relation classifier on {classifier.n_train_pairs} pairs, labels {', '.join(classifier.labels)}: "
+              f"{args.out / RELATIONS_DIR}", file=sys.stderr)
     return 0
 
 
-def _llm_tagger(args: argparse.Namespace):
+def _llm_extractors(args: argparse.Namespace):
+    """The LLM tagger, and the LLM relation extractor when there are relations to predict."""
     from dataclasses import replace
 
     from clinie.core import LabelSpec
     from clinie.extractors.llm import LLMTagger
-    from clinie.labelstudio import parse_label_config
+    from clinie.extractors.relation_llm import LLMRelationExtractor
     from clinie.llm import make_llm
     from clinie.llm.cache import CallCache
+    from clinie.retrieval import Embedder
 
     demos = list(read_documents(args.demos)) if args.demos else []
-    if args.config:
-        schema = parse_label_config(args.config.read_text())
+    schema = _schema(args)
+    if schema:
         labels = [label for control in schema.span_controls for label in control.labels]
     else:
         names = args.labels.split(",") if args.labels else sorted({s.label for d in demos for s in d.entities})
@@ -88,24 +120,38 @@ def _llm_tagger(args: argparse.Namespace):
                        llm_device=args.device or "")
     settings.validate()
     cache = CallCache(args.cache) if args.cache else None
-    return LLMTagger(labels, make_llm(settings), k=args.k if demos else 0, guided=bool(settings.llm_guided),
-                     cache=cache).fit(demos)
+    llm, embedder, k = make_llm(settings), Embedder(), args.k if demos else 0
+    tagger = LLMTagger(labels, llm, k=k, embedder=embedder, guided=bool(settings.llm_guided), cache=cache).fit(demos)
+    relations = None
+    if specs := _relation_specs(schema, demos):
+        relations = LLMRelationExtractor(specs, llm, k=k, embedder=embedder, guided=bool(settings.llm_guided),
+                                         cache=cache).fit(demos, listed=args.pairs == "listed")
+    return tagger, relations
 
 
 def _predict(args: argparse.Namespace) -> int:
     docs = list(read_documents(args.data))
+    spans_given = [d.with_annotations(d.entities) for d in docs]  # gold spans kept, gold relations dropped
     if args.strategy == "llm":
-        tagger = _llm_tagger(args)
-        predictions = [tagger.predict([d])[0] for d in tqdm(docs, desc="predicting", unit="doc")]
-        usage = tagger.usage
-        print(f"LLM: {usage.calls} calls, {usage.cache_hits} cache hits, {usage.prompt_tokens} prompt and "
-              f"{usage.completion_tokens} generated tokens", file=sys.stderr)
+        tagger, relations = _llm_extractors(args)
+        predictions = []
+        for doc, given in zip(tqdm(docs, desc="predicting", unit="doc"), spans_given):
+            tagged = given if args.gold_spans else tagger.predict([doc])[0]
+            predictions.append(relations.predict([tagged])[0] if relations else tagged)
+        for name, usage in (("entities", tagger.usage), ("relations", relations and relations.usage)):
+            if usage and usage.calls + usage.cache_hits:
+                print(f"LLM {name}: {usage.calls} calls, {usage.cache_hits} cache hits, {usage.prompt_tokens} prompt "
+                      f"and {usage.completion_tokens} generated tokens", file=sys.stderr)
     else:
         from clinie.extractors.encoder import EncoderTagger
+        from clinie.extractors.relation_encoder import RelationClassifier
 
         if not args.model:
             raise ValueError("--model DIR (written by 'clinie train') is needed with --strategy encoder")
-        predictions = EncoderTagger.load(args.model).predict(docs, batch_size=args.batch_size, progress=True)
+        predictions = spans_given if args.gold_spans else \
+            EncoderTagger.load(args.model).predict(docs, batch_size=args.batch_size, progress=True)
+        if (args.model / RELATIONS_DIR).is_dir():
+            predictions = RelationClassifier.load(args.model / RELATIONS_DIR).predict(predictions)
     if args.out:
         write_documents(predictions, args.out)
     else:
@@ -114,20 +160,26 @@ def _predict(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from clinie.evaluation import evaluate_spans
+    from clinie.evaluation import evaluate_relations, evaluate_spans
 
-    scores = evaluate_spans(read_documents(args.gold), read_documents(args.pred))
-    report = {mode: s.as_dict() for mode, s in scores.items()}
+    gold, pred = list(read_documents(args.gold)), list(read_documents(args.pred))
+    report = {"entities": {mode: s.as_dict() for mode, s in evaluate_spans(gold, pred).items()}}
+    if any(d.relations for d in gold):
+        report["relations"] = {mode: s.as_dict() for mode, s in evaluate_relations(gold, pred).items()}
     if args.json:
         print(json.dumps(report, indent=2))
         return 0
-    for mode, s in report.items():
-        print(f"\n{mode} matching")
+    for kind, mode, s in [(kind, mode, s) for kind, modes in report.items() for mode, s in modes.items()]:
+        print(f"\n{kind}, {mode} matching")
         print(f"{'label':<20} {'P':>6} {'R':>6} {'F1':>6} {'support':>8}")
         for label, row in [*s["per_label"].items(), ("micro", s["micro"])]:
             print(f"{label:<20} {row['precision']:>6.3f} {row['recall']:>6.3f} {row['f1']:>6.3f} {row['support']:>8}")
         print(f"{'macro F1':<20} {'':>6} {'':>6} {s['macro_f1']:>6.3f}")
     return 0
+
+
+PAIRS_HELP = ("relations in the data: 'all' (default) = every unannotated pair of spans is a negative; "
+              "'listed' = only the listed pairs are examples, label 'false' a negative (DDI's pair files)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -146,6 +198,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--out", type=Path, required=True, help="directory for the trained model")
     train.add_argument("--model", help="base encoder: HF name or directory (default: embedded MiniLM)")
     train.add_argument("--labels", help="comma-separated labels (default: those in the data)")
+    train.add_argument("--config", type=Path, help="a labeling config: its labels, and its relations with their "
+                                                   "type constraints (default: the labels in the data)")
+    train.add_argument("--pairs", choices=("all", "listed"), default="all", help=PAIRS_HELP)
     train.add_argument("--epochs", type=int)
     train.set_defaults(run=_train)
 
@@ -169,9 +224,12 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--guided", choices=("llama.cpp", "vllm"),
                          help="llm: guided decoding by the server, a grammar in the form this server takes")
     predict.add_argument("--cache", type=Path, help="llm: SQLite file caching model calls")
+    predict.add_argument("--pairs", choices=("all", "listed"), default="all", help="llm: " + PAIRS_HELP)
+    predict.add_argument("--gold-spans", action="store_true",
+                         help="keep the data's spans and predict only the relations between them")
     predict.set_defaults(run=_predict)
 
-    evaluate = commands.add_parser("evaluate", help="strict and partial span P/R/F1 per label")
+    evaluate = commands.add_parser("evaluate", help="span (strict, partial) and relation (strict, pairs) P/R/F1")
     evaluate.add_argument("--gold", type=Path, required=True)
     evaluate.add_argument("--pred", type=Path, required=True)
     evaluate.add_argument("--json", action="store_true", help="print the figures as JSON")

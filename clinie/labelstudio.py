@@ -41,7 +41,7 @@ from bisect import bisect_left, bisect_right
 from collections.abc import Sequence
 from typing import Any
 
-from clinie.core import Document, LabelSpec, Relation, Schema, Span, SpanControl, Token, tokenize
+from clinie.core import Document, LabelSpec, Relation, RelationSpec, Schema, Span, SpanControl, Token, tokenize
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +65,20 @@ def _label_specs(control: ET.Element, tag: str) -> list[LabelSpec]:
             raise LabelConfigError(f"a <{tag}> in <{control.tag} name={control.get('name')!r}> has no value")
         specs.append(LabelSpec(value, label.get("hint") or label.get("description") or ""))
     return specs
+
+
+def _relation_spec(relations: ET.Element, spec: LabelSpec) -> RelationSpec:
+    """The clinie attributes of a ``<Relation>`` (Label Studio ignores them): which span labels
+    it joins (``clinie-head``, ``clinie-tail``) and how to say it (``clinie-template``)."""
+    element = next(r for r in relations.iter("Relation") if r.get("value") == spec.name)
+
+    def names(attribute: str) -> tuple[str, ...]:
+        return tuple(n.strip() for n in (element.get(attribute) or "").split(",") if n.strip())
+
+    template = element.get("clinie-template") or ""
+    if template and ("{head}" not in template or "{tail}" not in template):
+        raise LabelConfigError(f"<Relation value={spec.name!r}>: clinie-template must contain {{head}} and {{tail}}")
+    return RelationSpec(spec.name, spec.description, names("clinie-head"), names("clinie-tail"), template)
 
 
 def _refuse_duplicates(specs: Sequence[LabelSpec], where: str) -> None:
@@ -115,8 +129,13 @@ def parse_label_config(xml: str) -> Schema:
         controls.append(SpanControl(name, to_name, value[1:], tuple(specs), "word" if word else "symbol"))
     if not controls:
         raise LabelConfigError("the config has no <Labels> attached to a <Text>: nothing for clinie to predict")
-    relations = [spec for r in root.iter("Relations") for spec in _label_specs(r, "Relation")]
+    relations = [_relation_spec(r, s) for r in root.iter("Relations") for s in _label_specs(r, "Relation")]
     _refuse_duplicates(relations, "<Relations>")
+    known = set(Schema(tuple(controls)).span_labels)
+    for spec in relations:
+        if unknown := sorted(set(spec.heads + spec.tails) - known):
+            raise LabelConfigError(f"<Relation value={spec.name!r}> names span label(s) {', '.join(unknown)} "
+                                   "that no <Labels> has")
     return Schema(tuple(controls), tuple(relations))
 
 

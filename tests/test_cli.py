@@ -45,9 +45,10 @@ def test_train_predict_evaluate(files, capsys):
     capsys.readouterr()
     assert main(["evaluate", "--gold", str(test), "--pred", str(pred), "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
-    assert set(report) == {"strict", "partial"}
-    assert report["strict"]["micro"]["support"] == sum(len(d.entities) for d in gold)
-    assert report["partial"]["micro"]["tp"] >= report["strict"]["micro"]["tp"]
+    assert set(report) == {"entities"} and set(report["entities"]) == {"strict", "partial"}
+    entities = report["entities"]
+    assert entities["strict"]["micro"]["support"] == sum(len(d.entities) for d in gold)
+    assert entities["partial"]["micro"]["tp"] >= entities["strict"]["micro"]["tp"]
 
     # The installed console script writes to stdout when --out is omitted.
     out = subprocess.run([sys.executable, "-m", "clinie.cli", "predict", "--model", str(model),
@@ -59,7 +60,7 @@ def test_evaluate_prints_a_table(files, capsys):
     _, _, test = files
     assert main(["evaluate", "--gold", str(test), "--pred", str(test)]) == 0
     out = capsys.readouterr().out
-    assert "strict matching" in out and "Disease" in out and "1.000" in out
+    assert "entities, strict matching" in out and "Disease" in out and "1.000" in out
 
 
 def test_errors_are_one_clear_line(tmp_path, capsys):
@@ -82,7 +83,7 @@ def test_predict_with_the_llm_strategy_and_retrieved_demos(files, tmp_path, caps
     for doc in predicted:
         assert_spans_match_text(doc.text, doc.entities)
         assert {s.label for s in doc.entities} <= {"Disease"}
-    assert "LLM: 15 calls, 0 cache hits" in capsys.readouterr().err
+    assert "LLM entities: 15 calls, 0 cache hits" in capsys.readouterr().err
     # a second run is answered from the cache
     assert main(["predict", "--strategy", "llm", "--demos", str(train), "--k", "2", "--config", str(config),
                  "--data", str(test), "--out", str(out), "--cache", str(tmp_path / "calls.sqlite3")]) == 0

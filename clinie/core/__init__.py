@@ -4,10 +4,10 @@ from clinie.core.bio import bio_labels, bio_to_spans, spans_to_bio
 from clinie.core.chunking import chunk, split_document, split_sentences
 from clinie.core.jsonl import document_from_dict, document_to_dict, read_documents, write_documents
 from clinie.core.tokenize import Token, tokenize
-from clinie.core.types import Document, LabelSpec, Relation, Schema, Span, SpanControl
+from clinie.core.types import NO_RELATION, Document, LabelSpec, Relation, RelationSpec, Schema, Span, SpanControl
 
 __all__ = [
-    "Document", "LabelSpec", "Relation", "Schema", "Span", "SpanControl", "Token",
+    "NO_RELATION", "Document", "LabelSpec", "Relation", "RelationSpec", "Schema", "Span", "SpanControl", "Token",
     "bio_labels", "bio_to_spans", "chunk", "split_document", "document_from_dict", "document_to_dict",
     "read_documents", "spans_to_bio", "split_sentences", "tokenize", "write_documents",
 ]

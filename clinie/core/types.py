@@ -77,6 +77,44 @@ class LabelSpec:
     description: str = ""
 
 
+#: The label of a listed pair that is *not* related (pair-level files such as DDI's few-shot ones).
+NO_RELATION = "false"
+
+
+@dataclass(frozen=True)
+class RelationSpec(LabelSpec):
+    """A relation label with what clinie needs to predict it.
+
+    ``heads``/``tails`` name the span labels allowed at each end (empty: any label); in a
+    labeling config they are the ``clinie-head``/``clinie-tail`` attributes of a ``<Relation>``,
+    comma-separated. ``template`` verbalises the relation for the LLM, ``{head}`` and ``{tail}``
+    standing for the two mentions (``clinie-template``); without one, ``verbalise`` derives a
+    sentence from the name and description.
+
+    >>> spec = RelationSpec("has_dosage", "The Dosage is the amount of this Medication",
+    ...                     heads=("Medication",), tails=("Dosage",))
+    >>> spec.allows("Medication", "Dosage"), spec.allows("Dosage", "Medication")
+    (True, False)
+    >>> spec.verbalise("aspirin", "81 mg")
+    'The relation between "aspirin" and "81 mg" is has dosage: The Dosage is the amount of this Medication.'
+    >>> RelationSpec("effect", template="{head} changes the effect of {tail}.").verbalise("A", "B")
+    'A changes the effect of B.'
+    """
+
+    heads: tuple[str, ...] = ()
+    tails: tuple[str, ...] = ()
+    template: str = ""
+
+    def allows(self, head_label: str, tail_label: str) -> bool:
+        return (not self.heads or head_label in self.heads) and (not self.tails or tail_label in self.tails)
+
+    def verbalise(self, head: str, tail: str) -> str:
+        if self.template:
+            return self.template.replace("{head}", head).replace("{tail}", tail)
+        about = f": {self.description.rstrip('.')}" if self.description else ""
+        return f'The relation between "{head}" and "{tail}" is {self.name.replace("_", " ")}{about}.'
+
+
 @dataclass(frozen=True)
 class SpanControl:
     """One ``<Labels>`` control of a labeling config and the ``<Text>`` object it annotates."""
@@ -97,7 +135,7 @@ class Schema:
     """What a project asks for: span labels per control, and relation labels."""
 
     span_controls: tuple[SpanControl, ...]
-    relation_labels: tuple[LabelSpec, ...] = ()
+    relation_labels: tuple[RelationSpec, ...] = ()
 
     @property
     def span_labels(self) -> tuple[str, ...]:

@@ -1,5 +1,5 @@
-"""Evaluation: span metrics now; cross-validation, calibration and reports build on them."""
+"""Evaluation: span and relation metrics; cross-validation, calibration and reports build on them."""
 
-from clinie.evaluation.metrics import Scores, evaluate_spans
+from clinie.evaluation.metrics import Scores, evaluate_relations, evaluate_spans
 
-__all__ = ["Scores", "evaluate_spans"]
+__all__ = ["Scores", "evaluate_relations", "evaluate_spans"]

@@ -6,7 +6,7 @@ prediction). Documents are paired by id; a predicted document with no gold is an
 document with no prediction counts as predicting nothing.
 
 Example:
-    >>> from clinie.core import Document, Span
+    >>> from clinie.core import NO_RELATION, Document, Span
     >>> text = "breast cancer and ovarian cancer"
     >>> gold = [Document("1", text, (Span.from_text(text, 0, 13, "Disease"),
     ...                              Span.from_text(text, 18, 32, "Disease")))]
@@ -24,7 +24,7 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from clinie.core import Document, Span
+from clinie.core import NO_RELATION, Document, Span
 
 
 @dataclass(frozen=True)
@@ -106,9 +106,67 @@ def evaluate_spans(gold_docs: Iterable[Document], pred_docs: Iterable[Document])
             n_gold.update(s.label for s in gold.entities)
             n_pred.update(s.label for s in pred_spans)
             tp.update(s.label for s in match(list(gold.entities), pred_spans))
-        labels = set(n_gold) | set(n_pred)
-        per_label = {lab: PRF(tp[lab], n_pred[lab] - tp[lab], n_gold[lab] - tp[lab]) for lab in labels}
-        micro = PRF(sum(tp.values()), sum(n_pred.values()) - sum(tp.values()),
-                    sum(n_gold.values()) - sum(tp.values()))
-        results[mode] = Scores(per_label, micro)
+        results[mode] = _tally(n_gold, n_pred, tp)
     return results
+
+
+def _tally(n_gold: Counter[str], n_pred: Counter[str], tp: Counter[str]) -> Scores:
+    labels = set(n_gold) | set(n_pred)
+    per_label = {lab: PRF(tp[lab], n_pred[lab] - tp[lab], n_gold[lab] - tp[lab]) for lab in labels}
+    micro = PRF(sum(tp.values()), sum(n_pred.values()) - sum(tp.values()), sum(n_gold.values()) - sum(tp.values()))
+    return Scores(per_label, micro)
+
+
+def _relation_keys(doc: Document) -> list[tuple[tuple[int, int, int, int], str]]:
+    """Each relation as (head and tail offsets, label); relations to unknown span ids are errors."""
+    by_id = {s.id: s for s in doc.entities}
+    keys = []
+    for r in doc.relations:
+        if r.head not in by_id or r.tail not in by_id:
+            raise ValueError(f"document {doc.id!r}: relation {r.label!r} points at a span id it does not have")
+        head, tail = by_id[r.head], by_id[r.tail]
+        keys.append(((head.start, head.end, tail.start, tail.end), r.label))
+    return keys
+
+
+def evaluate_relations(gold_docs: Iterable[Document], pred_docs: Iterable[Document]) -> dict[str, Scores]:
+    """Relation P/R/F1: ``{"strict": Scores, "pairs": Scores}``.
+
+    **strict**: a predicted relation is right when its head and tail spans have exactly the
+    gold offsets (direction included) and its label is right — the end-to-end figure when spans
+    were predicted too. **pairs**: only the pairs the gold lists are judged (with gold spans
+    given, and pair-level files whose negatives are listed as ``NO_RELATION``): each listed
+    pair's predicted label, if any, against its gold label; predictions on unlisted pairs are
+    not counted. ``NO_RELATION`` is never a label that scores.
+
+    >>> from clinie.core import Relation
+    >>> text = "aspirin with warfarin and heparin"
+    >>> spans = (Span.from_text(text, 0, 7, "drug", "a"), Span.from_text(text, 13, 21, "drug", "w"),
+    ...          Span.from_text(text, 26, 33, "drug", "h"))
+    >>> gold = [Document("1", text, spans, (Relation("a", "w", "effect"), Relation("a", "h", "false")))]
+    >>> pred = [Document("1", text, spans, (Relation("a", "w", "effect"), Relation("w", "h", "int")))]
+    >>> scores = evaluate_relations(gold, pred)
+    >>> scores["strict"].micro.precision, scores["pairs"].micro.precision
+    (0.5, 1.0)
+    """
+    gold_by_id = {d.id: d for d in gold_docs}
+    pred_by_id = {d.id: d for d in pred_docs}
+    if unknown := set(pred_by_id) - set(gold_by_id):
+        raise ValueError(f"{len(unknown)} predicted documents have no gold, e.g. {sorted(unknown)[0]!r}")
+    counts = {mode: (Counter(), Counter(), Counter()) for mode in ("strict", "pairs")}
+    for doc_id, gold in gold_by_id.items():
+        gold_keys = _relation_keys(gold)
+        pred_keys = [k for k in _relation_keys(pred_by_id[doc_id]) if k[1] != NO_RELATION] \
+            if doc_id in pred_by_id else []
+        listed = {pair for pair, _ in gold_keys}
+        positives = [k for k in gold_keys if k[1] != NO_RELATION]
+        for mode, predicted in (("strict", pred_keys), ("pairs", [k for k in pred_keys if k[0] in listed])):
+            n_gold, n_pred, tp = counts[mode]
+            n_gold.update(label for _, label in positives)
+            n_pred.update(label for _, label in predicted)
+            remaining = Counter(positives)
+            for key in predicted:
+                if remaining[key]:
+                    remaining[key] -= 1
+                    tp[key[1]] += 1
+    return {mode: _tally(*c) for mode, c in counts.items()}

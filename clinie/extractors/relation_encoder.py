@@ -1,0 +1,202 @@
+"""Encoder relation classifier: entity markers and entity-start pooling (Baldini Soares et al. 2019).
+
+- **preprocess** (``clinie.relations.mark``, pure): the sentences that hold a candidate pair, with ``[E1]``..
+  ``[/E1]`` around the head and ``[E2]``..``[/E2]`` around the tail;
+- **forward**: the encoder; the hidden states at ``[E1]`` and ``[E2]`` are concatenated and a
+  linear layer scores ``NO_RELATION`` and every relation label;
+- **postprocess**: labels the pair's span types do not allow are masked, the argmax wins, and
+  a relation is kept when it is not ``NO_RELATION``, scored by its probability.
+
+Negatives are the unannotated candidate pairs (``clinie.relations.labelled_pairs``). It works
+on whatever spans a document has: gold ones, or the encoder tagger's predictions.
+
+Example (not run here: it fine-tunes a model):
+    classifier = RelationClassifier(schema.relation_labels).fit(train_docs)
+    classifier.predict(tagged_docs)[0].relations  # (Relation(head='T1', tail='T3', label='effect', score=0.91),)
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from collections.abc import Sequence
+from dataclasses import asdict
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from clinie import __version__
+from clinie.core import NO_RELATION, Document, Relation, RelationSpec
+from clinie.extractors.encoder import CONFIG_FILE, default_encoder_path
+from clinie.relations import ENTITY_MARKERS, Pair, PairTypes, candidate_pairs, labelled_pairs, mark
+
+MARKERS = ENTITY_MARKERS
+HEAD_FILE = "relation_head.pt"
+
+
+class RelationClassifier:
+    """Fine-tunes any Hugging Face encoder to label candidate pairs (``NO_RELATION`` or a relation).
+
+    Defaults follow the encoder tagger's (learning rate 1e-4, 20 epochs, batch 8): they were
+    not tuned for relations, on purpose — there is no validation set in the few-shot regime.
+    """
+
+    def __init__(self, specs: Sequence[RelationSpec], model: str | Path | None = None, *, epochs: int = 20,
+                 learning_rate: float = 1e-4, batch_size: int = 8, window: int = 1, max_subwords: int = 256,
+                 seed: int = 13, device: str = "cpu") -> None:
+        from transformers import AutoTokenizer
+
+        if not specs:
+            raise ValueError("a relation classifier needs at least one relation label")
+        self.specs = tuple(specs)
+        self.labels = tuple(s.name for s in self.specs)
+        self.classes = (NO_RELATION, *self.labels)
+        self.base_model = str(model or default_encoder_path())
+        self.hyperparameters = {"epochs": epochs, "learning_rate": learning_rate, "batch_size": batch_size,
+                                "window": window, "max_subwords": max_subwords, "seed": seed}
+        self.device = device
+        self.types = PairTypes(self.specs)
+        self.n_train_pairs = 0
+        self._tokenizer = AutoTokenizer.from_pretrained(self.base_model)
+        self._tokenizer.add_special_tokens({"additional_special_tokens": list(MARKERS)})
+        self._marker_ids = self._tokenizer.convert_tokens_to_ids(["[E1]", "[E2]"])
+        self._encoder: Any = None
+        self._head: Any = None
+
+    # --- preprocess / forward -------------------------------------------------------------
+
+    def _forward(self, texts: Sequence[str]):
+        """Logits over ``classes`` for each marked text."""
+        import torch
+
+        batch = self._tokenizer(list(texts), padding=True, truncation=True,
+                                max_length=self.hyperparameters["max_subwords"], return_tensors="pt").to(self.device)
+        hidden = self._encoder(**batch).last_hidden_state
+        rows = torch.arange(hidden.shape[0], device=self.device)
+        pooled = []
+        for marker in self._marker_ids:
+            found = batch["input_ids"] == marker
+            # a marker cut off by truncation falls back to the first token
+            position = torch.where(found.any(1), found.int().argmax(1), torch.zeros_like(rows))
+            pooled.append(hidden[rows, position])
+        return self._head(torch.cat(pooled, dim=-1))
+
+    def fit(self, docs: Sequence[Document], *, listed: bool = False, progress: bool = False) -> RelationClassifier:
+        """Fine-tune a fresh copy of the base encoder on the labelled pairs of ``docs``.
+
+        ``listed=True`` for pair-level files (see ``labelled_pairs``). Type constraints of the
+        relations the config does not declare are learned from ``docs`` here.
+        """
+        import torch
+        from tqdm.auto import tqdm
+        from transformers import AutoModel, get_linear_schedule_with_warmup
+
+        hp = self.hyperparameters
+        self.types = PairTypes.learn(self.specs, docs)
+        index = {c: i for i, c in enumerate(self.classes)}
+        examples = [(mark(doc.text, pair), index[label]) for doc in docs
+                    for pair, label in labelled_pairs(doc, self.types, hp["window"], listed=listed) if label in index]
+        if not examples:
+            raise ValueError("no candidate pairs to learn relations from")
+        torch.manual_seed(hp["seed"])
+        self._encoder = AutoModel.from_pretrained(self.base_model).to(self.device)
+        self._encoder.resize_token_embeddings(len(self._tokenizer))
+        self._head = torch.nn.Sequential(torch.nn.Dropout(0.1),
+                                         torch.nn.Linear(2 * self._encoder.config.hidden_size, len(self.classes)))
+        self._head.to(self.device)
+        parameters = [*self._encoder.parameters(), *self._head.parameters()]
+        steps = math.ceil(len(examples) / hp["batch_size"]) * hp["epochs"]
+        optimizer = torch.optim.AdamW(parameters, lr=hp["learning_rate"], weight_decay=0.01)
+        schedule = get_linear_schedule_with_warmup(optimizer, int(0.1 * steps), steps)
+        shuffler = random.Random(hp["seed"])
+        self._encoder.train()
+        self._head.train()
+        with tqdm(total=steps, desc="fine-tuning relations", unit="batch", disable=not progress) as bar:
+            for _ in range(hp["epochs"]):
+                shuffler.shuffle(examples)
+                for b in range(0, len(examples), hp["batch_size"]):
+                    part = examples[b : b + hp["batch_size"]]
+                    logits = self._forward([text for text, _ in part])
+                    target = torch.tensor([label for _, label in part], device=self.device)
+                    loss = torch.nn.functional.cross_entropy(logits, target)
+                    loss.backward()
+                    torch.nn.utils.clip_grad_norm_(parameters, 1.0)
+                    optimizer.step()
+                    schedule.step()
+                    optimizer.zero_grad()
+                    bar.update()
+        self._encoder.eval()
+        self._head.eval()
+        self.n_train_pairs = len(examples)
+        return self
+
+    # --- postprocess ----------------------------------------------------------------------
+
+    def classify(self, doc: Document, pairs: Sequence[Pair], batch_size: int = 32) -> list[tuple[str, float]]:
+        """The label and its probability for each pair; labels a pair's types forbid are masked."""
+        import torch
+
+        if self._encoder is None:
+            raise RuntimeError("the relation classifier is not trained: call fit() or load()")
+        out: list[tuple[str, float]] = []
+        with torch.inference_mode():
+            for b in range(0, len(pairs), batch_size):
+                part = pairs[b : b + batch_size]
+                logits = self._forward([mark(doc.text, p) for p in part]).float()
+                for row, pair in zip(logits, part):
+                    allowed = torch.tensor([c == NO_RELATION or c in pair.labels for c in self.classes],
+                                           device=row.device)
+                    p = torch.softmax(row.masked_fill(~allowed, float("-inf")), dim=-1)
+                    best = int(p.argmax())
+                    out.append((self.classes[best], float(p[best])))
+        return out
+
+    def predict(self, docs: Sequence[Document]) -> list[Document]:
+        """Each document with its spans kept and its relations predicted between them."""
+        out = []
+        for doc in docs:
+            pairs = candidate_pairs(doc, self.types, self.hyperparameters["window"])
+            relations = [Relation(p.head.id, p.tail.id, label, score)
+                         for p, (label, score) in zip(pairs, self.classify(doc, pairs)) if label != NO_RELATION]
+            out.append(doc.with_annotations(doc.entities, relations))
+        return out
+
+    # --- persistence ----------------------------------------------------------------------
+
+    def save(self, directory: str | Path) -> Path:
+        import torch
+
+        if self._encoder is None:
+            raise RuntimeError("nothing to save: the relation classifier is not trained")
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        self._encoder.save_pretrained(directory)
+        self._tokenizer.save_pretrained(directory)
+        torch.save(self._head.state_dict(), directory / HEAD_FILE)
+        meta = {"kind": "relation-classifier", "specs": [asdict(s) for s in self.specs], "classes": self.classes,
+                "types": self.types.as_dict(), "base_model": self.base_model, "hyperparameters": self.hyperparameters,
+                "n_train_pairs": self.n_train_pairs, "clinie_version": __version__,
+                "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+        (directory / CONFIG_FILE).write_text(json.dumps(meta, indent=2))
+        return directory
+
+    @classmethod
+    def load(cls, directory: str | Path, device: str = "cpu") -> RelationClassifier:
+        import torch
+        from transformers import AutoModel
+
+        directory = Path(directory)
+        meta = json.loads((directory / CONFIG_FILE).read_text())
+        specs = [RelationSpec(**{k: tuple(v) if isinstance(v, list) else v for k, v in s.items()})
+                 for s in meta["specs"]]
+        classifier = cls(specs, directory, device=device, **meta["hyperparameters"])
+        classifier.base_model = meta["base_model"]
+        classifier.types = PairTypes.from_dict(classifier.specs, meta["types"])
+        classifier.n_train_pairs = meta["n_train_pairs"]
+        classifier._encoder = AutoModel.from_pretrained(directory).to(device).eval()
+        hidden = classifier._encoder.config.hidden_size
+        classifier._head = torch.nn.Sequential(torch.nn.Dropout(0.1), torch.nn.Linear(2 * hidden, len(classifier.classes)))
+        classifier._head.load_state_dict(torch.load(directory / HEAD_FILE, map_location=device))
+        classifier._head.to(device).eval()
+        return classifier
