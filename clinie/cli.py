@@ -53,9 +53,6 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
-RELATIONS_DIR = "relations"  # where a model directory keeps its relation classifier
-
-
 def _schema(args: argparse.Namespace):
     from clinie.labelstudio import parse_label_config
 
@@ -73,7 +70,7 @@ def _relation_specs(schema, docs: list) -> list:
 
 def _train(args: argparse.Namespace) -> int:
     from clinie.extractors.encoder import EncoderTagger
-    from clinie.extractors.relation_encoder import RelationClassifier
+    from clinie.extractors.relation_encoder import RELATIONS_DIR, RelationClassifier
 
     docs = list(read_documents(args.data))
     schema = _schema(args)
@@ -144,7 +141,7 @@ def _predict(args: argparse.Namespace) -> int:
                       f"and {usage.completion_tokens} generated tokens", file=sys.stderr)
     else:
         from clinie.extractors.encoder import EncoderTagger
-        from clinie.extractors.relation_encoder import RelationClassifier
+        from clinie.extractors.relation_encoder import RELATIONS_DIR, RelationClassifier
 
         if not args.model:
             raise ValueError("--model DIR (written by 'clinie train') is needed with --strategy encoder")

@@ -16,9 +16,11 @@ from typing import Any
 
 from clinie import __version__
 from clinie.core import Document, Schema
-from clinie.extractors.base import Extractor
+from clinie.extractors.base import Extractor, SpansThenRelations
 from clinie.extractors.encoder import EncoderTagger
 from clinie.extractors.llm import LLMTagger
+from clinie.extractors.relation_encoder import RELATIONS_DIR, RelationClassifier
+from clinie.extractors.relation_llm import LLMRelationExtractor
 from clinie.labelstudio import annotation_to_document, document_to_result, parse_label_config, task_to_document
 from clinie.llm import LLM, make_llm
 from clinie.llm.cache import CallCache
@@ -56,8 +58,8 @@ class Backend:
         self.settings = settings
         self.store = AnnotationStore(settings.store_path)
         self.metrics = Metrics()
-        self._models: dict[str, tuple[str, EncoderTagger]] = {}  # project -> (version, model)
-        self._llm_taggers: dict[str, tuple[str, str, LLMTagger]] = {}  # project -> (revision, version, tagger)
+        self._models: dict[str, tuple[str, Extractor]] = {}  # project -> (version, model)
+        self._llm_taggers: dict[str, tuple[str, str, Extractor]] = {}  # project -> (revision, version, extractor)
         self._models_lock = threading.Lock()
         self._llm: LLM | None = None
         self._embedder: Embedder | None = None
@@ -106,9 +108,10 @@ class Backend:
                 self.metrics.observe("model_load", time.perf_counter() - started)
             return self._llm, self._embedder
 
-    def _llm_tagger(self, project: str, schema: Schema) -> tuple[str, LLMTagger]:
-        """The project's LLM tagger and its version; its demonstrations are the annotations as
-        of now (a new one joins the pool at once, no training needed)."""
+    def _llm_tagger(self, project: str, schema: Schema) -> tuple[str, Extractor]:
+        """The project's LLM extractor and its version; its demonstrations are the annotations as
+        of now (a new one joins the pool at once, no training needed). With ``<Relations>`` in
+        the config, the LLM also answers a multiple-choice question per candidate pair."""
         llm, embedder = self._shared_llm()
         revision = f"{self.store.revision(project)}|{hash(schema)}"
         with self._models_lock:
@@ -117,8 +120,12 @@ class Backend:
             examples = self.store.training_examples(project)
             docs = [annotation_to_document(e.task, e.result, schema) for e in examples]
             labels = tuple(label for control in schema.span_controls for label in control.labels)
-            tagger = LLMTagger(labels, llm, k=self.settings.llm_k if docs else 0, embedder=embedder,
-                               guided=bool(self.settings.llm_guided), cache=self._llm_cache).fit(docs)
+            k, guided = self.settings.llm_k if docs else 0, bool(self.settings.llm_guided)
+            tagger: Extractor = LLMTagger(labels, llm, k=k, embedder=embedder, guided=guided,
+                                          cache=self._llm_cache).fit(docs)
+            if schema.relation_labels:
+                tagger = SpansThenRelations(tagger, LLMRelationExtractor(
+                    schema.relation_labels, llm, k=k, embedder=embedder, guided=guided, cache=self._llm_cache).fit(docs))
             cached = (revision, self._llm_version(len(examples)), tagger)
             with self._models_lock:
                 self._llm_taggers[project] = cached
@@ -127,12 +134,15 @@ class Backend:
     def versions(self) -> list[str]:
         return [m.version for m in self.store.models()]
 
-    def _model(self, record: ModelRecord) -> EncoderTagger:
+    def _model(self, record: ModelRecord) -> Extractor:
         with self._models_lock:
             cached = self._models.get(record.project)
             if cached is None or cached[0] != record.version:
                 started = time.perf_counter()
-                cached = (record.version, EncoderTagger.load(record.path))
+                model: Extractor = EncoderTagger.load(record.path)
+                if (record.path / RELATIONS_DIR).is_dir():
+                    model = SpansThenRelations(model, RelationClassifier.load(record.path / RELATIONS_DIR))
+                cached = (record.version, model)
                 self._models[record.project] = cached
                 self.metrics.observe("model_load", time.perf_counter() - started)
             return cached[1]
@@ -166,9 +176,13 @@ class Backend:
                         # Each control gets its own labels only; a label since removed from the
                         # config is not resurrected by a model trained before.
                         own = [s for s in doc.entities if s.label in control.label_names]
-                        items, _ = document_to_result(doc.with_annotations(own), control)
+                        ids = {s.id for s in own}
+                        relations = [r for r in doc.relations if r.label in schema.relation_label_names
+                                     and r.head in ids and r.tail in ids]
+                        items, _ = document_to_result(doc.with_annotations(own, relations), control,
+                                                      schema.relation_label_names)
                         result.extend(items)
-                        scores.extend(item["score"] for item in items if "score" in item)
+                        scores.extend(item["score"] for item in items if item["type"] == "labels" and "score" in item)
                 except Exception as e:
                     result, scores = [], []
                     self._task_error(task, "convert", e)

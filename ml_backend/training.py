@@ -19,6 +19,7 @@ from collections.abc import Callable
 from datetime import datetime, timezone
 
 from clinie.extractors.encoder import EncoderTagger
+from clinie.extractors.relation_encoder import RELATIONS_DIR, RelationClassifier
 from clinie.labelstudio import annotation_to_document, parse_label_config
 from clinie.settings import Settings
 from clinie.store import AnnotationStore, ModelRecord
@@ -31,7 +32,8 @@ class NotEnoughAnnotations(RuntimeError):
 
 
 def train_project(store: AnnotationStore, settings: Settings, project: str, training_id: int) -> ModelRecord:
-    """Fine-tune the encoder on the project's stored annotations and register the result."""
+    """Fine-tune the encoder tagger (and the relation classifier, when the config has relations
+    and the annotations draw some) on the project's stored annotations; register the result."""
     config = store.label_config(project)
     if config is None:
         raise RuntimeError(f"project {project} has no labeling config yet (no /setup or webhook seen)")
@@ -44,16 +46,23 @@ def train_project(store: AnnotationStore, settings: Settings, project: str, trai
     options = {"epochs": settings.encoder_epochs} if settings.encoder_epochs else {}
     tagger = EncoderTagger(schema.span_labels, settings.encoder_model or None, **options)
     tagger.fit(docs)
+    relations = None
+    if schema.relation_labels and any(d.relations for d in docs):
+        relations = RelationClassifier(schema.relation_labels, settings.encoder_model or None, **options).fit(docs)
 
     version = f"clinie-encoder-p{project}-t{training_id}-n{len(docs)}"
     final = settings.models_dir / re.sub(r"[^\w.-]", "_", project) / version
     partial = final.with_name(final.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
     tagger.save(partial)
+    if relations is not None:
+        relations.save(partial / RELATIONS_DIR)
     os.replace(partial, final)
     record = ModelRecord(
         version=version, project=project, kind="encoder", path=final, n_examples=len(docs),
-        info={"labels": list(schema.span_labels), "base_model": settings.encoder_model or "embedded MiniLM"},
+        info={"labels": list(schema.span_labels), "base_model": settings.encoder_model or "embedded MiniLM",
+              "relations": list(relations.labels) if relations else [],
+              "relation_pairs": relations.n_train_pairs if relations else 0},
         created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
     store.finish_training(training_id, record)
     return record

@@ -241,3 +241,39 @@ def test_a_fresh_project_is_pre_annotated_by_the_llm_and_new_annotations_join_it
         assert task["data"]["text"][r["value"]["start"]:r["value"]["end"]] == r["value"]["text"]
         assert r["value"]["labels"] == ["Disease"] and 0 < r["score"] <= 1
     assert client.get("/health").json["remote_endpoints"] == []  # nothing leaves the machine
+
+
+@pytest.mark.slow
+def test_a_project_with_relations_trains_both_models_and_predicts_arrows_between_its_regions(tmp_path):
+    """DDI sentences annotated with drugs and interactions, by webhook; predictions carry
+    relations whose from_id/to_id are regions of the same result."""
+    config = (ROOT / "label_configs" / "drug_interactions.xml").read_text()
+    schema = parse_label_config(config)
+    settings = Settings(data_dir=tmp_path / "ddi", train_every=0, min_annotations=5, encoder_epochs=10,
+                        strategy="encoder")
+    backend = Backend(settings)
+    client = create_app(settings, backend).test_client()
+    docs = [d for d in read_documents(SHARED / "ddi" / "train.jsonl") if d.relations][:30]
+    for i, doc in enumerate(docs):
+        result, _ = document_to_result(doc, schema.span_controls[0], schema.relation_label_names)
+        event = webhook_event(i + 1, i + 1, doc.text, result, project=9)
+        event["project"]["label_config"] = config
+        assert client.post("/webhook", json=event).json["stored"]
+    stored = backend.store.training_examples("9")
+    assert sum(sum(r["type"] == "relation" for r in e.result) for e in stored) == sum(len(d.relations) for d in docs)
+    record = backend.train("9")
+    assert record is not None and record.info["relations"] == list(schema.relation_label_names)
+    tasks = [{"id": 100 + i, "data": {"text": d.text}} for i, d in enumerate(docs[:10])]
+    answer = client.post("/predict", json={"tasks": tasks, "project": "9", "label_config": config}).json
+    arrows = 0
+    for task, res in zip(tasks, answer["results"]):
+        regions = {r["id"]: r for r in res["result"] if r["type"] == "labels"}
+        for r in res["result"]:
+            if r["type"] == "relation":
+                arrows += 1
+                assert r["from_id"] in regions and r["to_id"] in regions and r["from_id"] != r["to_id"]
+                assert r["labels"][0] in schema.relation_label_names and r["direction"] == "right"
+                assert 0 < r["score"] <= 1
+        for r in regions.values():
+            assert task["data"]["text"][r["value"]["start"]:r["value"]["end"]] == r["value"]["text"]
+    assert arrows > 0, "trained on these very sentences, the classifier finds some of their interactions"

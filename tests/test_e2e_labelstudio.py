@@ -105,3 +105,56 @@ def test_annotations_train_the_encoder_and_predictions_land_in_label_studio(labe
     metrics = requests.get(backend.url + "/metrics", timeout=10).json()
     assert metrics["counts"]["trainings_succeeded"] == 1
     assert metrics["counts"].get("prediction_errors", 0) == 0
+
+
+DDI_CONFIG = (ROOT / "label_configs" / "drug_interactions.xml").read_text()
+
+
+def test_relations_train_and_come_back_as_arrows_between_predicted_regions(label_studio, backend, tmp_path):
+    """A drug-interaction project: annotations with relations are stored by webhook, training
+    fits the tagger and the relation classifier, and the predictions Label Studio stores hold
+    relations whose ``from_id``/``to_id`` are regions of the same prediction. The labeling view
+    of such a task is rendered in headless Chromium and saved as a screenshot."""
+    api = label_studio.client
+    schema = parse_label_config(DDI_CONFIG)
+    docs = [d for d in read_documents(SHARED / "ddi" / "train.jsonl") if len(d.relations) >= 2][:20]
+    project = api.create_project("DDI interactions (clinie e2e)", DDI_CONFIG)
+    task_ids = api.import_tasks(project, [{"text": d.text} for d in docs])
+    ml_id = api.connect_ml_backend(project, backend.url)
+
+    def submitted() -> int:
+        return requests.get(backend.url + "/metrics", timeout=10).json()["store"]["annotations"].get("submitted", 0)
+
+    before = submitted()
+    for task_id, doc in zip(task_ids[:15], docs[:15]):
+        result, _ = document_to_result(doc, schema.span_controls[0], schema.relation_label_names)
+        api.create_annotation(task_id, result)
+    assert submitted() == before + 15, backend.log_tail()
+
+    api.train(ml_id)
+    version = wait_for(lambda: next((v for v in requests.get(backend.url + "/versions", timeout=10).json()["versions"]
+                                     if "-p" + str(project) + "-" in v), None), 600, "a DDI model version")
+    # the annotated sentences themselves, where the model must find some interactions, and five new ones
+    api.retrieve_predictions(project, task_ids)
+    texts = dict(zip(task_ids, (d.text for d in docs)))
+    with_arrows = []
+    for task_id in task_ids:
+        [prediction] = [p for p in api.predictions(task_id) if p["model_version"] == version]
+        regions = {r["id"]: r for r in prediction["result"] if r["type"] == "labels"}
+        for r in regions.values():
+            assert r["value"]["labels"][0] in schema.span_labels
+            assert texts[task_id][r["value"]["start"]:r["value"]["end"]] == r["value"]["text"]
+        arrows = [r for r in prediction["result"] if r["type"] == "relation"]
+        for arrow in arrows:
+            assert arrow["from_id"] in regions and arrow["to_id"] in regions
+            assert arrow["labels"][0] in schema.relation_label_names
+        if arrows:
+            with_arrows.append(task_id)
+    assert with_arrows, "no stored prediction has a relation"
+
+    from browser import screenshot_task
+
+    shot = Path(os.environ.get("CLINIE_ARTIFACTS", ROOT / "artifacts")) / "ddi_labeling_view.png"
+    seen = screenshot_task(label_studio, project, with_arrows[0], shot)
+    assert shot.stat().st_size > 10_000
+    assert seen["regions"] > 0 and seen["relations"] > 0, seen

@@ -44,6 +44,22 @@ def test_llama_cpp_completes_greedily_and_deterministically(gemma):
     assert yes_no.text in ("yes", "no")
 
 
+def assert_a_choice_joins_the_context(llm) -> None:
+    """After choosing " Paris", the model goes on from " Paris", as if it had been forced."""
+    follow = [".", ",", " and"]
+    with llm.session(PROMPT) as session:
+        assert session.choose([" Paris", " London"])[0] == 0
+        chosen = session.choose(follow)
+    with llm.session(PROMPT) as session:
+        session.force(" Paris")
+        forced = session.choose(follow)
+    assert chosen[0] == forced[0] and math.isclose(chosen[1], forced[1], abs_tol=0.03), (chosen, forced)
+
+
+def test_a_choice_joins_the_context_like_forced_text(gemma):
+    assert_a_choice_joins_the_context(gemma)
+
+
 def test_choices_are_scored_from_the_logits_and_sum_to_one(gemma):
     with gemma.session(PROMPT) as session:
         index, p = session.choose([" Paris", " London", " Berlin"])
@@ -112,6 +128,7 @@ def test_transformers_runs_the_same_model_with_the_same_answers(gemma_transforme
     with gemma.session(PROMPT) as session:
         index_llama, p_llama = session.choose([" Paris", " London", " Berlin"])
     assert index == index_llama == 0 and math.isclose(p, p_llama, abs_tol=0.02)
+    assert_a_choice_joins_the_context(hf)
     # constrained word/TAG decoding: same tags, close probabilities (Q4 arithmetic in llama.cpp,
     # float32 over the dequantized weights here)
     words = ["Risk", "of", "breast", "cancer"]

@@ -24,21 +24,17 @@ Example (not run here: it fine-tunes a model):
 
 from __future__ import annotations
 
-import json
-import math
-import random
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from clinie import __version__
 from clinie.core import Document, Span, Token, bio_labels, bio_to_spans, chunk, spans_to_bio, tokenize
+from clinie.extractors.finetune import fine_tune, read_meta, write_meta
 
-CONFIG_FILE = "clinie.json"
+KIND = "encoder-tagger"
 IGNORE = -100  # the label the loss skips: later sub-words of a word, special tokens, padding
 
 
@@ -232,8 +228,7 @@ class EncoderTagger:
         seed, documents and hyper-parameters give the same model.
         """
         import torch
-        from tqdm.auto import tqdm
-        from transformers import AutoModelForTokenClassification, get_linear_schedule_with_warmup
+        from transformers import AutoModelForTokenClassification
 
         docs = [d for d in docs if d.text]
         if not docs:
@@ -248,23 +243,10 @@ class EncoderTagger:
             self.base_model, num_labels=len(self.tags), id2label=dict(enumerate(self.tags)),
             label2id={t: i for i, t in enumerate(self.tags)}, ignore_mismatched_sizes=True).to(self.device)
         self._model.train()
-        steps = math.ceil(len(examples) / hp["batch_size"]) * hp["epochs"]
-        optimizer = torch.optim.AdamW(self._model.parameters(), lr=hp["learning_rate"], weight_decay=0.01)
-        schedule = get_linear_schedule_with_warmup(optimizer, int(0.1 * steps), steps)
-        shuffler = random.Random(hp["seed"])
-        with tqdm(total=steps, desc="fine-tuning", unit="batch", disable=not progress) as bar:
-            for _ in range(hp["epochs"]):
-                shuffler.shuffle(examples)
-                for b in range(0, len(examples), hp["batch_size"]):
-                    part = examples[b : b + hp["batch_size"]]
-                    loss = self._model(**self._batch([w for w, _ in part], [lab for _, lab in part])).loss
-                    loss.backward()
-                    torch.nn.utils.clip_grad_norm_(self._model.parameters(), 1.0)
-                    optimizer.step()
-                    schedule.step()
-                    optimizer.zero_grad()
-                    bar.update()
-                    bar.set_postfix(loss=f"{loss.item():.3f}")
+        fine_tune(self._model.parameters(), examples,
+                  lambda part: self._model(**self._batch([w for w, _ in part], [lab for _, lab in part])).loss,
+                  epochs=hp["epochs"], learning_rate=hp["learning_rate"], batch_size=hp["batch_size"],
+                  seed=hp["seed"], progress=progress)
         self._model.eval()
         self.n_train_docs = len(docs)
         return self
@@ -308,11 +290,8 @@ class EncoderTagger:
         directory.mkdir(parents=True, exist_ok=True)
         self._model.save_pretrained(directory)
         self._tokenizer.save_pretrained(directory)
-        meta = {"kind": "encoder-tagger", "labels": list(self.labels), "tags": self.tags,
-                "base_model": self.base_model, "hyperparameters": self.hyperparameters,
-                "n_train_docs": self.n_train_docs, "clinie_version": __version__,
-                "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-        (directory / CONFIG_FILE).write_text(json.dumps(meta, indent=2))
+        write_meta(directory, KIND, labels=list(self.labels), tags=self.tags, base_model=self.base_model,
+                   hyperparameters=self.hyperparameters, n_train_docs=self.n_train_docs)
         return directory
 
     @classmethod
@@ -321,7 +300,7 @@ class EncoderTagger:
         from transformers import AutoModelForTokenClassification
 
         directory = Path(directory)
-        meta = json.loads((directory / CONFIG_FILE).read_text())
+        meta = read_meta(directory, KIND)
         tagger = cls(meta["labels"], directory, device=device, **meta["hyperparameters"])
         if tagger.tags != meta["tags"]:
             raise ValueError(f"{directory}: tag set does not match its labels")

@@ -17,22 +17,21 @@ Example (not run here: it fine-tunes a model):
 
 from __future__ import annotations
 
-import json
-import math
-import random
 from collections.abc import Sequence
 from dataclasses import asdict
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from clinie import __version__
 from clinie.core import NO_RELATION, Document, Relation, RelationSpec
-from clinie.extractors.encoder import CONFIG_FILE, default_encoder_path
+from clinie.extractors.encoder import default_encoder_path
+from clinie.extractors.finetune import fine_tune, read_meta, write_meta
 from clinie.relations import ENTITY_MARKERS, Pair, PairTypes, candidate_pairs, labelled_pairs, mark
 
 MARKERS = ENTITY_MARKERS
 HEAD_FILE = "relation_head.pt"
+KIND = "relation-classifier"
+#: Where a trained model directory (the encoder tagger's) keeps its relation classifier.
+RELATIONS_DIR = "relations"
 
 
 class RelationClassifier:
@@ -82,6 +81,11 @@ class RelationClassifier:
             pooled.append(hidden[rows, position])
         return self._head(torch.cat(pooled, dim=-1))
 
+    def _new_head(self, hidden_size: int):
+        import torch
+
+        return torch.nn.Sequential(torch.nn.Dropout(0.1), torch.nn.Linear(2 * hidden_size, len(self.classes))).to(self.device)
+
     def fit(self, docs: Sequence[Document], *, listed: bool = False, progress: bool = False) -> RelationClassifier:
         """Fine-tune a fresh copy of the base encoder on the labelled pairs of ``docs``.
 
@@ -89,8 +93,7 @@ class RelationClassifier:
         relations the config does not declare are learned from ``docs`` here.
         """
         import torch
-        from tqdm.auto import tqdm
-        from transformers import AutoModel, get_linear_schedule_with_warmup
+        from transformers import AutoModel
 
         hp = self.hyperparameters
         self.types = PairTypes.learn(self.specs, docs)
@@ -102,30 +105,17 @@ class RelationClassifier:
         torch.manual_seed(hp["seed"])
         self._encoder = AutoModel.from_pretrained(self.base_model).to(self.device)
         self._encoder.resize_token_embeddings(len(self._tokenizer))
-        self._head = torch.nn.Sequential(torch.nn.Dropout(0.1),
-                                         torch.nn.Linear(2 * self._encoder.config.hidden_size, len(self.classes)))
-        self._head.to(self.device)
-        parameters = [*self._encoder.parameters(), *self._head.parameters()]
-        steps = math.ceil(len(examples) / hp["batch_size"]) * hp["epochs"]
-        optimizer = torch.optim.AdamW(parameters, lr=hp["learning_rate"], weight_decay=0.01)
-        schedule = get_linear_schedule_with_warmup(optimizer, int(0.1 * steps), steps)
-        shuffler = random.Random(hp["seed"])
+        self._head = self._new_head(self._encoder.config.hidden_size)
         self._encoder.train()
         self._head.train()
-        with tqdm(total=steps, desc="fine-tuning relations", unit="batch", disable=not progress) as bar:
-            for _ in range(hp["epochs"]):
-                shuffler.shuffle(examples)
-                for b in range(0, len(examples), hp["batch_size"]):
-                    part = examples[b : b + hp["batch_size"]]
-                    logits = self._forward([text for text, _ in part])
-                    target = torch.tensor([label for _, label in part], device=self.device)
-                    loss = torch.nn.functional.cross_entropy(logits, target)
-                    loss.backward()
-                    torch.nn.utils.clip_grad_norm_(parameters, 1.0)
-                    optimizer.step()
-                    schedule.step()
-                    optimizer.zero_grad()
-                    bar.update()
+
+        def batch_loss(part: list[tuple[str, int]]):
+            target = torch.tensor([label for _, label in part], device=self.device)
+            return torch.nn.functional.cross_entropy(self._forward([text for text, _ in part]), target)
+
+        fine_tune([*self._encoder.parameters(), *self._head.parameters()], examples, batch_loss,
+                  epochs=hp["epochs"], learning_rate=hp["learning_rate"], batch_size=hp["batch_size"],
+                  seed=hp["seed"], progress=progress, desc="fine-tuning relations")
         self._encoder.eval()
         self._head.eval()
         self.n_train_pairs = len(examples)
@@ -174,11 +164,9 @@ class RelationClassifier:
         self._encoder.save_pretrained(directory)
         self._tokenizer.save_pretrained(directory)
         torch.save(self._head.state_dict(), directory / HEAD_FILE)
-        meta = {"kind": "relation-classifier", "specs": [asdict(s) for s in self.specs], "classes": self.classes,
-                "types": self.types.as_dict(), "base_model": self.base_model, "hyperparameters": self.hyperparameters,
-                "n_train_pairs": self.n_train_pairs, "clinie_version": __version__,
-                "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-        (directory / CONFIG_FILE).write_text(json.dumps(meta, indent=2))
+        write_meta(directory, KIND, specs=[asdict(s) for s in self.specs], classes=self.classes,
+                   types=self.types.as_dict(), base_model=self.base_model, hyperparameters=self.hyperparameters,
+                   n_train_pairs=self.n_train_pairs)
         return directory
 
     @classmethod
@@ -187,7 +175,7 @@ class RelationClassifier:
         from transformers import AutoModel
 
         directory = Path(directory)
-        meta = json.loads((directory / CONFIG_FILE).read_text())
+        meta = read_meta(directory, KIND)
         specs = [RelationSpec(**{k: tuple(v) if isinstance(v, list) else v for k, v in s.items()})
                  for s in meta["specs"]]
         classifier = cls(specs, directory, device=device, **meta["hyperparameters"])
@@ -195,8 +183,7 @@ class RelationClassifier:
         classifier.types = PairTypes.from_dict(classifier.specs, meta["types"])
         classifier.n_train_pairs = meta["n_train_pairs"]
         classifier._encoder = AutoModel.from_pretrained(directory).to(device).eval()
-        hidden = classifier._encoder.config.hidden_size
-        classifier._head = torch.nn.Sequential(torch.nn.Dropout(0.1), torch.nn.Linear(2 * hidden, len(classifier.classes)))
+        classifier._head = classifier._new_head(classifier._encoder.config.hidden_size)
         classifier._head.load_state_dict(torch.load(directory / HEAD_FILE, map_location=device))
-        classifier._head.to(device).eval()
+        classifier._head.eval()
         return classifier

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -93,3 +93,40 @@ def choose_option(sequences: Sequence[Sequence[int]], next_logits: Callable[[], 
         feed(token)
         alive = [i for i in alive if sequences[i][depth] == token]
         depth += 1
+
+
+class LocalSession:
+    """What in-process decoding sessions share: the model's lock, held for the session's life;
+    forced tokens queued until logits are next needed (then evaluated in one batch); choices
+    scored by ``choose_option``. A subclass queues the prompt and implements ``_next_logits``.
+    """
+
+    def __init__(self, tokenize: Callable[[str], list[int]], lock: Any) -> None:
+        self._tokenize = tokenize
+        self._lock = lock
+        self._pending: list[int] = []
+        self.prompt_tokens = 0
+        self.forced_tokens = 0
+        lock.acquire()
+
+    def close(self) -> None:
+        self._lock.release()
+
+    def __enter__(self) -> LocalSession:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def force(self, text: str) -> None:
+        tokens = self._tokenize(text)
+        self.forced_tokens += len(tokens)
+        self._pending.extend(tokens)
+
+    def choose(self, options: Sequence[str]) -> tuple[int, float]:
+        # not self._pending.append: _next_logits replaces the list once it is evaluated
+        return choose_option([self._tokenize(o) for o in options], self._next_logits,
+                             lambda token: self._pending.append(token))
+
+    def _next_logits(self) -> np.ndarray:
+        raise NotImplementedError

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from clinie.llm.base import Completion, LLMError, choose_option
+from clinie.llm.base import Completion, LLMError, LocalSession
 
 
 def default_gguf() -> Path:
@@ -58,23 +58,20 @@ class LlamaCppLLM:
         return LlamaCppSession(self, prompt)
 
 
-class LlamaCppSession:
+class LlamaCppSession(LocalSession):
     """Forced text and constrained choices on the live llama.cpp context.
 
-    Tokens are evaluated lazily: forced text only joins a pending list, evaluated in one batch
-    when logits are next needed. The prompt reuses whatever prefix is still in the KV cache
-    from the previous session (the instructions, and any demonstrations in common).
+    The prompt reuses whatever prefix is still in the KV cache from the previous session (the
+    instructions, and any demonstrations in common).
     """
 
     def __init__(self, owner: LlamaCppLLM, prompt: str) -> None:
-        self._owner = owner
         self._llm = owner._llm
         tokens = [self._llm.token_bos()] + owner.tokenize(prompt)
         if len(tokens) >= self._llm.n_ctx():
             raise LLMError(f"prompt of {len(tokens)} tokens does not fit a context of {self._llm.n_ctx()}")
+        super().__init__(owner.tokenize, owner.lock)
         self.prompt_tokens = len(tokens)
-        self.forced_tokens = 0
-        owner.lock.acquire()
         cached = self._llm.input_ids[: self._llm.n_tokens].tolist()
         common = 0
         for a, b in zip(cached, tokens):
@@ -85,20 +82,6 @@ class LlamaCppSession:
         self._llm.n_tokens = common
         self._pending = tokens[common:]
 
-    def close(self) -> None:
-        self._owner.lock.release()
-
-    def __enter__(self) -> LlamaCppSession:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def force(self, text: str) -> None:
-        tokens = self._owner.tokenize(text)
-        self.forced_tokens += len(tokens)
-        self._pending.extend(tokens)
-
     def _next_logits(self) -> np.ndarray:
         if self._llm.n_tokens + len(self._pending) >= self._llm.n_ctx():
             raise LLMError("the context is full")
@@ -107,6 +90,3 @@ class LlamaCppSession:
             self._pending = []
         # Logits of the last evaluated token (llama-cpp-python keeps them only with logits_all).
         return np.ctypeslib.as_array(self._llm._ctx.get_logits(), shape=(self._llm.n_vocab(),))
-
-    def choose(self, options: Sequence[str]) -> tuple[int, float]:
-        return choose_option([self._owner.tokenize(o) for o in options], self._next_logits, self._pending.append)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from clinie.llm.base import Completion, LLMError, choose_option
+from clinie.llm.base import Completion, LLMError, LocalSession
 
 
 class TransformersLLM:
@@ -73,41 +73,23 @@ class TransformersLLM:
         return TransformersSession(self, prompt)
 
 
-class TransformersSession:
-    """Forced text and constrained choices on a growing key/value cache.
-
-    Forced tokens join a pending list and are evaluated in one forward pass when logits are
-    next needed, as in the llama.cpp session.
-    """
+class TransformersSession(LocalSession):
+    """Forced text and constrained choices on a growing key/value cache."""
 
     def __init__(self, owner: TransformersLLM, prompt: str, *, max_tokens: int = 8192) -> None:
         from transformers import DynamicCache
 
         self._owner = owner
-        self._pending = owner.tokenize(prompt, special=True)
+        tokens = owner.tokenize(prompt, special=True)
         self._max_tokens = min(max_tokens, getattr(owner._lm.config, "max_position_embeddings", max_tokens))
-        if len(self._pending) >= self._max_tokens:
-            raise LLMError(f"prompt of {len(self._pending)} tokens does not fit a context of {self._max_tokens}")
-        self.prompt_tokens = len(self._pending)
-        self.forced_tokens = 0
+        if len(tokens) >= self._max_tokens:
+            raise LLMError(f"prompt of {len(tokens)} tokens does not fit a context of {self._max_tokens}")
+        super().__init__(owner.tokenize, owner.lock)
+        self.prompt_tokens = len(tokens)
+        self._pending = tokens
         self._cache = DynamicCache(config=owner._lm.config)
         self._seen = 0
         self._logits: np.ndarray | None = None
-        owner.lock.acquire()
-
-    def close(self) -> None:
-        self._owner.lock.release()
-
-    def __enter__(self) -> TransformersSession:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def force(self, text: str) -> None:
-        tokens = self._owner.tokenize(text)
-        self.forced_tokens += len(tokens)
-        self._pending.extend(tokens)
 
     def _next_logits(self) -> np.ndarray:
         if self._pending:
@@ -123,6 +105,3 @@ class TransformersSession:
             self._logits = out.logits[0, -1].float().cpu().numpy()
         assert self._logits is not None
         return self._logits
-
-    def choose(self, options: Sequence[str]) -> tuple[int, float]:
-        return choose_option([self._owner.tokenize(o) for o in options], self._next_logits, self._pending.append)

@@ -1,0 +1,60 @@
+"""What the fine-tuned encoders (the tagger and the relation classifier) share: the training
+loop and the metadata file of a saved model directory."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from collections.abc import Callable, Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, TypeVar
+
+from clinie import __version__
+
+CONFIG_FILE = "clinie.json"
+Example = TypeVar("Example")
+
+
+def fine_tune(parameters: Sequence[Any], examples: list[Example], batch_loss: Callable[[list[Example]], Any], *,
+              epochs: int, learning_rate: float, batch_size: int, seed: int, progress: bool = False,
+              desc: str = "fine-tuning") -> None:
+    """AdamW (weight decay 0.01), 10 % linear warm-up then linear decay, gradients clipped at 1;
+    ``examples`` are reshuffled in place every epoch by a seeded generator, so the same seed
+    and data give the same model. ``batch_loss`` returns the loss of a batch of examples."""
+    import torch
+    from tqdm.auto import tqdm
+    from transformers import get_linear_schedule_with_warmup
+
+    parameters = list(parameters)
+    steps = math.ceil(len(examples) / batch_size) * epochs
+    optimizer = torch.optim.AdamW(parameters, lr=learning_rate, weight_decay=0.01)
+    schedule = get_linear_schedule_with_warmup(optimizer, int(0.1 * steps), steps)
+    shuffler = random.Random(seed)
+    with tqdm(total=steps, desc=desc, unit="batch", disable=not progress) as bar:
+        for _ in range(epochs):
+            shuffler.shuffle(examples)
+            for b in range(0, len(examples), batch_size):
+                loss = batch_loss(examples[b : b + batch_size])
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(parameters, 1.0)
+                optimizer.step()
+                schedule.step()
+                optimizer.zero_grad()
+                bar.update()
+                bar.set_postfix(loss=f"{loss.item():.3f}")
+
+
+def write_meta(directory: Path, kind: str, **fields: Any) -> None:
+    """``clinie.json``: what a saved model is, what it was trained from, by which clinie, when."""
+    meta = {"kind": kind, **fields, "clinie_version": __version__,
+            "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    (directory / CONFIG_FILE).write_text(json.dumps(meta, indent=2))
+
+
+def read_meta(directory: Path, kind: str) -> dict[str, Any]:
+    meta = json.loads((directory / CONFIG_FILE).read_text())
+    if meta.get("kind") != kind:
+        raise ValueError(f"{directory} holds a {meta.get('kind')!r}, not a {kind!r}")
+    return meta
