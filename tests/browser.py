@@ -56,7 +56,8 @@ def screenshot_task(label_studio, project: int, task_id: int, path: Path) -> dic
         wait(driver, "!location.pathname.startsWith('/user/login')")
         driver.get(f"{label_studio.url}/projects/{project}/data?task={task_id}")
         regions = wait(driver, "document.querySelectorAll('.htx-highlight').length", 90)
-        relations = wait(driver, "document.querySelectorAll('[class*=relation] path, [class*=Relation] path').length", 60)
+        # the arrows are drawn in an SVG overlay, one relationItem per relation
+        relations = wait(driver, "document.querySelectorAll('.relations-overlay [class*=relationItem]').length", 60)
         time.sleep(2)  # let the arrows settle after layout
         path.parent.mkdir(parents=True, exist_ok=True)
         driver.save_screenshot(str(path))

@@ -253,7 +253,7 @@ def test_a_project_with_relations_trains_both_models_and_predicts_arrows_between
                         strategy="encoder")
     backend = Backend(settings)
     client = create_app(settings, backend).test_client()
-    docs = [d for d in read_documents(SHARED / "ddi" / "train.jsonl") if d.relations][:30]
+    docs = [d for d in read_documents(SHARED / "ddi" / "train.jsonl") if d.relations and len(d.text) < 160][:25]
     for i, doc in enumerate(docs):
         result, _ = document_to_result(doc, schema.span_controls[0], schema.relation_label_names)
         event = webhook_event(i + 1, i + 1, doc.text, result, project=9)
