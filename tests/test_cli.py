@@ -95,3 +95,34 @@ def test_llm_strategy_refuses_an_implicit_remote_endpoint(files, capsys):
     assert main(["predict", "--strategy", "llm", "--provider", "openai", "--labels", "Disease",
                  "--data", str(test)]) == 2
     assert "LLM_BASE_URL" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_relations_train_predict_on_gold_spans_and_evaluate(tmp_path, capsys):
+    """DDI's pair-level files: train the tagger and the relation classifier, predict relations
+    between the given spans, and score them per listed pair."""
+    from helpers import assert_relations_join_spans
+
+    ddi = SHARED / "ddi" / "fewshot"
+    train, test = tmp_path / "train.jsonl", tmp_path / "test.jsonl"
+    short = [d for d in read_documents(ddi / "gutierrez_train100_balanced_seed42.jsonl") if len(d.text) < 200]
+    write_documents(short[:30], train)
+    write_documents(list(read_documents(ddi / "chen2023_test_sample200.jsonl"))[:20], test)
+    model, pred = tmp_path / "model", tmp_path / "pred.jsonl"
+    config = Path(__file__).resolve().parents[1] / "label_configs" / "drug_interactions.xml"
+    assert main(["train", "--data", str(train), "--out", str(model), "--config", str(config),
+                 "--pairs", "listed", "--epochs", "2"]) == 0
+    assert (model / "relations" / "clinie.json").exists()
+    assert "relation classifier on 30 pairs" in capsys.readouterr().err
+    assert main(["predict", "--model", str(model), "--gold-spans", "--data", str(test), "--out", str(pred)]) == 0
+    gold, predicted = list(read_documents(test)), list(read_documents(pred))
+    for g, p in zip(gold, predicted):
+        assert p.entities == g.entities  # the given spans, untouched
+        assert_relations_join_spans(p)
+    capsys.readouterr()
+    assert main(["evaluate", "--gold", str(test), "--pred", str(pred), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert set(report["relations"]) == {"strict", "pairs"}
+    pairs = report["relations"]["pairs"]
+    assert pairs["micro"]["support"] == sum(r.label != "false" for d in gold for r in d.relations)
+    assert report["entities"]["strict"]["micro"]["f1"] == 1.0
