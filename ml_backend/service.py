@@ -59,7 +59,7 @@ class Backend:
         self.store = AnnotationStore(settings.store_path)
         self.metrics = Metrics()
         self._models: dict[str, tuple[str, Extractor]] = {}  # project -> (version, model)
-        self._llm_taggers: dict[str, tuple[str, str, Extractor]] = {}  # project -> (revision, version, extractor)
+        self._llm_extractors: dict[str, tuple[str, str, Extractor]] = {}  # project -> (revision, version, extractor)
         self._models_lock = threading.Lock()
         self._llm: LLM | None = None
         self._embedder: Embedder | None = None
@@ -108,27 +108,27 @@ class Backend:
                 self.metrics.observe("model_load", time.perf_counter() - started)
             return self._llm, self._embedder
 
-    def _llm_tagger(self, project: str, schema: Schema) -> tuple[str, Extractor]:
+    def _llm_extractor(self, project: str, schema: Schema) -> tuple[str, Extractor]:
         """The project's LLM extractor and its version; its demonstrations are the annotations as
         of now (a new one joins the pool at once, no training needed). With ``<Relations>`` in
         the config, the LLM also answers a multiple-choice question per candidate pair."""
         llm, embedder = self._shared_llm()
         revision = f"{self.store.revision(project)}|{hash(schema)}"
         with self._models_lock:
-            cached = self._llm_taggers.get(project)
+            cached = self._llm_extractors.get(project)
         if cached is None or cached[0] != revision:
             examples = self.store.training_examples(project)
             docs = [annotation_to_document(e.task, e.result, schema) for e in examples]
             labels = tuple(label for control in schema.span_controls for label in control.labels)
             k, guided = self.settings.llm_k if docs else 0, bool(self.settings.llm_guided)
-            tagger: Extractor = LLMTagger(labels, llm, k=k, embedder=embedder, guided=guided,
-                                          cache=self._llm_cache).fit(docs)
+            extractor: Extractor = LLMTagger(labels, llm, k=k, embedder=embedder, guided=guided,
+                                             cache=self._llm_cache).fit(docs)
             if schema.relation_labels:
-                tagger = SpansThenRelations(tagger, LLMRelationExtractor(
+                extractor = SpansThenRelations(extractor, LLMRelationExtractor(
                     schema.relation_labels, llm, k=k, embedder=embedder, guided=guided, cache=self._llm_cache).fit(docs))
-            cached = (revision, self._llm_version(len(examples)), tagger)
+            cached = (revision, self._llm_version(len(examples)), extractor)
             with self._models_lock:
-                self._llm_taggers[project] = cached
+                self._llm_extractors[project] = cached
         return cached[1], cached[2]
 
     def versions(self) -> list[str]:
@@ -201,7 +201,7 @@ class Backend:
             return record.version, self._model(record)
         if self.settings.strategy == "encoder":
             return NO_MODEL_VERSION, None
-        return self._llm_tagger(project, schema)
+        return self._llm_extractor(project, schema)
 
     def _run_model(
         self, model: Extractor | None, tasks: list[Any], docs: list[list[Document] | None]

@@ -277,3 +277,29 @@ def test_a_project_with_relations_trains_both_models_and_predicts_arrows_between
         for r in regions.values():
             assert task["data"]["text"][r["value"]["start"]:r["value"]["end"]] == r["value"]["text"]
     assert arrows > 0, "trained on these very sentences, the classifier finds some of their interactions"
+
+
+@pytest.mark.slow
+def test_before_training_the_llm_asks_about_the_pairs_of_a_relation_project(tmp_path):
+    config = (ROOT / "label_configs" / "drug_interactions.xml").read_text()
+    schema = parse_label_config(config)
+    settings = Settings(data_dir=tmp_path / "llm-ddi", train_every=0, llm_k=1, strategy="llm")
+    backend = Backend(settings, start_worker=False)
+    client = create_app(settings, backend).test_client()
+    docs = [d for d in read_documents(SHARED / "ddi" / "train.jsonl") if len(d.relations) == 1 and len(d.text) < 90][:2]
+    for i, doc in enumerate(docs):
+        result, _ = document_to_result(doc, schema.span_controls[0], schema.relation_label_names)
+        event = webhook_event(i + 1, i + 1, doc.text, result, project=5)
+        event["project"]["label_config"] = config
+        client.post("/webhook", json=event)
+    # the very sentence of a demonstration: the model copies its drug tags, then meets the pair
+    task = {"id": 9, "data": {"text": docs[1].text}}
+    answer = client.post("/predict", json={"tasks": [task], "project": "5", "label_config": config}).json
+    [result] = answer["results"]
+    regions = {r["id"] for r in result["result"] if r["type"] == "labels"}
+    assert len(regions) >= 2, result
+    for arrow in (r for r in result["result"] if r["type"] == "relation"):
+        assert arrow["from_id"] in regions and arrow["to_id"] in regions
+        assert arrow["labels"][0] in schema.relation_label_names
+    relations = backend._llm_extractors["5"][2].relations
+    assert relations.usage.calls + relations.usage.cache_hits >= 1  # one question per candidate pair
