@@ -22,7 +22,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from clinie.core import NO_RELATION, Document, Relation, RelationSpec
+from clinie.core import NO_RELATION, Document, Relation, RelationSpec, split_sentences
 from clinie.extractors.encoder import default_encoder_path
 from clinie.extractors.finetune import fine_tune, read_meta, write_meta
 from clinie.relations import ENTITY_MARKERS, Pair, PairTypes, candidate_pairs, labelled_pairs, mark
@@ -98,8 +98,12 @@ class RelationClassifier:
         hp = self.hyperparameters
         self.types = PairTypes.learn(self.specs, docs)
         index = {c: i for i, c in enumerate(self.classes)}
-        examples = [(mark(doc.text, pair), index[label]) for doc in docs
-                    for pair, label in labelled_pairs(doc, self.types, hp["window"], listed=listed) if label in index]
+        examples = []
+        for doc in docs:
+            sentences = split_sentences(doc.text)
+            examples.extend((mark(doc.text, pair, sentences=sentences), index[label])
+                            for pair, label in labelled_pairs(doc, self.types, hp["window"], listed=listed)
+                            if label in index)
         if not examples:
             raise ValueError("no candidate pairs to learn relations from")
         torch.manual_seed(hp["seed"])
@@ -130,10 +134,11 @@ class RelationClassifier:
         if self._encoder is None:
             raise RuntimeError("the relation classifier is not trained: call fit() or load()")
         out: list[tuple[str, float]] = []
+        sentences = split_sentences(doc.text)
         with torch.inference_mode():
             for b in range(0, len(pairs), batch_size):
                 part = pairs[b : b + batch_size]
-                logits = self._forward([mark(doc.text, p) for p in part]).float()
+                logits = self._forward([mark(doc.text, p, sentences=sentences) for p in part]).float()
                 for row, pair in zip(logits, part):
                     allowed = torch.tensor([c == NO_RELATION or c in pair.labels for c in self.classes],
                                            device=row.device)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from clinie.core import NO_RELATION, Document, Relation, RelationSpec
+from clinie.core import NO_RELATION, Document, Relation, RelationSpec, split_sentences
 from clinie.extractors.llm import Usage
 from clinie.llm.base import LLM, SupportsDecoding
 from clinie.llm.cache import CallCache
@@ -53,10 +53,11 @@ class LLMRelationExtractor:
             return self
         demos = []
         for doc in docs:
+            sentences = split_sentences(doc.text)
             for n, (pair, label) in enumerate(labelled_pairs(doc, self.types, self.window, listed=listed)):
                 labels, options = self._choices(pair)
                 if label in labels:
-                    demos.append(Document(f"{doc.id}#{n}", mark(doc.text, pair, MARKS),
+                    demos.append(Document(f"{doc.id}#{n}", mark(doc.text, pair, MARKS, sentences),
                                           meta={"options": options, "answer": labels.index(label)}))
         self.pool.add(demos)
         return self

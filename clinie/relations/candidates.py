@@ -134,9 +134,12 @@ def labelled_pairs(doc: Document, types: PairTypes, window: int = 1, *,
     return out
 
 
-def mark(text: str, pair: Pair, markers: tuple[str, str, str, str] = ENTITY_MARKERS) -> str:
+def mark(text: str, pair: Pair, markers: tuple[str, str, str, str] = ENTITY_MARKERS,
+         sentences: Sequence[tuple[int, int]] | None = None) -> str:
     """The sentences from the pair's first span to its last, with the two spans marked
     (head open, head close, tail open, tail close); whitespace runs become one space.
+    ``sentences`` are ``split_sentences(text)``, passed by callers that mark many pairs of one
+    text so that a long note is split once, not once per pair.
 
     >>> from clinie.core import Span
     >>> text = "No issue. Aspirin raises warfarin levels. Done."
@@ -147,7 +150,7 @@ def mark(text: str, pair: Pair, markers: tuple[str, str, str, str] = ENTITY_MARK
     '<< Aspirin >> raises << warfarin >> levels.'
     """
     first, last = sorted((pair.head, pair.tail), key=lambda s: s.start)
-    sentences = split_sentences(text)
+    sentences = split_sentences(text) if sentences is None else sentences
     start = min(first.start, max((s for s, _ in sentences if s <= first.start), default=0))
     end = max(last.end, min((e for _, e in sentences if e >= last.end), default=len(text)))
     # inserted from the end; where two markers meet, the closing one comes first in the text
