@@ -9,7 +9,9 @@ and ``relations``). Examples::
     clinie train --data ddi_pairs.jsonl --pairs listed --config label_configs/drug_interactions.xml --out models/ddi
     clinie predict --model models/ddi --gold-spans --data ddi_test.jsonl --out pred.jsonl
     clinie predict --strategy llm --demos train.jsonl --k 5 --data test.jsonl --out pred.jsonl
-    clinie evaluate --gold test.jsonl --pred pred.jsonl
+    clinie evaluate --gold test.jsonl --pred pred.jsonl --out reports/test
+    clinie fewshot --pool train.jsonl --test test.jsonl --sizes 10,25,50,100 --seeds 3 \
+        --strategies encoder,llm,rerank --out reports/fewshot
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
+import shlex
 import sys
 from pathlib import Path
 
@@ -92,10 +96,19 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _llm_extractors(args: argparse.Namespace):
-    """The LLM tagger, and the LLM relation extractor when there are relations to predict."""
+def _llm_settings(args: argparse.Namespace) -> Settings:
+    """The settings with the command line's LLM options in place of CLINIE_LLM_*."""
     from dataclasses import replace
 
+    settings = replace(Settings.load(), llm_provider=args.provider, llm_model=args.llm_model or "",
+                       llm_base_url=args.base_url or "", llm_guided=args.guided or "", llm_chat=int(args.chat),
+                       llm_device=args.device or "")
+    settings.validate()
+    return settings
+
+
+def _llm_extractors(args: argparse.Namespace):
+    """The LLM tagger, and the LLM relation extractor when there are relations to predict."""
     from clinie.core import LabelSpec
     from clinie.extractors.llm import LLMTagger
     from clinie.extractors.relation_llm import LLMRelationExtractor
@@ -112,10 +125,7 @@ def _llm_extractors(args: argparse.Namespace):
         labels = [LabelSpec(name) for name in names]
     if not labels:
         raise ValueError("name the labels: --config label_configs/X.xml, --labels A,B, or --demos with entities")
-    settings = replace(Settings.load(), llm_provider=args.provider, llm_model=args.llm_model or "",
-                       llm_base_url=args.base_url or "", llm_guided=args.guided or "", llm_chat=int(args.chat),
-                       llm_device=args.device or "")
-    settings.validate()
+    settings = _llm_settings(args)
     cache = CallCache(args.cache) if args.cache else None
     llm, embedder, k = make_llm(settings), Embedder(), args.k if demos else 0
     tagger = LLMTagger(labels, llm, k=k, embedder=embedder, guided=bool(settings.llm_guided), cache=cache).fit(demos)
@@ -156,10 +166,27 @@ def _predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def _read_gold(path: Path, schema) -> list:
+    """JSONL, or a Label Studio JSON export (``.json``: a list of tasks)."""
+    from clinie.labelstudio import read_export
+
+    return read_export(path, schema) if path.suffix == ".json" else list(read_documents(path))
+
+
 def _evaluate(args: argparse.Namespace) -> int:
     from clinie.evaluation import evaluate_relations, evaluate_spans
 
-    gold, pred = list(read_documents(args.gold)), list(read_documents(args.pred))
+    gold, pred = _read_gold(args.gold, _schema(args)), list(read_documents(args.pred))
+    if args.out:
+        from clinie.evaluation.report import new_report, write_report
+        from clinie.evaluation.study import evaluation
+
+        report = new_report(f"Evaluation of {args.pred.name} against {args.gold.name}", "evaluate", args.command_line)
+        report["summary"] = [("gold", f"{args.gold} ({len(gold)} documents, "
+                                      f"{sum(len(d.entities) for d in gold)} spans)"),
+                             ("predictions", f"{args.pred} ({sum(len(d.entities) for d in pred)} spans)")]
+        report["evaluation"] = evaluation(gold, pred, examples=args.examples)
+        print(f"report: {write_report(report, args.out)}", file=sys.stderr)
     report = {"entities": {mode: s.as_dict() for mode, s in evaluate_spans(gold, pred).items()}}
     if any(d.relations for d in gold):
         report["relations"] = {mode: s.as_dict() for mode, s in evaluate_relations(gold, pred).items()}
@@ -173,6 +200,52 @@ def _evaluate(args: argparse.Namespace) -> int:
             print(f"{label:<20} {row['precision']:>6.3f} {row['recall']:>6.3f} {row['f1']:>6.3f} {row['support']:>8}")
         print(f"{'macro F1':<20} {'':>6} {'':>6} {s['macro_f1']:>6.3f}")
     return 0
+
+
+def _fewshot(args: argparse.Namespace) -> int:
+    from clinie.evaluation.fewshot import label_specs, parse_strategies
+    from clinie.evaluation.report import new_report, write_report
+    from clinie.evaluation.study import run_study, study_report
+    from clinie.extractors.strategies import StrategyBuilder
+    from clinie.llm import make_llm
+    from clinie.llm.cache import CallCache
+
+    pool, test = list(read_documents(args.pool)), list(read_documents(args.test))
+    schema = _schema(args)
+    specs = label_specs(pool, [label for c in schema.span_controls for label in c.labels] if schema else ())
+    strategies = parse_strategies(args.strategies, k=args.k, bands=[float(b) for b in args.bands.split(",")])
+    sizes = [int(size) for size in args.sizes.split(",")]
+    seeds = list(range(int(args.seeds))) if args.seeds.isdigit() and "," not in args.seeds \
+        else [int(seed) for seed in args.seeds.split(",")]
+    settings = _llm_settings(args) if any(s.uses_llm for s in strategies) else None
+    build = StrategyBuilder(specs, llm=(lambda: make_llm(settings)) if settings else None,
+                            encoder_model=args.model, encoder_options={"epochs": args.epochs} if args.epochs else {},
+                            guided=bool(settings and settings.llm_guided),
+                            cache=CallCache(args.cache) if args.cache else None)
+    runs = run_study(pool, test, sizes, seeds, strategies, build, folds=args.folds, loo_below=args.loo_below,
+                     runs_dir=args.out / "runs", progress=True)
+    report = new_report(f"True few-shot study: {args.pool.name} -> {args.test.name}", "fewshot", args.command_line)
+    report["summary"] = [("pool", f"{args.pool} ({len(pool)} documents)"), ("test", f"{args.test} ({len(test)} documents)"),
+                         ("pool sizes", ", ".join(map(str, sizes))), ("seeds", ", ".join(map(str, seeds))),
+                         ("strategies", ", ".join(s.name for s in strategies)),
+                         ("model selection", f"{args.folds}-fold cross-validation over each pool "
+                                             f"(leave-one-out below {args.loo_below} documents), best mean F1")]
+    print(f"report: {write_report(study_report(runs, report), args.out)}", file=sys.stderr)
+    return 0
+
+
+def _add_llm_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--provider", choices=("llama.cpp", "transformers", "openai"), default="llama.cpp",
+                        help="llm: in-process llama.cpp (default) or transformers, or an OpenAI-compatible endpoint")
+    parser.add_argument("--llm-model", help="llm: GGUF path, HF model directory or name (default: embedded "
+                                            "Gemma 3 270M), or the endpoint's model name")
+    parser.add_argument("--base-url", help="llm: the OpenAI-compatible endpoint (required with --provider openai)")
+    parser.add_argument("--chat", action="store_true", help="llm: the endpoint's chat API instead of completions")
+    parser.add_argument("--device", help="llm: torch device for --provider transformers (default: CUDA if any)")
+    parser.add_argument("--k", type=int, default=5, help="llm: demonstrations per sentence (default 5)")
+    parser.add_argument("--guided", choices=("llama.cpp", "vllm"),
+                        help="llm: guided decoding by the server, a grammar in the form this server takes")
+    parser.add_argument("--cache", type=Path, help="llm: SQLite file caching model calls")
 
 
 PAIRS_HELP = ("relations in the data: 'all' (default) = every unannotated pair of spans is a negative; "
@@ -207,20 +280,10 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--strategy", choices=("encoder", "llm"), default="encoder")
     predict.add_argument("--model", type=Path, help="encoder: a directory written by 'clinie train'")
     predict.add_argument("--batch-size", type=int, default=32)
-    predict.add_argument("--provider", choices=("llama.cpp", "transformers", "openai"), default="llama.cpp",
-                         help="llm: in-process llama.cpp (default) or transformers, or an OpenAI-compatible endpoint")
-    predict.add_argument("--llm-model", help="llm: GGUF path, HF model directory or name (default: embedded "
-                                             "Gemma 3 270M), or the endpoint's model name")
-    predict.add_argument("--base-url", help="llm: the OpenAI-compatible endpoint (required with --provider openai)")
-    predict.add_argument("--chat", action="store_true", help="llm: the endpoint's chat API instead of completions")
-    predict.add_argument("--device", help="llm: torch device for --provider transformers (default: CUDA if any)")
+    _add_llm_arguments(predict)
     predict.add_argument("--demos", type=Path, help="llm: annotated JSONL to retrieve demonstrations from")
-    predict.add_argument("--k", type=int, default=5, help="llm: demonstrations per sentence (default 5)")
     predict.add_argument("--config", type=Path, help="llm: a labeling config whose label hints describe the labels")
     predict.add_argument("--labels", help="llm: comma-separated labels (default: those in --demos)")
-    predict.add_argument("--guided", choices=("llama.cpp", "vllm"),
-                         help="llm: guided decoding by the server, a grammar in the form this server takes")
-    predict.add_argument("--cache", type=Path, help="llm: SQLite file caching model calls")
     predict.add_argument("--pairs", choices=("all", "listed"), default="all", help="llm: " + PAIRS_HELP)
     predict.add_argument("--gold-spans", action="store_true",
                          help="keep the data's spans and predict only the relations between them")
@@ -230,12 +293,42 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--gold", type=Path, required=True)
     evaluate.add_argument("--pred", type=Path, required=True)
     evaluate.add_argument("--json", action="store_true", help="print the figures as JSON")
+    evaluate.add_argument("--config", type=Path, help="the labeling config, to read a Label Studio export as gold "
+                                                      "(default: the labels its regions use)")
+    evaluate.add_argument("--out", type=Path, help="write report.html, report.md and report.json in this directory")
+    evaluate.add_argument("--examples", type=int, default=5, help="report: documents shown among the worst errors "
+                                                                  "(their text is quoted; 0 = none)")
     evaluate.set_defaults(run=_evaluate)
+
+    fewshot = commands.add_parser("fewshot", help="true few-shot study: CV selection on pools of several sizes, "
+                                                  "every strategy scored on a test set; writes a report")
+    fewshot.add_argument("--pool", type=Path, required=True, help="annotated JSONL the pools are drawn from")
+    fewshot.add_argument("--test", type=Path, required=True, help="annotated JSONL to score on")
+    fewshot.add_argument("--sizes", default="10,25,50,100", help="pool sizes (default 10,25,50,100)")
+    fewshot.add_argument("--seeds", default="3", help="a count (3: seeds 0,1,2) or a list (42,33,21)")
+    fewshot.add_argument("--strategies", default="encoder,llm,rerank",
+                         help="encoder, llm (k demos), llm-kN, rerank (every --bands), rerank-0.NN")
+    fewshot.add_argument("--bands", default="0.7,0.8,0.9", help="rerank: upper confidence bounds of the bands")
+    fewshot.add_argument("--folds", type=int, default=5)
+    fewshot.add_argument("--loo-below", type=int, default=10, help="leave-one-out for pools smaller than this")
+    fewshot.add_argument("--config", type=Path, help="a labeling config whose label hints describe the labels")
+    fewshot.add_argument("--model", help="base encoder: HF name or directory (default: embedded MiniLM)")
+    fewshot.add_argument("--epochs", type=int, help="encoder fine-tuning epochs (default: the tagger's)")
+    fewshot.add_argument("--out", type=Path, required=True, help="report directory (runs/ keeps each run: resumable)")
+    _add_llm_arguments(fewshot)
+    fewshot.set_defaults(run=_fewshot)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    # transformers reports every fine-tuning's fresh classifier head and loading bar: noise in a
+    # study that fits dozens of models (CLINIE_LOG_LEVEL=DEBUG keeps them)
+    if os.environ.get("CLINIE_LOG_LEVEL", "").upper() != "DEBUG":
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
+    args.command_line = "clinie " + " ".join(shlex.quote(a) for a in argv)
     try:
         return args.run(args)
     except (ValueError, FileNotFoundError) as e:

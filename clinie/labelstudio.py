@@ -35,10 +35,12 @@ Example:
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import xml.etree.ElementTree as ET
 from bisect import bisect_left, bisect_right
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from clinie.core import Document, LabelSpec, Relation, RelationSpec, Schema, Span, SpanControl, Token, tokenize
@@ -304,3 +306,51 @@ def document_to_result(
     scores = [r["score"] for r in regions.values() if "score" in r]
     task_score = round(sum(scores) / len(scores), 4) if scores else None
     return [*regions.values(), *arrows.values()], task_score
+
+
+# --- Label Studio JSON export -> Documents -------------------------------------------------
+
+
+def _schema_from_results(tasks: Sequence[dict[str, Any]]) -> Schema:
+    """The schema an export implies when no labeling config is given: its label controls with the
+    labels their regions use, and the relation labels its arrows carry."""
+    controls: dict[tuple[str, str], dict[str, None]] = {}
+    relation_labels: dict[str, None] = {}
+    value_keys: dict[str, str] = {}
+    for task in tasks:
+        for annotation in task.get("annotations") or []:
+            for item in annotation.get("result") or []:
+                if item.get("type") == "labels":
+                    key = (str(item.get("from_name")), str(item.get("to_name")))
+                    controls.setdefault(key, {}).update(dict.fromkeys(item.get("value", {}).get("labels") or []))
+                elif item.get("type") == "relation":
+                    relation_labels.update(dict.fromkeys(item.get("labels") or []))
+        data = task.get("data") or {}
+        for _, to_name in controls:
+            if to_name not in value_keys:
+                texts = [k for k, v in data.items() if isinstance(v, str)]
+                value_keys[to_name] = to_name if to_name in data else texts[0] if len(texts) == 1 else ""
+    if not controls:
+        raise ValueError("the export has no labelled regions: nothing to read the labels from")
+    if missing := [to for to, key in value_keys.items() if not key]:
+        raise ValueError(f"cannot tell which data field <Text name={missing[0]!r}> shows: pass the labeling config")
+    return Schema(tuple(SpanControl(name, to_name, value_keys[to_name], tuple(LabelSpec(l) for l in labels))
+                        for (name, to_name), labels in controls.items()),
+                  tuple(RelationSpec(label) for label in relation_labels))
+
+
+def read_export(path: str | Path, schema: Schema | None = None) -> list[Document]:
+    """The documents of a Label Studio JSON export: per task, its latest annotation that was not
+    cancelled (tasks with none are left out); ``schema`` from the project's labeling config, or
+    else inferred from the export's own regions."""
+    tasks = json.loads(Path(path).read_text(encoding="utf-8"))
+    if not isinstance(tasks, list):
+        raise ValueError(f"{path}: a Label Studio JSON export is a list of tasks")
+    schema = schema or _schema_from_results(tasks)
+    docs = []
+    for task in tasks:
+        kept = [a for a in task.get("annotations") or [] if not a.get("was_cancelled")]
+        if kept:
+            latest = max(kept, key=lambda a: (str(a.get("updated_at") or ""), a.get("id") or 0))
+            docs.append(annotation_to_document(task, latest.get("result") or [], schema))
+    return docs

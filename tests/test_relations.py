@@ -18,7 +18,8 @@ from clinie.extractors.relation_llm import LLMRelationExtractor
 from clinie.labelstudio import LabelConfigError, parse_label_config
 from clinie.llm.llamacpp import LlamaCppLLM, default_gguf
 from clinie.llm.openai_compat import OpenAICompatibleLLM
-from clinie.prompting.relation_mc import generate_prompt, grammar, option_texts, parse_response
+from clinie.prompting.choice import grammar, parse_response
+from clinie.prompting.relation_mc import generate_prompt, option_texts
 from clinie.relations import Pair, PairTypes, candidate_pairs, labelled_pairs, mark
 from clinie.retrieval import Embedder
 from helpers import assert_relations_join_spans, assert_spans_match_text
@@ -189,7 +190,7 @@ def test_the_llm_answers_multiple_choice_in_process_and_through_a_server(ddi, tm
     train, test = ddi
     embedder = Embedder()
     extractor = LLMRelationExtractor(SPECS, LlamaCppLLM(), k=2, embedder=embedder).fit(train, listed=True)
-    assert len(extractor.pool) == 100 and extractor.constrained
+    assert len(extractor.pool) == 100 and extractor.questions.constrained
     docs = [d.with_annotations(d.entities) for d in test[:2]]
     predicted = extractor.predict(docs)
     n_pairs = sum(len(candidate_pairs(d, extractor.types)) for d in docs)

@@ -1,13 +1,13 @@
 """Pure data and pure functions; imports nothing else of clinie."""
 
-from clinie.core.bio import bio_labels, bio_to_spans, spans_to_bio
-from clinie.core.chunking import chunk, split_document, split_sentences
+from clinie.core.bio import bio_labels, bio_to_spans, number_spans, spans_to_bio
+from clinie.core.chunking import chunk, mark_spans, split_document, split_sentences
 from clinie.core.jsonl import document_from_dict, document_to_dict, read_documents, write_documents
 from clinie.core.tokenize import Token, tokenize
 from clinie.core.types import NO_RELATION, Document, LabelSpec, Relation, RelationSpec, Schema, Span, SpanControl
 
 __all__ = [
     "NO_RELATION", "Document", "LabelSpec", "Relation", "RelationSpec", "Schema", "Span", "SpanControl", "Token",
-    "bio_labels", "bio_to_spans", "chunk", "split_document", "document_from_dict", "document_to_dict",
+    "bio_labels", "bio_to_spans", "chunk", "mark_spans", "number_spans", "split_document", "document_from_dict", "document_to_dict",
     "read_documents", "spans_to_bio", "split_sentences", "tokenize", "write_documents",
 ]

@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from clinie.core.tokenize import Token
-from clinie.core.types import Span
+from clinie.core.types import Document, Span
 
 OUTSIDE = "O"
 
@@ -84,3 +84,10 @@ def bio_to_spans(
             current = (i, i, label)
     close()
     return spans
+
+
+def number_spans(doc: Document, spans: Sequence[Span]) -> Document:
+    """``doc`` with ``spans`` as its annotations, in text order, with ids ``T1``, ``T2``..."""
+    ordered = sorted(spans, key=lambda s: (s.start, s.end))
+    return doc.with_annotations([Span(s.start, s.end, s.label, s.text, id=f"T{n}", score=s.score)
+                                 for n, s in enumerate(ordered, 1)])

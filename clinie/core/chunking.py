@@ -15,6 +15,7 @@ Example:
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 
 from clinie.core.tokenize import Token, tokenize
 from clinie.core.types import Document, Span
@@ -79,3 +80,28 @@ def split_document(doc: Document, max_words: int) -> list[Document]:
                       for s in doc.entities if start <= s.start and s.end <= end)
         parts.append(Document(f"{doc.id}#{n}", doc.text[start:end], spans, meta={"offset": start, "parent": doc.id}))
     return parts
+
+
+def mark_spans(text: str, marked: Sequence[tuple[Span, str, str]],
+               sentences: Sequence[tuple[int, int]] | None = None) -> str:
+    """The sentences from the first marked span to the last, each span between its opening and
+    closing marker; whitespace runs become one space (what a model reads about a mention).
+    ``sentences`` are ``split_sentences(text)``, passed by callers that mark many spans of one
+    text so that a long note is split once, not once per mention.
+
+    >>> text = "No issue. Aspirin raises warfarin levels. Done."
+    >>> mark_spans(text, [(Span.from_text(text, 10, 17, "drug"), "<<", ">>")])
+    '<< Aspirin >> raises warfarin levels.'
+    """
+    first = min(span.start for span, _, _ in marked)
+    last = max(span.end for span, _, _ in marked)
+    sentences = split_sentences(text) if sentences is None else sentences
+    start = min(first, max((s for s, _ in sentences if s <= first), default=0))
+    end = max(last, min((e for _, e in sentences if e >= last), default=len(text)))
+    # inserted from the end; where two markers meet, the closing one comes first in the text
+    inserts = sorted([insert for span, opening, closing in marked
+                      for insert in ((span.start, 1, f" {opening} "), (span.end, 0, f" {closing} "))], reverse=True)
+    out = text[start:end]
+    for at, _, marker in inserts:
+        out = out[: at - start] + marker + out[at - start:]
+    return " ".join(out.split())

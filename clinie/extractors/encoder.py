@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from clinie.core import Document, Span, Token, bio_labels, bio_to_spans, chunk, spans_to_bio, tokenize
+from clinie.core import Document, Span, Token, bio_labels, bio_to_spans, chunk, number_spans, spans_to_bio, tokenize
 from clinie.extractors.finetune import fine_tune, read_meta, write_meta
 
 KIND = "encoder-tagger"
@@ -251,33 +251,41 @@ class EncoderTagger:
         self.n_train_docs = len(docs)
         return self
 
-    def predict(self, docs: Sequence[Document], batch_size: int = 32, progress: bool = False) -> list[Document]:
-        """Each document with the predicted spans (ids ``T1``, ``T2``... in text order, scored).
-
-        Gold annotations are dropped; an empty or blank text gets no spans.
-        """
+    def _forward(self, docs: Sequence[Document], batch_size: int, progress: bool) -> list[tuple[Window, np.ndarray]]:
+        """Every window of ``docs`` with its sub-word tag distributions, in window order."""
         import torch
         from tqdm.auto import tqdm
 
         if self._model is None:
             raise RuntimeError("the tagger is not trained: call fit() or EncoderTagger.load()")
         windows = self._windows(docs)
-        spans: list[list[Span]] = [[] for _ in docs]
+        out: list[tuple[Window, np.ndarray] | None] = [None] * len(windows)
         order = sorted(range(len(windows)), key=lambda i: len(windows[i].input_ids))  # less padding
         with torch.inference_mode():
             for b in tqdm(range(0, len(order), batch_size), desc="predicting", unit="batch", disable=not progress):
-                part = [windows[i] for i in order[b : b + batch_size]]
-                logits = self._model(**self._batch(part)).logits
+                part = order[b : b + batch_size]
+                logits = self._model(**self._batch([windows[i] for i in part])).logits
                 probabilities = torch.softmax(logits.float(), dim=-1).cpu().numpy()
-                for window, p in zip(part, probabilities):
-                    text = docs[window.doc_index].text
-                    spans[window.doc_index].extend(postprocess(text, window, p, self.tags))
-        out = []
-        for doc, found in zip(docs, spans):
-            found.sort(key=lambda s: (s.start, s.end))
-            numbered = [Span(s.start, s.end, s.label, s.text, id=f"T{n}", score=s.score)
-                        for n, s in enumerate(found, 1)]
-            out.append(doc.with_annotations(numbered))
+                for i, p in zip(part, probabilities):
+                    out[i] = (windows[i], p)
+        return out  # type: ignore[return-value]
+
+    def predict(self, docs: Sequence[Document], batch_size: int = 32, progress: bool = False) -> list[Document]:
+        """Each document with the predicted spans (ids ``T1``, ``T2``... in text order, scored).
+
+        Gold annotations are dropped; an empty or blank text gets no spans.
+        """
+        spans: list[list[Span]] = [[] for _ in docs]
+        for window, p in self._forward(docs, batch_size, progress):
+            spans[window.doc_index].extend(postprocess(docs[window.doc_index].text, window, p, self.tags))
+        return [number_spans(doc, found) for doc, found in zip(docs, spans)]
+
+    def predict_words(self, docs: Sequence[Document], batch_size: int = 32) -> list[list[tuple[list[Token], np.ndarray]]]:
+        """Per document, its windows in text order: the words and each word's tag distribution
+        (a row per word, columns in ``self.tags`` order) — what filter-then-rerank reads."""
+        out: list[list[tuple[list[Token], np.ndarray]]] = [[] for _ in docs]
+        for window, p in self._forward(docs, batch_size, progress=False):
+            out[window.doc_index].append((window.words, aggregate_first(p, window.word_ids, len(window.words))))
         return out
 
     # --- persistence ----------------------------------------------------------------------

@@ -12,9 +12,11 @@ from the source words' own offsets: the model never states an offset.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+import time
+from dataclasses import dataclass, field, replace
 
-from clinie.core import Document, LabelSpec, Span, Token, bio_to_spans, chunk, split_document, spans_to_bio, tokenize
+from clinie.core import (Document, LabelSpec, Span, Token, bio_to_spans, chunk, number_spans, split_document,
+                         split_sentences, spans_to_bio, tokenize)
 from clinie.llm.base import LLM, SupportsDecoding
 from clinie.llm.cache import CallCache
 from clinie.prompting.wordtag import ParseStats, decode_constrained, generate_prompt, grammar, parse_response
@@ -30,6 +32,14 @@ class Usage:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     parse: ParseStats = field(default_factory=ParseStats)
+
+    def counts(self) -> dict[str, int]:
+        return {"calls": self.calls, "cache_hits": self.cache_hits, "prompt_tokens": self.prompt_tokens,
+                "completion_tokens": self.completion_tokens}
+
+    def since(self, before: dict[str, int]) -> dict[str, int]:
+        """What was spent since ``before = usage.counts()``: a document's own cost."""
+        return {name: value - before[name] for name, value in self.counts().items()}
 
 
 class LLMTagger:
@@ -94,8 +104,11 @@ class LLMTagger:
         return tags, scores
 
     def predict(self, docs: Sequence[Document]) -> list[Document]:
+        """Each document with its predicted spans; ``meta["llm"]`` says what it cost (calls,
+        tokens, sentences sent to the LLM — every one — and seconds)."""
         out = []
         for doc in docs:
+            started, before = time.perf_counter(), self.usage.counts()
             spans: list[Span] = []
             for start, end in chunk(doc.text, self.max_words):
                 words = [Token(w.start + start, w.end + start, w.text) for w in tokenize(doc.text[start:end])]
@@ -103,6 +116,8 @@ class LLMTagger:
                 prompt = generate_prompt(self.label_specs, texts, self._demos(doc.text[start:end]))
                 tags, scores = self._tag(prompt, texts)
                 spans.extend(bio_to_spans(doc.text, words, tags, scores))
-            out.append(doc.with_annotations([Span(s.start, s.end, s.label, s.text, f"T{n}", s.score)
-                                             for n, s in enumerate(spans, 1)]))
+            sentences = len(split_sentences(doc.text))
+            cost = {**self.usage.since(before), "sentences": sentences, "sentences_to_llm": sentences,
+                    "seconds": round(time.perf_counter() - started, 3)}
+            out.append(replace(number_spans(doc, spans), meta={**doc.meta, "llm": cost}))
         return out

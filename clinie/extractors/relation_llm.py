@@ -4,21 +4,20 @@ Each candidate pair (``clinie.relations.candidate_pairs``) becomes one question 
 are the relation labels its span types allow, plus "none of these". Demonstrations are the
 annotated pairs most similar to it (MiniLM kNN over their marked sentences). A provider that
 runs in-process scores the option letters from their logits (the answer's probability is the
-relation's score); any other provider answers in text (``guided=True``: under a one-letter
-grammar) and the letter is parsed; its first token's log-probability gives the score when the
-server returns one.
+relation's score); any other provider answers in text and the letter is parsed
+(``clinie.extractors.choice``).
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 from clinie.core import NO_RELATION, Document, Relation, RelationSpec, split_sentences
+from clinie.extractors.choice import MultipleChoice
 from clinie.extractors.llm import Usage
-from clinie.llm.base import LLM, SupportsDecoding
+from clinie.llm.base import LLM
 from clinie.llm.cache import CallCache
-from clinie.prompting.relation_mc import MARKS, generate_prompt, grammar, letters, option_texts, parse_response
+from clinie.prompting.relation_mc import MARKS, generate_prompt, option_texts
 from clinie.relations import Pair, PairTypes, candidate_pairs, labelled_pairs, mark
 from clinie.retrieval import DemoPool, Embedder
 
@@ -33,13 +32,18 @@ class LLMRelationExtractor:
         self.llm = llm
         self.k = k
         self.window = window
-        self.constrained = isinstance(llm, SupportsDecoding)
-        self.guided = guided and not self.constrained
         self.types = PairTypes(self.specs)
         self.pool = DemoPool(embedder or Embedder()) if k > 0 else None
-        self.cache = cache
-        self.usage = Usage()
-        self.unparsed = 0  # answers that named no option (counted as "none of these")
+        self.questions = MultipleChoice(llm, "relation_mc", guided=guided, cache=cache)
+
+    @property
+    def usage(self) -> Usage:
+        return self.questions.usage
+
+    @property
+    def unparsed(self) -> int:
+        """Answers that named no option (read as "none of these")."""
+        return self.questions.unparsed
 
     def _choices(self, pair: Pair) -> tuple[list[str], list[str]]:
         """The labels a pair may get (``NO_RELATION`` last) and the option sentence for each."""
@@ -62,41 +66,13 @@ class LLMRelationExtractor:
         self.pool.add(demos)
         return self
 
-    def _answer(self, prompt: str, n: int) -> tuple[int, float | None]:
-        """The chosen option's index and probability (None when the provider gives none)."""
-        key = None
-        if self.cache is not None:
-            mode = "constrained" if self.constrained else "guided" if self.guided else "free"
-            key = self.cache.key(self.llm.provider, self.llm.model, prompt, {"task": "relation_mc", "mode": mode})
-            if (hit := self.cache.get(key)) is not None:
-                self.usage.cache_hits += 1
-                return hit["index"], hit["score"]
-        self.usage.calls += 1
-        if self.constrained:
-            with self.llm.session(prompt) as session:  # type: ignore[attr-defined]
-                index, score = session.choose(letters(n))
-                self.usage.prompt_tokens += session.prompt_tokens
-                self.usage.completion_tokens += 1
-        else:
-            completion = self.llm.complete(prompt, max_tokens=4, stop=["\n"], grammar=grammar(n) if self.guided else None)
-            self.usage.prompt_tokens += completion.prompt_tokens
-            self.usage.completion_tokens += completion.completion_tokens
-            parsed = parse_response(completion.text, n)
-            if parsed is None:
-                self.unparsed += 1
-            index = n - 1 if parsed is None else parsed
-            score = math.exp(completion.token_logprobs[0]) if parsed is not None and completion.token_logprobs else None
-        if key is not None:
-            self.cache.put(key, {"index": index, "score": score})
-        return index, score
-
     def classify(self, doc: Document, pair: Pair) -> tuple[str, float | None]:
         """The label the model picks for one pair (``NO_RELATION`` for "none of these")."""
         sentence = mark(doc.text, pair, MARKS)
         labels, options = self._choices(pair)
         demos = [(d.text, d.meta["options"], d.meta["answer"])
                  for d in (self.pool.nearest(sentence, self.k) if self.pool is not None else [])]
-        index, score = self._answer(generate_prompt(sentence, options, demos), len(options))
+        index, score = self.questions.ask(generate_prompt(sentence, options, demos), len(options))
         return labels[index], score
 
     def predict(self, docs: Sequence[Document]) -> list[Document]:

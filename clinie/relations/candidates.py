@@ -29,7 +29,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from clinie.core import NO_RELATION, Document, RelationSpec, Span, split_sentences
+from clinie.core import NO_RELATION, Document, RelationSpec, Span, mark_spans, split_sentences
 
 
 #: Markers of a pair's head and tail in the text an encoder reads (Baldini Soares et al. 2019).
@@ -149,15 +149,5 @@ def mark(text: str, pair: Pair, markers: tuple[str, str, str, str] = ENTITY_MARK
     >>> mark(text, pair, ("<<", ">>", "<<", ">>"))
     '<< Aspirin >> raises << warfarin >> levels.'
     """
-    first, last = sorted((pair.head, pair.tail), key=lambda s: s.start)
-    sentences = split_sentences(text) if sentences is None else sentences
-    start = min(first.start, max((s for s, _ in sentences if s <= first.start), default=0))
-    end = max(last.end, min((e for _, e in sentences if e >= last.end), default=len(text)))
-    # inserted from the end; where two markers meet, the closing one comes first in the text
-    head_open, head_close, tail_open, tail_close = (f" {m} " for m in markers)
-    inserts = sorted([(pair.head.start, 1, head_open), (pair.head.end, 0, head_close),
-                      (pair.tail.start, 1, tail_open), (pair.tail.end, 0, tail_close)], reverse=True)
-    out = text[start:end]
-    for at, _, marker in inserts:
-        out = out[: at - start] + marker + out[at - start:]
-    return " ".join(out.split())
+    head_open, head_close, tail_open, tail_close = markers
+    return mark_spans(text, [(pair.head, head_open, head_close), (pair.tail, tail_open, tail_close)], sentences)

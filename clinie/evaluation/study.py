@@ -1,0 +1,168 @@
+"""The offline true few-shot study, and the evaluation of one set of predictions.
+
+``run_study``: for each pool size and seed, a pool of that size is drawn; cross-validation over
+it alone picks a strategy (``clinie.evaluation.fewshot``), and each strategy is then fitted on
+the whole pool and scored on the test set — so the report shows what the selection would have
+chosen without seeing the test set, and how that choice fared on it. Span scores are calibrated
+on the pool's cross-validated predictions and judged on the test set. Each run is a JSON file
+in ``runs_dir``: an interrupted study resumes where it stopped.
+
+``evaluation``: P/R/F1 per label with bootstrap intervals, kinds of errors, confusion of labels,
+calibration and LLM cost of one prediction set against its gold.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from clinie.core import Document
+from clinie.evaluation.analysis import confusion, error_kinds, per_label, worst_documents
+from clinie.evaluation.calibration import (calibrate_documents, expected_calibration_error, fit_calibrator,
+                                           reliability, span_outcomes)
+from clinie.evaluation.fewshot import Build, CrossValidation, Strategy, cross_validate, subsample
+
+COST_KEYS = ("calls", "prompt_tokens", "completion_tokens", "sentences", "sentences_to_llm", "seconds")
+
+
+def llm_cost(docs: Sequence[Document]) -> dict[str, float] | None:
+    """Summed LLM cost of predicted documents (``meta["llm"]``), None when no LLM was involved."""
+    costs = [d.meta["llm"] for d in docs if "llm" in d.meta]
+    if not costs:
+        return None
+    total = {key: sum(c.get(key, 0) for c in costs) for key in COST_KEYS}
+    total["documents"] = len(docs)
+    total["sentence_share"] = total["sentences_to_llm"] / total["sentences"] if total["sentences"] else 0.0
+    return total
+
+
+def evaluation(gold: Sequence[Document], predicted: Sequence[Document], *, calibration_from: Sequence[Document] = (),
+               calibration_gold: Sequence[Document] = (), examples: int = 5, seed: int = 0) -> dict[str, Any]:
+    """Everything a report says about one prediction set. With ``calibration_from`` (cross-
+    validated predictions of other documents, and their gold), scores are calibrated on those and
+    the calibration is judged on ``predicted``."""
+    out: dict[str, Any] = {"per_label": per_label(gold, predicted, seed=seed),
+                           "error_kinds": error_kinds(gold, predicted), "confusion": confusion(gold, predicted),
+                           "worst_errors": worst_documents(gold, predicted, examples) if examples else []}
+    scores, correct = span_outcomes(gold, predicted)
+    if scores:
+        calibration: dict[str, Any] = {"spans": len(scores), "ece_raw": expected_calibration_error(scores, correct),
+                                       "bins_raw": reliability(scores, correct)}
+        fit_scores, fit_correct = span_outcomes(calibration_gold, calibration_from)
+        if fit_scores:
+            calibrator = fit_calibrator(fit_scores, fit_correct)
+            calibrated, _ = span_outcomes(gold, calibrate_documents(predicted, calibrator))
+            calibration.update(fitted_on=len(fit_scores), calibrator=calibrator.as_dict(),
+                               ece_calibrated=expected_calibration_error(calibrated, correct),
+                               bins_calibrated=reliability(calibrated, correct))
+        out["calibration"] = calibration
+    if (cost := llm_cost(predicted)) is not None:
+        out["llm_cost"] = cost
+    return out
+
+
+def one_run(pool: Sequence[Document], test: Sequence[Document], strategies: Sequence[Strategy], build: Build, *,
+            seed: int, folds: int = 5, loo_below: int = 10, progress: bool = False) -> dict[str, Any]:
+    """Select by cross-validation on ``pool``; fit every strategy on all of it; score on ``test``."""
+    cv: CrossValidation = cross_validate(pool, strategies, build, k=folds, loo_below=loo_below, seed=seed,
+                                         progress=progress)
+    results: dict[str, Any] = {}
+    for strategy in strategies:
+        predicted = build(strategy, pool).predict(test)
+        run = cv.runs[strategy.name]
+        results[strategy.name] = evaluation(test, predicted, calibration_from=run.predictions, calibration_gold=pool,
+                                            seed=seed)
+    return {"size": len(pool), "seed": seed, "pool_ids": [d.id for d in pool], "cv": cv.summary(),
+            "selected": cv.selected.name, "test": results}
+
+
+def run_study(pool: Sequence[Document], test: Sequence[Document], sizes: Sequence[int], seeds: Sequence[int],
+              strategies: Sequence[Strategy], build: Build, *, folds: int = 5, loo_below: int = 10,
+              runs_dir: Path | None = None, progress: bool = False) -> list[dict[str, Any]]:
+    """One run per (size, seed); runs already in ``runs_dir`` with the same strategies are reused."""
+    names = [s.name for s in strategies]
+    runs = []
+    for size in sizes:
+        for seed in seeds:
+            path = runs_dir / f"size{size}-seed{seed}.json" if runs_dir else None
+            if path is not None and path.exists():
+                saved = json.loads(path.read_text(encoding="utf-8"))
+                if list(saved["test"]) == names:
+                    runs.append(saved)
+                    continue
+            if progress:
+                print(f"pool of {size}, seed {seed}", flush=True)
+            run = one_run(subsample(pool, size, seed), test, strategies, build, seed=seed, folds=folds,
+                          loo_below=loo_below, progress=progress)
+            if path is not None:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_text(json.dumps(run, indent=1, ensure_ascii=False), encoding="utf-8")
+            runs.append(run)
+    return runs
+
+
+def _mean_sd(values: Sequence[float]) -> tuple[float, float]:
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def summarise(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Per pool size: each strategy's test F1 (mean, sd over seeds), the CV-selected strategy's,
+    how often each was selected, and the share of sentences each sent to the LLM."""
+    sizes = sorted({r["size"] for r in runs})
+    names = list(runs[0]["test"]) if runs else []
+    table: dict[int, dict[str, Any]] = {}
+    for size in sizes:
+        at = [r for r in runs if r["size"] == size]
+        row: dict[str, Any] = {"seeds": [r["seed"] for r in at], "strategies": {}}
+        for name in [*names, "selected"]:
+            f1 = [r["test"][r["selected"] if name == "selected" else name]["per_label"]["all"]["f1"] for r in at]
+            cost = [r["test"][r["selected"] if name == "selected" else name].get("llm_cost") for r in at]
+            shares = [c["sentence_share"] for c in cost if c]
+            mean, sd = _mean_sd(f1)
+            row["strategies"][name] = {"f1_mean": mean, "f1_sd": sd, "f1": f1, "f1_min": min(f1), "f1_max": max(f1),
+                                       "sentence_share": statistics.fmean(shares) if shares else 0.0}
+            if name != "selected":
+                row["strategies"][name]["cv_f1_mean"] = statistics.fmean(r["cv"]["strategies"][name]["mean_f1"] for r in at)
+        row["selected"] = [r["selected"] for r in at]
+        table[size] = row
+    return {"sizes": sizes, "strategies": names, "by_size": table}
+
+
+def study_report(runs: Sequence[dict[str, Any]], report: dict[str, Any]) -> dict[str, Any]:
+    """Fill ``report`` (``clinie.evaluation.report.new_report``) with a study's figures: the
+    comparison of strategies per pool size, learning curves, and the full evaluation of the
+    strategy cross-validation selected at the largest pool (first seed)."""
+    summary = summarise(runs)
+    sizes, names = summary["sizes"], summary["strategies"]
+    by_size = summary["by_size"]
+    largest = sizes[-1]
+    columns = ["strategy", *[f"n={size}" for size in sizes], f"CV F1 at n={largest}", f"sentences to LLM at n={largest}"]
+    rows = []
+    for name in [*names, "selected"]:
+        cells = [f"{by_size[s]['strategies'][name]['f1_mean']:.3f} ± {by_size[s]['strategies'][name]['f1_sd']:.3f}"
+                 for s in sizes]
+        at = by_size[largest]["strategies"][name]
+        rows.append(["selected by CV" if name == "selected" else name, *cells,
+                     f"{at['cv_f1_mean']:.3f}" if "cv_f1_mean" in at else "",
+                     f"{at['sentence_share']:.0%}" if at["sentence_share"] else "–"])
+    picks = "; ".join(f"n={s}: " + ", ".join(f"{p} ×{by_size[s]['selected'].count(p)}"
+                                                for p in dict.fromkeys(by_size[s]["selected"])) for s in sizes)
+    report["comparison"] = {
+        "columns": columns, "rows": rows,
+        "caption": ("Strict F1 on the test set, mean ± sd over seeds. Each strategy was fitted on the pool "
+                    "alone; 'selected by CV' is, for each pool, the strategy that cross-validation over that "
+                    f"pool picked — it never saw the test set. Picks: {picks}.")}
+    series = {("selected by CV" if name == "selected" else name):
+              [{"x": s, "y": by_size[s]["strategies"][name]["f1_mean"], "low": by_size[s]["strategies"][name]["f1_min"],
+                "high": by_size[s]["strategies"][name]["f1_max"]} for s in sizes] for name in [*names, "selected"]}
+    report["learning_curve"] = {"x_label": "annotated examples in the pool", "series": series,
+                                "caption": "Test F1 against pool size; the band spans the seeds' lowest to highest."}
+    first = next(r for r in runs if r["size"] == largest)
+    report["evaluation_of"] = f"{first['selected']}, selected at n={largest}, seed {first['seed']}"
+    report["evaluation"] = first["test"][first["selected"]]
+    report["summary_by_size"] = by_size
+    report["runs"] = list(runs)
+    return report

@@ -1,0 +1,77 @@
+"""Multiple-choice prompting: a marked sentence, lettered options, one letter as the answer.
+
+Language models answer such questions far better than they name labels (QA4RE; Zhang et al.,
+Findings of ACL 2023), and a model that runs in-process can score the option letters from its
+logits instead of generating (``DecodingSession.choose``), which gives a probability. As in
+spacy-llm, a task is ``generate_prompt`` and ``parse_response``; what differs between tasks is
+the instruction (a versioned template in ``templates/``) and the option sentences.
+
+Example:
+    >>> prompt = generate_prompt("entity_mc.v1", "<< asthma >> worsened .",
+    ...                          ['"asthma" is a Disease.', '"asthma" is none of these.'])
+    >>> prompt.splitlines()[-3:]
+    ['A. "asthma" is a Disease.', 'B. "asthma" is none of these.', 'Answer:']
+    >>> parse_response(" B. none", 2)
+    1
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from functools import lru_cache
+from pathlib import Path
+
+LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+MARKS = ("<<", ">>")  # how a mention is marked in the sentence the model reads
+_TEMPLATES = Path(__file__).parent / "templates"
+
+
+@lru_cache(maxsize=None)
+def template(version: str) -> str:
+    return (_TEMPLATES / f"{version}.txt").read_text(encoding="utf-8")
+
+
+def _question(options: Sequence[str]) -> str:
+    if len(options) > len(LETTERS):
+        raise ValueError(f"{len(options)} options: at most {len(LETTERS)} fit the letters")
+    return "\n".join(f"{LETTERS[i]}. {text}" for i, text in enumerate(options))
+
+
+def generate_prompt(version: str, sentence: str, options: Sequence[str],
+                    demos: Sequence[tuple[str, Sequence[str], int]] = ()) -> str:
+    """The prompt for one question; ``demos`` are (marked sentence, options, index of the answer)."""
+    demo_text = "".join(f"Sentence: {s}\nOptions:\n{_question(o)}\nAnswer: {LETTERS[a]}\n\n" for s, o, a in demos)
+    return template(version).format(demos=("\n" + demo_text) if demos else "", sentence=sentence,
+                                    options=_question(options)).rstrip("\n")
+
+
+def letters(n: int) -> list[str]:
+    """The continuations a model chooses among: `` A``, `` B``... (after ``Answer:``)."""
+    return [f" {LETTERS[i]}" for i in range(n)]
+
+
+def grammar(n: int) -> str:
+    """GBNF for a server's guided decoding: exactly one option letter.
+
+    >>> grammar(3)
+    'root ::= " A" | " B" | " C"'
+    """
+    return "root ::= " + " | ".join(f'"{letter}"' for letter in letters(n))
+
+
+# a letter alone, or followed by "." ")" ":" or "]": "I think" names no option
+_ANSWER = re.compile(r"^\W*(?:answer|option)?\W*([A-Z])(?=[.):\]]|\s*$)", re.IGNORECASE)
+
+
+def parse_response(text: str, n: int) -> int | None:
+    """The index of the option the answer names, or None when it names none of the ``n``.
+
+    >>> parse_response("Answer: (c)", 3), parse_response("E", 3), parse_response("I think B", 10)
+    (2, None, None)
+    """
+    match = _ANSWER.match(text.strip())
+    if not match:
+        return None
+    index = LETTERS.index(match.group(1).upper())
+    return index if index < n else None
