@@ -10,6 +10,7 @@ and ``relations``). Examples::
     clinie predict --model models/ddi --gold-spans --data ddi_test.jsonl --out pred.jsonl
     clinie predict --strategy llm --demos train.jsonl --k 5 --data test.jsonl --out pred.jsonl
     clinie evaluate --gold test.jsonl --pred pred.jsonl --out reports/test
+    clinie report --project 3 --out reports/project3
     clinie fewshot --pool train.jsonl --test test.jsonl --sizes 10,25,50,100 --seeds 3 \
         --strategies encoder,llm,rerank --out reports/fewshot
 """
@@ -234,6 +235,46 @@ def _fewshot(args: argparse.Namespace) -> int:
     return 0
 
 
+def _report(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from clinie.evaluation.fewshot import cross_validate, learning_curve, parse_strategies
+    from clinie.evaluation.report import new_report, write_report
+    from clinie.evaluation.study import project_report
+    from clinie.llm import make_llm
+    from clinie.store import AnnotationStore
+    from ml_backend.selection import builder, project_documents
+
+    settings = Settings.load()
+    if args.data_dir:
+        settings = replace(settings, data_dir=args.data_dir)
+    if not settings.store_path.exists():
+        raise ValueError(f"no annotation store at {settings.store_path} (CLINIE_DATA_DIR or --data-dir)")
+    store = AnnotationStore(settings.store_path)
+    schema, docs = project_documents(store, args.project)
+    if len(docs) < 2:
+        raise ValueError(f"project {args.project} has {len(docs)} usable annotations: a report needs at least 2")
+    strategies = parse_strategies(args.strategies or settings.select_strategies or "encoder", k=settings.llm_k)
+    build = builder(schema, settings, llm=lambda: make_llm(settings))
+    cv = cross_validate(docs, strategies, build, k=settings.select_folds, seed=args.seed, progress=True)
+    sizes = sorted({max(1, round(len(docs) * f)) for f in (0.25, 0.5, 0.75)})
+    curve = learning_curve(docs, strategies, build, sizes, repeats=args.repeats, seed=args.seed, progress=True) \
+        if args.repeats else {}
+    record = store.serving_model(args.project)
+    stored = (record.info.get("selection") or {}) if record else {}
+    report = new_report(f"Project {args.project}: how good are the pre-annotations", "project", args.command_line)
+    report["summary"] = [("annotations (latest submitted per task)", len(docs)),
+                         ("labels", ", ".join(schema.span_labels)),
+                         ("serving model", record.version if record else "none trained yet"),
+                         ("strategy selected at the last training",
+                          f"{stored['strategy']} ({stored['created_at']}, over {stored['n_documents']} annotations)"
+                          if stored.get("strategy") else "none"),
+                         ("strategy this cross-validation selects", cv.selected.name)]
+    project_report(cv, curve, report, examples=args.examples)
+    print(f"report: {write_report(report, args.out)}", file=sys.stderr)
+    return 0
+
+
 def _add_llm_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--provider", choices=("llama.cpp", "transformers", "openai"), default="llama.cpp",
                         help="llm: in-process llama.cpp (default) or transformers, or an OpenAI-compatible endpoint")
@@ -299,6 +340,18 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--examples", type=int, default=5, help="report: documents shown among the worst errors "
                                                                   "(their text is quoted; 0 = none)")
     evaluate.set_defaults(run=_evaluate)
+
+    report = commands.add_parser("report", help="a project's report from the backend's store: its strategies "
+                                                "cross-validated over its annotations, learning curve, calibration")
+    report.add_argument("--project", required=True, help="the Label Studio project id")
+    report.add_argument("--out", type=Path, required=True)
+    report.add_argument("--data-dir", type=Path, help="the backend's CLINIE_DATA_DIR (default: the setting)")
+    report.add_argument("--strategies", help="default: CLINIE_SELECT_STRATEGIES")
+    report.add_argument("--repeats", type=int, default=2, help="subsamples per learning-curve point (0: no curve)")
+    report.add_argument("--seed", type=int, default=0)
+    report.add_argument("--examples", type=int, default=5, help="documents shown among the worst errors "
+                                                                "(their text is quoted; 0 = none)")
+    report.set_defaults(run=_report)
 
     fewshot = commands.add_parser("fewshot", help="true few-shot study: CV selection on pools of several sizes, "
                                                   "every strategy scored on a test set; writes a report")

@@ -37,9 +37,16 @@ class Settings:
     train_every: int = 10
     #: Fewest usable annotations a project needs before an encoder is trained.
     min_annotations: int = 5
-    #: Which extractor pre-annotates: ``auto`` (the project's trained encoder once there is
-    #: one, the LLM before), ``llm`` or ``encoder``.
+    #: Which extractor pre-annotates: ``auto`` (the strategy true few-shot selection chose for
+    #: the project; before any selection, its trained encoder once there is one, the LLM
+    #: before), ``llm`` or ``encoder``.
     strategy: str = "auto"
+    #: What selection compares after each training, by cross-validation over the project's
+    #: annotations: ``encoder``, ``llm`` (``llm_k`` demos), ``llm-kN``, ``rerank`` (filter-then-
+    #: rerank, bands 0.7/0.8/0.9), ``rerank-0.NN``; empty = no selection (the encoder serves).
+    select_strategies: str = "encoder,llm,rerank"
+    #: Folds of that cross-validation (leave-one-out below 10 annotations).
+    select_folds: int = 5
     #: ``llama.cpp`` (in-process on the CPU), ``transformers`` (in-process, a Hugging Face causal
     #: LM, on the GPU when there is one) — nothing leaves the machine — or ``openai`` (any
     #: OpenAI-compatible endpoint: note text IS sent to ``llm_base_url``).
@@ -99,6 +106,15 @@ class Settings:
     def validate(self) -> None:
         if self.strategy not in ("auto", "llm", "encoder"):
             raise ValueError(f"{PREFIX}STRATEGY must be auto, llm or encoder, not {self.strategy!r}")
+        if self.select_strategies:
+            from clinie.evaluation.fewshot import parse_strategies
+
+            try:
+                parse_strategies(self.select_strategies)
+            except ValueError as e:
+                raise ValueError(f"{PREFIX}SELECT_STRATEGIES: {e}") from e
+        if self.select_folds < 2:
+            raise ValueError(f"{PREFIX}SELECT_FOLDS must be at least 2")
         if self.llm_provider not in ("llama.cpp", "transformers", "openai"):
             raise ValueError(f"{PREFIX}LLM_PROVIDER must be llama.cpp, transformers or openai, "
                              f"not {self.llm_provider!r}")

@@ -16,11 +16,14 @@ from typing import Any
 
 from clinie import __version__
 from clinie.core import Document, Schema
+from clinie.evaluation.calibration import Calibrator, calibrate_documents, calibrator_from_dict
+from clinie.evaluation.fewshot import Strategy
 from clinie.extractors.base import Extractor, SpansThenRelations
 from clinie.extractors.encoder import EncoderTagger
 from clinie.extractors.llm import LLMTagger
 from clinie.extractors.relation_encoder import RELATIONS_DIR, RelationClassifier
 from clinie.extractors.relation_llm import LLMRelationExtractor
+from clinie.extractors.rerank import FilterThenRerank
 from clinie.labelstudio import annotation_to_document, document_to_result, parse_label_config, task_to_document
 from clinie.llm import LLM, make_llm
 from clinie.llm.cache import CallCache
@@ -28,6 +31,7 @@ from clinie.retrieval import Embedder
 from clinie.settings import Settings
 from clinie.store import AnnotationStore, ModelRecord
 from ml_backend.metrics import Metrics
+from ml_backend.selection import span_specs
 from ml_backend.training import NotEnoughAnnotations, TrainingWorker, train_project
 
 log = logging.getLogger(__name__)
@@ -59,7 +63,7 @@ class Backend:
         self.store = AnnotationStore(settings.store_path)
         self.metrics = Metrics()
         self._models: dict[str, tuple[str, Extractor]] = {}  # project -> (version, model)
-        self._llm_extractors: dict[str, tuple[str, str, Extractor]] = {}  # project -> (revision, version, extractor)
+        self._llm_extractors: dict[str, tuple[str, Extractor]] = {}  # project -> (revision, extractor)
         self._models_lock = threading.Lock()
         self._llm: LLM | None = None
         self._embedder: Embedder | None = None
@@ -79,16 +83,28 @@ class Backend:
         """The trained encoder that serves ``project`` under the configured strategy, if any."""
         return self.store.serving_model(project) if self.settings.strategy != "llm" else None
 
+    def _selected(self, record: ModelRecord | None) -> Strategy:
+        """The strategy that serves: the one selection chose with this model version (under
+        ``auto``), else the encoder once trained, else the LLM."""
+        if record is None:
+            return Strategy("llm", k=self.settings.llm_k)
+        chosen = (record.info.get("selection") or {}).get("strategy") if self.settings.strategy == "auto" else None
+        return Strategy.parse(chosen) if chosen else Strategy("encoder")
+
     def model_version(self, project: str) -> str:
         """The version ``predict`` would answer as, without loading any model."""
-        if record := self._encoder_record(project):
-            return record.version
-        if self.settings.strategy == "encoder":
+        record = self._encoder_record(project)
+        if record is None and self.settings.strategy == "encoder":
             return NO_MODEL_VERSION
-        return self._llm_version(len(self.store.training_examples(project)))
+        return self._version(record, self._selected(record), project)
 
-    def _llm_version(self, pool_size: int) -> str:
-        """Names provider, model and pool size: a new annotation makes Label Studio ask again."""
+    def _version(self, record: ModelRecord | None, strategy: Strategy, project: str) -> str:
+        """Names model and strategy; an LLM's names provider, model and pool size too, so that a
+        new annotation (a new demonstration) makes Label Studio ask again."""
+        if strategy.kind == "encoder" and record is not None:
+            return record.version
+        if strategy.kind == "rerank" and record is not None:
+            return f"{record.version}-{strategy.name}-pool{len(self.store.training_examples(project))}"
         s = self.settings
         if not s.llm_model:
             model = "gemma-3-270m-q4_k_m"
@@ -96,7 +112,8 @@ class Backend:
             model = s.llm_model
         else:  # a local file or directory: its name
             model = Path(s.llm_model).name.removesuffix(".gguf")
-        k = s.llm_k if pool_size else 0
+        pool_size = len(self.store.training_examples(project))
+        k = strategy.k if pool_size else 0
         return f"clinie-llm-{s.llm_provider}-{model}-k{k}-pool{pool_size}"
 
     def _shared_llm(self) -> tuple[LLM, Embedder]:
@@ -108,28 +125,37 @@ class Backend:
                 self.metrics.observe("model_load", time.perf_counter() - started)
             return self._llm, self._embedder
 
-    def _llm_extractor(self, project: str, schema: Schema) -> tuple[str, Extractor]:
-        """The project's LLM extractor and its version; its demonstrations are the annotations as
-        of now (a new one joins the pool at once, no training needed). With ``<Relations>`` in
-        the config, the LLM also answers a multiple-choice question per candidate pair."""
+    def _with_demos(self, project: str, schema: Schema, record: ModelRecord | None, strategy: Strategy) -> Extractor:
+        """An extractor that uses the LLM, its demonstrations the annotations as of now (a new
+        one joins the pool at once, no training needed). ``llm``: the word/TAG tagger, and with
+        ``<Relations>`` in the config a multiple-choice question per candidate pair; ``rerank``:
+        the trained encoder, the LLM deciding its hard cases, and its relation classifier."""
         llm, embedder = self._shared_llm()
-        revision = f"{self.store.revision(project)}|{hash(schema)}"
+        revision = f"{self.store.revision(project)}|{hash(schema)}|{record and record.version}|{strategy.name}"
         with self._models_lock:
             cached = self._llm_extractors.get(project)
         if cached is None or cached[0] != revision:
-            examples = self.store.training_examples(project)
-            docs = [annotation_to_document(e.task, e.result, schema) for e in examples]
-            labels = tuple(label for control in schema.span_controls for label in control.labels)
-            k, guided = self.settings.llm_k if docs else 0, bool(self.settings.llm_guided)
-            extractor: Extractor = LLMTagger(labels, llm, k=k, embedder=embedder, guided=guided,
-                                             cache=self._llm_cache).fit(docs)
-            if schema.relation_labels:
-                extractor = SpansThenRelations(extractor, LLMRelationExtractor(
-                    schema.relation_labels, llm, k=k, embedder=embedder, guided=guided, cache=self._llm_cache).fit(docs))
-            cached = (revision, self._llm_version(len(examples)), extractor)
+            docs = [annotation_to_document(e.task, e.result, schema) for e in self.store.training_examples(project)]
+            k, guided = strategy.k if docs else 0, bool(self.settings.llm_guided)
+            extractor: Extractor
+            if strategy.kind == "rerank" and record is not None:
+                trained = self._model(record)
+                encoder = trained.spans if isinstance(trained, SpansThenRelations) else trained
+                extractor = FilterThenRerank(encoder, llm, span_specs(schema), band=strategy.band, embedder=embedder,
+                                             guided=guided, cache=self._llm_cache).fit(docs, refit_encoder=False)
+                if isinstance(trained, SpansThenRelations):
+                    extractor = SpansThenRelations(extractor, trained.relations)
+            else:
+                extractor = LLMTagger(span_specs(schema), llm, k=k, embedder=embedder, guided=guided,
+                                      cache=self._llm_cache).fit(docs)
+                if schema.relation_labels:
+                    extractor = SpansThenRelations(extractor, LLMRelationExtractor(
+                        schema.relation_labels, llm, k=k, embedder=embedder, guided=guided,
+                        cache=self._llm_cache).fit(docs))
+            cached = (revision, extractor)
             with self._models_lock:
                 self._llm_extractors[project] = cached
-        return cached[1], cached[2]
+        return cached[1]
 
     def versions(self) -> list[str]:
         return [m.version for m in self.store.models()]
@@ -155,7 +181,7 @@ class Backend:
             if label_config is None:
                 raise ValueError("no label_config in the request and none known for this project")
         schema = _schema(label_config)
-        version, model = self._extractor(project, schema)
+        version, model, calibrator = self._extractor(project, schema)
 
         docs: list[list[Document] | None] = []
         for task in tasks:
@@ -165,6 +191,8 @@ class Backend:
                 docs.append(None)
                 self._task_error(task, "read", e)
         predicted = self._run_model(model, tasks, docs)
+        if calibrator is not None:  # the score Label Studio sorts tasks by means "chance it is right"
+            predicted = [None if p is None else calibrate_documents(p, calibrator) for p in predicted]
 
         results = []
         for task, task_docs in zip(tasks, predicted):
@@ -195,13 +223,20 @@ class Backend:
         self.metrics.observe("predict_request", time.perf_counter() - started)
         return {"results": results, "model_version": version}
 
-    def _extractor(self, project: str, schema: Schema) -> tuple[str, Extractor | None]:
-        """The strategy's extractor for this project, and the model version it answers as."""
-        if record := self._encoder_record(project):
-            return record.version, self._model(record)
-        if self.settings.strategy == "encoder":
-            return NO_MODEL_VERSION, None
-        return self._llm_extractor(project, schema)
+    def _extractor(self, project: str, schema: Schema) -> tuple[str, Extractor | None, Calibrator | None]:
+        """The serving strategy's extractor for this project, the model version it answers as,
+        and the calibrator of its span scores (fitted when it was selected)."""
+        record = self._encoder_record(project)
+        if record is None and self.settings.strategy == "encoder":
+            return NO_MODEL_VERSION, None, None
+        strategy = self._selected(record)
+        version = self._version(record, strategy, project)
+        selection = (record.info.get("selection") or {}) if record is not None else {}
+        calibrator = calibrator_from_dict(selection["calibrator"]) \
+            if selection.get("calibrator") and selection.get("strategy") == strategy.name else None
+        if strategy.kind == "encoder" and record is not None:
+            return version, self._model(record), calibrator
+        return version, self._with_demos(project, schema, record, strategy), calibrator
 
     def _run_model(
         self, model: Extractor | None, tasks: list[Any], docs: list[list[Document] | None]
@@ -267,7 +302,7 @@ class Backend:
         self.metrics.count("trainings_started")
         started = time.perf_counter()
         try:
-            record = train_project(self.store, self.settings, project, training_id)
+            record = train_project(self.store, self.settings, project, training_id, llm=lambda: self._shared_llm()[0])
         except NotEnoughAnnotations as e:
             self.store.fail_training(training_id, str(e))
             self.metrics.count("trainings_skipped")

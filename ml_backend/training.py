@@ -17,12 +17,13 @@ import threading
 import time
 from collections.abc import Callable
 from datetime import datetime, timezone
+from typing import Any
 
-from clinie.extractors.encoder import EncoderTagger
 from clinie.extractors.relation_encoder import RELATIONS_DIR, RelationClassifier
-from clinie.labelstudio import annotation_to_document, parse_label_config
+from clinie.llm.base import LLM
 from clinie.settings import Settings
 from clinie.store import AnnotationStore, ModelRecord
+from ml_backend.selection import builder, project_documents, select, selection_record
 
 log = logging.getLogger(__name__)
 
@@ -31,21 +32,31 @@ class NotEnoughAnnotations(RuntimeError):
     pass
 
 
-def train_project(store: AnnotationStore, settings: Settings, project: str, training_id: int) -> ModelRecord:
+def train_project(store: AnnotationStore, settings: Settings, project: str, training_id: int,
+                  llm: Callable[[], LLM] | None = None) -> ModelRecord:
     """Fine-tune the encoder tagger (and the relation classifier, when the config has relations
-    and the annotations draw some) on the project's stored annotations; register the result."""
-    config = store.label_config(project)
-    if config is None:
-        raise RuntimeError(f"project {project} has no labeling config yet (no /setup or webhook seen)")
-    schema = parse_label_config(config)
-    docs = [annotation_to_document(e.task, e.result, schema) for e in store.training_examples(project)]
-    docs = [d for d in docs if d.text]
+    and the annotations draw some) on the project's stored annotations, select the strategy that
+    serves with it (``ml_backend.selection``), and register the result.
+
+    A selection that fails (the LLM cannot be loaded, say) is logged and recorded as failed;
+    the new encoder still serves.
+    """
+    schema, docs = project_documents(store, project)
     if len(docs) < max(1, settings.min_annotations):
         raise NotEnoughAnnotations(
             f"project {project} has {len(docs)} usable annotations, {settings.min_annotations} needed")
+    build = builder(schema, settings, llm)
+    selection: dict[str, Any] | None = None
+    if settings.strategy == "auto" and settings.select_strategies and len(docs) >= 2:
+        try:
+            selection = selection_record(select(docs, build, settings))
+            log.info("project %s: selected %s (cross-validated F1 %.3f over %d annotations)", project,
+                     selection["strategy"], selection["strategies"][selection["strategy"]]["mean_f1"], len(docs))
+        except Exception as e:
+            log.exception("project %s: strategy selection failed; the encoder serves", project)
+            selection = {"strategy": None, "error": type(e).__name__}
+    tagger = build.encoder(docs)
     options = {"epochs": settings.encoder_epochs} if settings.encoder_epochs else {}
-    tagger = EncoderTagger(schema.span_labels, settings.encoder_model or None, **options)
-    tagger.fit(docs)
     relations = None
     if schema.relation_labels and any(d.relations for d in docs):
         relations = RelationClassifier(schema.relation_labels, settings.encoder_model or None, **options).fit(docs)
@@ -62,7 +73,7 @@ def train_project(store: AnnotationStore, settings: Settings, project: str, trai
         version=version, project=project, kind="encoder", path=final, n_examples=len(docs),
         info={"labels": list(schema.span_labels), "base_model": settings.encoder_model or "embedded MiniLM",
               "relations": list(relations.labels) if relations else [],
-              "relation_pairs": relations.n_train_pairs if relations else 0},
+              "relation_pairs": relations.n_train_pairs if relations else 0, "selection": selection},
         created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
     store.finish_training(training_id, record)
     return record

@@ -65,3 +65,19 @@ def screenshot_task(label_studio, project: int, task_id: int, path: Path) -> dic
     finally:
         driver.quit()
         shutil.rmtree(driver.profile_dir, ignore_errors=True)
+
+
+def screenshot_page(url: str, path: Path, width: int = 1100, height: int = 4000) -> dict[str, int]:
+    """Open a page (a report: ``file://``), screenshot it; count the plots and tables it draws."""
+    driver = chromium(width, height)
+    try:
+        driver.get(url)
+        plots = wait(driver, "document.querySelectorAll('figure svg polyline, figure svg rect').length", 30)
+        tables = driver.execute_script("return document.querySelectorAll('table').length")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        driver.save_screenshot(str(path))
+        return {"plot_marks": int(plots), "tables": int(tables),
+                "svgs": int(driver.execute_script("return document.querySelectorAll('figure svg').length"))}
+    finally:
+        driver.quit()
+        shutil.rmtree(driver.profile_dir, ignore_errors=True)

@@ -301,5 +301,68 @@ def test_before_training_the_llm_asks_about_the_pairs_of_a_relation_project(tmp_
     for arrow in (r for r in result["result"] if r["type"] == "relation"):
         assert arrow["from_id"] in regions and arrow["to_id"] in regions
         assert arrow["labels"][0] in schema.relation_label_names
-    relations = backend._llm_extractors["5"][2].relations
+    relations = backend._llm_extractors["5"][1].relations
     assert relations.usage.calls + relations.usage.cache_hits >= 1  # one question per candidate pair
+
+
+def train_by_webhook(settings: Settings, docs: list, project: int = 1):
+    backend = Backend(settings)
+    client = create_app(settings, backend).test_client()
+    for i, doc in enumerate(docs):
+        event = webhook_event(i + 1, i + 1, doc.text, gold_result(doc), project=project)
+        assert client.post("/webhook", json=event).status_code == 200
+    assert client.post("/webhook", json={"action": "START_TRAINING", "project": {"id": project}}).status_code == 200
+    assert backend.worker.wait_idle(timeout=900)
+    return backend, client
+
+
+@pytest.mark.slow
+def test_training_selects_a_strategy_by_cross_validation_and_the_backend_serves_it(tmp_path):
+    settings = Settings(data_dir=tmp_path / "select", train_every=0, min_annotations=5, encoder_epochs=10, llm_k=2,
+                        select_strategies="encoder,llm,rerank-0.8", select_folds=3)  # strategy "auto"
+    docs = list(read_documents(NCBI_TRAIN))
+    backend, client = train_by_webhook(settings, docs[:15])
+    record = backend.store.serving_model("1")
+    selection = record.info["selection"]
+    assert set(selection["strategies"]) == {"encoder", "llm-k2", "rerank-0.80"}
+    assert selection["n_documents"] == 15 and selection["scheme"] == "3-fold" and selection["created_at"]
+    best = max(selection["strategies"].values(), key=lambda s: s["mean_f1"])["mean_f1"]
+    assert selection["strategies"][selection["strategy"]]["mean_f1"] == best
+    assert all(len(s["fold_f1"]) == 3 for s in selection["strategies"].values())
+    expected = {"encoder": record.version, "llm-k2": "clinie-llm-llama.cpp-gemma-3-270m-q4_k_m-k2-pool15",
+                "rerank-0.80": f"{record.version}-rerank-0.80-pool15"}[selection["strategy"]]
+    tasks = [{"id": 100 + i, "data": {"text": d.text}} for i, d in enumerate(docs[40:44])]
+    answer = client.post("/predict", json={"tasks": tasks, "project": "1", "label_config": CONFIG}).json
+    assert answer["model_version"] == expected == backend.model_version("1")
+    for task, result in zip(tasks, answer["results"]):
+        for region in result["result"]:
+            assert task["data"]["text"][region["value"]["start"]:region["value"]["end"]] == region["value"]["text"]
+
+
+@pytest.mark.slow
+def test_the_score_label_studio_receives_is_the_calibrated_one(tmp_path):
+    from clinie.evaluation.calibration import calibrator_from_dict
+    from clinie.extractors.encoder import EncoderTagger
+
+    settings = Settings(data_dir=tmp_path / "calibrated", train_every=0, min_annotations=5, encoder_epochs=10,
+                        select_strategies="encoder", select_folds=3)
+    docs = list(read_documents(NCBI_TRAIN))
+    backend, client = train_by_webhook(settings, docs[:15])
+    record = backend.store.serving_model("1")
+    selection = record.info["selection"]
+    assert selection["strategy"] == "encoder" and selection["calibration_spans"] > 0
+    assert 0 <= selection["ece_calibrated"] <= 1 and 0 <= selection["ece_raw"] <= 1
+    calibrator = calibrator_from_dict(selection["calibrator"])
+    tasks = [{"id": 100 + i, "data": {"text": d.text}} for i, d in enumerate(docs[40:60])]
+    answer = client.post("/predict", json={"tasks": tasks, "project": "1", "label_config": CONFIG}).json
+    raw = EncoderTagger.load(record.path).predict([d.with_annotations(()) for d in docs[40:60]])
+    compared = 0
+    for doc, result in zip(raw, answer["results"]):
+        regions = sorted((r for r in result["result"] if r["type"] == "labels"), key=lambda r: r["value"]["start"])
+        assert len(regions) == len(doc.entities)
+        for region, span in zip(regions, doc.entities):
+            assert region["score"] == pytest.approx(calibrator([span.score])[0], abs=1e-3)
+            compared += 1
+        if regions:
+            assert result["score"] == pytest.approx(sum(r["score"] for r in regions) / len(regions), abs=1e-3)
+    assert compared > 0

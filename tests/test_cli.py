@@ -126,3 +126,47 @@ def test_relations_train_predict_on_gold_spans_and_evaluate(tmp_path, capsys):
     pairs = report["relations"]["pairs"]
     assert pairs["micro"]["support"] == sum(r.label != "false" for d in gold for r in d.relations)
     assert report["entities"]["strict"]["micro"]["f1"] == 1.0
+
+
+@pytest.mark.slow
+def test_evaluate_writes_a_report_of_what_it_printed(files, capsys, tmp_path):
+    _, _, test = files
+    gold = list(read_documents(test))
+    pred = tmp_path / "pred.jsonl"
+    # gold with every second span dropped: recall 1/2-ish, precision 1
+    write_documents([d.with_annotations(d.entities[::2]) for d in gold], pred)
+    assert main(["evaluate", "--gold", str(test), "--pred", str(pred), "--json", "--out", str(tmp_path / "r")]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    report = json.loads((tmp_path / "r" / "report.json").read_text())
+    assert report["evaluation"]["per_label"]["all"]["f1"] == pytest.approx(printed["entities"]["strict"]["micro"]["f1"],
+                                                                        abs=1e-4)
+    assert report["evaluation"]["per_label"]["all"]["precision"] == 1.0
+    assert report["evaluation"]["error_kinds"]["missed"] == printed["entities"]["strict"]["micro"]["fn"]
+    assert (tmp_path / "r" / "report.html").exists() and (tmp_path / "r" / "report.md").exists()
+    assert main(["evaluate", "--gold", str(test), "--pred", str(pred), "--out", str(tmp_path / "q"),
+                 "--examples", "0"]) == 0
+    assert gold[0].text not in (tmp_path / "q" / "report.html").read_text()  # no note text when asked
+
+
+@pytest.mark.slow
+def test_report_of_a_project_from_the_backends_store(tmp_path, monkeypatch, capsys):
+    from clinie.labelstudio import document_to_result, parse_label_config
+    from clinie.store import AnnotationStore
+
+    config = (Path(__file__).resolve().parents[1] / "label_configs" / "disease_ner.xml").read_text()
+    control = parse_label_config(config).span_controls[0]
+    store = AnnotationStore(tmp_path / "data" / "clinie.sqlite3")
+    store.set_label_config("3", config)
+    for i, doc in enumerate(list(read_documents(NCBI / "gutierrez_train100_seed42.jsonl"))[:12], 1):
+        result, _ = document_to_result(doc, control)
+        store.record_annotation("3", {"id": i, "result": result}, {"id": i, "data": {"text": doc.text}})
+    monkeypatch.setenv("CLINIE_ENCODER_EPOCHS", "4")
+    out = tmp_path / "report"
+    assert main(["report", "--project", "3", "--data-dir", str(tmp_path / "data"), "--strategies", "encoder",
+                 "--repeats", "1", "--out", str(out)]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["cross_validation"]["n_documents"] == 12 and report["cross_validation"]["selected"] == "encoder"
+    assert [p["x"] for p in report["learning_curve"]["series"]["encoder"]] == [3, 6, 9]
+    assert ("strategy selected at the last training", "none") in [tuple(x) for x in report["summary"]]
+    assert main(["report", "--project", "4", "--data-dir", str(tmp_path / "data"), "--out", str(out)]) == 2
+    assert "no labeling config" in capsys.readouterr().err

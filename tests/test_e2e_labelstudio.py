@@ -7,15 +7,18 @@ predictions" stores clinie's spans in Label Studio.
 
 from __future__ import annotations
 
+import json
 import os
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import requests
 
 from backend_server import BackendServer
-from clinie.core import read_documents
+from clinie.cli import main
+from clinie.core import read_documents, write_documents
 from clinie.labelstudio import document_to_result, parse_label_config
 from labelstudio_server import LabelStudio
 
@@ -56,12 +59,13 @@ def label_studio():
 
 @pytest.fixture(scope="module")
 def backend(tmp_path_factory):
-    settings = {"CLINIE_TRAIN_EVERY": "0", "CLINIE_MIN_ANNOTATIONS": "5", "CLINIE_ENCODER_EPOCHS": "15"}
+    settings = {"CLINIE_TRAIN_EVERY": "0", "CLINIE_MIN_ANNOTATIONS": "5", "CLINIE_ENCODER_EPOCHS": "15",
+                "CLINIE_SELECT_STRATEGIES": ""}  # selection is tested in test_backend.py
     with BackendServer(tmp_path_factory.mktemp("backend"), **settings) as server:
         yield server
 
 
-def test_annotations_train_the_encoder_and_predictions_land_in_label_studio(label_studio, backend):
+def test_annotations_train_the_encoder_and_predictions_land_in_label_studio(label_studio, backend, tmp_path, capsys):
     api = label_studio.client
     control = parse_label_config(DISEASE_CONFIG).span_controls[0]
     docs = list(read_documents(SHARED / "ncbi_disease" / "fewshot" / "gutierrez_train100_seed42.jsonl"))[:45]
@@ -85,6 +89,16 @@ def test_annotations_train_the_encoder_and_predictions_land_in_label_studio(labe
         api.create_annotation(task_id, result)
     counts = requests.get(backend.url + "/metrics", timeout=10).json()["store"]["annotations"]
     assert counts == {"submitted": 30}, backend.log_tail()
+
+    # Label Studio's own JSON export is gold for `clinie evaluate`: the annotations come back
+    # with their offsets exactly, so scoring the original spans against it gives F1 = 1.
+    export = tmp_path / "export.json"
+    export.write_text(json.dumps(api.request("GET", f"/api/projects/{project}/export?exportType=JSON")))
+    originals = tmp_path / "originals.jsonl"
+    write_documents([replace(d, id=str(t)) for t, d in zip(task_ids[:30], docs[:30])], originals)
+    assert main(["evaluate", "--gold", str(export), "--pred", str(originals), "--json"]) == 0
+    scores = json.loads(capsys.readouterr().out)["entities"]["strict"]["micro"]
+    assert scores["f1"] == 1.0 and scores["support"] == sum(len(d.entities) for d in docs[:30])
 
     # "Start training": Label Studio sends START_TRAINING; the new version appears in /versions.
     api.train(ml_id)

@@ -178,3 +178,35 @@ def label_specs(docs: Sequence[Document], described: Sequence[LabelSpec] = ()) -
     known = {spec.name: spec for spec in described}
     names = dict.fromkeys([*known, *(s.label for d in docs for s in d.entities)])
     return [known.get(name, LabelSpec(name)) for name in names]
+
+
+def learning_curve(docs: Sequence[Document], strategies: Sequence[Strategy], build: Build, sizes: Sequence[int], *,
+                   repeats: int = 3, seed: int = 0, progress: bool = False) -> dict[str, list[dict[str, float]]]:
+    """F1 against the number of annotations, from the annotations alone: for each size, ``repeats``
+    seeded subsamples are learnt from and the remaining documents scored; per strategy and size,
+    the mean F1 and the mean of the bootstrap intervals (over the scored documents)."""
+    from tqdm.auto import tqdm
+
+    from clinie.evaluation.analysis import bootstrap_f1, document_counts
+
+    sizes = [size for size in sizes if 1 <= size < len(docs)]
+    points: dict[str, list[dict[str, float]]] = {s.name: [] for s in strategies}
+    steps = tqdm(total=len(sizes) * repeats * len(strategies), desc="learning curve", unit="fit", disable=not progress)
+    for size in sizes:
+        scored: dict[str, list[tuple[float, float, float]]] = {s.name: [] for s in strategies}
+        for r in range(repeats):
+            train = subsample(docs, size, seed + r)
+            chosen = {d.id for d in train}
+            rest = [d for d in docs if d.id not in chosen]
+            for strategy in strategies:
+                predicted = build(strategy, train).predict(rest)
+                counts = document_counts(rest, predicted)
+                low, high = bootstrap_f1(counts, seed=seed + r)
+                scored[strategy.name].append((evaluate_spans(rest, predicted)["strict"].micro.f1, low, high))
+                steps.update()
+        for name, values in scored.items():
+            points[name].append({"x": size, "y": statistics.fmean(v[0] for v in values),
+                                 "low": statistics.fmean(v[1] for v in values),
+                                 "high": statistics.fmean(v[2] for v in values)})
+    steps.close()
+    return points

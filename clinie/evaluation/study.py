@@ -21,8 +21,8 @@ from typing import Any
 
 from clinie.core import Document
 from clinie.evaluation.analysis import confusion, error_kinds, per_label, worst_documents
-from clinie.evaluation.calibration import (calibrate_documents, expected_calibration_error, fit_calibrator,
-                                           reliability, span_outcomes)
+from clinie.evaluation.calibration import (calibrate_documents, cross_fitted, expected_calibration_error,
+                                           fit_calibrator, reliability, span_outcomes)
 from clinie.evaluation.fewshot import Build, CrossValidation, Strategy, cross_validate, subsample
 
 COST_KEYS = ("calls", "prompt_tokens", "completion_tokens", "sentences", "sentences_to_llm", "seconds")
@@ -165,4 +165,45 @@ def study_report(runs: Sequence[dict[str, Any]], report: dict[str, Any]) -> dict
     report["evaluation"] = first["test"][first["selected"]]
     report["summary_by_size"] = by_size
     report["runs"] = list(runs)
+    return report
+
+
+def cross_fitted_calibration(cv: CrossValidation, name: str) -> dict[str, Any] | None:
+    """Calibration of a strategy's cross-validated scores: raw, and each fold calibrated by a
+    calibrator fitted on the other folds (what unseen documents will get)."""
+    folds = [span_outcomes(gold, predicted) for gold, predicted in cv.fold_predictions(name)]
+    scores = [s for fold, _ in folds for s in fold]
+    correct = [c for _, fold in folds for c in fold]
+    if not scores:
+        return None
+    calibrated = cross_fitted(folds)
+    return {"spans": len(scores), "ece_raw": expected_calibration_error(scores, correct),
+            "bins_raw": reliability(scores, correct), "fitted_on": len(scores),
+            "calibrator": fit_calibrator(scores, correct).as_dict(),
+            "ece_calibrated": expected_calibration_error(calibrated, correct),
+            "bins_calibrated": reliability(calibrated, correct)}
+
+
+def project_report(cv: CrossValidation, curve: dict[str, list[dict[str, float]]], report: dict[str, Any],
+                   examples: int = 5) -> dict[str, Any]:
+    """Fill ``report`` for a project: its strategies cross-validated over its annotations, the
+    learning curve, and the evaluation of the selected strategy's cross-validated predictions."""
+    rows = []
+    for name, run in cv.runs.items():
+        cost = llm_cost(run.predictions)
+        rows.append([name, f"{run.mean_f1:.3f}", f"{run.sd_f1:.3f}", ", ".join(f"{f:.2f}" for f in run.fold_f1),
+                     f"{cost['sentence_share']:.0%}" if cost else "–"])
+    report["comparison"] = {"columns": ["strategy", "mean F1", "sd", "F1 per fold", "sentences to LLM"], "rows": rows,
+                            "caption": f"Strict F1, {cv.summary()['scheme']} cross-validation over the project's "
+                                       f"{len(cv.docs)} annotations; selected: {cv.selected.name} (best mean F1)."}
+    if curve and any(curve.values()):
+        report["learning_curve"] = {"x_label": "annotations learnt from", "series": curve,
+                                    "caption": "F1 on the annotations not learnt from, mean over repeated subsamples; "
+                                               "the band is the mean 95 % bootstrap interval."}
+    chosen = cv.selected.name
+    report["evaluation_of"] = f"{chosen}, cross-validated predictions of all {len(cv.docs)} annotations"
+    report["evaluation"] = evaluation(cv.docs, cv.runs[chosen].predictions, examples=examples)
+    if calibration := cross_fitted_calibration(cv, chosen):
+        report["evaluation"]["calibration"] = calibration
+    report["cross_validation"] = cv.summary()
     return report

@@ -24,6 +24,7 @@ Example (not run here: it fine-tunes a model):
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +36,8 @@ from clinie.core import Document, Span, Token, bio_labels, bio_to_spans, chunk, 
 from clinie.extractors.finetune import fine_tune, read_meta, write_meta
 
 KIND = "encoder-tagger"
+EPOCHS = 20  # the default number of epochs...
+MIN_STEPS = 100  # ...raised for small training sets until training takes this many optimiser steps
 IGNORE = -100  # the label the loss skips: later sub-words of a word, special tokens, padding
 
 
@@ -103,7 +106,11 @@ class EncoderTagger:
     few-shot regime (30-100 annotated sentences) on CPU with ``bench/encoder.py``: trained on
     the 100 NCBI-disease sentences of seed 42, strict F1 on the 200 Chen et al. items was 0.567
     at learning rate 1e-4, 20 epochs, batch 8, against 0.551 at 2e-4, 0.522 at 5e-5,
-    0.523 with 10 epochs, 0.559 with 30 and 0.518 with batch 16. Training is AdamW (weight
+    0.523 with 10 epochs, 0.559 with 30 and 0.518 with batch 16. By default (``epochs=None``)
+    a small training set gets more epochs, so that training takes at least ``MIN_STEPS``
+    optimiser steps: at 100 sentences 20 epochs are 260 steps, but at 16 sentences they would be
+    40, too few for the new classifier head (cross-validated on 16 NCBI sentences, 8 epochs
+    predicted no span at all). An explicit ``epochs`` is taken as given. Training is AdamW (weight
     decay 0.01), 10 % linear warm-up then linear decay, gradients clipped at 1.
 
     ``max_subwords`` caps a window in sub-words (specials included); the default is the
@@ -115,7 +122,7 @@ class EncoderTagger:
         labels: Sequence[str],
         model: str | Path | None = None,
         *,
-        epochs: int = 20,
+        epochs: int | None = None,
         learning_rate: float = 1e-4,
         batch_size: int = 8,
         max_words_per_chunk: int = 128,
@@ -245,7 +252,8 @@ class EncoderTagger:
         self._model.train()
         fine_tune(self._model.parameters(), examples,
                   lambda part: self._model(**self._batch([w for w, _ in part], [lab for _, lab in part])).loss,
-                  epochs=hp["epochs"], learning_rate=hp["learning_rate"], batch_size=hp["batch_size"],
+                  epochs=hp["epochs"] or max(EPOCHS, math.ceil(MIN_STEPS / math.ceil(len(examples) / hp["batch_size"]))),
+                  learning_rate=hp["learning_rate"], batch_size=hp["batch_size"],
                   seed=hp["seed"], progress=progress)
         self._model.eval()
         self.n_train_docs = len(docs)

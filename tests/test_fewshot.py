@@ -1,0 +1,168 @@
+"""True few-shot cross-validation: folds, selection, no leakage, reproducibility — on real models."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from clinie.cli import main
+from clinie.core import Document, LabelSpec, Span, read_documents
+from clinie.evaluation.fewshot import (CrossValidation, Strategy, StrategyRun, cross_validate, folds, label_specs,
+                                       parse_strategies, subsample)
+from clinie.extractors.llm import LLMTagger
+from clinie.extractors.rerank import FilterThenRerank
+from clinie.extractors.strategies import StrategyBuilder
+from clinie.llm.llamacpp import LlamaCppLLM
+from helpers import assert_spans_match_text
+
+NCBI = Path(__file__).resolve().parents[2] / "shared" / "data" / "ncbi_disease" / "fewshot"
+LABELS = [LabelSpec("Disease", "a disease, disorder or syndrome")]
+
+
+@pytest.fixture(scope="module")
+def pool() -> list[Document]:
+    return list(read_documents(NCBI / "gutierrez_train100_seed42.jsonl"))
+
+
+# --- folds and selection (pure) -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("n, k, loo_below, expected", [(4, 5, 10, 4), (9, 5, 10, 9), (10, 5, 10, 5), (100, 5, 10, 5),
+                                                        (3, 5, 2, 3)])
+def test_every_document_is_held_out_exactly_once(n, k, loo_below, expected):
+    parts = folds(n, k, loo_below, seed=7)
+    assert len(parts) == expected
+    assert sorted(i for part in parts for i in part) == list(range(n))
+    assert max(map(len, parts)) - min(map(len, parts)) <= 1
+    assert parts == folds(n, k, loo_below, seed=7)
+
+
+def test_folds_depend_on_the_seed_and_need_two_documents():
+    assert folds(50, seed=1) != folds(50, seed=2)
+    with pytest.raises(ValueError, match="at least 2"):
+        folds(1)
+
+
+def test_strategy_names_round_trip_and_bad_ones_are_refused():
+    for strategy in parse_strategies("encoder,llm-k2,llm,rerank,rerank-0.95", bands=(0.6,)):
+        assert Strategy.parse(strategy.name) == strategy
+    with pytest.raises(ValueError, match="unknown strategy 'gpt'"):
+        parse_strategies("encoder,gpt")
+    with pytest.raises(ValueError, match="repeat"):
+        parse_strategies("llm,llm-k5")
+
+
+def test_the_best_mean_f1_is_selected_and_ties_go_to_the_first_listed():
+    cv = CrossValidation([], [[0, 1], [2, 3]])
+    for name, f1 in (("encoder", [0.5, 0.7]), ("llm-k5", [0.9, 0.3]), ("rerank-0.80", [0.7, 0.5])):
+        cv.runs[name] = StrategyRun(Strategy.parse(name), [], f1)
+    assert cv.selected.name == "encoder"  # 0.6 each: the first listed
+    cv.runs["rerank-0.80"].fold_f1[0] = 0.71
+    assert cv.selected.name == "rerank-0.80"
+    assert cv.summary()["selected"] == "rerank-0.80" and cv.summary()["scheme"] == "2-fold"
+
+
+def test_pools_are_seeded_subsamples_and_labels_keep_their_descriptions(pool):
+    assert [d.id for d in subsample(pool, 10, 42)] == [d.id for d in subsample(pool, 10, 42)]
+    assert subsample(pool, 10, 42) != subsample(pool, 10, 43)
+    assert len(subsample(pool, 500, 1)) == len(pool)
+    assert label_specs(pool, LABELS) == LABELS
+    assert label_specs(pool) == [LabelSpec("Disease")]
+
+
+def test_repeated_document_ids_are_refused(pool):
+    with pytest.raises(ValueError, match="ids repeat"):
+        cross_validate([pool[0], pool[0]], [Strategy("encoder")], lambda s, t: None)
+
+
+# --- on real models -----------------------------------------------------------------------
+
+
+class Recorder:
+    """Builds real extractors and records what each was fitted on."""
+
+    def __init__(self, build: StrategyBuilder) -> None:
+        self.build = build
+        self.calls: list[tuple[str, set[str], set[str]]] = []  # strategy, training ids, ids its demos come from
+
+    def __call__(self, strategy: Strategy, train):
+        extractor = self.build(strategy, train)
+        if isinstance(extractor, LLMTagger):
+            demos = {d.id.split("#")[0] for d in extractor.pool.docs}  # split_document names parts "<id>#n"
+        elif isinstance(extractor, FilterThenRerank):
+            demos = {d.id.split("#")[0] for d in extractor.pool.docs}
+            assert extractor.encoder.n_train_docs == len(train)
+        else:
+            demos = set()
+            assert extractor.n_train_docs == len(train)
+        self.calls.append((strategy.name, {d.id for d in train}, demos))
+        return extractor
+
+
+@pytest.mark.slow
+def test_folds_never_leak_a_document_into_its_own_training_set_or_demonstrations(pool):
+    docs = pool[:8]
+    recorder = Recorder(StrategyBuilder(LABELS, llm=LlamaCppLLM, encoder_options={"epochs": 1}))
+    strategies = parse_strategies("encoder,llm-k2,rerank-0.9")
+    cv = cross_validate(docs, strategies, recorder, k=4, loo_below=5, seed=3)
+    assert len(recorder.calls) == 4 * 3
+    for (name, train, demos), fold in zip(recorder.calls, [f for f in cv.folds for _ in strategies]):
+        held = {docs[i].id for i in fold}
+        assert train == {d.id for d in docs} - held, name
+        assert not demos & held and demos <= train, name
+    for run in cv.runs.values():
+        assert [p.id for p in run.predictions] == [d.id for d in docs]  # every document predicted once, in order
+        for doc in run.predictions:
+            assert_spans_match_text(doc.text, doc.entities)
+
+
+class Sabotaged:
+    """A real encoder whose every span loses its last character: strictly wrong on purpose."""
+
+    def __init__(self, tagger) -> None:
+        self.tagger, self.labels = tagger, tagger.labels
+
+    def predict(self, docs):
+        return [d.with_annotations([Span.from_text(d.text, s.start, s.end - 1, s.label) for s in d.entities
+                                    if s.end - s.start > 1]) for d in self.tagger.predict(docs)]
+
+
+@pytest.mark.slow
+def test_a_strategy_made_worse_on_purpose_is_not_selected(pool):
+    build = StrategyBuilder(LABELS)  # default epochs: at least 100 steps, even on 16 documents
+    worse = Strategy("llm", k=99)  # stands for the sabotaged one; listed first, so it would win a tie
+
+    def sabotaging(strategy: Strategy, train):
+        encoder = build(Strategy("encoder"), train)
+        return Sabotaged(encoder) if strategy == worse else encoder
+
+    cv = cross_validate(pool[:24], [worse, Strategy("encoder")], sabotaging, k=3, seed=0)
+    assert cv.runs["encoder"].mean_f1 > cv.runs[worse.name].mean_f1
+    assert cv.selected == Strategy("encoder")
+
+
+@pytest.mark.slow
+def test_the_same_seed_gives_the_same_report_figures(tmp_path):
+    pool_file, test_file = tmp_path / "pool.jsonl", tmp_path / "test.jsonl"
+    pool_file.write_text("".join((NCBI / "gutierrez_train100_seed42.jsonl").read_text().splitlines(True)[:10]))
+    test_file.write_text("".join((NCBI / "chen2023_test_sample200.jsonl").read_text().splitlines(True)[:6]))
+
+    def study(out: Path, seeds: str) -> dict:
+        assert main(["fewshot", "--pool", str(pool_file), "--test", str(test_file), "--sizes", "6", "--seeds", seeds,
+                     "--strategies", "encoder,llm-k1,rerank-0.9", "--epochs", "2", "--folds", "3",
+                     "--loo-below", "4", "--out", str(out)]) == 0
+        report = json.loads((out / "report.json").read_text())
+        for run in report["runs"]:  # wall-clock time is the one thing allowed to differ
+            for result in run["test"].values():
+                result.get("llm_cost", {}).pop("seconds", None)
+        return report
+
+    first, second = study(tmp_path / "a", "5"), study(tmp_path / "b", "5")
+    assert first["runs"] == second["runs"] and first["comparison"] == second["comparison"]
+    other = study(tmp_path / "c", "6")
+    assert other["runs"][0]["pool_ids"] != first["runs"][0]["pool_ids"]
+    for name in ("report.html", "report.md", "learning_curve.svg"):
+        assert (tmp_path / "a" / name).stat().st_size > 500
+    assert (tmp_path / "a" / "runs" / "size6-seed5.json").exists()

@@ -1,0 +1,50 @@
+"""Reports: rendered from a real study run, both documents agree, opened in headless Chromium."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+
+from browser import screenshot_page
+from clinie.evaluation.report import new_report, render_markdown, write_report
+from clinie.evaluation.study import study_report, summarise
+
+ROOT = Path(__file__).resolve().parents[1]
+#: ``python bench/loop.py --corpora ncbi_disease --sizes 100 --seeds 42``: its saved run, as it came out
+RUN = Path(__file__).parent / "data" / "loop_ncbi_disease_size100-seed42.json"
+
+
+def real_report() -> dict:
+    run = json.loads(RUN.read_text())
+    report = new_report("True few-shot learning loop: ncbi_disease", "fewshot",
+                        "python bench/loop.py --corpora ncbi_disease --sizes 100 --seeds 42")
+    report["summary"] = [("test", "chen2023_test_sample200.jsonl (200 items)")]
+    return study_report([run], report)
+
+
+def test_the_report_of_a_real_run_says_what_the_run_measured(tmp_path):
+    run = json.loads(RUN.read_text())
+    report = real_report()
+    summary = summarise([run])
+    assert report["evaluation"] == run["test"][run["selected"]]
+    row = next(r for r in report["comparison"]["rows"] if r[0] == "selected by CV")
+    assert row[1].startswith(f"{run['test'][run['selected']]['per_label']['all']['f1']:.3f}")
+    assert summary["by_size"][100]["selected"] == [run["selected"]]
+    write_report(report, tmp_path)
+    markdown = (tmp_path / "report.md").read_text()
+    html = (tmp_path / "report.html").read_text()
+    assert markdown == render_markdown(json.loads((tmp_path / "report.json").read_text()))
+    for name in run["test"]:
+        assert f"| {name} |" in markdown and f"<td>{name}</td>" in html
+    assert html.count("<svg") == 2 and "http" not in re.sub(r'xmlns="http://www.w3.org/2000/svg"', "", html)
+    assert (tmp_path / "learning_curve.svg").read_text() in html  # the Markdown's plot files are the HTML's
+
+
+def test_the_report_opens_in_chromium_and_is_saved_as_a_picture(tmp_path):
+    page = write_report(real_report(), tmp_path)
+    shot = Path(os.environ.get("CLINIE_ARTIFACTS", ROOT / "artifacts")) / "fewshot_report.png"
+    seen = screenshot_page(page.as_uri(), shot)
+    assert seen["svgs"] == 2 and seen["plot_marks"] >= 5 and seen["tables"] >= 5
+    assert shot.stat().st_size > 20_000
