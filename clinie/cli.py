@@ -216,8 +216,8 @@ def _fewshot(args: argparse.Namespace) -> int:
     specs = label_specs(pool, [label for c in schema.span_controls for label in c.labels] if schema else ())
     strategies = parse_strategies(args.strategies, k=args.k, bands=[float(b) for b in args.bands.split(",")])
     sizes = [int(size) for size in args.sizes.split(",")]
-    seeds = list(range(int(args.seeds))) if args.seeds.isdigit() and "," not in args.seeds \
-        else [int(seed) for seed in args.seeds.split(",")]
+    seeds = list(range(int(args.seeds))) if args.seeds.isdigit() \
+        else [int(seed) for seed in args.seeds.split(",") if seed.strip()]
     settings = _llm_settings(args) if any(s.uses_llm for s in strategies) else None
     build = StrategyBuilder(specs, llm=(lambda: make_llm(settings)) if settings else None,
                             encoder_model=args.model, encoder_options={"epochs": args.epochs} if args.epochs else {},
@@ -358,7 +358,8 @@ def build_parser() -> argparse.ArgumentParser:
     fewshot.add_argument("--pool", type=Path, required=True, help="annotated JSONL the pools are drawn from")
     fewshot.add_argument("--test", type=Path, required=True, help="annotated JSONL to score on")
     fewshot.add_argument("--sizes", default="10,25,50,100", help="pool sizes (default 10,25,50,100)")
-    fewshot.add_argument("--seeds", default="3", help="a count (3: seeds 0,1,2) or a list (42,33,21)")
+    fewshot.add_argument("--seeds", default="3",
+                         help="a count (3: seeds 0,1,2) or a comma-separated list (42,33,21; one seed: 42,)")
     fewshot.add_argument("--strategies", default="encoder,llm,rerank",
                          help="encoder, llm (k demos), llm-kN, rerank (every --bands), rerank-0.NN")
     fewshot.add_argument("--bands", default="0.7,0.8,0.9", help="rerank: upper confidence bounds of the bands")

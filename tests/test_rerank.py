@@ -99,7 +99,7 @@ def test_the_llm_decides_only_the_hard_cases_and_each_document_says_what_it_cost
     predicted = rerank.predict(test)
     for doc, before in zip(predicted, alone):
         cost = doc.meta["llm"]
-        hard = sum(len(triage(doc.text, w, p, encoder.tags, (0.0, 1.0))[1]) for w, p in encoder.predict_words([doc]))
+        hard = sum(len(triage(doc.text, w, p, encoder.tags, (0.0, 1.0))[1]) for w, p in encoder.predict_words([doc])[0])
         assert cost["questions"] == hard and cost["calls"] + cost["cache_hits"] == hard
         assert 0 <= cost["sentences_to_llm"] <= cost["sentences"] == len(split_sentences(doc.text))
         assert_spans_match_text(doc.text, doc.entities)

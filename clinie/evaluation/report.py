@@ -56,9 +56,12 @@ def _evaluation_blocks(ev: dict[str, Any], of: str) -> Iterator[Block]:
     if cost := ev.get("llm_cost"):
         yield ("h2", "LLM cost")
         n = max(cost["documents"], 1)
-        yield ("table", ["documents", "calls", "prompt tokens", "completion tokens", "sentences to the LLM",
+        yield ("p", "Calls answered from the call cache (an identical question asked before, e.g. by another "
+                    "band of filter-then-rerank) cost nothing and are counted apart.")
+        yield ("table", ["documents", "calls", "cached", "prompt tokens", "completion tokens", "sentences to the LLM",
                          "seconds per document"],
-               [[str(cost["documents"]), str(cost["calls"]), str(cost["prompt_tokens"]), str(cost["completion_tokens"]),
+               [[str(cost["documents"]), str(cost["calls"]), str(cost.get("cache_hits", "?")), str(cost["prompt_tokens"]),
+                 str(cost["completion_tokens"]),
                  f"{cost['sentences_to_llm']}/{cost['sentences']} ({cost['sentence_share']:.0%})",
                  f"{cost['seconds'] / n:.2f}"]])
     if ev.get("worst_errors"):

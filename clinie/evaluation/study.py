@@ -25,7 +25,7 @@ from clinie.evaluation.calibration import (calibrate_documents, cross_fitted, ex
                                            fit_calibrator, reliability, span_outcomes)
 from clinie.evaluation.fewshot import Build, CrossValidation, Strategy, cross_validate, subsample
 
-COST_KEYS = ("calls", "prompt_tokens", "completion_tokens", "sentences", "sentences_to_llm", "seconds")
+COST_KEYS = ("calls", "cache_hits", "prompt_tokens", "completion_tokens", "sentences", "sentences_to_llm", "seconds")
 
 
 def llm_cost(docs: Sequence[Document]) -> dict[str, float] | None:
