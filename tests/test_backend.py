@@ -344,8 +344,8 @@ def test_the_score_label_studio_receives_is_the_calibrated_one(tmp_path):
     from clinie.evaluation.calibration import calibrator_from_dict
     from clinie.extractors.encoder import EncoderTagger
 
-    settings = Settings(data_dir=tmp_path / "calibrated", train_every=0, min_annotations=5, encoder_epochs=10,
-                        select_strategies="encoder", select_folds=3)
+    settings = Settings(data_dir=tmp_path / "calibrated", train_every=0, min_annotations=5, encoder_epochs=40,
+                        select_strategies="encoder", select_folds=3)  # 40 epochs: 80 steps, enough to find spans
     docs = list(read_documents(NCBI_TRAIN))
     backend, client = train_by_webhook(settings, docs[:15])
     record = backend.store.serving_model("1")
