@@ -174,3 +174,9 @@ def test_fine_tuning_is_deterministic_given_the_seed(train):
     first = weights(7)
     assert np.array_equal(first, weights(7))
     assert not np.array_equal(first, weights(8))
+
+
+def test_a_small_training_set_gets_epochs_enough_for_a_hundred_steps_unless_epochs_are_given():
+    tagger = EncoderTagger(["Disease"])  # batch 8
+    assert [tagger._epochs(n) for n in (100, 80, 16, 5)] == [20, 20, 50, 100]
+    assert EncoderTagger(["Disease"], epochs=3)._epochs(5) == 3

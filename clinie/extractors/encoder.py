@@ -228,6 +228,11 @@ class EncoderTagger:
             previous = word
         return out
 
+    def _epochs(self, n_examples: int) -> int:
+        """The epochs asked for, or by default ``EPOCHS`` and at least ``MIN_STEPS`` steps."""
+        batches = math.ceil(n_examples / self.hyperparameters["batch_size"])
+        return self.hyperparameters["epochs"] or max(EPOCHS, math.ceil(MIN_STEPS / max(batches, 1)))
+
     def fit(self, docs: Sequence[Document], progress: bool = False) -> EncoderTagger:
         """Fine-tune a fresh copy of the base encoder on ``docs`` (their spans in ``labels``).
 
@@ -252,8 +257,7 @@ class EncoderTagger:
         self._model.train()
         fine_tune(self._model.parameters(), examples,
                   lambda part: self._model(**self._batch([w for w, _ in part], [lab for _, lab in part])).loss,
-                  epochs=hp["epochs"] or max(EPOCHS, math.ceil(MIN_STEPS / math.ceil(len(examples) / hp["batch_size"]))),
-                  learning_rate=hp["learning_rate"], batch_size=hp["batch_size"],
+                  epochs=self._epochs(len(examples)), learning_rate=hp["learning_rate"], batch_size=hp["batch_size"],
                   seed=hp["seed"], progress=progress)
         self._model.eval()
         self.n_train_docs = len(docs)
