@@ -146,6 +146,8 @@ class FilterThenRerank:
             spans = [s for s in doc.entities if s.label in self.specs]
             sentences = split_sentences(doc.text)
             mentions = [(span, span.label) for span in spans]
+            # negatives only beside positives: about as many of each, whatever share of the
+            # annotated texts has no mention at all
             for sentence in sentences:
                 if spans and (negative := negative_mention(doc.text, sentence, spans)) is not None:
                     mentions.append((negative, ""))
