@@ -11,7 +11,7 @@ from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from backend_server import LlamaServer
-from clinie.core import NO_RELATION, Document, Relation, RelationSpec, Span, read_documents
+from clinie.core import NO_RELATION, Document, Relation, Span, read_documents
 from clinie.evaluation import evaluate_relations
 from clinie.extractors.relation_encoder import RelationClassifier
 from clinie.extractors.relation_llm import LLMRelationExtractor

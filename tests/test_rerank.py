@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from clinie.core import Document, LabelSpec, Span, read_documents, split_sentences, tokenize
+from clinie.core import LabelSpec, Span, read_documents, split_sentences, tokenize
 from clinie.extractors.encoder import EncoderTagger
 from clinie.extractors.rerank import MAX_MISSED_WORDS, FilterThenRerank, negative_mention, triage
 from clinie.llm.llamacpp import LlamaCppLLM
