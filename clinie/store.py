@@ -258,6 +258,11 @@ class AnnotationStore:
                          (project,))[0]
         return f"{row[0]}:{row[1]}:{row[2]}"
 
+    def count_training_examples(self, project: str) -> int:
+        """``len(training_examples(project))`` without reading them: tasks with a submitted annotation."""
+        return self._read("SELECT COUNT(DISTINCT task_id) FROM annotations WHERE project = ? AND state = 'submitted'",
+                          (project,))[0][0]
+
     def training_examples(self, project: str) -> list[Example]:
         """The latest submitted annotation of each task: what the project's models learn from."""
         rows = self._read(

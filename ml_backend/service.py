@@ -103,8 +103,9 @@ class Backend:
         new annotation (a new demonstration) makes Label Studio ask again."""
         if strategy.kind == "encoder" and record is not None:
             return record.version
+        pool_size = self.store.count_training_examples(project)
         if strategy.kind == "rerank" and record is not None:
-            return f"{record.version}-{strategy.name}-pool{len(self.store.training_examples(project))}"
+            return f"{record.version}-{strategy.name}-pool{pool_size}"
         s = self.settings
         if not s.llm_model:
             model = "gemma-3-270m-q4_k_m"
@@ -112,7 +113,6 @@ class Backend:
             model = s.llm_model
         else:  # a local file or directory: its name
             model = Path(s.llm_model).name.removesuffix(".gguf")
-        pool_size = len(self.store.training_examples(project))
         k = strategy.k if pool_size else 0
         return f"clinie-llm-{s.llm_provider}-{model}-k{k}-pool{pool_size}"
 

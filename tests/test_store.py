@@ -106,3 +106,16 @@ def test_200_concurrent_writers_lose_nothing(tmp_path):
     assert errors == []
     examples = AnnotationStore(path).training_examples("1")
     assert sorted(e.annotation_id for e in examples) == list(range(200))
+
+
+def test_counting_training_examples_agrees_with_reading_them(tmp_path):
+    store = AnnotationStore(tmp_path / "s.sqlite3")
+    task = {"id": 1, "data": {"text": "x"}}
+    store.record_annotation("p", {"id": 1, "result": []}, task)
+    store.record_annotation("p", {"id": 2, "result": [{"x": 1}]}, task)  # a second annotation of task 1
+    store.record_annotation("p", {"id": 3, "result": [], "was_cancelled": True}, {"id": 2, "data": {"text": "y"}})
+    store.record_annotation("p", {"id": 4, "result": []}, {"id": 3, "data": {"text": "z"}})
+    store.delete_annotations("p", [4])
+    store.record_annotation("q", {"id": 5, "result": []}, {"id": 9, "data": {"text": "w"}})
+    assert store.count_training_examples("p") == len(store.training_examples("p")) == 1
+    assert store.count_training_examples("none") == 0
