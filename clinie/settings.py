@@ -73,6 +73,10 @@ class Settings:
     #: that Label Studio calls: http://user:password@host:port).
     basic_auth_user: str = ""
     basic_auth_password: str = ""
+    #: Seconds a /predict batch may take (Label Studio waits 100 s, ``ML_TIMEOUT_PREDICT``): when
+    #: spent, the backend answers the first task only and Label Studio asks for the rest one
+    #: task per request; 0 = no limit.
+    predict_budget_seconds: float = 60.0
     #: Largest request body accepted, in megabytes (Label Studio sends whole batches).
     max_request_mb: int = 100
     log_level: str = "INFO"
@@ -130,8 +134,8 @@ def _convert(cls: type, name: str, value: Any) -> Any:
     try:
         if kind is Path:
             return Path(value)
-        if kind is int:
-            number = int(value)
+        if kind in (int, float):
+            number = kind(value)
             if number < 0:
                 raise ValueError("must not be negative")
             return number

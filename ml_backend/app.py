@@ -18,6 +18,7 @@ from werkzeug.exceptions import HTTPException
 
 from clinie.labelstudio import LabelConfigError
 from clinie.settings import Settings
+from ml_backend.metrics import render_prometheus
 from ml_backend.service import ANNOTATION_ACTIONS, Backend, project_key
 
 log = logging.getLogger(__name__)
@@ -154,7 +155,10 @@ def create_app(settings: Settings | None = None, backend: Backend | None = None)
 
     @app.get("/metrics")
     def metrics() -> Response:
-        return jsonify(backend.metrics_snapshot())
+        snapshot = backend.metrics_snapshot()
+        if request.args.get("format") == "json":
+            return jsonify(snapshot)
+        return Response(render_prometheus(snapshot), mimetype="text/plain; version=0.0.4; charset=utf-8")
 
     return app
 

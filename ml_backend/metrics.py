@@ -1,19 +1,49 @@
-"""Counters and latency summaries of one backend process, served by GET /metrics."""
+"""Counters, latency summaries and batch progress of one backend process, served by GET /metrics.
+
+``/metrics`` answers in the Prometheus text format (what a scraper expects); ``/metrics?format=json``
+gives the same figures as one JSON object for people and scripts.
+
+Example:
+    >>> m = Metrics()
+    >>> m.count("predicted_tasks", 3)
+    >>> m.observe("predict_request", 0.25)
+    >>> print(render_prometheus(m.snapshot()), end="")
+    # TYPE clinie_predicted_tasks_total counter
+    clinie_predicted_tasks_total 3
+    # TYPE clinie_predict_request_seconds summary
+    clinie_predict_request_seconds{quantile="0.5"} 0.25
+    clinie_predict_request_seconds{quantile="0.95"} 0.25
+    clinie_predict_request_seconds{quantile="0.99"} 0.25
+    clinie_predict_request_seconds_sum 0.25
+    clinie_predict_request_seconds_count 1
+    # TYPE clinie_predict_batches_in_flight gauge
+    clinie_predict_batches_in_flight 0
+"""
 
 from __future__ import annotations
 
+import itertools
 import threading
+import time
 from collections import Counter, deque
+from typing import Any
+
+PREFIX = "clinie_"
 
 
 class Metrics:
-    """Thread-safe counters plus the last ``window`` latencies of each timed operation."""
+    """Thread-safe counters, the last ``window`` latencies of each timed operation, and the
+    progress of the /predict batches in flight (Label Studio waits for a whole batch, so how far
+    a long one has got is only visible here)."""
 
     def __init__(self, window: int = 1000) -> None:
         self._lock = threading.Lock()
         self._counts: Counter[str] = Counter()
+        self._sums: Counter[str] = Counter()
         self._latencies: dict[str, deque[float]] = {}
         self._window = window
+        self._batches: dict[int, dict[str, float]] = {}
+        self._batch_ids = itertools.count(1)
 
     def count(self, name: str, n: int = 1) -> None:
         with self._lock:
@@ -22,16 +52,77 @@ class Metrics:
     def observe(self, name: str, seconds: float) -> None:
         with self._lock:
             self._latencies.setdefault(name, deque(maxlen=self._window)).append(seconds)
+            self._counts[f"{name}_observed"] += 1
+            self._sums[name] += seconds
 
-    def snapshot(self) -> dict:
+    def start_batch(self, tasks: int) -> int:
         with self._lock:
-            counts = dict(self._counts)
+            batch = next(self._batch_ids)
+            self._batches[batch] = {"tasks": tasks, "done": 0, "started": time.time()}
+            return batch
+
+    def batch_progress(self, batch: int, done: int) -> None:
+        with self._lock:
+            self._batches[batch]["done"] = done
+
+    def end_batch(self, batch: int) -> None:
+        with self._lock:
+            self._batches.pop(batch, None)
+
+    def snapshot(self) -> dict[str, Any]:
+        with self._lock:
+            counts = {k: v for k, v in self._counts.items() if not k.endswith("_observed")}
+            totals = {name: (self._counts[f"{name}_observed"], self._sums[name]) for name in self._latencies}
             latencies = {name: sorted(values) for name, values in self._latencies.items()}
-        return {"counts": counts, "latency_seconds": {
-            name: {"n": len(v), "mean": round(sum(v) / len(v), 4), "p50": _quantile(v, 0.5),
-                   "p95": _quantile(v, 0.95), "max": round(v[-1], 4)}
-            for name, v in latencies.items() if v}}
+            batches = [{"id": b, **info} for b, info in self._batches.items()]
+        return {
+            "counts": counts,
+            "latency_seconds": {
+                name: {"n": len(v), "mean": round(sum(v) / len(v), 4), "p50": _quantile(v, 0.5),
+                       "p95": _quantile(v, 0.95), "p99": _quantile(v, 0.99), "max": round(v[-1], 4),
+                       "count": totals[name][0], "sum": round(totals[name][1], 4)}
+                for name, v in latencies.items() if v},
+            "predict_batches": [{"id": b["id"], "tasks": int(b["tasks"]), "done": int(b["done"]),
+                                 "seconds": round(time.time() - b["started"], 3)} for b in batches],
+        }
 
 
 def _quantile(ordered: list[float], q: float) -> float:
     return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], 4)
+
+
+def render_prometheus(snapshot: dict[str, Any]) -> str:
+    """The snapshot in the Prometheus text exposition format (version 0.0.4).
+
+    Counters end in ``_total``; latencies are summaries over the last window (quantiles) with
+    lifetime ``_count`` and ``_sum``; the store's figures and the batches in flight are gauges.
+    """
+    lines: list[str] = []
+
+    def metric(name: str, kind: str, samples: list[tuple[str, float]]) -> None:
+        lines.append(f"# TYPE {PREFIX}{name} {kind}")
+        lines.extend(f"{PREFIX}{name}{labels} {_number(value)}" for labels, value in samples)
+
+    for name, value in sorted(snapshot["counts"].items()):
+        metric(f"{name}_total", "counter", [("", value)])
+    for name, s in sorted(snapshot["latency_seconds"].items()):
+        lines.append(f"# TYPE {PREFIX}{name}_seconds summary")
+        for q, key in (("0.5", "p50"), ("0.95", "p95"), ("0.99", "p99")):
+            lines.append(f'{PREFIX}{name}_seconds{{quantile="{q}"}} {_number(s[key])}')
+        lines.append(f"{PREFIX}{name}_seconds_sum {_number(s['sum'])}")
+        lines.append(f"{PREFIX}{name}_seconds_count {_number(s['count'])}")
+    batches = snapshot.get("predict_batches", [])
+    metric("predict_batches_in_flight", "gauge", [("", len(batches))])
+    if batches:
+        metric("predict_batch_tasks", "gauge", [(f'{{batch="{b["id"]}"}}', b["tasks"]) for b in batches])
+        metric("predict_batch_tasks_done", "gauge", [(f'{{batch="{b["id"]}"}}', b["done"]) for b in batches])
+    store = snapshot.get("store")
+    if store:
+        metric("annotations", "gauge", [(f'{{state="{k}"}}', v) for k, v in sorted(store["annotations"].items())])
+        metric("trainings", "gauge", [(f'{{status="{k}"}}', v) for k, v in sorted(store["trainings"].items())])
+        metric("model_versions", "gauge", [("", store["model_versions"])])
+    return "\n".join(lines) + "\n"
+
+
+def _number(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else repr(float(value))

@@ -174,7 +174,7 @@ def test_training_by_webhook_swaps_in_a_model_that_predicts_valid_spans(trained)
             assert (r["from_name"], r["to_name"], r["type"]) == ("label", "text", "labels")
             assert r["value"]["labels"] == ["Disease"] and 0 <= r["score"] <= 1
             assert task["data"]["text"][r["value"]["start"]:r["value"]["end"]] == r["value"]["text"]
-    metrics = client.get("/metrics").json
+    metrics = client.get("/metrics?format=json").json
     assert metrics["counts"]["trainings_succeeded"] == 1 and metrics["store"]["model_versions"] == 1
 
 
@@ -366,3 +366,19 @@ def test_the_score_label_studio_receives_is_the_calibrated_one(tmp_path):
         if regions:
             assert result["score"] == pytest.approx(sum(r["score"] for r in regions) / len(regions), abs=1e-3)
     assert compared > 0
+
+
+@pytest.mark.slow
+def test_a_batch_over_its_time_budget_answers_the_first_task_so_label_studio_asks_one_by_one(trained):
+    settings, backend, client, docs = trained
+    tasks = [{"id": 200 + i, "data": {"text": d.text}} for i, d in enumerate(docs[30:50])]
+    body = {"tasks": tasks, "project": "1", "label_config": CONFIG}
+    whole = client.post("/predict", json=body).json["results"]
+    hurried = Backend(replace(settings, predict_budget_seconds=1e-6), start_worker=False)
+    answer = create_app(hurried.settings, hurried).test_client().post("/predict", json=body).json
+    assert len(whole) == 20 and answer["results"] == whole[:1]
+    # each task alone is answered in full, whatever the budget
+    assert create_app(hurried.settings, hurried).test_client().post(
+        "/predict", json={**body, "tasks": tasks[5:6]}).json["results"] == whole[5:6]
+    snapshot = hurried.metrics_snapshot()
+    assert snapshot["counts"]["predict_budget_exceeded"] == 1 and snapshot["predict_batches"] == []

@@ -87,7 +87,7 @@ def test_annotations_train_the_encoder_and_predictions_land_in_label_studio(labe
     for task_id, doc in zip(task_ids[:30], docs[:30]):
         result, _ = document_to_result(doc, control)
         api.create_annotation(task_id, result)
-    counts = requests.get(backend.url + "/metrics", timeout=10).json()["store"]["annotations"]
+    counts = requests.get(backend.url + "/metrics?format=json", timeout=10).json()["store"]["annotations"]
     assert counts == {"submitted": 30}, backend.log_tail()
 
     # Label Studio's own JSON export is gold for `clinie evaluate`: the annotations come back
@@ -116,7 +116,7 @@ def test_annotations_train_the_encoder_and_predictions_land_in_label_studio(labe
         n_regions += len(prediction["result"])
     assert n_regions > 0, "the trained encoder predicted no Disease span in 15 NCBI sentences"
 
-    metrics = requests.get(backend.url + "/metrics", timeout=10).json()
+    metrics = requests.get(backend.url + "/metrics?format=json", timeout=10).json()
     assert metrics["counts"]["trainings_succeeded"] == 1
     assert metrics["counts"].get("prediction_errors", 0) == 0
 
@@ -138,7 +138,7 @@ def test_relations_train_and_come_back_as_arrows_between_predicted_regions(label
     ml_id = api.connect_ml_backend(project, backend.url)
 
     def submitted() -> int:
-        return requests.get(backend.url + "/metrics", timeout=10).json()["store"]["annotations"].get("submitted", 0)
+        return requests.get(backend.url + "/metrics?format=json", timeout=10).json()["store"]["annotations"].get("submitted", 0)
 
     before = submitted()
     for task_id, doc in zip(task_ids[:15], docs[:15]):

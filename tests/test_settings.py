@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import re
+from dataclasses import fields
 from pathlib import Path
 
 import pytest
@@ -35,3 +37,12 @@ def test_unknown_keys_in_the_config_file_are_refused(tmp_path):
     config.write_text("data_dri = 'typo'\n")
     with pytest.raises(ValueError, match="data_dri"):
         Settings.load({"CLINIE_CONFIG": str(config)})
+
+
+def test_the_readme_documents_every_setting():
+    """The settings reference in the README names every variable (a row whose first cell holds
+    it, possibly beside a sibling) — a new setting cannot ship undocumented."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    rows = [line.split("|")[1] for line in readme.splitlines() if line.startswith("| `CLINIE_")]
+    documented = {name for cell in rows for name in re.findall(r"`CLINIE_([A-Z_]+)`", cell)}
+    assert {f.name.upper() for f in fields(Settings)} | {"CONFIG"} == documented
