@@ -59,8 +59,11 @@ def label_studio():
 
 @pytest.fixture(scope="module")
 def backend(tmp_path_factory):
+    # Selection is tested in test_backend.py. A /predict budget no batch can meet: every batch
+    # past its first chunk is answered with its first task only, and Label Studio must then ask
+    # for each task on its own — the fallback the budget relies on, checked against the real thing.
     settings = {"CLINIE_TRAIN_EVERY": "0", "CLINIE_MIN_ANNOTATIONS": "5", "CLINIE_ENCODER_EPOCHS": "15",
-                "CLINIE_SELECT_STRATEGIES": ""}  # selection is tested in test_backend.py
+                "CLINIE_SELECT_STRATEGIES": "", "CLINIE_PREDICT_BUDGET_SECONDS": "0.000001"}
     with BackendServer(tmp_path_factory.mktemp("backend"), **settings) as server:
         yield server
 
@@ -106,8 +109,10 @@ def test_annotations_train_the_encoder_and_predictions_land_in_label_studio(labe
                         600, "a trained model version")
     assert versions[0].endswith("-n30")
 
-    # "Retrieve predictions" for the 15 unannotated tasks: one batch, stored by Label Studio.
+    # "Retrieve predictions" for the 15 unannotated tasks: one batch, over its time budget after
+    # 8 tasks; Label Studio then asks task by task and stores a prediction for every one.
     targets = task_ids[30:]
+    before = requests.get(backend.url + "/metrics?format=json", timeout=10).json()["counts"]
     api.retrieve_predictions(project, targets)
     n_regions = 0
     for task_id in targets:
@@ -117,6 +122,8 @@ def test_annotations_train_the_encoder_and_predictions_land_in_label_studio(labe
     assert n_regions > 0, "the trained encoder predicted no Disease span in 15 NCBI sentences"
 
     metrics = requests.get(backend.url + "/metrics?format=json", timeout=10).json()
+    assert metrics["counts"]["predict_budget_exceeded"] == before.get("predict_budget_exceeded", 0) + 1
+    assert metrics["counts"]["predict_requests"] == before["predict_requests"] + 1 + len(targets)
     assert metrics["counts"]["trainings_succeeded"] == 1
     assert metrics["counts"].get("prediction_errors", 0) == 0
 
