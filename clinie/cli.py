@@ -49,6 +49,10 @@ def _serve(args: argparse.Namespace) -> int:
             self.cfg.set("timeout", 600)
             self.cfg.set("graceful_timeout", 30)
             self.cfg.set("loglevel", settings.log_level.lower())
+            # SIGTERM: requests in flight get graceful_timeout to finish; the re-sync schedule
+            # stops. A training still running dies with the process and is marked failed at
+            # the next start; the serving model is untouched (see ml_backend.training).
+            self.cfg.set("worker_exit", lambda server, worker: worker.wsgi.extensions["clinie"].close())
 
         def load(self):  # noqa: ANN201 - gunicorn's hook
             return create_app(settings)

@@ -63,12 +63,22 @@ class Settings:
     #: grammar in the form ``llama.cpp``'s server or ``vllm`` takes it; empty = free generation,
     #: re-aligned afterwards.
     llm_guided: str = ""
+    #: openai: seconds one request may take before it is retried (3 retries, with backoff); a
+    #: prediction whose LLM fails is answered by the trained encoder where there is one.
+    llm_timeout_seconds: float = 60.0
     #: transformers: the torch device (``cuda``, ``cuda:1``, ``cpu``); empty = CUDA when available.
     llm_device: str = ""
     #: Demonstrations retrieved per sentence (0 = zero-shot from the label descriptions).
     llm_k: int = 5
     #: CPU threads for llama.cpp (0 = its default).
     llm_threads: int = 0
+    #: Label Studio to re-sync annotations from (webhooks can be lost): its URL and an API key —
+    #: a personal access token or a legacy token. Both unset = no re-sync.
+    label_studio_url: str = ""
+    label_studio_api_key: str = ""
+    #: Re-sync every known project at start, then this often, and on "Start training"; 0 = at
+    #: start and on "Start training" only.
+    sync_every_minutes: int = 10
     #: Basic auth required on every endpoint when both are set (put them in the backend URL
     #: that Label Studio calls: http://user:password@host:port).
     basic_auth_user: str = ""
@@ -124,6 +134,8 @@ class Settings:
                              f"not {self.llm_provider!r}")
         if self.llm_guided not in ("", "llama.cpp", "vllm"):
             raise ValueError(f"{PREFIX}LLM_GUIDED must be empty, llama.cpp or vllm, not {self.llm_guided!r}")
+        if bool(self.label_studio_url) != bool(self.label_studio_api_key):
+            raise ValueError(f"{PREFIX}LABEL_STUDIO_URL and {PREFIX}LABEL_STUDIO_API_KEY go together (re-sync needs both)")
         if self.llm_provider == "openai" and not (self.llm_base_url and self.llm_model):
             raise ValueError(f"{PREFIX}LLM_PROVIDER=openai needs {PREFIX}LLM_BASE_URL and {PREFIX}LLM_MODEL: "
                              "clinie sends note text to no endpoint that was not named explicitly")

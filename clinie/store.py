@@ -89,7 +89,7 @@ CREATE TABLE IF NOT EXISTS trainings (
 
 @dataclass(frozen=True)
 class Example:
-    """One usable annotation: the task as Label Studio sent it and the annotator's result."""
+    """One usable annotation: the task (its id and data) and the annotator's result."""
 
     annotation_id: int
     task_id: int
@@ -181,6 +181,9 @@ class AnnotationStore:
                 (project, label_config, _now()),
             )
 
+    def projects(self) -> list[str]:
+        return [r[0] for r in self._read("SELECT project FROM projects ORDER BY project")]
+
     def label_config(self, project: str) -> str | None:
         rows = self._read("SELECT label_config FROM projects WHERE project = ?", (project,))
         return rows[0]["label_config"] if rows else None
@@ -194,9 +197,14 @@ class AnnotationStore:
     def record_annotation(
         self, project: str, annotation: dict[str, Any], task: dict[str, Any], action: str = "ANNOTATION_CREATED"
     ) -> bool:
-        """Store the latest state of an annotation; True when it is new or changed."""
+        """Store the latest state of an annotation; True when it is new or changed.
+
+        Of the task, its id and data are kept: what else Label Studio sends with it (counters,
+        timestamps) differs between a webhook and a re-sync of the same annotation.
+        """
         state = "cancelled" if annotation.get("was_cancelled") else "submitted"
-        return self._upsert(project, int(annotation["id"]), int(task["id"]), _dump(task),
+        task_data = _dump({"id": task["id"], "data": task.get("data")})
+        return self._upsert(project, int(annotation["id"]), int(task["id"]), task_data,
                             _dump(annotation.get("result") or []), state, action,
                             annotation.get("completed_by"))
 
@@ -246,6 +254,11 @@ class AnnotationStore:
         where, params = ("WHERE project = ?", (project,)) if project is not None else ("", ())
         rows = self._read(f"SELECT state, COUNT(*) FROM annotations {where} GROUP BY state", params)
         return {r[0]: r[1] for r in rows}
+
+    def live_annotation_ids(self, project: str) -> set[int]:
+        """The project's annotations not marked deleted."""
+        return {r[0] for r in self._read("SELECT annotation_id FROM annotations WHERE project = ? "
+                                         "AND state != 'deleted'", (project,))}
 
     def annotation_history(self, annotation_id: int) -> list[dict[str, Any]]:
         rows = self._read("SELECT version, action, state, result, received_at FROM annotation_versions "

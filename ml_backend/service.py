@@ -12,7 +12,7 @@ import threading
 import time
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from clinie import __version__
 from clinie.core import Document, Schema
@@ -32,6 +32,7 @@ from clinie.settings import Settings
 from clinie.store import AnnotationStore, ModelRecord
 from ml_backend.metrics import Metrics
 from ml_backend.selection import span_specs
+from ml_backend.sync import LabelStudioSync
 from ml_backend.training import NotEnoughAnnotations, TrainingWorker, train_project
 
 log = logging.getLogger(__name__)
@@ -56,6 +57,15 @@ def project_key(project: Any) -> str:
     return str(project).split(".", 1)[0].strip()
 
 
+class Serving(NamedTuple):
+    """What answers a project's /predict, and as which model version."""
+
+    version: str
+    model: Extractor | None
+    calibrator: Calibrator | None
+    fallback: Serving | None  # the trained encoder, when ``model`` uses the LLM
+
+
 @lru_cache(maxsize=64)
 def _schema(label_config: str) -> Schema:
     return parse_label_config(label_config)
@@ -74,7 +84,17 @@ class Backend:
         self._llm_cache = CallCache(settings.data_dir / "llm_cache.sqlite3")
         if abandoned := self.store.abandon_running_trainings():
             log.warning("%d trainings were interrupted by a restart and are marked failed", abandoned)
+        self.sync = LabelStudioSync(self.store, settings.label_studio_url, settings.label_studio_api_key) \
+            if settings.label_studio_url else None
+        self._stopping = threading.Event()
         self.worker = TrainingWorker(self.train) if start_worker else None
+        if start_worker and self.sync:
+            threading.Thread(target=self._sync_loop, name="clinie-sync", daemon=True).start()
+
+    def close(self) -> None:
+        """Stop the re-sync schedule (graceful shutdown; a training in flight is left to finish
+        or, if the process dies first, is marked failed at the next start)."""
+        self._stopping.set()
 
     # --- setup and prediction -------------------------------------------------------------
 
@@ -192,7 +212,7 @@ class Backend:
             if label_config is None:
                 raise ValueError("no label_config in the request and none known for this project")
         schema = _schema(label_config)
-        version, model, calibrator = self._extractor(project, schema)
+        serving = self._extractor(project, schema)
         budget = self.settings.predict_budget_seconds
 
         results: list[dict[str, Any]] = []
@@ -201,23 +221,22 @@ class Backend:
             for first in range(0, len(tasks), PREDICT_CHUNK):
                 if results and budget and time.perf_counter() - started > budget:
                     self.metrics.count("predict_budget_exceeded")
-                    log.warning("predict: the %d s budget was spent after %d of %d tasks; answering the first "
+                    log.warning("predict: the %g s budget was spent after %d of %d tasks; answering the first "
                                 "task only, so that Label Studio asks for the others one by one",
                                 budget, len(results), len(tasks))
                     results = results[:1]
                     break
                 chunk = tasks[first:first + PREDICT_CHUNK]
-                results.extend(self._predict_chunk(chunk, schema, model, calibrator, version))
+                results.extend(self._predict_chunk(chunk, schema, serving))
                 self.metrics.batch_progress(batch, len(results))
         finally:
             self.metrics.end_batch(batch)
         self.metrics.count("predict_requests")
         self.metrics.count("predicted_tasks", len(results))
         self.metrics.observe("predict_request", time.perf_counter() - started)
-        return {"results": results, "model_version": version}
+        return {"results": results, "model_version": serving.version}
 
-    def _predict_chunk(self, tasks: list[Any], schema: Schema, model: Extractor | None,
-                       calibrator: Calibrator | None, version: str) -> list[dict[str, Any]]:
+    def _predict_chunk(self, tasks: list[Any], schema: Schema, serving: Serving) -> list[dict[str, Any]]:
         docs: list[list[Document] | None] = []
         for task in tasks:
             try:
@@ -225,9 +244,9 @@ class Backend:
             except Exception as e:
                 docs.append(None)
                 self._task_error(task, "read", e)
-        predicted = self._run_model(model, tasks, docs)
-        if calibrator is not None:  # the score Label Studio sorts tasks by means "chance it is right"
-            predicted = [None if p is None else calibrate_documents(p, calibrator) for p in predicted]
+        predicted, serving = self._run_model(serving, tasks, docs)
+        if serving.calibrator is not None:  # the score Label Studio sorts tasks by means "chance it is right"
+            predicted = [None if p is None else calibrate_documents(p, serving.calibrator) for p in predicted]
 
         results = []
         for task, task_docs in zip(tasks, predicted):
@@ -249,47 +268,55 @@ class Backend:
                 except Exception as e:
                     result, scores = [], []
                     self._task_error(task, "convert", e)
-            entry: dict[str, Any] = {"result": result, "model_version": version}
+            entry: dict[str, Any] = {"result": result, "model_version": serving.version}
             if scores:
                 entry["score"] = round(sum(scores) / len(scores), 4)
             results.append(entry)
         return results
 
-    def _extractor(self, project: str, schema: Schema) -> tuple[str, Extractor | None, Calibrator | None]:
+    def _extractor(self, project: str, schema: Schema) -> Serving:
         """The serving strategy's extractor for this project, the model version it answers as,
-        and the calibrator of its span scores (fitted when it was selected)."""
+        the calibrator of its span scores (fitted when it was selected), and the trained encoder
+        to fall back on when the strategy uses the LLM and the LLM fails."""
         record = self._encoder_record(project)
         if record is None and self.settings.strategy == "encoder":
-            return NO_MODEL_VERSION, None, None
+            return Serving(NO_MODEL_VERSION, None, None, None)
         strategy = self._selected(record)
         version = self._version(record, strategy, project)
         selection = (record.info.get("selection") or {}) if record is not None else {}
         calibrator = calibrator_from_dict(selection["calibrator"]) \
             if selection.get("calibrator") and selection.get("strategy") == strategy.name else None
         if strategy.kind == "encoder" and record is not None:
-            return version, self._model(record), calibrator
-        return version, self._with_demos(project, schema, record, strategy), calibrator
+            return Serving(version, self._model(record), calibrator, None)
+        fallback = Serving(record.version, self._model(record), None, None) if record is not None else None
+        return Serving(version, self._with_demos(project, schema, record, strategy), calibrator, fallback)
 
-    def _run_model(
-        self, model: Extractor | None, tasks: list[Any], docs: list[list[Document] | None]
-    ) -> list[list[Document] | None]:
-        """Predict the whole batch at once; if that fails, task by task to isolate the culprit."""
-        if model is None:
-            return [None if d is None else [x.with_annotations(()) for x in d] for d in docs]
+    def _run_model(self, serving: Serving, tasks: list[Any],
+                   docs: list[list[Document] | None]) -> tuple[list[list[Document] | None], Serving]:
+        """Predict the chunk at once; if that fails, with the fallback encoder when the LLM was
+        involved (its results then carry the encoder's version, so Label Studio asks again once
+        the LLM is back), else task by task to isolate the culprit. Returns what answered too."""
+        if serving.model is None:
+            return [None if d is None else [x.with_annotations(()) for x in d] for d in docs], serving
         try:
             flat = [doc for task_docs in docs if task_docs for doc in task_docs]
-            predictions = iter(model.predict(flat))
-            out = [None if d is None else [next(predictions) for _ in d] for d in docs]
+            predictions = iter(serving.model.predict(flat))
+            return [None if d is None else [next(predictions) for _ in d] for d in docs], serving
         except Exception as e:
+            if serving.fallback is not None:
+                self.metrics.count("llm_failures")
+                log.warning("prediction with the LLM failed (%s); the trained encoder answers", type(e).__name__)
+                log.debug("LLM failure", exc_info=e)
+                return self._run_model(serving.fallback, tasks, docs)
             log.warning("batch prediction failed (%s); retrying task by task", type(e).__name__)
-            out = []
-            for task, task_docs in zip(tasks, docs):
-                try:
-                    out.append(None if task_docs is None else model.predict(task_docs))
-                except Exception as e:
-                    out.append(None)
-                    self._task_error(task, "predict", e)
-        return out
+        out = []
+        for task, task_docs in zip(tasks, docs):
+            try:
+                out.append(None if task_docs is None else serving.model.predict(task_docs))
+            except Exception as e:
+                out.append(None)
+                self._task_error(task, "predict", e)
+        return out, serving
 
     def _task_error(self, task: Any, stage: str, error: Exception) -> None:
         task_id = task.get("id") if isinstance(task, dict) else None
@@ -320,13 +347,44 @@ class Backend:
             self.request_training(project)
         return {"status": "ok", "action": action, "stored": changed}
 
+    def resync(self, project: str) -> bool:
+        """Pull the project's annotations from Label Studio; False when that failed (logged,
+        counted: the store keeps what it has)."""
+        if self.sync is None:
+            return False
+        try:
+            result = self.sync.project(project)
+        except Exception as e:
+            self.metrics.count("sync_failures")
+            log.warning("project %s: re-sync from Label Studio failed: %s", project, type(e).__name__)
+            log.debug("re-sync failed", exc_info=e)
+            return False
+        self.metrics.count("syncs")
+        self.metrics.count("annotations_recovered_by_sync", result.stored)
+        self.metrics.count("annotations_deleted_by_sync", result.deleted)
+        if result.stored or result.deleted:
+            log.info("project %s: re-sync stored %d annotations webhooks had missed and marked %d deleted",
+                     project, result.stored, result.deleted)
+        return True
+
+    def _sync_loop(self) -> None:
+        """Re-sync every known project at start (what arrived while the backend was down) and
+        then every ``sync_every_minutes`` (0: at start only); train where the changes call for it."""
+        while not self._stopping.is_set():
+            for project in self.store.projects():
+                if self.resync(project) and self.settings.train_every and \
+                        self.store.changes_since_training(project) >= self.settings.train_every:
+                    self.request_training(project)
+            self._stopping.wait(self.settings.sync_every_minutes * 60 or None)
+
     def request_training(self, project: str) -> bool:
         if self.worker is None:
             return False
         return self.worker.request(project)
 
     def train(self, project: str) -> ModelRecord | None:
-        """Train now (in the calling thread); None when there is nothing to train yet."""
+        """Re-sync, then train now (in the calling thread); None when there is nothing to train yet."""
+        self.resync(project)
         training_id = self.store.begin_training(project)
         if training_id is None:
             log.info("project %s: a training is already running", project)
@@ -351,9 +409,12 @@ class Backend:
         return record
 
     def health(self) -> dict[str, Any]:
+        """``remote_endpoints``: where note text is sent (an OpenAI-compatible LLM, only when
+        configured); ``label_studio``: what annotations are re-synced from (read only)."""
         remote = [self.settings.llm_base_url] if self.settings.llm_provider == "openai" else []
         return {"status": "UP", "model_class": "clinie", "clinie_version": __version__,
-                "strategy": self.settings.strategy, "remote_endpoints": remote}
+                "strategy": self.settings.strategy, "remote_endpoints": remote,
+                "label_studio": self.settings.label_studio_url or None}
 
     def metrics_snapshot(self) -> dict[str, Any]:
         snapshot = self.metrics.snapshot()

@@ -20,8 +20,8 @@ class ServerProcess:
     """Start ``argv`` (with ``{port}`` filled in), wait until ``health_path`` answers 200, stop on exit."""
 
     def __init__(self, argv: Sequence[str], log_path: Path, health_path: str, env: dict[str, str] | None = None,
-                 start_timeout: float = 120) -> None:
-        self.port = free_port()
+                 start_timeout: float = 120, port: int | None = None) -> None:
+        self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
         self._argv = [a.format(port=self.port) for a in argv]
@@ -57,6 +57,11 @@ class ServerProcess:
                 os.killpg(self._process.pid, signal.SIGKILL)
                 self._process.wait()
 
+    def kill(self) -> None:
+        """SIGKILL, no goodbye: what a crash, the OOM killer or a pulled plug does."""
+        os.killpg(self._process.pid, signal.SIGKILL)
+        self._process.wait()
+
     def log_tail(self, n: int = 40) -> str:
         lines = self.log_path.read_text(errors="replace").splitlines() if self.log_path.exists() else []
         return "\n".join(lines[-n:])
@@ -65,9 +70,10 @@ class ServerProcess:
 class BackendServer(ServerProcess):
     """``with BackendServer(data_dir, CLINIE_TRAIN_EVERY="0") as b: requests.get(b.url + "/health")``"""
 
-    def __init__(self, data_dir: Path, **settings: str) -> None:
+    def __init__(self, data_dir: Path, port: int | None = None, **settings: str) -> None:
         super().__init__([sys.executable, "-m", "clinie.cli", "serve", "--host", "127.0.0.1", "--port", "{port}"],
-                         data_dir / "backend.log", "/health", {"CLINIE_DATA_DIR": str(data_dir), **settings})
+                         data_dir / "backend.log", "/health", {"CLINIE_DATA_DIR": str(data_dir), **settings},
+                         port=port)
 
 
 class LlamaServer(ServerProcess):

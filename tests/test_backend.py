@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import base64
 import json
+import socket
+import sqlite3
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
@@ -17,6 +19,7 @@ from clinie.core import read_documents
 from clinie.labelstudio import document_to_result, parse_label_config
 from clinie.settings import Settings
 from helpers import assert_spans_match_text
+from labelstudio_server import free_port
 from ml_backend.app import create_app
 from ml_backend.service import NO_MODEL_VERSION, Backend
 
@@ -382,3 +385,61 @@ def test_a_batch_over_its_time_budget_answers_the_first_task_so_label_studio_ask
         "/predict", json={**body, "tasks": tasks[5:6]}).json["results"] == whole[5:6]
     snapshot = hurried.metrics_snapshot()
     assert snapshot["counts"]["predict_budget_exceeded"] == 1 and snapshot["predict_batches"] == []
+
+
+@pytest.fixture
+def silent_server():
+    """A TCP server that accepts connections and never answers: an LLM endpoint that hangs."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    held: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        listener.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                held.append(listener.accept()[0])
+            except OSError:
+                continue
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{listener.getsockname()[1]}/v1"
+    stop.set()
+    thread.join()
+    for connection in held:
+        connection.close()
+    listener.close()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("endpoint", ["down", "hanging"])
+def test_an_llm_endpoint_down_or_hanging_leaves_the_trained_encoder_serving(trained, endpoint, silent_server,
+                                                                            tmp_path):
+    """The project's selection chose filter-then-rerank (the LLM decides the encoder's hard
+    cases); its OpenAI-compatible endpoint is down or never answers. Every task still gets the
+    encoder's spans, labelled with the encoder's version (so Label Studio asks again later), and
+    the failure is counted — not one empty result."""
+    settings, backend, client, docs = trained
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    with sqlite3.connect(settings.store_path) as source, sqlite3.connect(data_dir / "clinie.sqlite3") as copy:
+        source.backup(copy)
+    base_url = silent_server if endpoint == "hanging" else f"http://127.0.0.1:{free_port()}/v1"
+    remote = Backend(replace(settings, data_dir=data_dir, strategy="auto", llm_provider="openai",
+                             llm_base_url=base_url, llm_model="any", llm_timeout_seconds=1), start_worker=False)
+    record = remote.store.serving_model("1")
+    selected = replace(record, version=record.version + "-s", info={**record.info, "selection": {"strategy": "rerank-0.90"}})
+    remote.store.finish_training(remote.store.begin_training("1"), selected)
+    assert remote.health()["remote_endpoints"] == [base_url]
+
+    tasks = [{"id": 300 + i, "data": {"text": d.text}} for i, d in enumerate(docs[60:68])]
+    body = {"tasks": tasks, "project": "1", "label_config": CONFIG}
+    answer = create_app(remote.settings, remote).test_client().post("/predict", json=body).json
+    encoder_answer = client.post("/predict", json=body).json
+    assert "rerank-0.90" in answer["model_version"]
+    assert [r["model_version"] for r in answer["results"]] == [selected.version] * len(tasks)
+    assert [r["result"] for r in answer["results"]] == [r["result"] for r in encoder_answer["results"]]
+    assert any(r["result"] for r in answer["results"])
+    counts = remote.metrics_snapshot()["counts"]
+    assert counts["llm_failures"] == 1 and "prediction_errors" not in counts

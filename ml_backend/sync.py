@@ -1,0 +1,81 @@
+"""Re-sync: make the store hold what Label Studio holds.
+
+Label Studio sends each webhook once, with a one-second timeout, and forgets it: an event sent
+while the backend was restarting or slow is lost. So the backend also *pulls*: on "Start
+training" and every ``sync_every_minutes``, it lists each known project's tasks with their
+annotations through ``label-studio-sdk`` and writes them to the store — the same idempotent
+write a webhook does, so what was already there changes nothing. Annotations the store holds but
+Label Studio no longer does are marked deleted (kept, as every deletion is).
+
+Authentication is the SDK's: a personal access token (a JWT refresh token, refreshed by the SDK)
+or a legacy API token. Only reads: nothing is written to Label Studio, no note text goes anywhere.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+from clinie.store import AnnotationStore
+
+log = logging.getLogger(__name__)
+
+#: Tasks per page: one request per hundred tasks, each page a few hundred kB of notes at most.
+PAGE_SIZE = 100
+
+
+@dataclass(frozen=True)
+class SyncResult:
+    project: str
+    annotations: int  # what Label Studio holds for the project
+    stored: int  # of which new or changed in the store
+    deleted: int  # store annotations Label Studio no longer holds, now marked deleted
+
+
+class LabelStudioSync:
+    """Pulls projects' annotations from one Label Studio into the store.
+
+    Example (against a running Label Studio):
+        sync = LabelStudioSync(store, "http://labelstudio:8080", api_key)
+        sync.project("3")  # -> SyncResult(project='3', annotations=120, stored=2, deleted=0)
+    """
+
+    def __init__(self, store: AnnotationStore, url: str, api_key: str, timeout: float = 60) -> None:
+        from label_studio_sdk.client import LabelStudio
+
+        self.store = store
+        self.url = url
+        self._client = LabelStudio(base_url=url, api_key=api_key, timeout=timeout)
+        self._lock = threading.Lock()  # one sync at a time: the scheduler and "Start training" may meet
+
+    def project(self, project: str) -> SyncResult:
+        """One project: its label config, every annotation of every task, deletions.
+
+        Raises whatever the SDK raises (Label Studio down, wrong key, unknown project) before
+        marking anything deleted: a partial listing never deletes.
+        """
+        with self._lock:
+            ls_project = self._client.projects.get(id=int(project))
+            if ls_project.label_config:
+                self.store.set_label_config(project, ls_project.label_config)
+            seen: set[int] = set()
+            stored = 0
+            for task in self._client.tasks.list(project=int(project), fields="all", page_size=PAGE_SIZE):
+                task_dict = _as_dict(task)
+                for annotation in task_dict.get("annotations") or []:
+                    annotation = _as_dict(annotation)
+                    seen.add(int(annotation["id"]))
+                    stored += self.store.record_annotation(project, annotation, task_dict, "SYNC")
+            gone = self.store.live_annotation_ids(project) - seen
+            deleted = self.store.delete_annotations(project, sorted(gone)) if gone else 0
+        return SyncResult(project, len(seen), stored, deleted)
+
+
+def _as_dict(value: Any) -> dict[str, Any]:
+    """The SDK returns pydantic models (v1 or v2 API, by version) or plain dicts."""
+    if isinstance(value, dict):
+        return value
+    dump = getattr(value, "model_dump", None) or value.dict
+    return dump()
