@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from pathlib import Path
 
 from clinie.core import Span
+
+DISEASE_CONFIG = (Path(__file__).resolve().parents[1] / "label_configs" / "disease_ner.xml").read_text()
 
 
 def assert_spans_match_text(text: str, spans: Iterable[Span]) -> None:
@@ -20,3 +23,13 @@ def assert_relations_join_spans(doc) -> None:
     assert len(set(ids)) == len(ids), f"{doc.id}: span ids repeat"
     for r in doc.relations:
         assert r.head in ids and r.tail in ids and r.head != r.tail, f"{doc.id}: {r} joins no two spans of the document"
+
+
+def webhook_event(annotation_id: int, task_id: int, text: str, result: list, project: int = 1,
+                  action: str = "ANNOTATION_CREATED", label_config: str = DISEASE_CONFIG) -> dict:
+    """An annotation webhook as Label Studio 1.23 sends it (the fields clinie reads)."""
+    return {"action": action,
+            "annotation": {"id": annotation_id, "result": result, "was_cancelled": False, "task": task_id,
+                           "project": project, "completed_by": 1},
+            "task": {"id": task_id, "data": {"text": text}, "meta": {}},
+            "project": {"id": project, "label_config": label_config}}

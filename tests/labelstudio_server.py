@@ -179,6 +179,12 @@ class LabelStudioClient:
         """``DELETE /api/annotations/{id}/`` -> 204 (sends ``ANNOTATIONS_DELETED`` with ``annotations: [{"id"}]``)."""
         self.request("DELETE", f"/api/annotations/{annotation_id}/")
 
+    def personal_access_token(self) -> str:
+        """``POST /api/token/`` -> ``{"token": <JWT refresh token>}``: a personal access token, the
+        default kind in Label Studio 1.23 (PATs enabled for the organisation first)."""
+        self.request("POST", "/api/jwt/settings", json={"api_tokens_enabled": True, "legacy_api_tokens_enabled": True})
+        return self.request("POST", "/api/token/")["token"]
+
     # ML backends and predictions
 
     def connect_ml_backend(self, project: int, url: str, is_interactive: bool = True, title: str = "clinie") -> int:

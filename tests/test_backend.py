@@ -18,7 +18,7 @@ from werkzeug.serving import make_server
 from clinie.core import read_documents
 from clinie.labelstudio import document_to_result, parse_label_config
 from clinie.settings import Settings
-from helpers import assert_spans_match_text
+from helpers import assert_spans_match_text, webhook_event
 from labelstudio_server import free_port
 from ml_backend.app import create_app
 from ml_backend.service import NO_MODEL_VERSION, Backend
@@ -40,15 +40,6 @@ def settings(tmp_path: Path) -> Settings:
 def client(settings):
     app = create_app(settings)
     return app.test_client()
-
-
-def webhook_event(annotation_id: int, task_id: int, text: str, result: list, project: int = 1,
-                  action: str = "ANNOTATION_CREATED") -> dict:
-    return {"action": action,
-            "annotation": {"id": annotation_id, "result": result, "was_cancelled": False, "task": task_id,
-                           "project": project, "completed_by": 1},
-            "task": {"id": task_id, "data": {"text": text}, "meta": {}},
-            "project": {"id": project, "label_config": CONFIG}}
 
 
 def gold_result(doc) -> list:
@@ -259,8 +250,7 @@ def test_a_project_with_relations_trains_both_models_and_predicts_arrows_between
     docs = [d for d in read_documents(SHARED / "ddi" / "train.jsonl") if d.relations and len(d.text) < 160][:25]
     for i, doc in enumerate(docs):
         result, _ = document_to_result(doc, schema.span_controls[0], schema.relation_label_names)
-        event = webhook_event(i + 1, i + 1, doc.text, result, project=9)
-        event["project"]["label_config"] = config
+        event = webhook_event(i + 1, i + 1, doc.text, result, project=9, label_config=config)
         assert client.post("/webhook", json=event).json["stored"]
     stored = backend.store.training_examples("9")
     assert sum(sum(r["type"] == "relation" for r in e.result) for e in stored) == sum(len(d.relations) for d in docs)

@@ -20,6 +20,7 @@ from backend_server import BackendServer
 from clinie.cli import main
 from clinie.core import read_documents, write_documents
 from clinie.labelstudio import document_to_result, parse_label_config
+from clinie.store import AnnotationStore
 from labelstudio_server import LabelStudio
 
 pytestmark = [
@@ -182,3 +183,44 @@ def test_relations_train_and_come_back_as_arrows_between_predicted_regions(label
     seen = screenshot_task(label_studio, project, shown, shot)
     assert shot.stat().st_size > 10_000
     assert seen["regions"] > 0 and seen["relations"] > 0, seen
+
+
+def test_webhooks_lost_while_the_backend_was_down_are_recovered_by_re_sync(label_studio, tmp_path):
+    """The backend is killed; annotators go on (Label Studio's webhooks fail and are forgotten):
+    two new annotations, one changed, one deleted. Restarted, the backend re-syncs from Label
+    Studio with a personal access token, and its store holds what Label Studio holds."""
+    api = label_studio.client
+    control = parse_label_config(DISEASE_CONFIG).span_controls[0]
+    docs = list(read_documents(SHARED / "ncbi_disease" / "fewshot" / "gutierrez_train100_seed42.jsonl"))[:4]
+    results = [document_to_result(d, control)[0] for d in docs]
+    project = api.create_project("re-sync (clinie e2e)", DISEASE_CONFIG)
+    task_ids = api.import_tasks(project, [{"text": d.text} for d in docs])
+    settings = {"CLINIE_TRAIN_EVERY": "0", "CLINIE_SELECT_STRATEGIES": "", "CLINIE_SYNC_EVERY_MINUTES": "0",
+                "CLINIE_LABEL_STUDIO_URL": label_studio.url,
+                "CLINIE_LABEL_STUDIO_API_KEY": api.personal_access_token()}
+    data_dir = tmp_path / "backend"
+
+    def store_counts(server) -> dict:
+        return requests.get(server.url + "/metrics?format=json", timeout=10).json()["store"]["annotations"]
+
+    with BackendServer(data_dir, **settings) as server:
+        assert requests.get(server.url + "/health", timeout=10).json()["label_studio"] == label_studio.url
+        api.connect_ml_backend(project, server.url)
+        kept, dropped = (api.create_annotation(t, r) for t, r in zip(task_ids[:2], results[:2]))
+        assert store_counts(server) == {"submitted": 2}
+        server.kill()
+        port = server.port
+
+    assert results[0], "the first sentence has a Disease span; the annotator removes it"
+    api.update_annotation(kept, [])
+    api.delete_annotation(dropped)
+    new = [api.create_annotation(t, r) for t, r in zip(task_ids[2:], results[2:])]
+
+    with BackendServer(data_dir, port=port, **settings) as server:
+        wait_for(lambda: store_counts(server) == {"submitted": 3, "deleted": 1}, 120, server.log_tail())
+        counts = requests.get(server.url + "/metrics?format=json", timeout=10).json()["counts"]
+        assert counts["annotations_recovered_by_sync"] == 3 and counts["annotations_deleted_by_sync"] == 1
+    store = AnnotationStore(data_dir / "clinie.sqlite3")
+    by_id = {e.annotation_id: e for e in store.training_examples(str(project))}
+    assert sorted(by_id) == sorted([kept, *new])
+    assert by_id[kept].result == []

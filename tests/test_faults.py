@@ -1,0 +1,131 @@
+"""The backend process (gunicorn, as deployed) killed with SIGKILL mid-work, then restarted on the
+same data directory: no acknowledged annotation is lost, the store is consistent, the serving
+model is the one that served before."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+import requests
+
+from backend_server import BackendServer
+from clinie.core import read_documents
+from clinie.labelstudio import document_to_result, parse_label_config
+from helpers import DISEASE_CONFIG, webhook_event
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+NCBI_TRAIN = SHARED / "ncbi_disease" / "fewshot" / "gutierrez_train100_seed42.jsonl"
+CONTROL = parse_label_config(DISEASE_CONFIG).span_controls[0]
+#: Nothing here needs the LLM: training fits the encoder alone.
+ENCODER_ONLY = {"CLINIE_TRAIN_EVERY": "0", "CLINIE_MIN_ANNOTATIONS": "5", "CLINIE_SELECT_STRATEGIES": "",
+                "CLINIE_STRATEGY": "encoder"}
+
+
+def assert_store_consistent(data_dir: Path) -> None:
+    with sqlite3.connect(data_dir / "clinie.sqlite3") as db:
+        assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+        # every annotation's latest state is its last recorded version
+        assert db.execute("SELECT COUNT(*) FROM annotations a WHERE version != (SELECT MAX(version) "
+                          "FROM annotation_versions v WHERE v.annotation_id = a.annotation_id)").fetchone() == (0,)
+        # the serving model of each project is a registered one whose files exist
+        for (path,) in db.execute("SELECT m.path FROM serving s JOIN models m USING (version)"):
+            assert Path(path).is_dir() and not path.endswith(".partial")
+
+
+def metrics(server: BackendServer) -> dict:
+    return requests.get(server.url + "/metrics?format=json", timeout=10).json()
+
+
+def test_sigkill_during_a_webhook_burst_loses_no_acknowledged_annotation(tmp_path):
+    data_dir = tmp_path / "data"
+    acknowledged: list[int] = []
+    lock = threading.Lock()
+    events = [webhook_event(5000 + i, i, f"note {i}: fever, café\r\n\tcough", []) for i in range(600)]
+
+    with BackendServer(data_dir, **ENCODER_ONLY) as server:
+        def send(event: dict) -> None:
+            try:
+                if requests.post(server.url + "/webhook", json=event, timeout=10).status_code == 200:
+                    with lock:
+                        acknowledged.append(event["annotation"]["id"])
+            except requests.RequestException:
+                pass  # sent while the process died: not acknowledged, Label Studio would log it
+
+        with ThreadPoolExecutor(max_workers=16) as pool:
+            for event in events:
+                pool.submit(send, event)
+            while len(acknowledged) < 150:
+                time.sleep(0.01)
+            server.kill()
+    assert 150 <= len(acknowledged) < len(events), "the kill landed mid-burst"
+
+    assert_store_consistent(data_dir)
+    with BackendServer(data_dir, **ENCODER_ONLY) as server:
+        submitted = metrics(server)["store"]["annotations"]["submitted"]
+        assert submitted >= len(acknowledged)
+        # Label Studio (or a re-sync) delivers everything again: stored once each, nothing doubled
+        for event in events:
+            assert requests.post(server.url + "/webhook", json=event, timeout=10).status_code == 200
+        assert metrics(server)["store"]["annotations"] == {"submitted": len(events)}
+    with sqlite3.connect(data_dir / "clinie.sqlite3") as db:
+        assert set(acknowledged) <= {r[0] for r in db.execute("SELECT annotation_id FROM annotations")}
+        assert db.execute("SELECT MAX(version) FROM annotations").fetchone() == (1,)
+    assert_store_consistent(data_dir)
+
+
+@pytest.mark.slow
+def test_sigkill_during_training_leaves_the_serving_model_and_the_store_intact(tmp_path):
+    data_dir = tmp_path / "data"
+    docs = list(read_documents(NCBI_TRAIN))[:40]
+    task = {"tasks": [{"id": 999, "data": {"text": docs[-1].text}}], "project": "1", "label_config": DISEASE_CONFIG}
+
+    def annotate(server: BackendServer, first: int, last: int) -> None:
+        for i in range(first, last):
+            result, _ = document_to_result(docs[i], CONTROL)
+            event = webhook_event(i + 1, i + 1, docs[i].text, result)
+            assert requests.post(server.url + "/webhook", json=event, timeout=10).status_code == 200
+
+    def start_training(server: BackendServer) -> None:
+        answer = requests.post(server.url + "/webhook", json={"action": "START_TRAINING", "project": {"id": 1}},
+                               timeout=10)
+        assert answer.status_code == 200
+
+    with BackendServer(data_dir, CLINIE_ENCODER_EPOCHS="2", **ENCODER_ONLY) as server:
+        annotate(server, 0, 20)
+        start_training(server)
+        deadline = time.monotonic() + 300
+        while not requests.get(server.url + "/versions", timeout=10).json()["versions"]:
+            assert time.monotonic() < deadline, server.log_tail()
+            time.sleep(1)
+        [first] = requests.get(server.url + "/versions", timeout=10).json()["versions"]
+        before = requests.post(server.url + "/predict", json=task, timeout=60).json()
+
+    # A long training (many epochs), killed while it runs.
+    with BackendServer(data_dir, CLINIE_ENCODER_EPOCHS="200", **ENCODER_ONLY) as server:
+        annotate(server, 20, 30)
+        start_training(server)
+        while metrics(server)["store"]["trainings"].get("running", 0) == 0:
+            time.sleep(0.2)
+        time.sleep(3)
+        server.kill()
+    assert_store_consistent(data_dir)
+
+    with BackendServer(data_dir, CLINIE_ENCODER_EPOCHS="2", **ENCODER_ONLY) as server:
+        status = metrics(server)
+        assert status["store"]["annotations"] == {"submitted": 30}
+        assert status["store"]["trainings"] == {"succeeded": 1, "failed": 1}, "the killed one is marked failed"
+        assert requests.get(server.url + "/versions", timeout=10).json()["versions"] == [first]
+        assert requests.post(server.url + "/predict", json=task, timeout=60).json() == before
+        # and the next training goes through, over the killed one's leftovers
+        start_training(server)
+        deadline = time.monotonic() + 300
+        while len(requests.get(server.url + "/versions", timeout=10).json()["versions"]) < 2:
+            assert time.monotonic() < deadline, server.log_tail()
+            time.sleep(1)
+        assert requests.post(server.url + "/predict", json=task, timeout=60).json()["model_version"].endswith("-n30")
+    assert_store_consistent(data_dir)
