@@ -29,7 +29,10 @@ class BadRequest(ValueError):
 
 
 def _json_object() -> dict[str, Any]:
-    body = request.get_json(silent=True)
+    try:
+        body = request.get_json(silent=True)
+    except RecursionError:  # hostile nesting ([[[[...]]]]) overflows the parser's stack
+        raise BadRequest("the body nests too deeply to be a Label Studio request") from None
     if not isinstance(body, dict):
         raise BadRequest("the body must be a JSON object (Content-Type: application/json)")
     return body
@@ -41,13 +44,19 @@ def _require(condition: bool, message: str) -> None:
 
 
 def _is_id(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) or (isinstance(value, str) and value.isdigit())
+    """A database id as Label Studio sends it: an int, or ASCII digits, that fits SQLite's INTEGER."""
+    if isinstance(value, str) and value.isascii() and value.isdigit():
+        value = int(value)
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**63
 
 
 def validate_webhook(body: dict[str, Any]) -> None:
     """Everything the store will need is present and well-typed, or nothing is stored."""
     action = body.get("action")
     _require(isinstance(action, str) and action != "", "'action' must be a non-empty string")
+    project = body.get("project")
+    _require(not isinstance(project, dict) or isinstance(project.get("label_config", ""), str),
+             "'project.label_config' must be a string")
     if action in ANNOTATION_ACTIONS or action in ("ANNOTATIONS_DELETED", "START_TRAINING"):
         try:
             project_key(body.get("project"))

@@ -52,9 +52,11 @@ def project_key(project: Any) -> str:
     object or an int in webhooks; the store keys it by the id alone."""
     if isinstance(project, dict):
         project = project.get("id")
-    if isinstance(project, bool) or not isinstance(project, (int, str)) or str(project).strip() == "":
+    key = str(project).split(".", 1)[0].strip() if isinstance(project, (int, str)) and \
+        not isinstance(project, bool) else ""
+    if not (key.isascii() and key.isdigit()):
         raise ValueError("project is missing or not an id")
-    return str(project).split(".", 1)[0].strip()
+    return key
 
 
 class Serving(NamedTuple):
@@ -330,7 +332,10 @@ class Backend:
     def webhook(self, payload: dict[str, Any]) -> dict[str, Any]:
         """Store the event (already validated by the caller) and return at once."""
         action = payload["action"]
-        project = project_key(payload["project"])
+        try:
+            project = project_key(payload.get("project"))
+        except ValueError:  # an event clinie does not act on, about no project it can name
+            return {"status": "ok", "action": action, "stored": False}
         if isinstance(payload.get("project"), dict) and payload["project"].get("label_config"):
             self.store.set_label_config(project, payload["project"]["label_config"])
         changed = False
