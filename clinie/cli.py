@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import shlex
 import sys
@@ -34,6 +33,7 @@ from clinie.settings import Settings
 def _serve(args: argparse.Namespace) -> int:
     from gunicorn.app.base import BaseApplication
 
+    from clinie.logs import dict_config
     from ml_backend.app import create_app
 
     settings = Settings.load()
@@ -49,6 +49,10 @@ def _serve(args: argparse.Namespace) -> int:
             self.cfg.set("timeout", 600)
             self.cfg.set("graceful_timeout", 30)
             self.cfg.set("loglevel", settings.log_level.lower())
+            self.cfg.set("logconfig_dict", dict_config(settings.log_level, settings.log_format))
+            # gunicorn's control socket (~/.gunicorn/gunicorn.ctl) is unused, and shared by every
+            # instance of the same user.
+            self.cfg.set("control_socket_disable", True)
             # SIGTERM: requests in flight get graceful_timeout to finish; the re-sync schedule
             # stops. A training still running dies with the process and is marked failed at
             # the next start; the serving model is untouched (see ml_backend.training).
@@ -57,7 +61,6 @@ def _serve(args: argparse.Namespace) -> int:
         def load(self):  # noqa: ANN201 - gunicorn's hook
             return create_app(settings)
 
-    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     Server().run()
     return 0
 

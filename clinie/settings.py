@@ -89,7 +89,10 @@ class Settings:
     predict_budget_seconds: float = 60.0
     #: Largest request body accepted, in megabytes (Label Studio sends whole batches).
     max_request_mb: int = 100
+    #: Note text is never logged at INFO; above DEBUG, exception messages are redacted too.
     log_level: str = "INFO"
+    #: ``text`` (one line per record) or ``json`` (one JSON object per line, for a log collector).
+    log_format: str = "text"
 
     @property
     def store_path(self) -> Path:
@@ -127,6 +130,8 @@ class Settings:
                 parse_strategies(self.select_strategies)
             except ValueError as e:
                 raise ValueError(f"{PREFIX}SELECT_STRATEGIES: {e}") from e
+        if self.log_format not in ("text", "json"):
+            raise ValueError(f"{PREFIX}LOG_FORMAT must be text or json, not {self.log_format!r}")
         if self.select_folds < 2:
             raise ValueError(f"{PREFIX}SELECT_FOLDS must be at least 2")
         if self.llm_provider not in ("llama.cpp", "transformers", "openai"):

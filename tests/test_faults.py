@@ -4,6 +4,7 @@ model is the one that served before."""
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import threading
 import time
@@ -41,13 +42,22 @@ def metrics(server: BackendServer) -> dict:
     return requests.get(server.url + "/metrics?format=json", timeout=10).json()
 
 
+def assert_log_structured_and_free_of(log: Path, text: str) -> None:
+    """Every line the backend wrote (gunicorn's too) is one JSON record, and none quotes ``text``."""
+    lines = log.read_text().splitlines()
+    assert lines and all(json.loads(line)["level"] for line in lines), log.read_text()[-2000:]
+    assert text not in log.read_text()
+
+
 def test_sigkill_during_a_webhook_burst_loses_no_acknowledged_annotation(tmp_path):
+    """Also: with ``CLINIE_LOG_FORMAT=json`` the whole log is JSON lines, and no note text is in it."""
     data_dir = tmp_path / "data"
     acknowledged: list[int] = []
     lock = threading.Lock()
     events = [webhook_event(5000 + i, i, f"note {i}: fever, café\r\n\tcough", []) for i in range(600)]
+    logging = {"CLINIE_LOG_FORMAT": "json", **ENCODER_ONLY}
 
-    with BackendServer(data_dir, **ENCODER_ONLY) as server:
+    with BackendServer(data_dir, **logging) as server:
         def send(event: dict) -> None:
             try:
                 if requests.post(server.url + "/webhook", json=event, timeout=10).status_code == 200:
@@ -65,7 +75,7 @@ def test_sigkill_during_a_webhook_burst_loses_no_acknowledged_annotation(tmp_pat
     assert 150 <= len(acknowledged) < len(events), "the kill landed mid-burst"
 
     assert_store_consistent(data_dir)
-    with BackendServer(data_dir, **ENCODER_ONLY) as server:
+    with BackendServer(data_dir, **logging) as server:
         submitted = metrics(server)["store"]["annotations"]["submitted"]
         assert submitted >= len(acknowledged)
         # Label Studio (or a re-sync) delivers everything again: stored once each, nothing doubled
@@ -76,6 +86,7 @@ def test_sigkill_during_a_webhook_burst_loses_no_acknowledged_annotation(tmp_pat
         assert set(acknowledged) <= {r[0] for r in db.execute("SELECT annotation_id FROM annotations")}
         assert db.execute("SELECT MAX(version) FROM annotations").fetchone() == (1,)
     assert_store_consistent(data_dir)
+    assert_log_structured_and_free_of(server.log_path, "fever, café")
 
 
 @pytest.mark.slow
