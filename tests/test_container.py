@@ -1,0 +1,123 @@
+"""The Dockerfile and docker-compose.yml, exercised without a Docker engine (none runs here): the
+image's install and model-assembly steps, its command with its environment, its health check,
+and the compose file's wiring — each run or checked against the real thing, so the image
+cannot rot unseen."""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import requests
+import yaml
+
+from backend_server import ServerProcess
+from clinie.settings import Settings
+from labelstudio_server import LS_VERSION, free_port
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def instructions(dockerfile: Path) -> list[tuple[str, str]]:
+    """``(INSTRUCTION, arguments)`` per logical line: comments dropped, continuations joined."""
+    logical, current = [], ""
+    for line in dockerfile.read_text().splitlines():
+        if line.lstrip().startswith("#") or not line.strip():
+            continue
+        current += line.rstrip("\\").strip() + " "
+        if not line.endswith("\\"):
+            logical.append(current.strip())
+            current = ""
+    return [(line.split(None, 1)[0].upper(), line.split(None, 1)[1]) for line in logical]
+
+
+DOCKERFILE = instructions(ROOT / "Dockerfile")
+RUNTIME = DOCKERFILE[max(i for i, (op, _) in enumerate(DOCKERFILE) if op == "FROM"):]  # the last stage
+
+
+def image_env() -> dict[str, str]:
+    env: dict[str, str] = {}
+    for op, args in RUNTIME:
+        if op == "ENV":
+            env.update(pair.split("=", 1) for pair in shlex.split(args))
+    return env
+
+
+def test_the_build_runs_the_install_script_ci_runs():
+    runs = [args for op, args in DOCKERFILE if op == "RUN"]
+    assert any(r.startswith("bash .ci/install") for r in runs)
+    assert "bash .ci/install" in (ROOT / ".ci" / "run").read_text()
+    assert ("USER", "clinie") in RUNTIME, "the image runs as a non-root user"
+    assert not any("build-essential" in args for op, args in RUNTIME), "no compilers in the runtime image"
+
+
+@pytest.fixture(scope="module")
+def app_dir(tmp_path_factory) -> Path:
+    """What /app holds in the image: this checkout, its .venv, and the GGUF the build assembled
+    (by the Dockerfile's own command, run here)."""
+    app = tmp_path_factory.mktemp("app")
+    [assemble] = [args for op, args in DOCKERFILE if op == "RUN" and "assemble(" in args]
+    code = re.search(r'-c "([^"]+)"', assemble).group(1).replace("/app/", f"{app}/")
+    subprocess.run([sys.executable, "-c", code], check=True)
+    return app
+
+
+def test_the_image_command_serves_with_the_image_settings_and_its_health_check_passes(app_dir, tmp_path):
+    def in_checkout(text: str) -> str:  # /app/models -> the assembled file; /app/... -> this checkout
+        return text.replace("/app/models/", f"{app_dir}/models/").replace("/app/", f"{ROOT}/")
+
+    port = free_port()
+    env = {k: in_checkout(v) for k, v in image_env().items()}
+    env |= {"CLINIE_DATA_DIR": str(tmp_path / "data"), "CLINIE_PORT": str(port)}
+    assert Path(env["CLINIE_LLM_MODEL"]).read_bytes()[:4] == b"GGUF"
+    [cmd] = [json.loads(args) for op, args in RUNTIME if op == "CMD"]
+    [health] = [args for op, args in RUNTIME if op == "HEALTHCHECK"]
+    with ServerProcess([in_checkout(a) for a in cmd], tmp_path / "serve.log", "/health", env, port=port) as server:
+        probe = in_checkout(health.split(" CMD ", 1)[1]).replace("9090", str(port))
+        assert subprocess.run(probe, shell=True, timeout=30).returncode == 0
+        # the embedded LLM, from the path the image sets, pre-annotates a project with no model yet
+        config = (ROOT / "label_configs" / "disease_ner.xml").read_text()
+        answer = requests.post(server.url + "/predict", json={
+            "tasks": [{"id": 1, "data": {"text": "Familial breast cancer."}}], "project": "1",
+            "label_config": config}, timeout=120).json()
+        assert answer["model_version"].startswith("clinie-llm-llama.cpp-gemma-3-270m-q4_k_m-")
+    assert subprocess.run(probe, shell=True, timeout=30, stderr=subprocess.DEVNULL).returncode != 0, \
+        "the health check fails once the backend is down"
+
+
+def substitute(value: str, variables: dict[str, str]) -> str:
+    """Compose's ``${VAR}``, ``${VAR:-default}`` and ``${VAR:?error}``."""
+    def one(match: re.Match) -> str:
+        name, op, rest = match.group(1), match.group(2), match.group(3)
+        if variables.get(name):
+            return variables[name]
+        assert op != ":?", f"compose refuses to start without {name}: {rest}"
+        return rest if op == ":-" else ""
+    return re.sub(r"\$\{(\w+)(:-|:\?)?([^}]*)\}", one, str(value))
+
+
+def test_compose_runs_label_studio_and_clinie_with_the_settings_each_needs():
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    label_studio, clinie = compose["services"]["label-studio"], compose["services"]["clinie"]
+    dot_env = dict(line.split("=", 1) for line in (ROOT / ".env.example").read_text().splitlines()
+                   if line and not line.startswith("#"))
+    filled = {k: v or "value" for k, v in dot_env.items()} | {"LABEL_STUDIO_USERNAME": "admin@example.com"}
+
+    assert label_studio["image"] == f"heartexlabs/label-studio:{LS_VERSION}", "the version the e2e tests run"
+    ls_env = {k: substitute(v, filled) for k, v in label_studio["environment"].items()}
+    assert ls_env["ML_BLOCK_LOCAL_IP"] == ls_env["SSRF_PROTECTION_ENABLED"] == "false"
+
+    clinie_env = {k: substitute(v, filled) for k, v in clinie["environment"].items()}
+    settings = Settings.load(image_env() | clinie_env)  # valid, as the container will read them
+    assert settings.label_studio_api_key == ls_env["LABEL_STUDIO_USER_TOKEN"] != ""
+    assert settings.label_studio_url == "http://label-studio:8080"
+    assert clinie["build"] == "."
+    assert [v.split(":")[1] for v in clinie["volumes"]] == [image_env()["CLINIE_DATA_DIR"]]
+    assert clinie["expose"] == [args for op, args in RUNTIME if op == "EXPOSE"] == [str(settings.port)]
+    assert "ports" not in clinie, "only Label Studio reaches clinie"
+    assert int(clinie["stop_grace_period"].rstrip("s")) > 30, "longer than gunicorn's graceful timeout"
