@@ -90,8 +90,20 @@ class Backend:
             if settings.label_studio_url else None
         self._stopping = threading.Event()
         self.worker = TrainingWorker(self.train) if start_worker else None
+        if start_worker:
+            threading.Thread(target=self._warm_up, name="clinie-warm-up", daemon=True).start()
         if start_worker and self.sync:
             threading.Thread(target=self._sync_loop, name="clinie-sync", daemon=True).start()
+
+    def _warm_up(self) -> None:
+        """Load every project's serving encoder once, at start, so that the first /predict after
+        a restart does not pay for it (Label Studio's opening a task waits on that request)."""
+        for project in self.store.projects():
+            if (record := self._encoder_record(project)) is not None:
+                try:
+                    self._model(record)
+                except Exception as e:  # the first /predict will say so again, per task
+                    log.warning("project %s: could not load %s: %s", project, record.version, type(e).__name__)
 
     def close(self) -> None:
         """Stop the re-sync schedule (graceful shutdown; a training in flight is left to finish

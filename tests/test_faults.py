@@ -127,6 +127,10 @@ def test_sigkill_during_training_leaves_the_serving_model_and_the_store_intact(t
     assert_store_consistent(data_dir)
 
     with BackendServer(data_dir, CLINIE_ENCODER_EPOCHS="2", **ENCODER_ONLY) as server:
+        deadline = time.monotonic() + 60  # the serving model is loaded at start, before any request
+        while "model_load" not in metrics(server)["latency_seconds"]:
+            assert time.monotonic() < deadline, server.log_tail()
+            time.sleep(0.2)
         status = metrics(server)
         assert status["store"]["annotations"] == {"submitted": 30}
         assert status["store"]["trainings"] == {"succeeded": 1, "failed": 1}, "the killed one is marked failed"
