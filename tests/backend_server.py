@@ -57,6 +57,11 @@ class ServerProcess:
                 os.killpg(self._process.pid, signal.SIGKILL)
                 self._process.wait()
 
+    def terminate(self, timeout: float = 60) -> int:
+        """SIGTERM to the main process alone, as ``docker stop`` sends it; returns the exit code."""
+        self._process.send_signal(signal.SIGTERM)
+        return self._process.wait(timeout)
+
     def kill(self) -> None:
         """SIGKILL, no goodbye: what a crash, the OOM killer or a pulled plug does."""
         os.killpg(self._process.pid, signal.SIGKILL)
