@@ -42,8 +42,8 @@ NO_MODEL_VERSION = f"clinie-{__version__}-no-model-yet"
 
 ANNOTATION_ACTIONS = ("ANNOTATION_CREATED", "ANNOTATION_UPDATED")
 
-#: Tasks predicted per model call: large enough to batch the encoder, small enough that
-#: progress and the time budget are checked every few seconds even with the LLM.
+#: Tasks the encoder predicts per call: a batch for the encoder, and progress and the time budget
+#: checked every fraction of a second. With the LLM (seconds a sentence) it is one task per call.
 PREDICT_CHUNK = 8
 
 
@@ -66,6 +66,7 @@ class Serving(NamedTuple):
     model: Extractor | None
     calibrator: Calibrator | None
     fallback: Serving | None  # the trained encoder, when ``model`` uses the LLM
+    uses_llm: bool = False
 
 
 @lru_cache(maxsize=64)
@@ -214,8 +215,8 @@ class Backend:
     def predict(self, project: str, tasks: list[Any], label_config: str | None) -> dict[str, Any]:
         """One result per task, in order; a task that fails gets an empty result, never the batch.
 
-        Tasks are predicted in chunks of ``PREDICT_CHUNK``, the batch's progress visible in
-        /metrics. When ``predict_budget_seconds`` is spent before the last chunk (Label Studio
+        Tasks are predicted in order, in chunks (``PREDICT_CHUNK`` for the encoder, one with the
+        LLM), the batch's progress visible in /metrics. When ``predict_budget_seconds`` is spent before the last chunk (Label Studio
         gives up on a batch after 100 s and stores nothing), the answer holds the first task's
         result only: Label Studio 1.23 then asks for the tasks one request each, each well
         inside the budget (measured: with any other count short of the batch it stores nothing).
@@ -228,11 +229,12 @@ class Backend:
         schema = _schema(label_config)
         serving = self._extractor(project, schema)
         budget = self.settings.predict_budget_seconds
+        chunk_size = 1 if serving.uses_llm else PREDICT_CHUNK
 
         results: list[dict[str, Any]] = []
         batch = self.metrics.start_batch(len(tasks))
         try:
-            for first in range(0, len(tasks), PREDICT_CHUNK):
+            for first in range(0, len(tasks), chunk_size):
                 if results and budget and time.perf_counter() - started > budget:
                     self.metrics.count("predict_budget_exceeded")
                     log.warning("predict: the %g s budget was spent after %d of %d tasks; answering the first "
@@ -240,7 +242,7 @@ class Backend:
                                 budget, len(results), len(tasks))
                     results = results[:1]
                     break
-                chunk = tasks[first:first + PREDICT_CHUNK]
+                chunk = tasks[first:first + chunk_size]
                 results.extend(self._predict_chunk(chunk, schema, serving))
                 self.metrics.batch_progress(batch, len(results))
         finally:
@@ -303,7 +305,8 @@ class Backend:
         if strategy.kind == "encoder" and record is not None:
             return Serving(version, self._model(record), calibrator, None)
         fallback = Serving(record.version, self._model(record), None, None) if record is not None else None
-        return Serving(version, self._with_demos(project, schema, record, strategy), calibrator, fallback)
+        return Serving(version, self._with_demos(project, schema, record, strategy), calibrator, fallback,
+                       uses_llm=True)
 
     def _run_model(self, serving: Serving, tasks: list[Any],
                    docs: list[list[Document] | None]) -> tuple[list[list[Document] | None], Serving]:
