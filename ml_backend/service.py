@@ -230,6 +230,7 @@ class Backend:
         serving = self._extractor(project, schema)
         budget = self.settings.predict_budget_seconds
         chunk_size = 1 if serving.uses_llm else PREDICT_CHUNK
+        answering = serving
 
         results: list[dict[str, Any]] = []
         batch = self.metrics.start_batch(len(tasks))
@@ -243,7 +244,9 @@ class Backend:
                     results = results[:1]
                     break
                 chunk = tasks[first:first + chunk_size]
-                results.extend(self._predict_chunk(chunk, schema, serving))
+                # once the LLM failed, the encoder answers the rest of the batch
+                answers, answering = self._predict_chunk(chunk, schema, answering)
+                results.extend(answers)
                 self.metrics.batch_progress(batch, len(results))
         finally:
             self.metrics.end_batch(batch)
@@ -252,7 +255,8 @@ class Backend:
         self.metrics.observe("predict_request", time.perf_counter() - started)
         return {"results": results, "model_version": serving.version}
 
-    def _predict_chunk(self, tasks: list[Any], schema: Schema, serving: Serving) -> list[dict[str, Any]]:
+    def _predict_chunk(self, tasks: list[Any], schema: Schema,
+                       serving: Serving) -> tuple[list[dict[str, Any]], Serving]:
         docs: list[list[Document] | None] = []
         for task in tasks:
             try:
@@ -288,7 +292,7 @@ class Backend:
             if scores:
                 entry["score"] = round(sum(scores) / len(scores), 4)
             results.append(entry)
-        return results
+        return results, serving
 
     def _extractor(self, project: str, schema: Schema) -> Serving:
         """The serving strategy's extractor for this project, the model version it answers as,
