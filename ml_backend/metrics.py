@@ -39,6 +39,7 @@ class Metrics:
     def __init__(self, window: int = 1000) -> None:
         self._lock = threading.Lock()
         self._counts: Counter[str] = Counter()
+        self._observed: Counter[str] = Counter()  # lifetime count and sum of each timed operation
         self._sums: Counter[str] = Counter()
         self._latencies: dict[str, deque[float]] = {}
         self._window = window
@@ -52,7 +53,7 @@ class Metrics:
     def observe(self, name: str, seconds: float) -> None:
         with self._lock:
             self._latencies.setdefault(name, deque(maxlen=self._window)).append(seconds)
-            self._counts[f"{name}_observed"] += 1
+            self._observed[name] += 1
             self._sums[name] += seconds
 
     def start_batch(self, tasks: int) -> int:
@@ -71,8 +72,8 @@ class Metrics:
 
     def snapshot(self) -> dict[str, Any]:
         with self._lock:
-            counts = {k: v for k, v in self._counts.items() if not k.endswith("_observed")}
-            totals = {name: (self._counts[f"{name}_observed"], self._sums[name]) for name in self._latencies}
+            counts = dict(self._counts)
+            totals = {name: (self._observed[name], self._sums[name]) for name in self._latencies}
             latencies = {name: sorted(values) for name, values in self._latencies.items()}
             batches = [{"id": b, **info} for b, info in self._batches.items()]
         return {
