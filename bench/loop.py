@@ -10,7 +10,9 @@ F1 (mean ± sd over seeds), the CV-selected strategy's, and the share of sentenc
 filter-then-rerank sent to the LLM. A report per corpus is written under ``--out``.
 
 Each (corpus, size, seed) run is saved as it finishes (``--out/<corpus>/runs``): an interrupted
-bench resumes where it stopped. Runs go largest pool first.
+bench resumes where it stopped. Runs go largest pool first. The LLM's answers are kept in
+``--out/llm-calls.sqlite``: a run interrupted half-way, or re-run after a change to one strategy,
+asks the LLM only what it has not asked before (delete the file to time the LLM afresh).
 
     python bench/loop.py                                   # everything: a few hours on 2 cores
     python bench/loop.py --corpora ncbi_disease --sizes 100 --seeds 42
@@ -28,6 +30,7 @@ from clinie.evaluation.report import new_report, write_report
 from clinie.evaluation.study import run_study, study_report, summarise
 from clinie.extractors.strategies import StrategyBuilder
 from clinie.llm import make_llm
+from clinie.llm.cache import CallCache
 from clinie.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -51,7 +54,8 @@ def main() -> None:
     sizes = sorted((int(s) for s in args.sizes.split(",")), reverse=True)
     strategies = parse_strategies(args.strategies)
     llm = make_llm(Settings(llm_threads=args.threads)) if any(s.uses_llm for s in strategies) else None
-    builders = {c: StrategyBuilder([LabelSpec(LABELS[c])], llm=llm) for c in corpora}
+    cache = CallCache(args.out / "llm-calls.sqlite")
+    builders = {c: StrategyBuilder([LabelSpec(LABELS[c])], llm=llm, cache=cache) for c in corpora}
     test = {c: list(read_documents(DATA / c / "fewshot" / "chen2023_test_sample200.jsonl")) for c in corpora}
     runs: dict[str, list] = {c: [] for c in corpora}
     for size in sizes:
