@@ -16,18 +16,20 @@ asks the LLM only what it has not asked before (delete the file to time the LLM 
 
     python bench/loop.py                                   # everything: a few hours on 2 cores
     python bench/loop.py --corpora ncbi_disease --sizes 100 --seeds 42
+    python bench/loop.py --saved                           # the table of the runs saved so far
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import time
 from pathlib import Path
 
 from clinie.core import LabelSpec, read_documents
 from clinie.evaluation.fewshot import parse_strategies
 from clinie.evaluation.report import new_report, write_report
-from clinie.evaluation.study import run_study, study_report, summarise
+from clinie.evaluation.study import run_path, run_study, study_report, summarise
 from clinie.extractors.strategies import StrategyBuilder
 from clinie.llm import make_llm
 from clinie.llm.cache import CallCache
@@ -48,12 +50,13 @@ def main() -> None:
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2, help="llama.cpp threads")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "loop")
+    parser.add_argument("--saved", action="store_true", help="run nothing: summarise the runs already saved")
     args = parser.parse_args()
 
     corpora, seeds = args.corpora.split(","), [int(s) for s in args.seeds.split(",")]
     sizes = sorted((int(s) for s in args.sizes.split(",")), reverse=True)
     strategies = parse_strategies(args.strategies)
-    llm = make_llm(Settings(llm_threads=args.threads)) if any(s.uses_llm for s in strategies) else None
+    llm = functools.cache(lambda: make_llm(Settings(llm_threads=args.threads)))  # loaded once, if asked for
     cache = CallCache(args.out / "llm-calls.sqlite")
     builders = {c: StrategyBuilder([LabelSpec(LABELS[c])], llm=llm, cache=cache) for c in corpora}
     test = {c: list(read_documents(DATA / c / "fewshot" / "chen2023_test_sample200.jsonl")) for c in corpora}
@@ -61,6 +64,8 @@ def main() -> None:
     for size in sizes:
         for corpus in corpora:
             for seed in seeds:
+                if args.saved and not run_path(args.out / corpus / "runs", size, seed).exists():
+                    continue
                 pool = list(read_documents(DATA / corpus / "fewshot" / f"gutierrez_train100_seed{seed}.jsonl"))
                 started = time.perf_counter()
                 [run] = run_study(pool, test[corpus], [size], [seed], strategies, builders[corpus], folds=args.folds,
@@ -71,17 +76,17 @@ def main() -> None:
                       f"({f1[run['selected']]:.3f}); " + ", ".join(f"{n} {v:.3f}" for n, v in f1.items())
                       + f" [{time.perf_counter() - started:.0f} s]", flush=True)
 
-    for corpus in corpora:
+    for corpus in (c for c in corpora if runs[c]):
         summary = summarise(runs[corpus])
-        print(f"\n{corpus}: strict F1 on the 200 Chen et al. items, mean ± sd over seeds {args.seeds}; "
+        print(f"\n{corpus}: strict F1 on the 200 Chen et al. items, mean ± sd over seeds; "
               f"GPT-4 zero-shot {GPT4_ZERO_SHOT[corpus]:.3f}\n")
         names = [*summary["strategies"], "selected"]
-        print("| pool | " + " | ".join(names) + " | CV picked | sentences to LLM (selected) |")
-        print("|---" * (len(names) + 3) + "|")
+        print("| pool | seeds | " + " | ".join(names) + " | CV picked | sentences to LLM (selected) |")
+        print("|---" * (len(names) + 4) + "|")
         for size in summary["sizes"]:
             row = summary["by_size"][size]
             cells = [f"{row['strategies'][n]['f1_mean']:.3f} ± {row['strategies'][n]['f1_sd']:.3f}" for n in names]
-            print(f"| {size} | " + " | ".join(cells) + f" | {', '.join(row['selected'])} | "
+            print(f"| {size} | {', '.join(map(str, row['seeds']))} | " + " | ".join(cells) + f" | {', '.join(row['selected'])} | "
                   f"{row['strategies']['selected']['sentence_share']:.0%} |")
         report = new_report(f"True few-shot learning loop: {corpus}", "fewshot", "python bench/loop.py "
                             f"--corpora {corpus} --sizes {args.sizes} --seeds {args.seeds} --strategies {args.strategies}")

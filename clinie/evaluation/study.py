@@ -79,6 +79,11 @@ def one_run(pool: Sequence[Document], test: Sequence[Document], strategies: Sequ
             "selected": cv.selected.name, "test": results}
 
 
+def run_path(runs_dir: Path, size: int, seed: int) -> Path:
+    """Where ``run_study`` keeps the run of one pool size and seed."""
+    return runs_dir / f"size{size}-seed{seed}.json"
+
+
 def run_study(pool: Sequence[Document], test: Sequence[Document], sizes: Sequence[int], seeds: Sequence[int],
               strategies: Sequence[Strategy], build: Build, *, folds: int = 5, loo_below: int = 10,
               runs_dir: Path | None = None, progress: bool = False) -> list[dict[str, Any]]:
@@ -87,7 +92,7 @@ def run_study(pool: Sequence[Document], test: Sequence[Document], sizes: Sequenc
     runs = []
     for size in sizes:
         for seed in seeds:
-            path = runs_dir / f"size{size}-seed{seed}.json" if runs_dir else None
+            path = run_path(runs_dir, size, seed) if runs_dir else None
             if path is not None and path.exists():
                 saved = json.loads(path.read_text(encoding="utf-8"))
                 if list(saved["test"]) == names:
