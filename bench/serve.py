@@ -62,7 +62,7 @@ def quantile(values: list[float], q: float) -> float:
 
 def worker_rss_mb(server: BackendServer) -> list[float]:
     """VmRSS of the gunicorn worker(s): the children of the master process."""
-    master = server._process.pid
+    master = server.pid
     rss = []
     for child in Path(f"/proc/{master}/task/{master}/children").read_text().split():
         for line in Path(f"/proc/{child}/status").read_text().splitlines():

@@ -57,6 +57,13 @@ class ServerProcess:
                 os.killpg(self._process.pid, signal.SIGKILL)
                 self._process.wait()
 
+    @property
+    def pid(self) -> int:
+        """The main process's (gunicorn's master, for the backend)."""
+        if self._process is None:
+            raise RuntimeError("the server is not started")
+        return self._process.pid
+
     def terminate(self, timeout: float = 60) -> int:
         """SIGTERM to the main process alone, as ``docker stop`` sends it; returns the exit code."""
         self._process.send_signal(signal.SIGTERM)
