@@ -21,7 +21,6 @@ from clinie.cli import main
 from clinie.core import read_documents, write_documents
 from clinie.labelstudio import document_to_result, parse_label_config
 from clinie.store import AnnotationStore
-from labelstudio_server import LabelStudio
 
 pytestmark = [
     pytest.mark.e2e,
@@ -50,12 +49,6 @@ def assert_regions_valid(result: list[dict], text: str) -> None:
         assert region["value"]["labels"] == ["Disease"]
         assert text[region["value"]["start"]:region["value"]["end"]] == region["value"]["text"]
         assert 0.0 <= region["score"] <= 1.0
-
-
-@pytest.fixture(scope="module")
-def label_studio():
-    with LabelStudio() as ls:
-        yield ls
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from labelstudio_server import LabelStudio, LabelStudioError
+from labelstudio_server import LabelStudioError
 
 pytestmark = [
     pytest.mark.e2e,
@@ -93,13 +93,6 @@ class RecordingHandler(BaseHTTPRequestHandler):
 
 
 @pytest.fixture(scope="module")
-def ls():
-    with LabelStudio() as server:
-        print(f"Label Studio healthy after {server.startup_seconds:.1f} s at {server.url}")
-        yield server
-
-
-@pytest.fixture(scope="module")
 def recorder():
     server = Recorder()
     thread = threading.Thread(target=server.serve_forever, daemon=True)
@@ -109,8 +102,8 @@ def recorder():
     server.server_close()
 
 
-def test_annotation_round_trip(ls):
-    api = ls.client
+def test_annotation_round_trip(label_studio):
+    ls, api = label_studio, label_studio.client
     assert ls.url.startswith("http://127.0.0.1:") and ls.token and ls.username == "admin@example.com"
     assert (ls.data_dir / "label-studio.log").exists()
     project = api.create_project("harness", CONFIG)
@@ -131,8 +124,8 @@ def test_annotation_round_trip(ls):
     assert error.value.status == 404
 
 
-def test_ml_backend_calls(ls, recorder):
-    api = ls.client
+def test_ml_backend_calls(label_studio, recorder):
+    ls, api = label_studio, label_studio.client
     project = api.create_project("harness-ml", CONFIG)
     task_ids = api.import_tasks(project, [{"text": text} for text in TEXTS])
 
