@@ -29,7 +29,7 @@ from pathlib import Path
 from clinie.core import LabelSpec, read_documents
 from clinie.evaluation.fewshot import parse_strategies
 from clinie.evaluation.report import new_report, write_report
-from clinie.evaluation.study import run_path, run_study, study_report, summarise
+from clinie.evaluation.study import mean_sd_text, run_path, run_study, study_report, summarise
 from clinie.extractors.strategies import StrategyBuilder
 from clinie.llm import make_llm
 from clinie.llm.cache import CallCache
@@ -85,7 +85,7 @@ def main() -> None:
         print("|---" * (len(names) + 4) + "|")
         for size in summary["sizes"]:
             row = summary["by_size"][size]
-            cells = [f"{row['strategies'][n]['f1_mean']:.3f} ± {row['strategies'][n]['f1_sd']:.3f}" for n in names]
+            cells = [mean_sd_text(row["strategies"][n]["f1"]) for n in names]
             print(f"| {size} | {', '.join(map(str, row['seeds']))} | " + " | ".join(cells) + f" | {', '.join(row['selected'])} | "
                   f"{row['strategies']['selected']['sentence_share']:.0%} |")
         report = new_report(f"True few-shot learning loop: {corpus}", "fewshot", "python bench/loop.py "

@@ -113,6 +113,16 @@ def _mean_sd(values: Sequence[float]) -> tuple[float, float]:
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
+def mean_sd_text(values: Sequence[float]) -> str:
+    """``mean ± sd`` over seeds; one seed has no spread to show.
+
+    >>> mean_sd_text([0.5, 0.6]), mean_sd_text([0.5])
+    ('0.550 ± 0.071', '0.500')
+    """
+    mean, sd = _mean_sd(values)
+    return f"{mean:.3f} ± {sd:.3f}" if len(values) > 1 else f"{mean:.3f}"
+
+
 def summarise(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """Per pool size: each strategy's test F1 (mean, sd over seeds), the CV-selected strategy's,
     how often each was selected, and the share of sentences each sent to the LLM."""
@@ -147,8 +157,7 @@ def study_report(runs: Sequence[dict[str, Any]], report: dict[str, Any]) -> dict
     columns = ["strategy", *[f"n={size}" for size in sizes], f"CV F1 at n={largest}", f"sentences to LLM at n={largest}"]
     rows = []
     for name in [*names, "selected"]:
-        cells = [f"{by_size[s]['strategies'][name]['f1_mean']:.3f} ± {by_size[s]['strategies'][name]['f1_sd']:.3f}"
-                 for s in sizes]
+        cells = [mean_sd_text(by_size[s]["strategies"][name]["f1"]) for s in sizes]
         at = by_size[largest]["strategies"][name]
         rows.append(["selected by CV" if name == "selected" else name, *cells,
                      f"{at['cv_f1_mean']:.3f}" if "cv_f1_mean" in at else "",
