@@ -63,7 +63,8 @@ def main() -> None:
     rerank = FilterThenRerank(encoder, make_llm(Settings(llm_threads=args.threads)), [LabelSpec(LABELS[args.corpus])],
                               band=(0.0, args.band), cache=CallCache(":memory:")).fit(pool, refit_encoder=False)
 
-    answers: dict[str, list[Document]] = {name: [] for name in ("encoder", "drop hard", "oracle", "oracle + boundaries")}
+    kinds = ("encoder", "drop hard", "oracle", "oracle + boundaries")
+    answers: dict[str, list[Document]] = {name: [] for name in kinds}
     right = {"LLM": 0, "encoder": 0, "not an entity": 0}
     cases = 0
     for doc, windows in zip(test, encoder.predict_words(test)):
@@ -94,7 +95,8 @@ def main() -> None:
             answers[name].append(number_spans(doc, found))
     answers["rerank (LLM)"] = rerank.predict(test)  # the same questions: answered from the call cache
 
-    print(f"{args.corpus}, pool of 100 (seed {args.seed}), band < {args.band:.2f}: strict F1 on the 200 Chen et al. items")
+    print(f"{args.corpus}, pool of 100 (seed {args.seed}), band < {args.band:.2f}: "
+          "strict F1 on the 200 Chen et al. items")
     for name in ("encoder", "drop hard", "rerank (LLM)", "oracle", "oracle + boundaries"):
         scores = evaluate_spans(test, answers[name])["strict"].micro
         print(f"  {name:20s} P {scores.precision:.3f}  R {scores.recall:.3f}  F1 {scores.f1:.3f}")

@@ -86,7 +86,8 @@ def main() -> None:
         for size in summary["sizes"]:
             row = summary["by_size"][size]
             cells = [mean_sd_text(row["strategies"][n]["f1"]) for n in names]
-            print(f"| {size} | {', '.join(map(str, row['seeds']))} | " + " | ".join(cells) + f" | {', '.join(row['selected'])} | "
+            seeds_run = ", ".join(map(str, row["seeds"]))
+            print(f"| {size} | {seeds_run} | " + " | ".join(cells) + f" | {', '.join(row['selected'])} | "
                   f"{row['strategies']['selected']['sentence_share']:.0%} |")
         report = new_report(f"True few-shot learning loop: {corpus}", "fewshot", "python bench/loop.py "
                             f"--corpora {corpus} --sizes {args.sizes} --seeds {args.seeds} --strategies {args.strategies}")
