@@ -36,10 +36,15 @@ DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 LABELS = {"ncbi_disease": "Disease", "bc5cdr_chem": "Chemical"}
 
 
+def word_range(words: Sequence[Token], span: Span) -> tuple[int, int]:
+    """The indices of a span's first and last word (spans begin and end on word boundaries)."""
+    return (next(i for i, w in enumerate(words) if w.start == span.start),
+            next(i for i, w in enumerate(words) if w.end == span.end))
+
+
 def moved(text: str, words: Sequence[Token], case: HardCase, gold: set[tuple[int, int, str]]) -> Span | None:
     """The gold span among the hard span with each end moved by at most one word, if any."""
-    first = next(i for i, w in enumerate(words) if w.start == case.span.start)
-    last = next(i for i, w in enumerate(words) if w.end == case.span.end)
+    first, last = word_range(words, case.span)
     for a in (first, first - 1, first + 1):
         for b in (last, last + 1, last - 1):
             for label in case.candidates:
@@ -77,7 +82,7 @@ def main() -> None:
                 found.extend(sure)
             for case in hard:
                 truth = (case.span.start, case.span.end, case.span.label) in gold
-                first = next(i for i, w in enumerate(words) if w.start == case.span.start)
+                first, _ = word_range(words, case.span)
                 predicted = probabilities[first].argmax() != 0  # column 0 is O
                 if predicted:  # a span the encoder tagged; a possibly missed mention it did not
                     spans["encoder"].append(case.span)
