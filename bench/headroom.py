@@ -23,7 +23,7 @@ import argparse
 from collections.abc import Sequence
 from pathlib import Path
 
-from clinie.core import Document, LabelSpec, Span, Token, number_spans, read_documents, split_sentences
+from clinie.core import Document, LabelSpec, Span, Token, number_spans, read_documents, split_sentences, word_ranges
 from clinie.evaluation import evaluate_spans
 from clinie.evaluation.fewshot import subsample
 from clinie.extractors.encoder import EncoderTagger
@@ -36,15 +36,9 @@ DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 LABELS = {"ncbi_disease": "Disease", "bc5cdr_chem": "Chemical"}
 
 
-def word_range(words: Sequence[Token], span: Span) -> tuple[int, int]:
-    """The indices of a span's first and last word (spans begin and end on word boundaries)."""
-    return (next(i for i, w in enumerate(words) if w.start == span.start),
-            next(i for i, w in enumerate(words) if w.end == span.end))
-
-
 def moved(text: str, words: Sequence[Token], case: HardCase, gold: set[tuple[int, int, str]]) -> Span | None:
     """The gold span among the hard span with each end moved by at most one word, if any."""
-    first, last = word_range(words, case.span)
+    [(first, last)] = word_ranges(words, [case.span])
     for a in (first, first - 1, first + 1):
         for b in (last, last + 1, last - 1):
             for label in case.candidates:
@@ -82,7 +76,7 @@ def main() -> None:
                 found.extend(sure)
             for case in hard:
                 truth = (case.span.start, case.span.end, case.span.label) in gold
-                first, _ = word_range(words, case.span)
+                [(first, _)] = word_ranges(words, [case.span])
                 predicted = probabilities[first].argmax() != 0  # column 0 is O
                 if predicted:  # a span the encoder tagged; a possibly missed mention it did not
                     spans["encoder"].append(case.span)

@@ -86,6 +86,22 @@ def bio_to_spans(
     return spans
 
 
+def word_ranges(words: Sequence[Token], spans: Sequence[Span]) -> list[tuple[int, int]]:
+    """The indices of each span's first and last word.
+
+    Only for spans that begin and end on word boundaries, as ``bio_to_spans`` makes them; a span
+    that does not raises ``KeyError``.
+
+    >>> from clinie.core.tokenize import tokenize
+    >>> text = "Familial breast cancer in BRCA1 carriers"
+    >>> word_ranges(tokenize(text), [Span.from_text(text, 9, 22, "Disease")])
+    [(1, 2)]
+    """
+    first = {w.start: i for i, w in enumerate(words)}
+    last = {w.end: i for i, w in enumerate(words)}
+    return [(first[s.start], last[s.end]) for s in spans]
+
+
 def number_spans(doc: Document, spans: Sequence[Span]) -> Document:
     """``doc`` with ``spans`` as its annotations, in text order, with ids ``T1``, ``T2``..."""
     ordered = sorted(spans, key=lambda s: (s.start, s.end))

@@ -28,7 +28,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from clinie.core import (Document, LabelSpec, Span, Token, bio_to_spans, mark_spans, number_spans, split_sentences,
-                         tokenize)
+                         tokenize, word_ranges)
 from clinie.extractors.choice import MultipleChoice
 from clinie.extractors.encoder import EncoderTagger
 from clinie.llm.base import LLM
@@ -72,11 +72,8 @@ def triage(text: str, words: Sequence[Token], probabilities: np.ndarray, tags: S
         mass = {label: float(probabilities[first:last + 1, columns[label]].sum()) for label in labels}
         return tuple(sorted(labels, key=lambda label: -mass[label])[:top])
 
-    first_word = {w.start: i for i, w in enumerate(words)}  # spans begin and end on word boundaries
-    last_word = {w.end: i for i, w in enumerate(words)}
     sure, hard = [], []
-    for span in spans:
-        first, last = first_word[span.start], last_word[span.end]
+    for span, (first, last) in zip(spans, word_ranges(words, spans)):
         if low <= (span.score or 0.0) < high:
             hard.append(HardCase(span, ranked(first, last), span.score or 0.0))
         else:
@@ -93,10 +90,10 @@ def triage(text: str, words: Sequence[Token], probabilities: np.ndarray, tags: S
         j = i
         while j + 1 < len(words) and outside[j + 1]:
             j += 1
-        for missed in bio_to_spans(text, words[i:j + 1], second[i:j + 1]):
-            first, last = first_word[missed.start], last_word[missed.end]
+        missed = bio_to_spans(text, words[i:j + 1], second[i:j + 1])
+        for span, (first, last) in zip(missed, word_ranges(words, missed)):
             if last - first < MAX_MISSED_WORDS:
-                hard.append(HardCase(missed, ranked(first, last), float(probabilities[first:last + 1, 0].mean())))
+                hard.append(HardCase(span, ranked(first, last), float(probabilities[first:last + 1, 0].mean())))
         i = j + 1
     return sure, sorted(hard, key=lambda h: h.span.start)
 
