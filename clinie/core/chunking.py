@@ -68,6 +68,24 @@ def chunk(text: str, max_words: int) -> list[tuple[int, int]]:
     return chunks
 
 
+def word_pieces(texts: Sequence[str], max_words: int) -> list[tuple[int, list[Token]]]:
+    """The words of each text (offsets into it), in pieces of whole sentences of at most
+    ``max_words`` words (``chunk``), each with the index of its text; no empty piece.
+
+    >>> [(i, [w.text for w in words]) for i, words in word_pieces(["Ataxia. Fever!", "", "Gout"], 2)]
+    [(0, ['Ataxia', '.']), (0, ['Fever', '!']), (2, ['Gout'])]
+    """
+    pieces: list[tuple[int, list[Token]]] = []
+    for i, text in enumerate(texts):
+        words = tokenize(text)
+        if len(words) <= max_words:  # the usual sentence: one piece, no second tokenization
+            pieces.append((i, words))
+            continue
+        for start, end in chunk(text, max_words):
+            pieces.append((i, [Token(w.start + start, w.end + start, w.text) for w in tokenize(text[start:end])]))
+    return [(i, words) for i, words in pieces if words]
+
+
 def split_document(doc: Document, max_words: int) -> list[Document]:
     """The chunks of ``doc`` as documents of their own, spans re-based to the chunk's text.
 

@@ -3,15 +3,16 @@
 No large validation set is assumed (Perez et al., NeurIPS 2021: selecting on one overestimates
 few-shot performance). Over the ``n`` annotated documents, K-fold cross-validation (leave-one-
 out below ``loo_below``) compares strategies — the LLM with ``k`` retrieved demonstrations, the
-fine-tuned encoder, filter-then-rerank with several bands — and picks the best by mean F1 over
+fine-tuned encoder, the probe (a tagger on the frozen LLM's hidden states), filter-then-rerank
+with several bands — and picks the best by mean F1 over
 folds (ties go to the strategy listed first: list the cheaper first). Every fold learns from
 the other folds only: its documents are in neither the encoder's training set nor the LLM's
 demonstration pool.
 
 Strategies are named in one string, as on the command line:
 
-    >>> [s.name for s in parse_strategies("encoder,llm,rerank")]
-    ['encoder', 'llm-k5', 'rerank-0.70', 'rerank-0.80', 'rerank-0.90']
+    >>> [s.name for s in parse_strategies("encoder,probe,llm,rerank")]
+    ['encoder', 'probe', 'llm-k5', 'rerank-0.70', 'rerank-0.80', 'rerank-0.90']
     >>> parse_strategies("llm-k2,rerank-0.85")[1].band
     (0.0, 0.85)
     >>> [len(f) for f in folds(12, k=5, loo_below=10, seed=0)]
@@ -33,7 +34,7 @@ from clinie.extractors.base import Extractor
 
 DEFAULT_K = 5
 DEFAULT_BANDS = (0.7, 0.8, 0.9)
-KINDS = ("encoder", "llm", "rerank")
+KINDS = ("encoder", "probe", "llm", "rerank")
 
 
 @dataclass(frozen=True)
@@ -64,11 +65,11 @@ class Strategy:
 
 
 def parse_strategies(text: str, k: int = DEFAULT_K, bands: Sequence[float] = DEFAULT_BANDS) -> list[Strategy]:
-    """``encoder``, ``llm`` (k demos), ``llm-kN``, ``rerank`` (each default band), ``rerank-0.85``."""
+    """``encoder``, ``probe``, ``llm`` (k demos), ``llm-kN``, ``rerank`` (each default band), ``rerank-0.85``."""
     out: list[Strategy] = []
     for name in (part.strip() for part in text.split(",") if part.strip()):
-        if name == "encoder":
-            out.append(Strategy("encoder"))
+        if name in ("encoder", "probe"):
+            out.append(Strategy(name))
         elif name == "llm" or (m := re.fullmatch(r"llm-k(\d+)", name)):
             out.append(Strategy("llm", k=k if name == "llm" else int(m.group(1))))
         elif name == "rerank":
@@ -76,7 +77,7 @@ def parse_strategies(text: str, k: int = DEFAULT_K, bands: Sequence[float] = DEF
         elif m := re.fullmatch(r"rerank-(0?\.\d+|1(?:\.0+)?)", name):
             out.append(Strategy("rerank", band=(0.0, float(m.group(1)))))
         else:
-            raise ValueError(f"unknown strategy {name!r}: use encoder, llm, llm-kN, rerank or rerank-0.NN")
+            raise ValueError(f"unknown strategy {name!r}: use encoder, probe, llm, llm-kN, rerank or rerank-0.NN")
     if len({s.name for s in out}) != len(out):
         raise ValueError(f"strategies repeat in {text!r}")
     return out

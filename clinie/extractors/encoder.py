@@ -32,7 +32,8 @@ from typing import Any
 
 import numpy as np
 
-from clinie.core import Document, Span, Token, bio_labels, bio_to_spans, chunk, number_spans, spans_to_bio, tokenize
+from clinie.core import (Document, Span, Token, bio_labels, bio_to_spans, number_spans, spans_to_bio, tokenize,
+                         word_pieces)
 from clinie.extractors.finetune import fine_tune, read_meta, write_meta
 
 KIND = "encoder-tagger"
@@ -92,11 +93,14 @@ def postprocess(text: str, window: Window, probabilities: np.ndarray, tags: Sequ
     >>> [(s.text, s.label, round(s.score, 2)) for s in postprocess(text, window, p, ["O", "B-D", "I-D"])]
     [('neuroblastoma', 'D', 0.9)]
     """
-    word_probs = aggregate_first(probabilities, window.word_ids, len(window.words))
+    return word_spans(text, window.words, aggregate_first(probabilities, window.word_ids, len(window.words)), tags)
+
+
+def word_spans(text: str, words: Sequence[Token], word_probs: np.ndarray, tags: Sequence[str]) -> list[Span]:
+    """Spans from per-word tag distributions: each word takes its argmax tag, scored by its
+    probability; a span's score is the mean over its words (what every tagger here returns)."""
     best = word_probs.argmax(axis=1)
-    word_tags = [tags[i] for i in best]
-    scores = [float(word_probs[w, i]) for w, i in enumerate(best)]
-    return bio_to_spans(text, window.words, word_tags, scores)
+    return bio_to_spans(text, words, [tags[i] for i in best], [float(word_probs[w, i]) for w, i in enumerate(best)])
 
 
 class EncoderTagger:
@@ -159,17 +163,7 @@ class EncoderTagger:
 
     def _windows(self, docs: Sequence[Document]) -> list[Window]:
         """Every word of every document in exactly one window that fits the encoder."""
-        max_words = self.hyperparameters["max_words_per_chunk"]
-        pieces: list[tuple[int, list[Token]]] = []
-        for i, doc in enumerate(docs):
-            words = tokenize(doc.text)
-            if len(words) <= max_words:  # the usual sentence: one chunk, no second tokenization
-                pieces.append((i, words))
-                continue
-            for start, end in chunk(doc.text, max_words):
-                pieces.append((i, [Token(w.start + start, w.end + start, w.text)
-                                   for w in tokenize(doc.text[start:end])]))
-        return self._encode([(i, words) for i, words in pieces if words])
+        return self._encode(word_pieces([d.text for d in docs], self.hyperparameters["max_words_per_chunk"]))
 
     def _encode(self, pieces: list[tuple[int, list[Token]]]) -> list[Window]:
         """Sub-words per piece of words; a piece too long for the encoder is cut between words.

@@ -1,8 +1,8 @@
 """Fitted extractors for the strategies true few-shot selection compares (``clinie.evaluation.fewshot``).
 
 One ``StrategyBuilder`` serves a whole cross-validation or study: the encoder is fine-tuned once
-per training set and shared by the ``encoder`` strategy and every ``rerank`` band; the LLM and
-the embedder are loaded once, on first use; LLM answers go through one call cache, so bands that
+per training set and shared by the ``encoder`` strategy and every ``rerank`` band; the LLM, the
+embedder and the hidden states the probe reads are loaded once, on first use; LLM answers go through one call cache, so bands that
 ask the same question pay for it once.
 
 Example (not run here: it fine-tunes a model):
@@ -21,9 +21,11 @@ from clinie.evaluation.fewshot import Strategy
 from clinie.extractors.base import Extractor
 from clinie.extractors.encoder import EncoderTagger
 from clinie.extractors.llm import LLMTagger
+from clinie.extractors.probe import ProbeTagger
 from clinie.extractors.rerank import FilterThenRerank
 from clinie.llm.base import LLM
 from clinie.llm.cache import CallCache
+from clinie.llm.hidden import HiddenStates
 from clinie.retrieval import Embedder
 
 
@@ -31,7 +33,8 @@ class StrategyBuilder:
     def __init__(self, label_specs: Sequence[LabelSpec], *, llm: LLM | Callable[[], LLM] | None = None,
                  embedder: Embedder | None = None, encoder_model: str | None = None,
                  encoder_options: dict[str, Any] | None = None, guided: bool = False,
-                 cache: CallCache | None = None) -> None:
+                 cache: CallCache | None = None, states: HiddenStates | Callable[[], HiddenStates] = HiddenStates
+                 ) -> None:
         self.label_specs = list(label_specs)
         self.labels = [spec.name for spec in self.label_specs]
         self._llm = llm
@@ -40,6 +43,7 @@ class StrategyBuilder:
         self.encoder_options = encoder_options or {}
         self.guided = guided
         self.cache = cache if cache is not None else CallCache(":memory:")
+        self._states = states
         self._encoder: tuple[tuple[str, ...], EncoderTagger] | None = None  # the last training set's
 
     @property
@@ -56,6 +60,16 @@ class StrategyBuilder:
             self._embedder = Embedder()
         return self._embedder
 
+    @property
+    def states(self) -> HiddenStates:
+        """What the probe reads (by default the embedded Gemma's hidden states, loaded on first use)."""
+        if not isinstance(self._states, HiddenStates):
+            self._states = self._states()
+        return self._states
+
+    def probe(self, train: Sequence[Document]) -> ProbeTagger:
+        return ProbeTagger(self.labels, lambda: self.states).fit(train)
+
     def encoder(self, train: Sequence[Document]) -> EncoderTagger:
         """The encoder fine-tuned on ``train`` (fitted once per distinct training set in a row)."""
         key = tuple(d.id for d in train)
@@ -67,6 +81,8 @@ class StrategyBuilder:
     def __call__(self, strategy: Strategy, train: Sequence[Document]) -> Extractor:
         if strategy.kind == "encoder":
             return self.encoder(train)
+        if strategy.kind == "probe":
+            return self.probe(train)
         if strategy.kind == "llm":
             return LLMTagger(self.label_specs, self.llm, k=strategy.k, embedder=self.embedder,
                              guided=self.guided, cache=self.cache).fit(train)

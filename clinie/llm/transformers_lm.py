@@ -14,10 +14,38 @@ from __future__ import annotations
 import threading
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from clinie.llm.base import Completion, LLMError, LocalSession
+
+
+def load_causal_lm(model: str | Path | None = None, device: str | None = None) -> tuple[str, str, Any, Any]:
+    """``(name, device, tokenizer, model)`` of a causal LM: a Hugging Face name, a model directory
+    or a ``.gguf`` file (dequantized; none named: the embedded Gemma 3 270M), in evaluation mode,
+    bfloat16 on CUDA (the default device when there is one), float32 on the CPU."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from clinie.llm.llamacpp import default_gguf
+
+    source = Path(model) if model and str(model).endswith(".gguf") else model or default_gguf()
+    if isinstance(source, Path):
+        if not source.is_file():
+            raise LLMError(f"no GGUF model at {source}")
+        where, options = str(source.parent), {"gguf_file": source.name}
+    else:
+        where, options = str(source), {}
+    name = Path(where, options.get("gguf_file", "")).name if options else where
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(where, **options)
+        lm = AutoModelForCausalLM.from_pretrained(
+            where, dtype=torch.bfloat16 if device.startswith("cuda") else torch.float32, **options).to(device).eval()
+    except OSError as e:  # no such directory, and no hub to fetch the name from
+        raise LLMError(f"cannot load the causal LM {where!r}: {e}") from e
+    return name, device, tokenizer, lm
 
 
 class TransformersLLM:
@@ -27,26 +55,8 @@ class TransformersLLM:
 
     def __init__(self, model: str | Path | None = None, *, device: str | None = None) -> None:
         import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        from clinie.llm.llamacpp import default_gguf
-
-        source = Path(model) if model and str(model).endswith(".gguf") else model or default_gguf()
-        if isinstance(source, Path):
-            if not source.is_file():
-                raise LLMError(f"no GGUF model at {source}")
-            where, options = str(source.parent), {"gguf_file": source.name}
-        else:
-            where, options = str(source), {}
-        self.model = Path(where, options.get("gguf_file", "")).name if options else where
-        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        try:
-            self.tokenizer = AutoTokenizer.from_pretrained(where, **options)
-            self._lm = AutoModelForCausalLM.from_pretrained(
-                where, dtype=torch.bfloat16 if self.device.startswith("cuda") else torch.float32,
-                **options).to(self.device).eval()
-        except OSError as e:  # no such directory, and no hub to fetch the name from
-            raise LLMError(f"cannot load the causal LM {where!r}: {e}") from e
+        self.model, self.device, self.tokenizer, self._lm = load_causal_lm(model, device)
         self._torch = torch
         self.lock = threading.RLock()
 

@@ -1,0 +1,85 @@
+"""The probe: echo features of the embedded Gemma (real model), a head trained on real NCBI sentences."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from clinie.core import Document, read_documents, tokenize
+from clinie.evaluation import evaluate_spans
+from clinie.extractors.probe import ProbeTagger
+from clinie.llm.hidden import HiddenStates
+from helpers import assert_spans_match_text
+
+NCBI = Path(__file__).resolve().parents[2] / "shared" / "data" / "ncbi_disease" / "fewshot"
+
+
+@pytest.fixture(scope="module")
+def states() -> HiddenStates:
+    return HiddenStates()
+
+
+@pytest.fixture(scope="module")
+def train() -> list[Document]:
+    return list(read_documents(NCBI / "gutierrez_train100_seed42.jsonl"))
+
+
+@pytest.fixture(scope="module")
+def probe(states, train) -> ProbeTagger:
+    return ProbeTagger(["Disease"], states, epochs=20).fit(train[:40])
+
+
+def test_a_word_is_read_with_the_words_after_it(states):
+    # A causal LM's state at "breast" has not seen what follows; the echo's second copy has.
+    first = [states.words(text, tokenize(text))[0] for text in ("breast cancer runs in families",
+                                                                 "breast milk feeds the infant")]
+    assert states.layers == (6, 9, 12, 15) and first[0].shape == (states.dim,)
+    assert np.abs(first[0] - first[1]).max() > 1e-2
+    text = "Ataxia\r\n\ttélangiectasia — ÄTM"
+    words = tokenize(text)
+    features = states.words(text, words)
+    assert features.shape == (len(words), states.dim) and np.isfinite(features).all()
+    assert states.words(text, words) is features  # cached: cross-validation asks again per fold
+    assert states.words("", []).shape == (0, states.dim)
+
+
+def test_the_probe_learns_spans_that_keep_their_offsets(probe, train):
+    held = train[60:100]
+    predicted = probe.predict([d.with_annotations(()) for d in held])
+    assert evaluate_spans(held, predicted)["strict"].micro.f1 > 0.3  # a head that learnt nothing finds none
+    for doc in predicted:
+        assert_spans_match_text(doc.text, doc.entities)
+        assert all(0 < s.score <= 1 and s.label == "Disease" for s in doc.entities)
+    odd = Document("odd", "Fanconi\r\nanaemia;\tataxia-telangiectasia (A-T)… and 乳腺癌 " * 30)
+    [doc] = probe.predict([odd])  # long: cut in pieces of whole sentences
+    assert_spans_match_text(odd.text, doc.entities)
+    [words] = probe.predict_words([odd])
+    assert sum(len(w) for w, _ in words) == len(tokenize(odd.text))
+    assert all(p.shape == (len(w), 3) and np.allclose(p.sum(axis=1), 1, atol=1e-5) for w, p in words)
+
+
+def test_save_and_load_give_the_same_predictions_and_refuse_other_states(probe, states, train, tmp_path):
+    probe.save(tmp_path / "probe")
+    again = ProbeTagger.load(tmp_path / "probe", states)
+    docs = [d.with_annotations(()) for d in train[40:50]]
+    assert [d.entities for d in again.predict(docs)] == [d.entities for d in probe.predict(docs)]
+    states.layers, saved = (1, 2), states.layers
+    try:
+        with pytest.raises(ValueError, match="trained on"):
+            ProbeTagger.load(tmp_path / "probe", states)
+    finally:
+        states.layers = saved
+
+
+def test_training_is_deterministic_and_bad_input_is_refused(states, train):
+    a = ProbeTagger(["Disease"], states, epochs=3).fit(train[:10]).predict(train[10:20])
+    b = ProbeTagger(["Disease"], states, epochs=3).fit(train[:10]).predict(train[10:20])
+    assert [d.entities for d in a] == [d.entities for d in b]
+    with pytest.raises(ValueError, match="no documents"):
+        ProbeTagger(["Disease"], states).fit([Document("e", "")])
+    with pytest.raises(ValueError, match="repeat"):
+        ProbeTagger(["Disease", "Disease"], states)
+    with pytest.raises(RuntimeError, match="not trained"):
+        ProbeTagger(["Disease"], states).predict(train[:1])
