@@ -42,11 +42,15 @@ class Settings:
     #: before), ``llm`` or ``encoder``.
     strategy: str = "auto"
     #: What selection compares after each training, by cross-validation over the project's
-    #: annotations: ``encoder``, ``llm`` (``llm_k`` demos), ``llm-kN``, ``rerank`` (filter-then-
-    #: rerank, bands 0.7/0.8/0.9), ``rerank-0.NN``; empty = no selection (the encoder serves).
-    select_strategies: str = "encoder,llm,rerank"
+    #: annotations: ``encoder``, ``probe`` (a tagger on the frozen local LLM's hidden states),
+    #: ``llm`` (``llm_k`` demos), ``llm-kN``, ``rerank`` (filter-then-rerank, bands
+    #: 0.7/0.8/0.9), ``rerank-0.NN``; empty = no selection (the encoder serves).
+    select_strategies: str = "encoder,probe,llm,rerank"
     #: Folds of that cross-validation (leave-one-out below 10 annotations).
     select_folds: int = 5
+    #: The causal LM whose hidden states the ``probe`` strategy reads, in-process (transformers):
+    #: a GGUF path, a model directory or an HF name available offline; empty = embedded Gemma 3 270M.
+    probe_model: str = ""
     #: ``llama.cpp`` (in-process on the CPU), ``transformers`` (in-process, a Hugging Face causal
     #: LM, on the GPU when there is one) — nothing leaves the machine — or ``openai`` (any
     #: OpenAI-compatible endpoint: note text IS sent to ``llm_base_url``).

@@ -20,6 +20,7 @@ from clinie.evaluation.study import cross_fitted_calibration
 from clinie.extractors.strategies import StrategyBuilder
 from clinie.labelstudio import annotation_to_document, parse_label_config
 from clinie.llm.base import LLM
+from clinie.llm.hidden import HiddenStates
 from clinie.retrieval import Embedder
 from clinie.settings import Settings
 from clinie.store import AnnotationStore
@@ -40,10 +41,15 @@ def span_specs(schema: Schema) -> list[LabelSpec]:
 
 
 def builder(schema: Schema, settings: Settings, llm: Callable[[], LLM] | None = None,
-            embedder: Embedder | None = None) -> StrategyBuilder:
+            embedder: Embedder | None = None, states: Callable[[], HiddenStates] | None = None) -> StrategyBuilder:
     return StrategyBuilder(span_specs(schema), llm=llm, embedder=embedder, encoder_model=settings.encoder_model or None,
                            encoder_options={"epochs": settings.encoder_epochs} if settings.encoder_epochs else {},
-                           guided=bool(settings.llm_guided))
+                           guided=bool(settings.llm_guided), states=states or (lambda: probe_states(settings)))
+
+
+def probe_states(settings: Settings) -> HiddenStates:
+    """The hidden states the probe strategy reads (``CLINIE_PROBE_MODEL``, on ``CLINIE_LLM_DEVICE``)."""
+    return HiddenStates(settings.probe_model or None, device=settings.llm_device or None)
 
 
 def selection_record(cv: CrossValidation) -> dict[str, Any]:

@@ -21,17 +21,19 @@ from clinie.evaluation.fewshot import Strategy
 from clinie.extractors.base import Extractor, SpansThenRelations
 from clinie.extractors.encoder import EncoderTagger
 from clinie.extractors.llm import LLMTagger
+from clinie.extractors.probe import PROBE_DIR, ProbeTagger
 from clinie.extractors.relation_encoder import RELATIONS_DIR, RelationClassifier
 from clinie.extractors.relation_llm import LLMRelationExtractor
 from clinie.extractors.rerank import FilterThenRerank
 from clinie.labelstudio import annotation_to_document, document_to_result, parse_label_config, task_to_document
 from clinie.llm import LLM, make_llm
 from clinie.llm.cache import CallCache
+from clinie.llm.hidden import HiddenStates
 from clinie.retrieval import Embedder
 from clinie.settings import Settings
 from clinie.store import AnnotationStore, ModelRecord
 from ml_backend.metrics import Metrics
-from ml_backend.selection import span_specs
+from ml_backend.selection import probe_states, span_specs
 from ml_backend.sync import LabelStudioSync
 from ml_backend.training import NotEnoughAnnotations, TrainingWorker, train_project
 
@@ -79,11 +81,12 @@ class Backend:
         self.settings = settings
         self.store = AnnotationStore(settings.store_path)
         self.metrics = Metrics()
-        self._models: dict[str, tuple[str, Extractor]] = {}  # project -> (version, model)
+        self._models: dict[tuple[str, bool], tuple[str, Extractor]] = {}  # (project, probe?) -> (version, model)
         self._llm_extractors: dict[str, tuple[str, Extractor]] = {}  # project -> (revision, extractor)
         self._models_lock = threading.Lock()
         self._llm: LLM | None = None
         self._embedder: Embedder | None = None
+        self._states: HiddenStates | None = None
         self._llm_cache = CallCache(settings.data_dir / "llm_cache.sqlite3")
         if abandoned := self.store.abandon_running_trainings():
             log.warning("%d trainings were interrupted by a restart and are marked failed", abandoned)
@@ -97,12 +100,12 @@ class Backend:
             threading.Thread(target=self._sync_loop, name="clinie-sync", daemon=True).start()
 
     def _warm_up(self) -> None:
-        """Load every project's serving encoder once, at start, so that the first /predict after
+        """Load every project's serving encoder (or probe) once, at start, so that the first /predict after
         a restart does not pay for it (Label Studio's opening a task waits on that request)."""
         for project in self.store.projects():
             if (record := self._encoder_record(project)) is not None:
                 try:
-                    self._model(record)
+                    self._model(record, probe=self._selected(record).kind == "probe")
                 except Exception as e:  # the first /predict will say so again, per task
                     log.warning("project %s: could not load %s: %s", project, record.version, type(e).__name__)
 
@@ -128,7 +131,10 @@ class Backend:
         if record is None:
             return Strategy("llm", k=self.settings.llm_k)
         chosen = (record.info.get("selection") or {}).get("strategy") if self.settings.strategy == "auto" else None
-        return Strategy.parse(chosen) if chosen else Strategy("encoder")
+        strategy = Strategy.parse(chosen) if chosen else Strategy("encoder")
+        if strategy.kind == "probe" and not (record.path / PROBE_DIR).is_dir():  # its saving failed
+            return Strategy("encoder")
+        return strategy
 
     def model_version(self, project: str) -> str:
         """The version ``predict`` would answer as, without loading any model."""
@@ -142,6 +148,8 @@ class Backend:
         new annotation (a new demonstration) makes Label Studio ask again."""
         if strategy.kind == "encoder" and record is not None:
             return record.version
+        if strategy.kind == "probe" and record is not None:
+            return f"{record.version}-probe"
         pool_size = self.store.count_training_examples(project)
         if strategy.kind == "rerank" and record is not None:
             return f"{record.version}-{strategy.name}-pool{pool_size}"
@@ -163,6 +171,15 @@ class Backend:
                 self._embedder = Embedder()
                 self.metrics.observe("model_load", time.perf_counter() - started)
             return self._llm, self._embedder
+
+    def _shared_states(self) -> HiddenStates:
+        """The hidden states the probe reads: one model per process, for trainings and /predict."""
+        with self._models_lock:
+            if self._states is None:
+                started = time.perf_counter()
+                self._states = probe_states(self.settings)
+                self.metrics.observe("model_load", time.perf_counter() - started)
+            return self._states
 
     def _with_demos(self, project: str, schema: Schema, record: ModelRecord | None, strategy: Strategy) -> Extractor:
         """An extractor that uses the LLM, its demonstrations the annotations as of now (a new
@@ -199,16 +216,19 @@ class Backend:
     def versions(self) -> list[str]:
         return [m.version for m in self.store.models()]
 
-    def _model(self, record: ModelRecord) -> Extractor:
+    def _model(self, record: ModelRecord, probe: bool = False) -> Extractor:
+        """The model version's encoder, or its probe, with its relation classifier if it has one."""
+        states = self._shared_states() if probe else None
         with self._models_lock:
-            cached = self._models.get(record.project)
+            cached = self._models.get((record.project, probe))
             if cached is None or cached[0] != record.version:
                 started = time.perf_counter()
-                model: Extractor = EncoderTagger.load(record.path)
+                model: Extractor = ProbeTagger.load(record.path / PROBE_DIR, states) if states \
+                    else EncoderTagger.load(record.path)
                 if (record.path / RELATIONS_DIR).is_dir():
                     model = SpansThenRelations(model, RelationClassifier.load(record.path / RELATIONS_DIR))
                 cached = (record.version, model)
-                self._models[record.project] = cached
+                self._models[(record.project, probe)] = cached
                 self.metrics.observe("model_load", time.perf_counter() - started)
             return cached[1]
 
@@ -309,6 +329,8 @@ class Backend:
         if strategy.kind == "encoder" and record is not None:
             return Serving(version, self._model(record), calibrator, None)
         fallback = Serving(record.version, self._model(record), None, None) if record is not None else None
+        if strategy.kind == "probe" and record is not None:
+            return Serving(version, self._model(record, probe=True), calibrator, fallback)
         return Serving(version, self._with_demos(project, schema, record, strategy), calibrator, fallback,
                        uses_llm=True)
 
@@ -416,7 +438,8 @@ class Backend:
         self.metrics.count("trainings_started")
         started = time.perf_counter()
         try:
-            record = train_project(self.store, self.settings, project, training_id, llm=lambda: self._shared_llm()[0])
+            record = train_project(self.store, self.settings, project, training_id, llm=lambda: self._shared_llm()[0],
+                                   states=self._shared_states)
         except NotEnoughAnnotations as e:
             self.store.fail_training(training_id, str(e))
             self.metrics.count("trainings_skipped")

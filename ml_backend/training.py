@@ -19,8 +19,10 @@ from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Any
 
+from clinie.extractors.probe import PROBE_DIR
 from clinie.extractors.relation_encoder import RELATIONS_DIR, RelationClassifier
 from clinie.llm.base import LLM
+from clinie.llm.hidden import HiddenStates
 from clinie.settings import Settings
 from clinie.store import AnnotationStore, ModelRecord
 from ml_backend.selection import builder, project_documents, select, selection_record
@@ -33,10 +35,12 @@ class NotEnoughAnnotations(RuntimeError):
 
 
 def train_project(store: AnnotationStore, settings: Settings, project: str, training_id: int,
-                  llm: Callable[[], LLM] | None = None) -> ModelRecord:
+                  llm: Callable[[], LLM] | None = None, states: Callable[[], HiddenStates] | None = None) -> ModelRecord:
     """Fine-tune the encoder tagger (and the relation classifier, when the config has relations
     and the annotations draw some) on the project's stored annotations, select the strategy that
-    serves with it (``ml_backend.selection``), and register the result.
+    serves with it (``ml_backend.selection``), and register the result. When the probe is
+    selected, its head is trained on all the annotations too and saved beside the encoder
+    (``probe/``), which stays as the fallback.
 
     A selection that fails (the LLM cannot be loaded, say) is logged and recorded as failed;
     the new encoder still serves.
@@ -45,7 +49,7 @@ def train_project(store: AnnotationStore, settings: Settings, project: str, trai
     if len(docs) < max(1, settings.min_annotations):
         raise NotEnoughAnnotations(
             f"project {project} has {len(docs)} usable annotations, {settings.min_annotations} needed")
-    build = builder(schema, settings, llm)
+    build = builder(schema, settings, llm, states=states)
     selection: dict[str, Any] | None = None
     if settings.strategy == "auto" and settings.select_strategies and len(docs) >= 2:
         try:
@@ -66,6 +70,8 @@ def train_project(store: AnnotationStore, settings: Settings, project: str, trai
     partial = final.with_name(final.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
     tagger.save(partial)
+    if selection and selection["strategy"] == "probe":
+        build.probe(docs).save(partial / PROBE_DIR)
     if relations is not None:
         relations.save(partial / RELATIONS_DIR)
     os.replace(partial, final)
