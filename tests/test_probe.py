@@ -49,6 +49,9 @@ def test_the_probe_learns_spans_that_keep_their_offsets(probe, train):
     held = train[60:100]
     predicted = probe.predict([d.with_annotations(()) for d in held])
     assert evaluate_spans(held, predicted)["strict"].micro.f1 > 0.3  # a head that learnt nothing finds none
+    cost = predicted[0].meta["llm"]  # one forward pass per sentence, nothing generated
+    assert cost["calls"] + cost["cache_hits"] == 1 and cost["completion_tokens"] == 0
+    assert cost["sentences_to_llm"] == cost["sentences"] >= 1
     for doc in predicted:
         assert_spans_match_text(doc.text, doc.entities)
         assert all(0 < s.score <= 1 and s.label == "Disease" for s in doc.entities)

@@ -22,13 +22,15 @@ Example (not run here: it loads the LLM):
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from clinie.core import Document, Span, Token, bio_labels, number_spans, spans_to_bio, word_pieces
+from clinie.core import Document, Span, Token, bio_labels, number_spans, spans_to_bio, split_sentences, word_pieces
 from clinie.extractors.encoder import word_spans
 from clinie.extractors.finetune import fine_tune, read_meta, write_meta
 from clinie.llm.hidden import HiddenStates
@@ -153,11 +155,19 @@ class ProbeTagger:
     # --- postprocess ----------------------------------------------------------------------
 
     def predict(self, docs: Sequence[Document]) -> list[Document]:
-        """Each document with the predicted spans (ids ``T1``... in text order, scored)."""
+        """Each document with the predicted spans (ids ``T1``... in text order, scored);
+        ``meta["llm"]`` says what reading it cost: one forward pass per piece (``calls``, no
+        completion tokens), every sentence through the LLM, seconds."""
         out = []
-        for doc, pieces in zip(docs, self.predict_words(docs)):
+        for doc in docs:
+            started, before = time.perf_counter(), dict(self.states.usage)
+            [pieces] = self.predict_words([doc])
             spans: list[Span] = [s for words, p in pieces for s in word_spans(doc.text, words, p, self.tags)]
-            out.append(number_spans(doc, spans))
+            sentences = len(split_sentences(doc.text))
+            cost = {**{k: v - before[k] for k, v in self.states.usage.items()}, "completion_tokens": 0,
+                    "sentences": sentences, "sentences_to_llm": sentences,
+                    "seconds": round(time.perf_counter() - started, 3)}
+            out.append(replace(number_spans(doc, spans), meta={**doc.meta, "llm": cost}))
         return out
 
     # --- persistence ----------------------------------------------------------------------

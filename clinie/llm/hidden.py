@@ -67,6 +67,7 @@ class HiddenStates:
         self._cache: OrderedDict[tuple[str, tuple[tuple[int, int], ...]], np.ndarray] = OrderedDict()
         self._cache_size = cache_size
         self.lock = threading.Lock()
+        self.usage = {"calls": 0, "cache_hits": 0, "prompt_tokens": 0}  # forward passes, as an LLM's calls
 
     def words(self, text: str, words: Sequence[Token]) -> np.ndarray:
         """A row per word of ``text`` (offsets into ``text``): its echo features, ``(len(words), dim)``."""
@@ -76,10 +77,13 @@ class HiddenStates:
         with self.lock:
             if (cached := self._cache.get(key)) is not None:
                 self._cache.move_to_end(key)
+                self.usage["cache_hits"] += 1
                 return cached
             prefix = ECHO.format(text=text)
             encoded = self._tokenizer(prefix + text, return_offsets_mapping=True)
             ids = self._torch.tensor([encoded.input_ids], device=self.device)
+            self.usage["calls"] += 1
+            self.usage["prompt_tokens"] += ids.shape[1]
             with self._torch.inference_mode():
                 hidden = self._lm.model(input_ids=ids, output_hidden_states=True).hidden_states
             states = self._torch.cat([hidden[layer][0] for layer in self.layers], dim=-1).float().cpu().numpy()
