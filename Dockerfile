@@ -25,7 +25,8 @@ FROM python:3.11-slim
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 \
     HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 \
     CLINIE_HOST=0.0.0.0 CLINIE_PORT=9090 CLINIE_DATA_DIR=/data \
-    CLINIE_LLM_MODEL=/app/models/gemma-3-270m-q4_k_m.gguf
+    CLINIE_LLM_MODEL=/app/models/gemma-3-270m-q4_k_m.gguf \
+    CLINIE_PROBE_MODEL=/app/models/gemma-3-270m-q4_k_m.gguf
 RUN useradd --create-home --uid 1000 clinie && mkdir -p /data && chown clinie /data
 COPY --from=build /app /app
 WORKDIR /app
