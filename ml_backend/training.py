@@ -35,7 +35,8 @@ class NotEnoughAnnotations(RuntimeError):
 
 
 def train_project(store: AnnotationStore, settings: Settings, project: str, training_id: int,
-                  llm: Callable[[], LLM] | None = None, states: Callable[[], HiddenStates] | None = None) -> ModelRecord:
+                  llm: Callable[[], LLM] | None = None,
+                  states: Callable[[], HiddenStates] | None = None) -> ModelRecord:
     """Fine-tune the encoder tagger (and the relation classifier, when the config has relations
     and the annotations draw some) on the project's stored annotations, select the strategy that
     serves with it (``ml_backend.selection``), and register the result. When the probe is

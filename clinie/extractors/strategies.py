@@ -2,8 +2,8 @@
 
 One ``StrategyBuilder`` serves a whole cross-validation or study: the encoder is fine-tuned once
 per training set and shared by the ``encoder`` strategy and every ``rerank`` band; the LLM, the
-embedder and the hidden states the probe reads are loaded once, on first use; LLM answers go through one call cache, so bands that
-ask the same question pay for it once.
+embedder and the hidden states the probe reads are loaded once, on first use; LLM answers go
+through one call cache, so bands that ask the same question pay for it once.
 
 Example (not run here: it fine-tunes a model):
     build = StrategyBuilder([LabelSpec("Disease")], llm=lambda: make_llm(settings))
