@@ -12,7 +12,7 @@ and ``relations``). Examples::
     clinie evaluate --gold test.jsonl --pred pred.jsonl --out reports/test
     clinie report --project 3 --out reports/project3
     clinie fewshot --pool train.jsonl --test test.jsonl --sizes 10,25,50,100 --seeds 3 \
-        --strategies encoder,llm,rerank --out reports/fewshot
+        --strategies encoder,probe,llm,rerank --out reports/fewshot
 """
 
 from __future__ import annotations
@@ -367,8 +367,8 @@ def build_parser() -> argparse.ArgumentParser:
     fewshot.add_argument("--sizes", default="10,25,50,100", help="pool sizes (default 10,25,50,100)")
     fewshot.add_argument("--seeds", default="3",
                          help="a count (3: seeds 0,1,2) or a comma-separated list (42,33,21; one seed: 42,)")
-    fewshot.add_argument("--strategies", default="encoder,llm,rerank",
-                         help="encoder, llm (k demos), llm-kN, rerank (every --bands), rerank-0.NN")
+    fewshot.add_argument("--strategies", default="encoder,probe,llm,rerank",
+                         help="encoder, probe, llm (k demos), llm-kN, rerank (every --bands), rerank-0.NN")
     fewshot.add_argument("--bands", default="0.7,0.8,0.9", help="rerank: upper confidence bounds of the bands")
     fewshot.add_argument("--folds", type=int, default=5)
     fewshot.add_argument("--loo-below", type=int, default=10, help="leave-one-out for pools smaller than this")
