@@ -100,8 +100,8 @@ class Backend:
             threading.Thread(target=self._sync_loop, name="clinie-sync", daemon=True).start()
 
     def _warm_up(self) -> None:
-        """Load every project's serving encoder (or probe) once, at start, so that the first /predict after
-        a restart does not pay for it (Label Studio's opening a task waits on that request)."""
+        """Load every project's serving encoder (or probe) once, at start, so that the first
+        /predict after a restart does not pay for it (Label Studio's opening a task waits on it)."""
         for project in self.store.projects():
             if (record := self._encoder_record(project)) is not None:
                 try:
@@ -132,7 +132,7 @@ class Backend:
             return Strategy("llm", k=self.settings.llm_k)
         chosen = (record.info.get("selection") or {}).get("strategy") if self.settings.strategy == "auto" else None
         strategy = Strategy.parse(chosen) if chosen else Strategy("encoder")
-        if strategy.kind == "probe" and not (record.path / PROBE_DIR).is_dir():  # its saving failed
+        if strategy.kind == "probe" and not (record.path / PROBE_DIR).is_dir():  # a version dir pruned by hand
             return Strategy("encoder")
         return strategy
 

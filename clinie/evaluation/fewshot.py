@@ -4,10 +4,9 @@ No large validation set is assumed (Perez et al., NeurIPS 2021: selecting on one
 few-shot performance). Over the ``n`` annotated documents, K-fold cross-validation (leave-one-
 out below ``loo_below``) compares strategies — the LLM with ``k`` retrieved demonstrations, the
 fine-tuned encoder, the probe (a tagger on the frozen LLM's hidden states), filter-then-rerank
-with several bands — and picks the best by mean F1 over
-folds (ties go to the strategy listed first: list the cheaper first). Every fold learns from
-the other folds only: its documents are in neither the encoder's training set nor the LLM's
-demonstration pool.
+with several bands — and picks the best by mean F1 over folds (ties go to the strategy listed
+first: list the cheaper first). Every fold learns from the other folds only: its documents are
+in none of the encoder's or the probe's training set and the LLM's demonstration pool.
 
 Strategies are named in one string, as on the command line:
 
