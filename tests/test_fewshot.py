@@ -105,9 +105,9 @@ class Recorder:
 def test_folds_never_leak_a_document_into_its_own_training_set_or_demonstrations(pool):
     docs = pool[:8]
     recorder = Recorder(StrategyBuilder(LABELS, llm=LlamaCppLLM, encoder_options={"epochs": 1}))
-    strategies = parse_strategies("encoder,llm-k2,rerank-0.9")
+    strategies = parse_strategies("encoder,probe,llm-k2,rerank-0.9")
     cv = cross_validate(docs, strategies, recorder, k=4, loo_below=5, seed=3)
-    assert len(recorder.calls) == 4 * 3
+    assert len(recorder.calls) == 4 * 4
     for (name, train, demos), fold in zip(recorder.calls, [f for f in cv.folds for _ in strategies]):
         held = {docs[i].id for i in fold}
         assert train == {d.id for d in docs} - held, name
