@@ -5,8 +5,9 @@ A causal LM's state at a word has seen only the words before it, and a tagger ne
 Improves Language Model Embeddings", 2024) fix that without touching the model: the sentence is
 fed twice, and the states of its *second* copy are read — by then the model has read the whole
 sentence once. A word's feature is the state of the last token that starts inside it (that
-token has seen the word entire), at several layers, concatenated: middle layers carry more of
-what a tagger needs than the last one, which is shaped to predict the next token.
+token has seen the word entire), at several layers from a third of the depth on, concatenated:
+the last layer alone is shaped to predict the next token, not to describe the word. The layers
+were fixed before any test figure was seen, not tuned.
 
 Only an in-process model has hidden states: a remote API gives none. The model is the embedded
 Gemma 3 270M unless another is named (any causal LM that ``clinie.llm.transformers_lm`` loads).
