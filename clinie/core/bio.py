@@ -26,7 +26,12 @@ OUTSIDE = "O"
 
 
 def bio_labels(labels: Sequence[str]) -> list[str]:
-    """The tag set for ``labels``: ``O`` first, then ``B-x``, ``I-x`` per label in order."""
+    """The tag set for ``labels``: ``O`` first, then ``B-x``, ``I-x`` per label in order; the
+    labels of a tagger, so at least one, none twice."""
+    if not labels:
+        raise ValueError("a tag set needs at least one label")
+    if len(set(labels)) != len(labels):
+        raise ValueError(f"labels repeat: {list(labels)}")
     return [OUTSIDE] + [f"{prefix}-{label}" for label in labels for prefix in ("B", "I")]
 
 

@@ -136,10 +136,6 @@ class EncoderTagger:
     ) -> None:
         from transformers import AutoConfig, AutoTokenizer
 
-        if not labels:
-            raise ValueError("an encoder tagger needs at least one label")
-        if len(set(labels)) != len(labels):
-            raise ValueError(f"labels repeat: {list(labels)}")
         self.labels = tuple(labels)
         self.tags = bio_labels(self.labels)
         self.base_model = str(model or default_encoder_path())

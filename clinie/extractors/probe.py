@@ -72,10 +72,6 @@ class ProbeTagger:
     def __init__(self, labels: Sequence[str], states: HiddenStates | Callable[[], HiddenStates], *,
                  epochs: int = 60, learning_rate: float = 1e-3, hidden: int = 128, dropout: float = 0.3,
                  max_words_per_chunk: int = 128, seed: int = 13) -> None:
-        if not labels:
-            raise ValueError("a probe tagger needs at least one label")
-        if len(set(labels)) != len(labels):
-            raise ValueError(f"labels repeat: {list(labels)}")
         self.labels = tuple(labels)
         self.tags = bio_labels(self.labels)
         self._states = states
