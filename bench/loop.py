@@ -2,12 +2,14 @@
 
 For each corpus and seed, pools of 10, 25, 50 and 100 sentences are drawn from
 ``fewshot/gutierrez_train100_seed<seed>.jsonl`` (the only training data used); over each pool,
-cross-validation alone picks a strategy (encoder, LLM with k=5 retrieved demonstrations,
-filter-then-rerank at several bands); then every strategy, fitted on the whole pool, is scored
+cross-validation alone picks a strategy (encoder, filter-then-probe and filter-then-rerank at
+several bands, the probe, the LLM with k=5 retrieved demonstrations) among those that send at most
+``--max-llm-share`` of the sentences to the LLM (a quarter, the goal's budget); then every
+strategy, fitted on the whole pool, is scored
 on the 200 items of ``fewshot/chen2023_test_sample200.jsonl`` — strict entity F1, as Chen et al.
 2023 report GPT-4 zero-shot on the same items. Printed per corpus and pool size: each strategy's
-F1 (mean ± sd over seeds), the CV-selected strategy's, and the share of sentences that
-filter-then-rerank sent to the LLM. A report per corpus is written under ``--out``.
+F1 (mean ± sd over seeds), the CV-selected strategy's, and the share of sentences it sent to
+the LLM. A report per corpus is written under ``--out``.
 
 Each (corpus, size, seed) run is saved as it finishes (``--out/<corpus>/runs``): an interrupted
 bench resumes where it stopped. Runs go largest pool first. The LLM's answers are kept in
@@ -46,8 +48,10 @@ def main() -> None:
     parser.add_argument("--corpora", default="ncbi_disease,bc5cdr_chem")
     parser.add_argument("--sizes", default="10,25,50,100")
     parser.add_argument("--seeds", default="42,33,21")
-    parser.add_argument("--strategies", default="encoder,llm,rerank")
+    parser.add_argument("--strategies", default="encoder,gated,probe,llm,rerank")
     parser.add_argument("--folds", type=int, default=5)
+    parser.add_argument("--max-llm-share", type=float, default=0.25,
+                        help="select among strategies sending at most this share of the sentences to the LLM")
     parser.add_argument("--threads", type=int, default=2, help="llama.cpp threads")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "loop")
     parser.add_argument("--saved", action="store_true", help="run nothing: summarise the runs already saved")
@@ -69,7 +73,7 @@ def main() -> None:
                 pool = list(read_documents(DATA / corpus / "fewshot" / f"gutierrez_train100_seed{seed}.jsonl"))
                 started = time.perf_counter()
                 [run] = run_study(pool, test[corpus], [size], [seed], strategies, builders[corpus], folds=args.folds,
-                                  runs_dir=args.out / corpus / "runs")
+                                  max_llm_share=args.max_llm_share, runs_dir=args.out / corpus / "runs")
                 runs[corpus].append(run)
                 f1 = {name: result["per_label"]["all"]["f1"] for name, result in run["test"].items()}
                 print(f"{corpus} n={size} seed {seed}: selected {run['selected']} "
@@ -90,7 +94,8 @@ def main() -> None:
             print(f"| {size} | {seeds_run} | " + " | ".join(cells) + f" | {', '.join(row['selected'])} | "
                   f"{row['strategies']['selected']['sentence_share']:.0%} |")
         report = new_report(f"True few-shot learning loop: {corpus}", "fewshot", "python bench/loop.py "
-                            f"--corpora {corpus} --sizes {args.sizes} --seeds {args.seeds} --strategies {args.strategies}")
+                            f"--corpora {corpus} --sizes {args.sizes} --seeds {args.seeds} "
+                            f"--strategies {args.strategies} --max-llm-share {args.max_llm_share}")
         report["summary"] = [("corpus", corpus), ("pools", f"gutierrez_train100_seed{{{args.seeds}}}.jsonl"),
                              ("test", "chen2023_test_sample200.jsonl (200 items)"),
                              ("GPT-4 zero-shot on the same items (Chen et al. 2023)", GPT4_ZERO_SHOT[corpus])]

@@ -12,7 +12,7 @@ and ``relations``). Examples::
     clinie evaluate --gold test.jsonl --pred pred.jsonl --out reports/test
     clinie report --project 3 --out reports/project3
     clinie fewshot --pool train.jsonl --test test.jsonl --sizes 10,25,50,100 --seeds 3 \
-        --strategies encoder,probe,llm,rerank --out reports/fewshot
+        --strategies encoder,gated,probe,llm,rerank --out reports/fewshot
 """
 
 from __future__ import annotations
@@ -231,13 +231,15 @@ def _fewshot(args: argparse.Namespace) -> int:
                             guided=bool(settings and settings.llm_guided),
                             cache=CallCache(args.cache) if args.cache else None)
     runs = run_study(pool, test, sizes, seeds, strategies, build, folds=args.folds, loo_below=args.loo_below,
-                     runs_dir=args.out / "runs", progress=True)
+                     max_llm_share=args.max_llm_share, runs_dir=args.out / "runs", progress=True)
     report = new_report(f"True few-shot study: {args.pool.name} -> {args.test.name}", "fewshot", args.command_line)
     report["summary"] = [("pool", f"{args.pool} ({len(pool)} documents)"), ("test", f"{args.test} ({len(test)} documents)"),
                          ("pool sizes", ", ".join(map(str, sizes))), ("seeds", ", ".join(map(str, seeds))),
                          ("strategies", ", ".join(s.name for s in strategies)),
                          ("model selection", f"{args.folds}-fold cross-validation over each pool "
-                                             f"(leave-one-out below {args.loo_below} documents), best mean F1")]
+                                             f"(leave-one-out below {args.loo_below} documents), best mean F1"
+                                             + (f" among the strategies sending at most {args.max_llm_share:.0%} "
+                                                "of the sentences to the LLM" if args.max_llm_share < 1 else ""))]
     print(f"report: {write_report(study_report(runs, report), args.out)}", file=sys.stderr)
     return 0
 
@@ -263,7 +265,8 @@ def _report(args: argparse.Namespace) -> int:
         raise ValueError(f"project {args.project} has {len(docs)} usable annotations: a report needs at least 2")
     strategies = parse_strategies(args.strategies or settings.select_strategies or "encoder", k=settings.llm_k)
     build = builder(schema, settings, llm=lambda: make_llm(settings))
-    cv = cross_validate(docs, strategies, build, k=settings.select_folds, seed=args.seed, progress=True)
+    cv = cross_validate(docs, strategies, build, k=settings.select_folds, seed=args.seed,
+                        max_llm_share=settings.select_max_llm_share, progress=True)
     sizes = sorted({max(1, round(len(docs) * f)) for f in (0.25, 0.5, 0.75)})
     curve = learning_curve(docs, strategies, build, sizes, repeats=args.repeats, seed=args.seed, progress=True) \
         if args.repeats else {}
@@ -367,9 +370,14 @@ def build_parser() -> argparse.ArgumentParser:
     fewshot.add_argument("--sizes", default="10,25,50,100", help="pool sizes (default 10,25,50,100)")
     fewshot.add_argument("--seeds", default="3",
                          help="a count (3: seeds 0,1,2) or a comma-separated list (42,33,21; one seed: 42,)")
-    fewshot.add_argument("--strategies", default="encoder,probe,llm,rerank",
-                         help="encoder, probe, llm (k demos), llm-kN, rerank (every --bands), rerank-0.NN")
-    fewshot.add_argument("--bands", default="0.7,0.8,0.9", help="rerank: upper confidence bounds of the bands")
+    fewshot.add_argument("--strategies", default="encoder,gated,probe,llm,rerank",
+                         help="encoder, probe, llm (k demos), llm-kN, rerank and gated (every --bands), "
+                              "rerank-0.NN, gated-0.NN")
+    fewshot.add_argument("--bands", default="0.7,0.8,0.9",
+                         help="rerank and gated: upper confidence bounds of the bands")
+    fewshot.add_argument("--max-llm-share", type=float, default=1.0,
+                         help="select only among strategies sending at most this share of the sentences to the "
+                              "LLM in cross-validation (default 1: no limit)")
     fewshot.add_argument("--folds", type=int, default=5)
     fewshot.add_argument("--loo-below", type=int, default=10, help="leave-one-out for pools smaller than this")
     fewshot.add_argument("--config", type=Path, help="a labeling config whose label hints describe the labels")

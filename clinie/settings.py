@@ -44,10 +44,15 @@ class Settings:
     #: What selection compares after each training, by cross-validation over the project's
     #: annotations: ``encoder``, ``probe`` (a tagger on the frozen local LLM's hidden states),
     #: ``llm`` (``llm_k`` demos), ``llm-kN``, ``rerank`` (filter-then-rerank, bands
-    #: 0.7/0.8/0.9), ``rerank-0.NN``; empty = no selection (the encoder serves).
-    select_strategies: str = "encoder,probe,llm,rerank"
+    #: 0.7/0.8/0.9), ``rerank-0.NN``, ``gated`` (filter-then-probe: the probe reads only the
+    #: sentences the encoder is unsure of, same bands), ``gated-0.NN``; empty = no selection
+    #: (the encoder serves).
+    select_strategies: str = "encoder,gated,probe,llm,rerank"
     #: Folds of that cross-validation (leave-one-out below 10 annotations).
     select_folds: int = 5
+    #: The largest share of sentences the selected strategy may send to the LLM (as measured in
+    #: the cross-validation); 1 = no limit.
+    select_max_llm_share: float = 1.0
     #: The causal LM whose hidden states the ``probe`` strategy reads, in-process (transformers):
     #: a GGUF path, a model directory or an HF name available offline; empty = embedded Gemma 3 270M.
     probe_model: str = ""
@@ -138,6 +143,8 @@ class Settings:
             raise ValueError(f"{PREFIX}LOG_FORMAT must be text or json, not {self.log_format!r}")
         if self.select_folds < 2:
             raise ValueError(f"{PREFIX}SELECT_FOLDS must be at least 2")
+        if not 0 <= self.select_max_llm_share <= 1:
+            raise ValueError(f"{PREFIX}SELECT_MAX_LLM_SHARE must be between 0 and 1")
         if self.llm_provider not in ("llama.cpp", "transformers", "openai"):
             raise ValueError(f"{PREFIX}LLM_PROVIDER must be llama.cpp, transformers or openai, "
                              f"not {self.llm_provider!r}")

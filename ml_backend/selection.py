@@ -67,4 +67,5 @@ def selection_record(cv: CrossValidation) -> dict[str, Any]:
 def select(docs: Sequence[Document], build: StrategyBuilder, settings: Settings, *, seed: int = 0) -> CrossValidation:
     """Cross-validate the configured strategies over ``docs`` (see the module docstring)."""
     strategies = parse_strategies(settings.select_strategies, k=settings.llm_k)
-    return cross_validate(docs, strategies, build, k=settings.select_folds, seed=seed)
+    return cross_validate(docs, strategies, build, k=settings.select_folds, seed=seed,
+                          max_llm_share=settings.select_max_llm_share)

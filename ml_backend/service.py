@@ -20,8 +20,9 @@ from clinie.evaluation.calibration import Calibrator, calibrate_documents, calib
 from clinie.evaluation.fewshot import Strategy
 from clinie.extractors.base import Extractor, SpansThenRelations
 from clinie.extractors.encoder import EncoderTagger
+from clinie.extractors.gated import FilterThenProbe
 from clinie.extractors.llm import LLMTagger
-from clinie.extractors.probe import PROBE_DIR, ProbeTagger
+from clinie.extractors.probe import PROBE_DIR, PROBE_KINDS, ProbeTagger
 from clinie.extractors.relation_encoder import RELATIONS_DIR, RelationClassifier
 from clinie.extractors.relation_llm import LLMRelationExtractor
 from clinie.extractors.rerank import FilterThenRerank
@@ -105,7 +106,7 @@ class Backend:
         for project in self.store.projects():
             if (record := self._encoder_record(project)) is not None:
                 try:
-                    self._model(record, probe=self._selected(record).kind == "probe")
+                    self._model(record, probe=self._selected(record).kind in PROBE_KINDS)
                 except Exception as e:  # the first /predict will say so again, per task
                     log.warning("project %s: could not load %s: %s", project, record.version, type(e).__name__)
 
@@ -132,7 +133,7 @@ class Backend:
             return Strategy("llm", k=self.settings.llm_k)
         chosen = (record.info.get("selection") or {}).get("strategy") if self.settings.strategy == "auto" else None
         strategy = Strategy.parse(chosen) if chosen else Strategy("encoder")
-        if strategy.kind == "probe" and not (record.path / PROBE_DIR).is_dir():  # a version dir pruned by hand
+        if strategy.kind in PROBE_KINDS and not (record.path / PROBE_DIR).is_dir():  # a version dir pruned by hand
             return Strategy("encoder")
         return strategy
 
@@ -148,8 +149,8 @@ class Backend:
         new annotation (a new demonstration) makes Label Studio ask again."""
         if strategy.kind == "encoder" and record is not None:
             return record.version
-        if strategy.kind == "probe" and record is not None:
-            return f"{record.version}-probe"
+        if strategy.kind in PROBE_KINDS and record is not None:
+            return f"{record.version}-{strategy.name}"
         pool_size = self.store.count_training_examples(project)
         if strategy.kind == "rerank" and record is not None:
             return f"{record.version}-{strategy.name}-pool{pool_size}"
@@ -231,6 +232,13 @@ class Backend:
                 self._models[(record.project, probe)] = cached
                 self.metrics.observe("model_load", time.perf_counter() - started)
             return cached[1]
+
+    def _gated(self, record: ModelRecord, strategy: Strategy) -> Extractor:
+        """Filter-then-probe over the model version's encoder and probe (loaded once each), with
+        its relation classifier if it has one."""
+        encoder, probe = self._model(record), self._model(record, probe=True)
+        spans = FilterThenProbe(getattr(encoder, "spans", encoder), getattr(probe, "spans", probe), strategy.band)
+        return SpansThenRelations(spans, encoder.relations) if isinstance(encoder, SpansThenRelations) else spans
 
     def predict(self, project: str, tasks: list[Any], label_config: str | None) -> dict[str, Any]:
         """One result per task, in order; a task that fails gets an empty result, never the batch.
@@ -331,6 +339,8 @@ class Backend:
         fallback = Serving(record.version, self._model(record), None, None) if record is not None else None
         if strategy.kind == "probe" and record is not None:
             return Serving(version, self._model(record, probe=True), calibrator, fallback)
+        if strategy.kind == "gated" and record is not None:
+            return Serving(version, self._gated(record, strategy), calibrator, fallback)
         return Serving(version, self._with_demos(project, schema, record, strategy), calibrator, fallback,
                        uses_llm=True)
 

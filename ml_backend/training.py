@@ -19,7 +19,8 @@ from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Any
 
-from clinie.extractors.probe import PROBE_DIR
+from clinie.evaluation.fewshot import Strategy
+from clinie.extractors.probe import PROBE_DIR, PROBE_KINDS
 from clinie.extractors.relation_encoder import RELATIONS_DIR, RelationClassifier
 from clinie.llm.base import LLM
 from clinie.llm.hidden import HiddenStates
@@ -40,8 +41,8 @@ def train_project(store: AnnotationStore, settings: Settings, project: str, trai
     """Fine-tune the encoder tagger (and the relation classifier, when the config has relations
     and the annotations draw some) on the project's stored annotations, select the strategy that
     serves with it (``ml_backend.selection``), and register the result. When the probe is
-    selected, its head is trained on all the annotations too and saved beside the encoder
-    (``probe/``), which stays as the fallback.
+    selected (alone, or reading the sentences the encoder is unsure of), its head is trained on
+    all the annotations too and saved beside the encoder (``probe/``), which stays as the fallback.
 
     A selection that fails (the LLM cannot be loaded, say) is logged and recorded as failed;
     the new encoder still serves.
@@ -71,7 +72,7 @@ def train_project(store: AnnotationStore, settings: Settings, project: str, trai
     partial = final.with_name(final.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
     tagger.save(partial)
-    if selection and selection["strategy"] == "probe":
+    if selection and selection["strategy"] and Strategy.parse(selection["strategy"]).kind in PROBE_KINDS:
         build.probe(docs).save(partial / PROBE_DIR)
     if relations is not None:
         relations.save(partial / RELATIONS_DIR)

@@ -11,6 +11,7 @@ from clinie.cli import main
 from clinie.core import Document, LabelSpec, Span, read_documents
 from clinie.evaluation.fewshot import (CrossValidation, Strategy, StrategyRun, cross_validate, folds, label_specs,
                                        parse_strategies, subsample)
+from clinie.extractors.gated import FilterThenProbe
 from clinie.extractors.llm import LLMTagger
 from clinie.extractors.rerank import FilterThenRerank
 from clinie.extractors.strategies import StrategyBuilder
@@ -46,7 +47,7 @@ def test_folds_depend_on_the_seed_and_need_two_documents():
 
 
 def test_strategy_names_round_trip_and_bad_ones_are_refused():
-    for strategy in parse_strategies("encoder,llm-k2,llm,rerank,rerank-0.95", bands=(0.6,)):
+    for strategy in parse_strategies("encoder,probe,llm-k2,llm,rerank,rerank-0.95,gated,gated-0.85", bands=(0.6,)):
         assert Strategy.parse(strategy.name) == strategy
     with pytest.raises(ValueError, match="unknown strategy 'gpt'"):
         parse_strategies("encoder,gpt")
@@ -62,6 +63,27 @@ def test_the_best_mean_f1_is_selected_and_ties_go_to_the_first_listed():
     cv.runs["rerank-0.80"].fold_f1[0] = 0.71
     assert cv.selected.name == "rerank-0.80"
     assert cv.summary()["selected"] == "rerank-0.80" and cv.summary()["scheme"] == "2-fold"
+
+
+def test_a_strategy_above_the_llm_budget_is_not_selected_however_good():
+    def read(to_llm: int) -> list[Document]:  # what a strategy's cross-validated predictions say it cost
+        return [Document("a", "x", meta={"llm": {"sentences": 4, "sentences_to_llm": to_llm}})]
+
+    cv = CrossValidation([], [[0]], max_llm_share=0.25)
+    cv.runs["encoder"] = StrategyRun(Strategy("encoder"), [Document("a", "x")], [0.5])
+    cv.runs["gated-0.80"] = StrategyRun(Strategy.parse("gated-0.80"), read(1), [0.7])
+    cv.runs["probe"] = StrategyRun(Strategy("probe"), read(4), [0.9])
+    assert [r.llm_share for r in cv.runs.values()] == [0.0, 0.25, 1.0]
+    assert cv.selected.name == "gated-0.80"
+    assert cv.summary()["strategies"]["probe"]["llm_share"] == 1.0 and cv.summary()["max_llm_share"] == 0.25
+    cv.max_llm_share = 1.0
+    assert cv.selected.name == "probe"
+    cv.max_llm_share = 0.0
+    assert cv.selected.name == "encoder"
+    del cv.runs["encoder"]  # none within the budget: the one that sends the fewest sentences
+    assert cv.selected.name == "gated-0.80"
+    with pytest.raises(ValueError, match="share of sentences"):
+        cross_validate([], [Strategy("encoder")], lambda s, t: None, max_llm_share=1.5)
 
 
 def test_pools_are_seeded_subsamples_and_labels_keep_their_descriptions(pool):
@@ -94,6 +116,9 @@ class Recorder:
         elif isinstance(extractor, FilterThenRerank):
             demos = {d.id.split("#")[0] for d in extractor.pool.docs}
             assert extractor.encoder.n_train_docs == len(train)
+        elif isinstance(extractor, FilterThenProbe):
+            demos = set()
+            assert extractor.encoder.n_train_docs == extractor.probe.n_train_docs == len(train)
         else:
             demos = set()
             assert extractor.n_train_docs == len(train)
@@ -105,9 +130,9 @@ class Recorder:
 def test_folds_never_leak_a_document_into_its_own_training_set_or_demonstrations(pool):
     docs = pool[:8]
     recorder = Recorder(StrategyBuilder(LABELS, llm=LlamaCppLLM, encoder_options={"epochs": 1}))
-    strategies = parse_strategies("encoder,probe,llm-k2,rerank-0.9")
+    strategies = parse_strategies("encoder,probe,gated-0.9,llm-k2,rerank-0.9")
     cv = cross_validate(docs, strategies, recorder, k=4, loo_below=5, seed=3)
-    assert len(recorder.calls) == 4 * 4
+    assert len(recorder.calls) == 4 * len(strategies)
     for (name, train, demos), fold in zip(recorder.calls, [f for f in cv.folds for _ in strategies]):
         held = {docs[i].id for i in fold}
         assert train == {d.id for d in docs} - held, name

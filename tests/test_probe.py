@@ -1,4 +1,5 @@
-"""The probe: echo features of the embedded Gemma (real model), a head trained on real NCBI sentences."""
+"""The probe: echo features of the embedded Gemma (real model), a head trained on real NCBI sentences;
+and filter-then-probe, the probe reading only the sentences a real encoder is unsure of."""
 
 from __future__ import annotations
 
@@ -7,8 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from clinie.core import Document, read_documents, tokenize
+from clinie.core import Document, read_documents, split_sentences, tokenize
 from clinie.evaluation import evaluate_spans
+from clinie.extractors.encoder import EncoderTagger
+from clinie.extractors.gated import FilterThenProbe, shift
 from clinie.extractors.probe import ProbeTagger
 from clinie.llm.hidden import HiddenStates
 from helpers import assert_spans_match_text
@@ -86,3 +89,42 @@ def test_training_is_deterministic_and_bad_input_is_refused(states, train):
         ProbeTagger(["Disease", "Disease"], states)
     with pytest.raises(RuntimeError, match="not trained"):
         ProbeTagger(["Disease"], states).predict(train[:1])
+
+
+@pytest.fixture(scope="module")
+def encoder(train) -> EncoderTagger:
+    return EncoderTagger(["Disease"]).fit(train[:40])
+
+
+def test_filter_then_probe_reads_only_the_sentences_the_encoder_is_unsure_of(encoder, probe, train):
+    held = [d.with_annotations(()) for d in train[60:80]]
+    note = Document("note", "\r\n\t".join(d.text for d in held[:5]))  # one text, several sentences
+    docs = [*held, note]
+    assert len(split_sentences(note.text)) > 1
+
+    never = FilterThenProbe(encoder, probe, band=(0.0, 0.0)).predict(docs)
+    assert [d.entities for d in never] == [d.entities for d in encoder.predict(docs)]
+    assert all(d.meta["llm"]["sentences_to_llm"] == 0 == d.meta["llm"]["calls"] for d in never)
+
+    gated = FilterThenProbe(encoder, probe, band=(0.0, 0.9))
+    read_in_all = 0
+    for doc, out, windows in zip(docs, gated.predict(docs), encoder.predict_words(docs)):
+        sentences = split_sentences(doc.text)
+        read = [sentences[i] for i in gated.hard_sentences(doc, windows, sentences)]
+        assert (out.meta["llm"]["sentences_to_llm"], out.meta["llm"]["sentences"]) == (len(read), len(sentences))
+        # the encoder's spans outside the sentences read, the probe's (on each sentence alone) inside
+        expected = [s for s in encoder.predict([doc])[0].entities
+                    if not any(s.start < b and a < s.end for a, b in read)]
+        for a, b in read:
+            expected += [shift(s, doc.text, a) for s in probe.predict([Document("part", doc.text[a:b])])[0].entities]
+        assert sorted((s.start, s.end, s.label) for s in expected) == [(s.start, s.end, s.label) for s in out.entities]
+        assert_spans_match_text(doc.text, out.entities)
+        read_in_all += len(read)
+    assert 0 < read_in_all < sum(len(split_sentences(d.text)) for d in docs)  # a filter, not all or nothing
+
+
+def test_filter_then_probe_refuses_models_of_other_labels_and_bands_that_are_not_probabilities(encoder, probe, states):
+    with pytest.raises(ValueError, match="probe"):
+        FilterThenProbe(encoder, ProbeTagger(["Chemical"], states))
+    with pytest.raises(ValueError, match="band"):
+        FilterThenProbe(encoder, probe, band=(0.5, 1.2))

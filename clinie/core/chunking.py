@@ -14,6 +14,7 @@ Example:
 
 from __future__ import annotations
 
+import bisect
 import re
 from collections.abc import Sequence
 
@@ -42,6 +43,16 @@ def split_sentences(text: str) -> list[tuple[int, int]]:
         if start < end:
             sentences.append((start, end))
     return sentences
+
+
+def sentence_of(sentences: Sequence[tuple[int, int]], offset: int) -> int:
+    """The index of the sentence ``offset`` lies in (of ``split_sentences``; the one before it
+    when the offset falls in the whitespace between two).
+
+    >>> sentence_of([(0, 9), (10, 22)], 15), sentence_of([(0, 9), (10, 22)], 9)
+    (1, 0)
+    """
+    return max(0, bisect.bisect_right([start for start, _ in sentences], offset) - 1)
 
 
 def chunk(text: str, max_words: int) -> list[tuple[int, int]]:

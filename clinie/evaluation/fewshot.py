@@ -4,14 +4,18 @@ No large validation set is assumed (Perez et al., NeurIPS 2021: selecting on one
 few-shot performance). Over the ``n`` annotated documents, K-fold cross-validation (leave-one-
 out below ``loo_below``) compares strategies — the LLM with ``k`` retrieved demonstrations, the
 fine-tuned encoder, the probe (a tagger on the frozen LLM's hidden states), filter-then-rerank
-with several bands — and picks the best by mean F1 over folds (ties go to the strategy listed
-first: list the cheaper first). Every fold learns from the other folds only: its documents are
-in none of the encoder's or the probe's training set and the LLM's demonstration pool.
+and filter-then-probe with several bands — and picks the best by mean F1 over folds (ties go to
+the strategy listed first: list the cheaper first). A budget on the share of sentences the LLM
+may see (``max_llm_share``, as measured in the cross-validation) rules out the strategies above
+it. Every fold learns from the other folds only: its documents are in none of the encoder's or
+the probe's training set and the LLM's demonstration pool.
 
 Strategies are named in one string, as on the command line:
 
     >>> [s.name for s in parse_strategies("encoder,probe,llm,rerank")]
     ['encoder', 'probe', 'llm-k5', 'rerank-0.70', 'rerank-0.80', 'rerank-0.90']
+    >>> [s.name for s in parse_strategies("gated,gated-0.95")]
+    ['gated-0.70', 'gated-0.80', 'gated-0.90', 'gated-0.95']
     >>> parse_strategies("llm-k2,rerank-0.85")[1].band
     (0.0, 0.85)
     >>> [len(f) for f in folds(12, k=5, loo_below=10, seed=0)]
@@ -33,12 +37,14 @@ from clinie.extractors.base import Extractor
 
 DEFAULT_K = 5
 DEFAULT_BANDS = (0.7, 0.8, 0.9)
-KINDS = ("encoder", "probe", "llm", "rerank")
+BANDED = ("rerank", "gated")  # the kinds whose parameter is a band of the encoder's confidence
 
 
 @dataclass(frozen=True)
 class Strategy:
-    """One way to pre-annotate: ``kind`` with its parameter (``k`` demos, or the rerank ``band``)."""
+    """One way to pre-annotate: ``kind`` with its parameter (``k`` demos, or the ``band`` of a
+    ``rerank`` (the LLM answers the encoder's hard cases) or ``gated`` (the probe reads the
+    sentences that hold them))."""
 
     kind: str
     k: int = 0
@@ -48,8 +54,8 @@ class Strategy:
     def name(self) -> str:
         if self.kind == "llm":
             return f"llm-k{self.k}"
-        if self.kind == "rerank":
-            return f"rerank-{self.band[1]:.2f}"
+        if self.kind in BANDED:
+            return f"{self.kind}-{self.band[1]:.2f}"
         return self.kind
 
     @property
@@ -64,19 +70,21 @@ class Strategy:
 
 
 def parse_strategies(text: str, k: int = DEFAULT_K, bands: Sequence[float] = DEFAULT_BANDS) -> list[Strategy]:
-    """``encoder``, ``probe``, ``llm`` (k demos), ``llm-kN``, ``rerank`` (each default band), ``rerank-0.85``."""
+    """``encoder``, ``probe``, ``llm`` (k demos), ``llm-kN``, ``rerank`` and ``gated`` (each default
+    band), ``rerank-0.85``, ``gated-0.85``."""
     out: list[Strategy] = []
     for name in (part.strip() for part in text.split(",") if part.strip()):
         if name in ("encoder", "probe"):
             out.append(Strategy(name))
         elif name == "llm" or (m := re.fullmatch(r"llm-k(\d+)", name)):
             out.append(Strategy("llm", k=k if name == "llm" else int(m.group(1))))
-        elif name == "rerank":
-            out.extend(Strategy("rerank", band=(0.0, high)) for high in bands)
-        elif m := re.fullmatch(r"rerank-(0?\.\d+|1(?:\.0+)?)", name):
-            out.append(Strategy("rerank", band=(0.0, float(m.group(1)))))
+        elif name in BANDED:
+            out.extend(Strategy(name, band=(0.0, high)) for high in bands)
+        elif m := re.fullmatch(r"(rerank|gated)-(0?\.\d+|1(?:\.0+)?)", name):
+            out.append(Strategy(m.group(1), band=(0.0, float(m.group(2)))))
         else:
-            raise ValueError(f"unknown strategy {name!r}: use encoder, probe, llm, llm-kN, rerank or rerank-0.NN")
+            raise ValueError(f"unknown strategy {name!r}: use encoder, probe, llm, llm-kN, rerank, rerank-0.NN, "
+                             "gated or gated-0.NN")
     if len({s.name for s in out}) != len(out):
         raise ValueError(f"strategies repeat in {text!r}")
     return out
@@ -97,6 +105,18 @@ def folds(n: int, k: int = 5, loo_below: int = 10, seed: int = 0) -> list[list[i
     return [sorted(order[i::parts]) for i in range(parts)]
 
 
+def sentence_share(docs: Sequence[Document]) -> float:
+    """The share of the sentences of predicted ``docs`` that went to the LLM (``meta["llm"]``);
+    0 where no LLM was involved.
+
+    >>> sentence_share([Document("a", "x", meta={"llm": {"sentences": 3, "sentences_to_llm": 1}}), Document("b", "y")])
+    0.3333333333333333
+    """
+    costs = [d.meta["llm"] for d in docs if "llm" in d.meta]
+    sentences = sum(c.get("sentences", 0) for c in costs)
+    return sum(c.get("sentences_to_llm", 0) for c in costs) / sentences if sentences else 0.0
+
+
 @dataclass
 class StrategyRun:
     """A strategy's cross-validated predictions (one per document, in the pool's order) and F1s."""
@@ -113,18 +133,26 @@ class StrategyRun:
     def sd_f1(self) -> float:
         return statistics.stdev(self.fold_f1) if len(self.fold_f1) > 1 else 0.0
 
+    @property
+    def llm_share(self) -> float:
+        """The share of the pool's sentences it sent to the LLM, over all folds."""
+        return sentence_share(self.predictions)
+
 
 @dataclass
 class CrossValidation:
     docs: list[Document]
     folds: list[list[int]]
     runs: dict[str, StrategyRun] = field(default_factory=dict)
+    max_llm_share: float = 1.0
 
     @property
     def selected(self) -> Strategy:
-        """The best mean F1 over folds; the first listed among equals."""
-        best = max(self.runs.values(), key=lambda r: r.mean_f1)  # max keeps the first of equals
-        return best.strategy
+        """The best mean F1 over folds among the strategies within the LLM budget (the first
+        listed among equals); when none is, the one that sends the LLM the fewest sentences."""
+        runs = list(self.runs.values())
+        eligible = [r for r in runs if r.llm_share <= self.max_llm_share] or [min(runs, key=lambda r: r.llm_share)]
+        return max(eligible, key=lambda r: r.mean_f1).strategy  # max keeps the first of equals
 
     def fold_predictions(self, name: str) -> list[tuple[list[Document], list[Document]]]:
         """Per fold, (gold, predicted) documents of strategy ``name``."""
@@ -134,21 +162,24 @@ class CrossValidation:
     def summary(self) -> dict[str, Any]:
         return {"n_documents": len(self.docs), "n_folds": len(self.folds),
                 "scheme": "leave-one-out" if all(len(f) == 1 for f in self.folds) else f"{len(self.folds)}-fold",
-                "selected": self.selected.name,
+                "selected": self.selected.name, "max_llm_share": self.max_llm_share,
                 "strategies": {name: {"mean_f1": round(r.mean_f1, 4), "sd_f1": round(r.sd_f1, 4),
-                                      "fold_f1": [round(f, 4) for f in r.fold_f1]}
+                                      "fold_f1": [round(f, 4) for f in r.fold_f1], "llm_share": round(r.llm_share, 4)}
                                for name, r in self.runs.items()}}
 
 
 def cross_validate(docs: Sequence[Document], strategies: Sequence[Strategy], build: Build, *, k: int = 5,
-                   loo_below: int = 10, seed: int = 0, progress: bool = False) -> CrossValidation:
+                   loo_below: int = 10, seed: int = 0, max_llm_share: float = 1.0,
+                   progress: bool = False) -> CrossValidation:
     """Every strategy fitted on each fold's complement and run on the fold (see module doc)."""
+    if not 0 <= max_llm_share <= 1:
+        raise ValueError(f"max_llm_share {max_llm_share} is not a share of sentences (0 to 1)")
     from tqdm.auto import tqdm
 
     docs = list(docs)
     if len({d.id for d in docs}) != len(docs):
         raise ValueError("document ids repeat: folds could not keep a document out of its own training set")
-    cv = CrossValidation(docs, folds(len(docs), k, loo_below, seed))
+    cv = CrossValidation(docs, folds(len(docs), k, loo_below, seed), max_llm_share=max_llm_share)
     predictions: dict[str, list[Document | None]] = {s.name: [None] * len(docs) for s in strategies}
     fold_f1: dict[str, list[float]] = {s.name: [] for s in strategies}
     steps = tqdm(total=len(cv.folds) * len(strategies), desc="cross-validation", unit="fit", disable=not progress)

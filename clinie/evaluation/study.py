@@ -23,7 +23,7 @@ from clinie.core import Document
 from clinie.evaluation.analysis import confusion, error_kinds, per_label, worst_documents
 from clinie.evaluation.calibration import (calibrate_documents, cross_fitted, expected_calibration_error,
                                            fit_calibrator, reliability, span_outcomes)
-from clinie.evaluation.fewshot import Build, CrossValidation, Strategy, cross_validate, subsample
+from clinie.evaluation.fewshot import Build, CrossValidation, Strategy, cross_validate, sentence_share, subsample
 
 COST_KEYS = ("calls", "cache_hits", "prompt_tokens", "completion_tokens", "sentences", "sentences_to_llm", "seconds")
 
@@ -35,7 +35,7 @@ def llm_cost(docs: Sequence[Document]) -> dict[str, float] | None:
         return None
     total = {key: sum(c.get(key, 0) for c in costs) for key in COST_KEYS}
     total["documents"] = len(docs)
-    total["sentence_share"] = total["sentences_to_llm"] / total["sentences"] if total["sentences"] else 0.0
+    total["sentence_share"] = sentence_share(docs)
     return total
 
 
@@ -65,10 +65,11 @@ def evaluation(gold: Sequence[Document], predicted: Sequence[Document], *, calib
 
 
 def one_run(pool: Sequence[Document], test: Sequence[Document], strategies: Sequence[Strategy], build: Build, *,
-            seed: int, folds: int = 5, loo_below: int = 10, progress: bool = False) -> dict[str, Any]:
+            seed: int, folds: int = 5, loo_below: int = 10, max_llm_share: float = 1.0,
+            progress: bool = False) -> dict[str, Any]:
     """Select by cross-validation on ``pool``; fit every strategy on all of it; score on ``test``."""
     cv: CrossValidation = cross_validate(pool, strategies, build, k=folds, loo_below=loo_below, seed=seed,
-                                         progress=progress)
+                                         max_llm_share=max_llm_share, progress=progress)
     results: dict[str, Any] = {}
     for strategy in strategies:
         predicted = build(strategy, pool).predict(test)
@@ -86,8 +87,10 @@ def run_path(runs_dir: Path, size: int, seed: int) -> Path:
 
 def run_study(pool: Sequence[Document], test: Sequence[Document], sizes: Sequence[int], seeds: Sequence[int],
               strategies: Sequence[Strategy], build: Build, *, folds: int = 5, loo_below: int = 10,
-              runs_dir: Path | None = None, progress: bool = False) -> list[dict[str, Any]]:
-    """One run per (size, seed); runs already in ``runs_dir`` with the same strategies are reused."""
+              max_llm_share: float = 1.0, runs_dir: Path | None = None,
+              progress: bool = False) -> list[dict[str, Any]]:
+    """One run per (size, seed); runs already in ``runs_dir`` with the same strategies and LLM
+    budget are reused."""
     names = [s.name for s in strategies]
     runs = []
     for size in sizes:
@@ -95,13 +98,13 @@ def run_study(pool: Sequence[Document], test: Sequence[Document], sizes: Sequenc
             path = run_path(runs_dir, size, seed) if runs_dir else None
             if path is not None and path.exists():
                 saved = json.loads(path.read_text(encoding="utf-8"))
-                if list(saved["test"]) == names:
+                if list(saved["test"]) == names and saved["cv"].get("max_llm_share", 1.0) == max_llm_share:
                     runs.append(saved)
                     continue
             if progress:
                 print(f"pool of {size}, seed {seed}", flush=True)
             run = one_run(subsample(pool, size, seed), test, strategies, build, seed=seed, folds=folds,
-                          loo_below=loo_below, progress=progress)
+                          loo_below=loo_below, max_llm_share=max_llm_share, progress=progress)
             if path is not None:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 path.write_text(json.dumps(run, indent=1, ensure_ascii=False), encoding="utf-8")

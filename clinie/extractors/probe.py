@@ -37,8 +37,18 @@ from clinie.llm.hidden import HiddenStates
 
 KIND = "probe-tagger"
 PROBE_DIR = "probe"  # where a model version keeps its probe, beside the encoder
+PROBE_KINDS = ("probe", "gated")  # the strategies that serve with it (``clinie.evaluation.fewshot``)
 HEAD_FILE = "head.pt"
 SCALE_FILE = "scale.json"
+
+
+def reading_cost(states: HiddenStates, before: dict[str, int], started: float, *, sentences: int,
+                 read: int) -> dict[str, float]:
+    """What reading a document cost since ``before`` (``states.usage`` then) and ``started``
+    (``time.perf_counter()`` then), in the keys the LLM strategies count: forward passes as
+    calls, no completion tokens, ``read`` of its ``sentences`` through the LLM."""
+    return {**{k: v - before[k] for k, v in states.usage.items()}, "completion_tokens": 0, "sentences": sentences,
+            "sentences_to_llm": read, "seconds": round(time.perf_counter() - started, 3)}
 
 
 def _head(dim: int, n_tags: int, hidden: int, dropout: float) -> Any:
@@ -160,9 +170,7 @@ class ProbeTagger:
             [pieces] = self.predict_words([doc])
             spans: list[Span] = [s for words, p in pieces for s in word_spans(doc.text, words, p, self.tags)]
             sentences = len(split_sentences(doc.text))
-            cost = {**{k: v - before[k] for k, v in self.states.usage.items()}, "completion_tokens": 0,
-                    "sentences": sentences, "sentences_to_llm": sentences,
-                    "seconds": round(time.perf_counter() - started, 3)}
+            cost = reading_cost(self.states, before, started, sentences=sentences, read=sentences)
             out.append(replace(number_spans(doc, spans), meta={**doc.meta, "llm": cost}))
         return out
 

@@ -27,8 +27,8 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from clinie.core import (Document, LabelSpec, Span, Token, bio_to_spans, mark_spans, number_spans, split_sentences,
-                         tokenize, word_ranges)
+from clinie.core import (Document, LabelSpec, Span, Token, bio_to_spans, mark_spans, number_spans, sentence_of,
+                         split_sentences, tokenize, word_ranges)
 from clinie.extractors.choice import MultipleChoice
 from clinie.extractors.encoder import EncoderTagger
 from clinie.llm.base import LLM
@@ -182,7 +182,7 @@ class FilterThenRerank:
                 spans.extend(sure)
                 questions += len(hard)
                 for case in hard:
-                    asked.add(next((i for i, (s, e) in enumerate(sentences) if s <= case.span.start < e), -1))
+                    asked.add(sentence_of(sentences, case.span.start))
                     if (decided := self.decide(doc.text, case, sentences)) is not None:
                         spans.append(decided)
             cost = {**self.questions.usage.since(before), "questions": questions,

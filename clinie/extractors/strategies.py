@@ -1,7 +1,8 @@
 """Fitted extractors for the strategies true few-shot selection compares (``clinie.evaluation.fewshot``).
 
 One ``StrategyBuilder`` serves a whole cross-validation or study: the encoder is fine-tuned once
-per training set and shared by the ``encoder`` strategy and every ``rerank`` band; the LLM, the
+per training set and shared by the ``encoder`` strategy and every ``rerank`` and ``gated`` band,
+the probe likewise by ``probe`` and every ``gated`` band; the LLM, the
 embedder and the hidden states the probe reads are loaded once, on first use; LLM answers go
 through one call cache, so bands that ask the same question pay for it once.
 
@@ -20,6 +21,7 @@ from clinie.core import Document, LabelSpec
 from clinie.evaluation.fewshot import Strategy
 from clinie.extractors.base import Extractor
 from clinie.extractors.encoder import EncoderTagger
+from clinie.extractors.gated import FilterThenProbe
 from clinie.extractors.llm import LLMTagger
 from clinie.extractors.probe import ProbeTagger
 from clinie.extractors.rerank import FilterThenRerank
@@ -44,7 +46,7 @@ class StrategyBuilder:
         self.guided = guided
         self.cache = cache if cache is not None else CallCache(":memory:")
         self._states = states
-        self._encoder: tuple[tuple[str, ...], EncoderTagger] | None = None  # the last training set's
+        self._fitted: dict[str, tuple[tuple[str, ...], Any]] = {}  # per model kind, the last training set's
 
     @property
     def llm(self) -> LLM:
@@ -67,16 +69,21 @@ class StrategyBuilder:
             self._states = self._states()
         return self._states
 
+    def _fitted_on(self, kind: str, train: Sequence[Document], fit: Callable[[], Any]) -> Any:
+        """``fit()``, once per distinct training set in a row: the strategies of one fold share it."""
+        key = tuple(d.id for d in train)
+        if (cached := self._fitted.get(kind)) is None or cached[0] != key:
+            cached = self._fitted[kind] = (key, fit())
+        return cached[1]
+
     def probe(self, train: Sequence[Document]) -> ProbeTagger:
-        return ProbeTagger(self.labels, lambda: self.states).fit(train)
+        """The probe trained on ``train``."""
+        return self._fitted_on("probe", train, lambda: ProbeTagger(self.labels, lambda: self.states).fit(train))
 
     def encoder(self, train: Sequence[Document]) -> EncoderTagger:
-        """The encoder fine-tuned on ``train`` (fitted once per distinct training set in a row)."""
-        key = tuple(d.id for d in train)
-        if self._encoder is None or self._encoder[0] != key:
-            tagger = EncoderTagger(self.labels, self.encoder_model, **self.encoder_options).fit(train)
-            self._encoder = (key, tagger)
-        return self._encoder[1]
+        """The encoder fine-tuned on ``train``."""
+        return self._fitted_on("encoder", train, lambda: EncoderTagger(self.labels, self.encoder_model,
+                                                                       **self.encoder_options).fit(train))
 
     def __call__(self, strategy: Strategy, train: Sequence[Document]) -> Extractor:
         if strategy.kind == "encoder":
@@ -90,4 +97,6 @@ class StrategyBuilder:
             return FilterThenRerank(self.encoder(train), self.llm, self.label_specs, band=strategy.band,
                                     embedder=self.embedder, guided=self.guided, cache=self.cache
                                     ).fit(train, refit_encoder=False)
+        if strategy.kind == "gated":
+            return FilterThenProbe(self.encoder(train), self.probe(train), band=strategy.band)
         raise ValueError(f"unknown strategy kind {strategy.kind!r}")
