@@ -101,12 +101,14 @@ class Backend:
             threading.Thread(target=self._sync_loop, name="clinie-sync", daemon=True).start()
 
     def _warm_up(self) -> None:
-        """Load every project's serving encoder (or probe) once, at start, so that the first
+        """Load every project's serving encoder (and probe) once, at start, so that the first
         /predict after a restart does not pay for it (Label Studio's opening a task waits on it)."""
         for project in self.store.projects():
             if (record := self._encoder_record(project)) is not None:
                 try:
-                    self._model(record, probe=self._selected(record).kind in PROBE_KINDS)
+                    self._model(record)
+                    if self._selected(record).kind in PROBE_KINDS:
+                        self._model(record, probe=True)
                 except Exception as e:  # the first /predict will say so again, per task
                     log.warning("project %s: could not load %s: %s", project, record.version, type(e).__name__)
 
@@ -237,8 +239,10 @@ class Backend:
         """Filter-then-probe over the model version's encoder and probe (loaded once each), with
         its relation classifier if it has one."""
         encoder, probe = self._model(record), self._model(record, probe=True)
-        spans = FilterThenProbe(getattr(encoder, "spans", encoder), getattr(probe, "spans", probe), strategy.band)
-        return SpansThenRelations(spans, encoder.relations) if isinstance(encoder, SpansThenRelations) else spans
+        if not isinstance(encoder, SpansThenRelations):
+            return FilterThenProbe(encoder, probe, strategy.band)
+        assert isinstance(probe, SpansThenRelations)  # both were loaded with the version's relation classifier
+        return SpansThenRelations(FilterThenProbe(encoder.spans, probe.spans, strategy.band), encoder.relations)
 
     def predict(self, project: str, tasks: list[Any], label_config: str | None) -> dict[str, Any]:
         """One result per task, in order; a task that fails gets an empty result, never the batch.
