@@ -12,14 +12,14 @@ from clinie.evaluation.report import new_report, render_markdown, write_report
 from clinie.evaluation.study import study_report, summarise
 
 ROOT = Path(__file__).resolve().parents[1]
-#: ``python bench/loop.py --corpora ncbi_disease --sizes 100 --seeds 42``: its saved run, as it came out
+COMMAND = "python bench/loop.py --corpora ncbi_disease --sizes 100 --seeds 42 --strategies encoder,gated,probe"
+#: ``COMMAND``'s saved run, as it came out (selection within a quarter of the sentences to the LLM)
 RUN = Path(__file__).parent / "data" / "loop_ncbi_disease_size100-seed42.json"
 
 
 def real_report() -> dict:
     run = json.loads(RUN.read_text())
-    report = new_report("True few-shot learning loop: ncbi_disease", "fewshot",
-                        "python bench/loop.py --corpora ncbi_disease --sizes 100 --seeds 42")
+    report = new_report("True few-shot learning loop: ncbi_disease", "fewshot", COMMAND)
     report["summary"] = [("test", "chen2023_test_sample200.jsonl (200 items)")]
     return study_report([run], report)
 
@@ -32,6 +32,7 @@ def test_the_report_of_a_real_run_says_what_the_run_measured(tmp_path):
     row = next(r for r in report["comparison"]["rows"] if r[0] == "selected by CV")
     assert row[1].startswith(f"{run['test'][run['selected']]['per_label']['all']['f1']:.3f}")
     assert summary["by_size"][100]["selected"] == [run["selected"]]
+    assert "at most 25% of the sentences" in report["comparison"]["caption"]
     write_report(report, tmp_path)
     markdown = (tmp_path / "report.md").read_text()
     html = (tmp_path / "report.html").read_text()

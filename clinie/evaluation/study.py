@@ -167,11 +167,14 @@ def study_report(runs: Sequence[dict[str, Any]], report: dict[str, Any]) -> dict
                      f"{at['sentence_share']:.0%}" if at["sentence_share"] else "–"])
     picks = "; ".join(f"n={s}: " + ", ".join(f"{p} ×{by_size[s]['selected'].count(p)}"
                                                 for p in dict.fromkeys(by_size[s]["selected"])) for s in sizes)
+    budgets = {r["cv"].get("max_llm_share", 1.0) for r in runs}
+    within = (f", among the strategies that sent at most {max(budgets):.0%} of the sentences to the LLM in "
+              "cross-validation") if max(budgets) < 1 else ""
     report["comparison"] = {
         "columns": columns, "rows": rows,
         "caption": ("Strict F1 on the test set, mean ± sd over seeds. Each strategy was fitted on the pool "
                     "alone; 'selected by CV' is, for each pool, the strategy that cross-validation over that "
-                    f"pool picked — it never saw the test set. Picks: {picks}.")}
+                    f"pool picked{within} — it never saw the test set. Picks: {picks}.")}
     series = {("selected by CV" if name == "selected" else name):
               [{"x": s, "y": by_size[s]["strategies"][name]["f1_mean"], "low": by_size[s]["strategies"][name]["f1_min"],
                 "high": by_size[s]["strategies"][name]["f1_max"]} for s in sizes] for name in [*names, "selected"]}
