@@ -51,11 +51,10 @@ class FilterThenProbe:
         self.labels = encoder.labels
         self.band = band
 
-    def fit(self, docs: Sequence[Document], *, refit: bool = True) -> FilterThenProbe:
-        """Train the encoder and the probe on ``docs`` (unless both already are: ``refit=False``)."""
-        if refit:
-            self.encoder.fit(docs)
-            self.probe.fit(docs)
+    def fit(self, docs: Sequence[Document]) -> FilterThenProbe:
+        """Train the encoder and the probe on ``docs`` (``StrategyBuilder`` passes both trained)."""
+        self.encoder.fit(docs)
+        self.probe.fit(docs)
         return self
 
     def hard_sentences(self, doc: Document, windows: Sequence[tuple[Sequence[Token], np.ndarray]],
