@@ -49,7 +49,7 @@ def builder(schema: Schema, settings: Settings, llm: Callable[[], LLM] | None = 
 
 def probe_states(settings: Settings) -> HiddenStates:
     """The hidden states the probe strategy reads (``CLINIE_PROBE_MODEL``, on ``CLINIE_LLM_DEVICE``)."""
-    return HiddenStates(settings.probe_model or None, device=settings.llm_device or None)
+    return HiddenStates.shared(settings.probe_model or None, device=settings.llm_device or None)
 
 
 def selection_record(cv: CrossValidation) -> dict[str, Any]:

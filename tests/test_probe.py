@@ -21,7 +21,7 @@ NCBI = Path(__file__).resolve().parents[2] / "shared" / "data" / "ncbi_disease" 
 
 @pytest.fixture(scope="module")
 def states() -> HiddenStates:
-    return HiddenStates()
+    return HiddenStates.shared()
 
 
 @pytest.fixture(scope="module")
@@ -46,6 +46,7 @@ def test_a_word_is_read_with_the_words_after_it(states):
     assert features.shape == (len(words), states.dim) and np.isfinite(features).all()
     assert states.words(text, words) is features  # cached: cross-validation asks again per fold
     assert states.words("", []).shape == (0, states.dim)
+    assert HiddenStates.shared() is states  # one copy of the model per process
 
 
 def test_the_probe_learns_spans_that_keep_their_offsets(probe, train):

@@ -11,7 +11,7 @@ reaches the LLM. The band trades F1 for the share of sentences the LLM reads; tr
 selection chooses it like the reranker's.
 
 Example (not run here: it trains an encoder and loads the LLM):
-    gated = FilterThenProbe(EncoderTagger(["Disease"]), ProbeTagger(["Disease"], HiddenStates()), band=(0, 0.8))
+    gated = FilterThenProbe(EncoderTagger(["Disease"]), ProbeTagger(["Disease"], HiddenStates.shared()), band=(0, 0.8))
     predicted = gated.fit(train_docs).predict(test_docs)
     predicted[0].meta["llm"]  # {'calls': 1, ..., 'sentences': 1, 'sentences_to_llm': 1, 'seconds': 0.21}
 """

@@ -14,9 +14,9 @@ scored by the mean probability of their words' tags). ``predict_words`` gives wh
 filter-then-rerank reads, as the encoder tagger's does.
 
 Example (not run here: it loads the LLM):
-    probe = ProbeTagger(["Disease"], HiddenStates()).fit(train_docs)
+    probe = ProbeTagger(["Disease"], HiddenStates.shared()).fit(train_docs)
     probe.save("models/ncbi-probe")
-    ProbeTagger.load("models/ncbi-probe", HiddenStates()).predict(test_docs)[0].entities
+    ProbeTagger.load("models/ncbi-probe", HiddenStates.shared()).predict(test_docs)[0].entities
 """
 
 from __future__ import annotations

@@ -35,7 +35,8 @@ class StrategyBuilder:
     def __init__(self, label_specs: Sequence[LabelSpec], *, llm: LLM | Callable[[], LLM] | None = None,
                  embedder: Embedder | None = None, encoder_model: str | None = None,
                  encoder_options: dict[str, Any] | None = None, guided: bool = False,
-                 cache: CallCache | None = None, states: HiddenStates | Callable[[], HiddenStates] = HiddenStates
+                 cache: CallCache | None = None,
+                 states: HiddenStates | Callable[[], HiddenStates] = HiddenStates.shared
                  ) -> None:
         self.label_specs = list(label_specs)
         self.labels = [spec.name for spec in self.label_specs]

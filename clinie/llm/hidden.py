@@ -13,7 +13,7 @@ Only an in-process model has hidden states: a remote API gives none. The model i
 Gemma 3 270M unless another is named (any causal LM that ``clinie.llm.transformers_lm`` loads).
 
 Example (not run here: it loads the model):
-    states = HiddenStates()
+    states = HiddenStates.shared()  # the process's one copy: loading dequantizes the GGUF (~20 s, ~1 GB)
     words = tokenize("Familial breast cancer")
     states.words("Familial breast cancer", words).shape  # (3, 2560): 4 layers of 640
 """
@@ -53,11 +53,25 @@ def last_token_in(offsets: Sequence[tuple[int, int]], start: int, end: int) -> i
 
 
 class HiddenStates:
-    """One loaded causal LM; calls are serialised. Features of a text are cached (bounded), since
-    cross-validation asks for the same sentences once per fold."""
+    """One loaded causal LM; calls are serialised. Features of a text are cached (bounded in bytes:
+    a sentence of 25 words holds 256 KB), since cross-validation asks for the same sentences once
+    per fold."""
+
+    _instances: dict[tuple[str, str | None], HiddenStates] = {}
+    _instances_lock = threading.Lock()
+
+    @classmethod
+    def shared(cls, model: str | Path | None = None, *, device: str | None = None) -> HiddenStates:
+        """The process's one instance per model and device: every training, selection and
+        ``/predict`` of a backend reads the same copy of the model and the same feature cache."""
+        with cls._instances_lock:
+            key = (str(model or ""), device)
+            if key not in cls._instances:
+                cls._instances[key] = cls(model, device=device)
+            return cls._instances[key]
 
     def __init__(self, model: str | Path | None = None, *, device: str | None = None,
-                 cache_size: int = 20_000) -> None:
+                 cache_bytes: int = 512 * 2**20) -> None:
         import torch
 
         self.model, self.device, self._tokenizer, self._lm = load_causal_lm(model, device)
@@ -66,7 +80,7 @@ class HiddenStates:
         self.dim = self._lm.config.hidden_size * len(self.layers)
         self._torch = torch
         self._cache: OrderedDict[tuple[str, tuple[tuple[int, int], ...]], np.ndarray] = OrderedDict()
-        self._cache_size = cache_size
+        self._cache_bytes, self._cached_bytes = cache_bytes, 0
         self.lock = threading.Lock()
         self.usage = {"calls": 0, "cache_hits": 0, "prompt_tokens": 0}  # forward passes, as an LLM's calls
 
@@ -92,6 +106,7 @@ class HiddenStates:
             rows = [last_token_in(encoded.offset_mapping, base + w.start, base + w.end) for w in words]
             features = states[rows]
             self._cache[key] = features
-            if len(self._cache) > self._cache_size:
-                self._cache.popitem(last=False)
+            self._cached_bytes += features.nbytes
+            while self._cached_bytes > self._cache_bytes and len(self._cache) > 1:
+                self._cached_bytes -= self._cache.popitem(last=False)[1].nbytes
             return features
