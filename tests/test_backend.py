@@ -312,20 +312,20 @@ def train_by_webhook(settings: Settings, docs: list, project: int = 1):
 @pytest.mark.slow
 def test_training_selects_a_strategy_by_cross_validation_and_the_backend_serves_it(tmp_path):
     settings = Settings(data_dir=tmp_path / "select", train_every=0, min_annotations=5, encoder_epochs=10, llm_k=2,
-                        select_strategies="encoder,probe,gated-0.8,llm,rerank-0.8", select_folds=3)  # strategy "auto"
+                        select_strategies="encoder,probe,gated-0.8,llm", select_folds=3)  # strategy "auto"
+    # (filter-then-rerank in cross-validation: test_fewshot; served: the LLM-endpoint tests below)
     docs = list(read_documents(NCBI_TRAIN))
     backend, client = train_by_webhook(settings, docs[:15])
     record = backend.store.serving_model("1")
     selection = record.info["selection"]
-    assert set(selection["strategies"]) == {"encoder", "probe", "gated-0.80", "llm-k2", "rerank-0.80"}
+    assert set(selection["strategies"]) == {"encoder", "probe", "gated-0.80", "llm-k2"}
     assert selection["n_documents"] == 15 and selection["scheme"] == "3-fold" and selection["created_at"]
     best = max(selection["strategies"].values(), key=lambda s: s["mean_f1"])["mean_f1"]
     assert selection["strategies"][selection["strategy"]]["mean_f1"] == best
     assert all(len(s["fold_f1"]) == 3 for s in selection["strategies"].values())
     expected = {"encoder": record.version, "probe": f"{record.version}-probe",
                 "gated-0.80": f"{record.version}-gated-0.80",
-                "llm-k2": "clinie-llm-llama.cpp-gemma-3-270m-q4_k_m-k2-pool15",
-                "rerank-0.80": f"{record.version}-rerank-0.80-pool15"}[selection["strategy"]]
+                "llm-k2": "clinie-llm-llama.cpp-gemma-3-270m-q4_k_m-k2-pool15"}[selection["strategy"]]
     tasks = [{"id": 100 + i, "data": {"text": d.text}} for i, d in enumerate(docs[40:44])]
     answer = client.post("/predict", json={"tasks": tasks, "project": "1", "label_config": CONFIG}).json
     assert answer["model_version"] == expected == backend.model_version("1")
@@ -335,23 +335,31 @@ def test_training_selects_a_strategy_by_cross_validation_and_the_backend_serves_
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("strategy", ["probe", "gated-0.90"])
-def test_a_selected_probe_is_saved_with_its_model_version_and_serves_after_a_restart(tmp_path, strategy):
+def test_a_selected_probe_is_saved_with_its_model_version_and_serves_after_a_restart(tmp_path):
+    """Filter-then-probe is selected and trained; after a restart it serves the same answer from
+    disk, and so does the probe alone from the same saved version (as if it had been selected)."""
     settings = Settings(data_dir=tmp_path / "probe", train_every=0, min_annotations=5, encoder_epochs=10,
-                        select_strategies=strategy, select_folds=3)
+                        select_strategies="gated-0.90", select_folds=3)
     docs = list(read_documents(NCBI_TRAIN))
     backend, client = train_by_webhook(settings, docs[:15])
     record = backend.store.serving_model("1")
-    assert record.info["selection"]["strategy"] == strategy and (record.path / "probe").is_dir()
+    assert record.info["selection"]["strategy"] == "gated-0.90" and (record.path / "probe").is_dir()
     tasks = [{"id": 100 + i, "data": {"text": d.text}} for i, d in enumerate(docs[40:46])]
-    answer = client.post("/predict", json={"tasks": tasks, "project": "1", "label_config": CONFIG}).json
-    assert answer["model_version"] == f"{record.version}-{strategy}" == backend.model_version("1")
-    assert any(result["result"] for result in answer["results"])
-    for task, result in zip(tasks, answer["results"]):
-        for region in result["result"]:
-            assert task["data"]["text"][region["value"]["start"]:region["value"]["end"]] == region["value"]["text"]
-    restarted = create_app(settings, Backend(settings, start_worker=False)).test_client()
-    assert restarted.post("/predict", json={"tasks": tasks, "project": "1", "label_config": CONFIG}).json == answer
+    body = {"tasks": tasks, "project": "1", "label_config": CONFIG}
+    answer = client.post("/predict", json=body).json
+    assert answer["model_version"] == f"{record.version}-gated-0.90" == backend.model_version("1")
+    restarted = Backend(settings, start_worker=False)
+    assert create_app(settings, restarted).test_client().post("/predict", json=body).json == answer
+
+    probe = replace(record, version=record.version + "-p", info={**record.info, "selection": {"strategy": "probe"}})
+    restarted.store.finish_training(restarted.store.begin_training("1"), probe)
+    answered_by_probe = create_app(settings, restarted).test_client().post("/predict", json=body).json
+    assert answered_by_probe["model_version"] == f"{probe.version}-probe"
+    for result in (answer, answered_by_probe):
+        assert any(r["result"] for r in result["results"])
+        for task, r in zip(tasks, result["results"]):
+            for region in r["result"]:
+                assert task["data"]["text"][region["value"]["start"]:region["value"]["end"]] == region["value"]["text"]
 
 
 @pytest.mark.slow

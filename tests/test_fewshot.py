@@ -159,8 +159,13 @@ def test_a_strategy_made_worse_on_purpose_is_not_selected(pool):
     build = StrategyBuilder(LABELS)  # default epochs: at least 100 steps, even on 16 documents
     worse = Strategy("llm", k=99)  # stands for the sabotaged one; listed first, so it would win a tie
 
+    encoders: dict[tuple[str, ...], object] = {}  # one training per fold, shared by both strategies
+
     def sabotaging(strategy: Strategy, train):
-        encoder = build(Strategy("encoder"), train)
+        key = tuple(d.id for d in train)
+        if key not in encoders:
+            encoders[key] = build(Strategy("encoder"), train)
+        encoder = encoders[key]
         return Sabotaged(encoder) if strategy == worse else encoder
 
     cv = cross_validate(pool[:24], [worse, Strategy("encoder")], sabotaging, k=3, seed=0)
