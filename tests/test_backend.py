@@ -18,7 +18,7 @@ from werkzeug.serving import make_server
 from clinie.core import read_documents
 from clinie.labelstudio import document_to_result, parse_label_config
 from clinie.settings import Settings
-from helpers import assert_spans_match_text, webhook_event
+from helpers import assert_regions_match_tasks, assert_spans_match_text, webhook_event
 from labelstudio_server import free_port
 from ml_backend.app import create_app
 from ml_backend.service import NO_MODEL_VERSION, Backend
@@ -329,9 +329,7 @@ def test_training_selects_a_strategy_by_cross_validation_and_the_backend_serves_
     tasks = [{"id": 100 + i, "data": {"text": d.text}} for i, d in enumerate(docs[40:44])]
     answer = client.post("/predict", json={"tasks": tasks, "project": "1", "label_config": CONFIG}).json
     assert answer["model_version"] == expected == backend.model_version("1")
-    for task, result in zip(tasks, answer["results"]):
-        for region in result["result"]:
-            assert task["data"]["text"][region["value"]["start"]:region["value"]["end"]] == region["value"]["text"]
+    assert_regions_match_tasks(tasks, answer)
 
 
 @pytest.mark.slow
@@ -357,9 +355,7 @@ def test_a_selected_probe_is_saved_with_its_model_version_and_serves_after_a_res
     assert answered_by_probe["model_version"] == f"{probe.version}-probe"
     for result in (answer, answered_by_probe):
         assert any(r["result"] for r in result["results"])
-        for task, r in zip(tasks, result["results"]):
-            for region in r["result"]:
-                assert task["data"]["text"][region["value"]["start"]:region["value"]["end"]] == region["value"]["text"]
+        assert_regions_match_tasks(tasks, result)
 
 
 @pytest.mark.slow
