@@ -10,6 +10,22 @@ sys.path.insert(0, str(pathlib.Path(__file__).parent))
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--full", action="store_true",
+                     help="also run the tests marked heavy (the whole suite: about an hour on 2 cores)")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The default run keeps one real-model test per capability and stays well under CI's half
+    hour; the heavy variants (several minutes each on 2 cores) run with --full."""
+    if config.getoption("--full"):
+        return
+    skip = pytest.mark.skip(reason="heavy: runs with --full")
+    for item in items:
+        if "heavy" in item.keywords:
+            item.add_marker(skip)
+
+
 @pytest.fixture(scope="session")
 def label_studio():
     """One real Label Studio for every test that needs one (each makes its own projects): its

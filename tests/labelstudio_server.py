@@ -221,9 +221,12 @@ class LabelStudioClient:
         failed). The backend gets ONE ``/predict`` with all tasks that lack a prediction for the
         current model version.
         """
+        # Label Studio answers only once the backend has: a first LLM call on a busy machine
+        # (model loading included) can outlast the default timeout.
         return self.request("POST", "/api/dm/actions/",
                             params={"id": "retrieve_tasks_predictions", "project": project},
-                            json={"selectedItems": {"all": False, "included": list(task_ids)}})
+                            json={"selectedItems": {"all": False, "included": list(task_ids)}},
+                            timeout=max(self.timeout, 600))
 
     def predictions(self, task_id: int) -> list[dict[str, Any]]:
         """``GET /api/predictions/?task=N``: stored predictions (``result``, ``score``, ``model_version``, ...)."""

@@ -237,6 +237,7 @@ def test_a_fresh_project_is_pre_annotated_by_the_llm_and_new_annotations_join_it
     assert client.get("/health").json["remote_endpoints"] == []  # nothing leaves the machine
 
 
+@pytest.mark.heavy
 @pytest.mark.slow
 def test_a_project_with_relations_trains_both_models_and_predicts_arrows_between_its_regions(tmp_path):
     """DDI sentences annotated with drugs and interactions, by webhook; predictions carry
@@ -309,6 +310,7 @@ def train_by_webhook(settings: Settings, docs: list, project: int = 1):
     return backend, client
 
 
+@pytest.mark.heavy
 @pytest.mark.slow
 def test_training_selects_a_strategy_by_cross_validation_and_the_backend_serves_it(tmp_path):
     settings = Settings(data_dir=tmp_path / "select", train_every=0, min_annotations=5, encoder_epochs=10, llm_k=2,
@@ -358,6 +360,7 @@ def test_a_selected_probe_is_saved_with_its_model_version_and_serves_after_a_res
         assert_regions_match_tasks(tasks, result)
 
 
+@pytest.mark.heavy
 @pytest.mark.slow
 def test_the_score_label_studio_receives_is_the_calibrated_one(tmp_path):
     from clinie.evaluation.calibration import calibrator_from_dict

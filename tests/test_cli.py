@@ -97,6 +97,7 @@ def test_llm_strategy_refuses_an_implicit_remote_endpoint(files, capsys):
     assert "LLM_BASE_URL" in capsys.readouterr().err
 
 
+@pytest.mark.heavy
 @pytest.mark.slow
 def test_relations_train_predict_on_gold_spans_and_evaluate(tmp_path, capsys):
     """DDI's pair-level files: train the tagger and the relation classifier, predict relations

@@ -125,6 +125,7 @@ def test_annotations_train_the_encoder_and_predictions_land_in_label_studio(labe
 DDI_CONFIG = (ROOT / "label_configs" / "drug_interactions.xml").read_text()
 
 
+@pytest.mark.heavy
 def test_relations_train_and_come_back_as_arrows_between_predicted_regions(label_studio, backend, tmp_path):
     """A drug-interaction project: annotations with relations are stored by webhook, training
     fits the tagger and the relation classifier, and the predictions Label Studio stores hold

@@ -89,6 +89,7 @@ def test_sigkill_during_a_webhook_burst_loses_no_acknowledged_annotation(tmp_pat
     assert_log_structured_and_free_of(server.log_path, "fever, café")
 
 
+@pytest.mark.heavy
 @pytest.mark.slow
 def test_sigkill_during_training_leaves_the_serving_model_and_the_store_intact(tmp_path):
     data_dir = tmp_path / "data"

@@ -126,6 +126,7 @@ class Recorder:
         return extractor
 
 
+@pytest.mark.heavy
 @pytest.mark.slow
 def test_folds_never_leak_a_document_into_its_own_training_set_or_demonstrations(pool):
     docs = pool[:8]
@@ -154,6 +155,7 @@ class Sabotaged:
                                     if s.end - s.start > 1]) for d in self.tagger.predict(docs)]
 
 
+@pytest.mark.heavy
 @pytest.mark.slow
 def test_a_strategy_made_worse_on_purpose_is_not_selected(pool):
     build = StrategyBuilder(LABELS)  # default epochs: at least 100 steps, even on 16 documents
@@ -173,6 +175,7 @@ def test_a_strategy_made_worse_on_purpose_is_not_selected(pool):
     assert cv.selected == Strategy("encoder")
 
 
+@pytest.mark.heavy
 @pytest.mark.slow
 def test_the_same_seed_gives_the_same_report_figures(tmp_path):
     pool_file, test_file = tmp_path / "pool.jsonl", tmp_path / "test.jsonl"

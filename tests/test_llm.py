@@ -115,6 +115,7 @@ def gemma_transformers():
     return TransformersLLM(default_gguf(), device="cpu")  # about 50 s: the GGUF is dequantized
 
 
+@pytest.mark.heavy
 @pytest.mark.slow
 def test_transformers_runs_the_same_model_with_the_same_answers(gemma_transformers, gemma):
     hf = gemma_transformers
@@ -141,6 +142,7 @@ def test_transformers_runs_the_same_model_with_the_same_answers(gemma_transforme
     assert all(math.isclose(a, b, abs_tol=0.15) for a, b in zip(scores, scores_llama))
 
 
+@pytest.mark.heavy
 def test_transformers_refuses_a_grammar_and_a_model_it_cannot_find(gemma_transformers, tmp_path):
     with pytest.raises(LLMError, match="GBNF"):
         gemma_transformers.complete(PROMPT, max_tokens=2, grammar='root ::= "yes"')

@@ -58,6 +58,7 @@ def test_long_notes_are_chunked_and_offsets_map_back(embedder):
     assert_spans_match_text(text, doc.entities)
 
 
+@pytest.mark.heavy
 @pytest.mark.slow
 def test_free_generation_through_an_openai_compatible_server_is_realigned(data, embedder, tmp_path):
     """One short sentence and one demonstration: llama-cpp-python's server ranks the whole
@@ -85,6 +86,7 @@ def test_free_generation_through_an_openai_compatible_server_is_realigned(data, 
     assert parse.aligned + parse.dropped == parse.source_words
 
 
+@pytest.mark.heavy
 @pytest.mark.slow
 def test_a_chat_model_tags_through_the_chat_api_under_the_servers_grammar(data, embedder, tmp_path):
     """SmolLM2-135M-Instruct left free only echoes the sentence (no word is tagged); under the

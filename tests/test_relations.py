@@ -160,6 +160,7 @@ def ddi():
     return train, test
 
 
+@pytest.mark.heavy
 @pytest.mark.slow
 def test_the_encoder_classifier_learns_pairs_and_round_trips(ddi, tmp_path):
     train, test = ddi
@@ -185,6 +186,7 @@ def test_the_encoder_classifier_learns_pairs_and_round_trips(ddi, tmp_path):
     assert all(r.head[1:] == r.tail[1:] for r in long.relations)
 
 
+@pytest.mark.heavy
 @pytest.mark.slow
 def test_the_llm_answers_multiple_choice_in_process_and_through_a_server(ddi, tmp_path):
     train, test = ddi
