@@ -12,7 +12,7 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--full", action="store_true",
-                     help="also run the tests marked heavy (the whole suite: about an hour on 2 cores)")
+                     help="also run the tests marked heavy (the whole suite: about 85 minutes on 2 cores)")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
