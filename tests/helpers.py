@@ -17,12 +17,12 @@ def assert_spans_match_text(text: str, spans: Iterable[Span]) -> None:
         assert text[s.start : s.end] == s.text, f"{s}: text[start:end] is {text[s.start:s.end]!r}"
 
 
-
 def assert_regions_match_tasks(tasks: list[dict], answer: dict) -> None:
     """The same for a /predict answer: each region's ``text`` is its task's text at its offsets."""
     for task, result in zip(tasks, answer["results"]):
         for region in result["result"]:
             assert task["data"]["text"][region["value"]["start"]:region["value"]["end"]] == region["value"]["text"]
+
 
 def assert_relations_join_spans(doc) -> None:
     """Every relation joins two different spans the document has."""
