@@ -31,6 +31,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from clinie.sqlite_wal import open_wal, until_unlocked
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS projects (
     project TEXT PRIMARY KEY,
@@ -128,13 +130,11 @@ class AnnotationStore:
         if self._path == ":memory:":  # one connection, or every thread would see its own empty DB
             self._shared = self._connect(check_same_thread=False)
             self._lock = threading.Lock()
-        self._db().executescript(_SCHEMA)  # executescript commits by itself
+        until_unlocked(lambda: self._db().executescript(_SCHEMA))  # executescript commits by itself
 
     def _connect(self, check_same_thread: bool = True) -> sqlite3.Connection:
-        db = sqlite3.connect(self._path, timeout=60, isolation_level=None,
-                             check_same_thread=check_same_thread)
+        db = open_wal(self._path, check_same_thread=check_same_thread)
         db.row_factory = sqlite3.Row
-        db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=FULL")  # an acknowledged annotation survives power loss
         db.execute("PRAGMA foreign_keys=ON")
         return db

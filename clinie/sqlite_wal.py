@@ -1,0 +1,41 @@
+"""Opening SQLite files that several processes share (the store, the LLM call cache).
+
+Two processes opening a new file at once (two benches, the backend beside ``clinie fewshot``) can
+each hold a read lock and want the write lock to switch it to WAL or create its tables; SQLite
+then refuses one of them at once, without waiting out the busy timeout, because waiting could
+deadlock. The refused one retries here instead of failing with "database is locked".
+
+Example:
+    >>> db = open_wal(":memory:")
+    >>> until_unlocked(lambda: db.execute("CREATE TABLE IF NOT EXISTS t (x)")).rowcount
+    -1
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Callable
+from typing import TypeVar
+
+BUSY_S = 60.0
+T = TypeVar("T")
+
+
+def until_unlocked(step: Callable[[], T], within_s: float = BUSY_S) -> T:
+    """Run ``step``, again while SQLite answers "database is locked", for up to ``within_s``."""
+    deadline = time.monotonic() + within_s
+    while True:
+        try:
+            return step()
+        except sqlite3.OperationalError as error:
+            if "locked" not in str(error) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
+def open_wal(path: str, *, check_same_thread: bool = True) -> sqlite3.Connection:
+    """An autocommit connection to ``path`` in WAL mode, waiting up to ``BUSY_S`` for locks."""
+    db = sqlite3.connect(path, timeout=BUSY_S, isolation_level=None, check_same_thread=check_same_thread)
+    until_unlocked(lambda: db.execute("PRAGMA journal_mode=WAL"))
+    return db
