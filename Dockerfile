@@ -37,6 +37,6 @@ EXPOSE 9090
 HEALTHCHECK --interval=30s --timeout=5s --start-period=60s \
     CMD /app/.venv/bin/python -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:9090/health', timeout=4)"
 # gunicorn, one worker (it owns the models and the training thread), 8 threads; SIGTERM lets
-# requests in flight finish (30 s).
+# requests in flight finish (the predict budget + 30 s: run it with `docker stop -t 100`).
 STOPSIGNAL SIGTERM
 CMD ["/app/.venv/bin/clinie", "serve"]

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import shlex
 import sys
@@ -47,13 +48,13 @@ def _serve(args: argparse.Namespace) -> int:
             self.cfg.set("workers", 1)
             self.cfg.set("threads", args.threads)
             self.cfg.set("timeout", 600)
-            self.cfg.set("graceful_timeout", 30)
+            self.cfg.set("graceful_timeout", math.ceil(settings.shutdown_grace_seconds))  # whole seconds
             self.cfg.set("loglevel", settings.log_level.lower())
             self.cfg.set("logconfig_dict", dict_config(settings.log_level, settings.log_format))
             # gunicorn's control socket (~/.gunicorn/gunicorn.ctl) is unused, and shared by every
             # instance of the same user.
             self.cfg.set("control_socket_disable", True)
-            # SIGTERM: requests in flight get graceful_timeout to finish; the re-sync schedule
+            # SIGTERM: requests in flight get the grace to finish; the re-sync schedule
             # stops. A training still running dies with the process and is marked failed at
             # the next start; the serving model is untouched (see ml_backend.training).
             self.cfg.set("worker_exit", lambda server, worker: worker.wsgi.extensions["clinie"].close())

@@ -104,6 +104,17 @@ class Settings:
     log_format: str = "text"
 
     @property
+    def shutdown_grace_seconds(self) -> float:
+        """How long SIGTERM leaves requests in flight to finish. A /predict batch takes no new
+        task once its budget is spent, so the budget and 30 s for the task under way (an LLM
+        sentence on a busy CPU); with no budget, 600 s, gunicorn's worker timeout.
+
+        >>> Settings().shutdown_grace_seconds, Settings(predict_budget_seconds=0).shutdown_grace_seconds
+        (90.0, 600.0)
+        """
+        return self.predict_budget_seconds + 30.0 if self.predict_budget_seconds > 0 else 600.0
+
+    @property
     def store_path(self) -> Path:
         return self.data_dir / "clinie.sqlite3"
 

@@ -121,4 +121,5 @@ def test_compose_runs_label_studio_and_clinie_with_the_settings_each_needs():
     assert [v.split(":")[1] for v in clinie["volumes"]] == [image_env()["CLINIE_DATA_DIR"]]
     assert clinie["expose"] == [args for op, args in RUNTIME if op == "EXPOSE"] == [str(settings.port)]
     assert "ports" not in clinie, "only Label Studio reaches clinie"
-    assert int(clinie["stop_grace_period"].rstrip("s")) > 30, "longer than gunicorn's graceful timeout"
+    assert int(clinie["stop_grace_period"].rstrip("s")) > settings.shutdown_grace_seconds, \
+        "docker must not kill what the grace lets finish"

@@ -148,22 +148,30 @@ def test_sigkill_during_training_leaves_the_serving_model_and_the_store_intact(t
 
 
 def test_sigterm_lets_the_predictions_in_flight_finish(tmp_path):
-    """``docker stop``: the request being served (the LLM pre-annotating a batch, seconds of work)
-    is answered in full before the process exits, cleanly."""
+    """``docker stop``: the request being served (the LLM pre-annotating a batch, seconds of work,
+    a minute on a busy machine) is answered in full before the process exits, cleanly."""
     texts = [d.text for d in list(read_documents(NCBI_TRAIN))[:4]]
     body = {"tasks": [{"id": i, "data": {"text": t}} for i, t in enumerate(texts[1:])], "project": "1",
             "label_config": DISEASE_CONFIG}
     with BackendServer(tmp_path / "data", CLINIE_SELECT_STRATEGIES="") as server:
         warm_up = {**body, "tasks": [{"id": 9, "data": {"text": texts[0]}}]}  # loads the LLM
         assert requests.post(server.url + "/predict", json=warm_up, timeout=300).status_code == 200
-        answers: list[requests.Response] = []
-        request = threading.Thread(target=lambda: answers.append(
-            requests.post(server.url + "/predict", json=body, timeout=120)))
+        answers: list[requests.Response | Exception] = []
+
+        def predict() -> None:
+            try:
+                answers.append(requests.post(server.url + "/predict", json=body, timeout=300))
+            except requests.RequestException as error:  # shown by the assertion below
+                answers.append(error)
+
+        request = threading.Thread(target=predict)
         request.start()
-        while not metrics(server)["predict_batches"]:  # the batch is being predicted
+        while not (batches := metrics(server)["predict_batches"]):  # the batch is being predicted
             time.sleep(0.05)
-        assert server.terminate() == 0
+        assert batches[0]["done"] < 3, "SIGTERM must come while the batch is in flight"
+        assert server.terminate(timeout=300) == 0
         request.join()
     [answer] = answers
+    assert isinstance(answer, requests.Response), answer
     assert answer.status_code == 200 and len(answer.json()["results"]) == 3
     assert answer.json()["model_version"].startswith("clinie-llm-")
