@@ -11,10 +11,11 @@ on the 200 items of ``fewshot/chen2023_test_sample200.jsonl`` — strict entity 
 F1 (mean ± sd over seeds), the CV-selected strategy's, and the share of sentences it sent to
 the LLM. A report per corpus is written under ``--out``.
 
-Each (corpus, size, seed) run is saved as it finishes (``--out/<corpus>/runs``): an interrupted
-bench resumes where it stopped. Runs go largest pool first. The LLM's answers are kept in
-``--out/llm-calls.sqlite``: a run interrupted half-way, or re-run after a change to one strategy,
-asks the LLM only what it has not asked before (delete the file to time the LLM afresh).
+Each (corpus, size, seed) run is saved as it finishes (``--out/<corpus>/runs``, kept in git for
+the default ``--out``): an interrupted bench resumes where it stopped. Runs go largest pool
+first. The LLM's answers are kept in ``--out/llm-calls.sqlite``: a run interrupted half-way, or
+re-run after a change to one strategy, asks the LLM only what it has not asked before (delete
+the file to time the LLM afresh).
 
     python bench/loop.py                                   # everything: a few hours on 2 cores
     python bench/loop.py --corpora ncbi_disease --sizes 100 --seeds 42
