@@ -32,7 +32,7 @@ from pathlib import Path
 from clinie.core import LabelSpec, read_documents
 from clinie.evaluation.fewshot import parse_strategies
 from clinie.evaluation.report import new_report, write_report
-from clinie.evaluation.study import mean_sd_text, run_path, run_study, study_report, summarise
+from clinie.evaluation.study import load_run, mean_sd_text, run_study, study_report, summarise
 from clinie.extractors.strategies import StrategyBuilder
 from clinie.llm import make_llm
 from clinie.llm.cache import CallCache
@@ -55,7 +55,8 @@ def main() -> None:
                         help="select among strategies sending at most this share of the sentences to the LLM")
     parser.add_argument("--threads", type=int, default=2, help="llama.cpp threads")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "loop")
-    parser.add_argument("--saved", action="store_true", help="run nothing: summarise the runs already saved")
+    parser.add_argument("--saved", action="store_true",
+                        help="run nothing: summarise the runs already saved, whatever their strategies")
     args = parser.parse_args()
 
     corpora, seeds = args.corpora.split(","), [int(s) for s in args.seeds.split(",")]
@@ -69,7 +70,9 @@ def main() -> None:
     for size in sizes:
         for corpus in corpora:
             for seed in seeds:
-                if args.saved and not run_path(args.out / corpus / "runs", size, seed).exists():
+                if args.saved:
+                    if saved := load_run(args.out / corpus / "runs", size, seed):
+                        runs[corpus].append(saved)
                     continue
                 pool = list(read_documents(DATA / corpus / "fewshot" / f"gutierrez_train100_seed{seed}.jsonl"))
                 started = time.perf_counter()
@@ -96,7 +99,7 @@ def main() -> None:
                   f"{row['strategies']['selected']['sentence_share']:.0%} |")
         report = new_report(f"True few-shot learning loop: {corpus}", "fewshot", "python bench/loop.py "
                             f"--corpora {corpus} --sizes {args.sizes} --seeds {args.seeds} "
-                            f"--strategies {args.strategies} --max-llm-share {args.max_llm_share}")
+                            f"--strategies {','.join(summary['strategies'])} --max-llm-share {args.max_llm_share}")
         report["summary"] = [("corpus", corpus), ("pools", f"gutierrez_train100_seed{{{args.seeds}}}.jsonl"),
                              ("test", "chen2023_test_sample200.jsonl (200 items)"),
                              ("GPT-4 zero-shot on the same items (Chen et al. 2023)", GPT4_ZERO_SHOT[corpus])]

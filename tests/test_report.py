@@ -7,6 +7,8 @@ import os
 import re
 from pathlib import Path
 
+import pytest
+
 from browser import screenshot_page
 from clinie.evaluation.report import new_report, render_markdown, write_report
 from clinie.evaluation.study import study_report, summarise
@@ -49,3 +51,19 @@ def test_the_report_opens_in_chromium_and_is_saved_as_a_picture(tmp_path):
     seen = screenshot_page(page.as_uri(), shot)
     assert seen["svgs"] == 2 and seen["plot_marks"] >= 5 and seen["tables"] >= 5
     assert shot.stat().st_size > 20_000
+
+
+def test_a_study_summary_of_saved_runs_compares_what_every_run_scored():
+    """The seeds' runs at 25 sentences (gated-0.95 among their strategies) beside the 100-sentence run
+    (without it): only the strategies all of them scored are compared, and a seed whose pick
+    sent nothing to the LLM counts as 0 in the selected strategy's mean share."""
+    saved = ROOT / "bench" / "results" / "loop" / "ncbi_disease" / "runs"
+    runs = [json.loads((saved / f"size25-seed{seed}.json").read_text()) for seed in (42, 33, 21)]
+    runs.append(json.loads(RUN.read_text()))
+    summary = summarise(runs)
+    assert "gated-0.95" in runs[0]["test"] and "gated-0.95" not in summary["strategies"]
+    assert summary["strategies"] == list(runs[-1]["test"])
+    at25 = summary["by_size"][25]
+    shares = [(r["test"][r["selected"]].get("llm_cost") or {}).get("sentence_share", 0.0) for r in runs[:3]]
+    assert 0.0 in shares and at25["strategies"]["selected"]["sentence_share"] == pytest.approx(sum(shares) / 3)
+    assert at25["seeds"] == [42, 33, 21] and summary["sizes"] == [25, 100]

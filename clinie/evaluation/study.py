@@ -85,6 +85,12 @@ def run_path(runs_dir: Path, size: int, seed: int) -> Path:
     return runs_dir / f"size{size}-seed{seed}.json"
 
 
+def load_run(runs_dir: Path, size: int, seed: int) -> dict[str, Any] | None:
+    """The saved run of (size, seed), or None if it was never run."""
+    path = run_path(runs_dir, size, seed)
+    return json.loads(path.read_text(encoding="utf-8")) if path.exists() else None
+
+
 def run_study(pool: Sequence[Document], test: Sequence[Document], sizes: Sequence[int], seeds: Sequence[int],
               strategies: Sequence[Strategy], build: Build, *, folds: int = 5, loo_below: int = 10,
               max_llm_share: float = 1.0, runs_dir: Path | None = None,
@@ -95,17 +101,16 @@ def run_study(pool: Sequence[Document], test: Sequence[Document], sizes: Sequenc
     runs = []
     for size in sizes:
         for seed in seeds:
-            path = run_path(runs_dir, size, seed) if runs_dir else None
-            if path is not None and path.exists():
-                saved = json.loads(path.read_text(encoding="utf-8"))
-                if list(saved["test"]) == names and saved["cv"].get("max_llm_share", 1.0) == max_llm_share:
-                    runs.append(saved)
-                    continue
+            saved = load_run(runs_dir, size, seed) if runs_dir else None
+            if saved and list(saved["test"]) == names and saved["cv"].get("max_llm_share", 1.0) == max_llm_share:
+                runs.append(saved)
+                continue
             if progress:
                 print(f"pool of {size}, seed {seed}", flush=True)
             run = one_run(subsample(pool, size, seed), test, strategies, build, seed=seed, folds=folds,
                           loo_below=loo_below, max_llm_share=max_llm_share, progress=progress)
-            if path is not None:
+            if runs_dir is not None:
+                path = run_path(runs_dir, size, seed)
                 path.parent.mkdir(parents=True, exist_ok=True)
                 path.write_text(json.dumps(run, indent=1, ensure_ascii=False), encoding="utf-8")
             runs.append(run)
@@ -128,9 +133,10 @@ def mean_sd_text(values: Sequence[float]) -> str:
 
 def summarise(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """Per pool size: each strategy's test F1 (mean, sd over seeds), the CV-selected strategy's,
-    how often each was selected, and the share of sentences each sent to the LLM."""
+    how often each was selected, and the share of sentences each sent to the LLM. Only the
+    strategies every run scored are compared (runs saved by different studies may differ)."""
     sizes = sorted({r["size"] for r in runs})
-    names = list(runs[0]["test"]) if runs else []
+    names = [n for n in runs[0]["test"] if all(n in r["test"] for r in runs)] if runs else []
     table: dict[int, dict[str, Any]] = {}
     for size in sizes:
         at = [r for r in runs if r["size"] == size]
@@ -138,10 +144,10 @@ def summarise(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
         for name in [*names, "selected"]:
             f1 = [r["test"][r["selected"] if name == "selected" else name]["per_label"]["all"]["f1"] for r in at]
             cost = [r["test"][r["selected"] if name == "selected" else name].get("llm_cost") for r in at]
-            shares = [c["sentence_share"] for c in cost if c]
+            shares = [c["sentence_share"] if c else 0.0 for c in cost]  # no cost: the LLM read nothing
             mean, sd = _mean_sd(f1)
             row["strategies"][name] = {"f1_mean": mean, "f1_sd": sd, "f1": f1, "f1_min": min(f1), "f1_max": max(f1),
-                                       "sentence_share": statistics.fmean(shares) if shares else 0.0}
+                                       "sentence_share": statistics.fmean(shares)}
             if name != "selected":
                 row["strategies"][name]["cv_f1_mean"] = statistics.fmean(r["cv"]["strategies"][name]["mean_f1"] for r in at)
         row["selected"] = [r["selected"] for r in at]
