@@ -28,7 +28,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from clinie.core import read_documents, write_documents
-from clinie.settings import Settings
+from clinie.settings import WORKER_TIMEOUT_SECONDS, Settings
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -47,7 +47,7 @@ def _serve(args: argparse.Namespace) -> int:
             self.cfg.set("bind", f"{host}:{port}")
             self.cfg.set("workers", 1)
             self.cfg.set("threads", args.threads)
-            self.cfg.set("timeout", 600)
+            self.cfg.set("timeout", WORKER_TIMEOUT_SECONDS)
             self.cfg.set("graceful_timeout", math.ceil(settings.shutdown_grace_seconds))  # whole seconds
             self.cfg.set("loglevel", settings.log_level.lower())
             self.cfg.set("logconfig_dict", dict_config(settings.log_level, settings.log_format))

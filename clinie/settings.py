@@ -19,6 +19,8 @@ from pathlib import Path
 from typing import Any, get_type_hints
 
 PREFIX = "CLINIE_"
+#: The longest one request may run before gunicorn kills its worker.
+WORKER_TIMEOUT_SECONDS = 600
 
 
 @dataclass(frozen=True)
@@ -107,12 +109,12 @@ class Settings:
     def shutdown_grace_seconds(self) -> float:
         """How long SIGTERM leaves requests in flight to finish. A /predict batch takes no new
         task once its budget is spent, so the budget and 30 s for the task under way (an LLM
-        sentence on a busy CPU); with no budget, 600 s, gunicorn's worker timeout.
+        sentence on a busy CPU); with no budget, as long as a request may run at all.
 
         >>> Settings().shutdown_grace_seconds, Settings(predict_budget_seconds=0).shutdown_grace_seconds
         (90.0, 600.0)
         """
-        return self.predict_budget_seconds + 30.0 if self.predict_budget_seconds > 0 else 600.0
+        return self.predict_budget_seconds + 30.0 if self.predict_budget_seconds > 0 else float(WORKER_TIMEOUT_SECONDS)
 
     @property
     def store_path(self) -> Path:

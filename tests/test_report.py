@@ -11,7 +11,7 @@ import pytest
 
 from browser import screenshot_page
 from clinie.evaluation.report import new_report, render_markdown, write_report
-from clinie.evaluation.study import study_report, summarise
+from clinie.evaluation.study import load_run, study_report, summarise
 
 ROOT = Path(__file__).resolve().parents[1]
 COMMAND = "python bench/loop.py --corpora ncbi_disease --sizes 100 --seeds 42 --strategies encoder,gated,probe"
@@ -58,7 +58,7 @@ def test_a_study_summary_of_saved_runs_compares_what_every_run_scored():
     (without it): only the strategies all of them scored are compared, and a seed whose pick
     sent nothing to the LLM counts as 0 in the selected strategy's mean share."""
     saved = ROOT / "bench" / "results" / "loop" / "ncbi_disease" / "runs"
-    runs = [json.loads((saved / f"size25-seed{seed}.json").read_text()) for seed in (42, 33, 21)]
+    runs = [load_run(saved, 25, seed) for seed in (42, 33, 21)]
     runs.append(json.loads(RUN.read_text()))
     summary = summarise(runs)
     assert "gated-0.95" in runs[0]["test"] and "gated-0.95" not in summary["strategies"]

@@ -142,9 +142,10 @@ def summarise(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
         at = [r for r in runs if r["size"] == size]
         row: dict[str, Any] = {"seeds": [r["seed"] for r in at], "strategies": {}}
         for name in [*names, "selected"]:
-            f1 = [r["test"][r["selected"] if name == "selected" else name]["per_label"]["all"]["f1"] for r in at]
-            cost = [r["test"][r["selected"] if name == "selected" else name].get("llm_cost") for r in at]
-            shares = [c["sentence_share"] if c else 0.0 for c in cost]  # no cost: the LLM read nothing
+            results = [r["test"][r["selected"] if name == "selected" else name] for r in at]
+            f1 = [result["per_label"]["all"]["f1"] for result in results]
+            # no cost: the LLM read nothing
+            shares = [(result.get("llm_cost") or {}).get("sentence_share", 0.0) for result in results]
             mean, sd = _mean_sd(f1)
             row["strategies"][name] = {"f1_mean": mean, "f1_sd": sd, "f1": f1, "f1_min": min(f1), "f1_max": max(f1),
                                        "sentence_share": statistics.fmean(shares)}
