@@ -32,7 +32,7 @@ from pathlib import Path
 from clinie.core import LabelSpec, read_documents
 from clinie.evaluation.fewshot import parse_strategies
 from clinie.evaluation.report import new_report, write_report
-from clinie.evaluation.study import load_run, mean_sd_text, run_study, study_report, summarise
+from clinie.evaluation.study import PICKS, load_run, mean_sd_text, run_study, study_report, summarise
 from clinie.extractors.strategies import StrategyBuilder
 from clinie.llm import make_llm
 from clinie.llm.cache import CallCache
@@ -88,15 +88,15 @@ def main() -> None:
         summary = summarise(runs[corpus])
         print(f"\n{corpus}: strict F1 on the 200 Chen et al. items, mean ± sd over seeds; "
               f"GPT-4 zero-shot {GPT4_ZERO_SHOT[corpus]:.3f}\n")
-        names = [*summary["strategies"], "selected"]
-        print("| pool | seeds | " + " | ".join(names) + " | CV picked | sentences to LLM (selected) |")
-        print("|---" * (len(names) + 4) + "|")
+        names = [*summary["strategies"], *PICKS]
+        print("| pool | seeds | " + " | ".join(names) + " | CV picked | CV picked, no budget | sentences to LLM (selected) |")
+        print("|---" * (len(names) + 5) + "|")
         for size in summary["sizes"]:
             row = summary["by_size"][size]
             cells = [mean_sd_text(row["strategies"][n]["f1"]) for n in names]
             seeds_run = ", ".join(map(str, row["seeds"]))
             print(f"| {size} | {seeds_run} | " + " | ".join(cells) + f" | {', '.join(row['selected'])} | "
-                  f"{row['strategies']['selected']['sentence_share']:.0%} |")
+                  f"{', '.join(row['no budget'])} | {row['strategies']['selected']['sentence_share']:.0%} |")
         report = new_report(f"True few-shot learning loop: {corpus}", "fewshot", "python bench/loop.py "
                             f"--corpora {corpus} --sizes {args.sizes} --seeds {args.seeds} "
                             f"--strategies {','.join(summary['strategies'])} --max-llm-share {args.max_llm_share}")

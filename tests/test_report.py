@@ -67,3 +67,6 @@ def test_a_study_summary_of_saved_runs_compares_what_every_run_scored():
     shares = [(r["test"][r["selected"]].get("llm_cost") or {}).get("sentence_share", 0.0) for r in runs[:3]]
     assert 0.0 in shares and at25["strategies"]["selected"]["sentence_share"] == pytest.approx(sum(shares) / 3)
     assert at25["seeds"] == [42, 33, 21] and summary["sizes"] == [25, 100]
+    # with no LLM budget cross-validation would have picked the probe every time at 25 (best CV F1)
+    assert at25["no budget"] == ["probe"] * 3 and at25["selected"] != at25["no budget"]
+    assert at25["strategies"]["no budget"]["f1"] == at25["strategies"]["probe"]["f1"]

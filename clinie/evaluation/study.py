@@ -131,27 +131,40 @@ def mean_sd_text(values: Sequence[float]) -> str:
     return f"{mean:.3f} ± {sd:.3f}" if len(values) > 1 else f"{mean:.3f}"
 
 
+def best_in_cv(run: dict[str, Any]) -> str:
+    """What cross-validation would have picked in ``run`` with no LLM budget: the best mean F1,
+    the first listed among equals (``CrossValidation.selected`` with ``max_llm_share=1``, on the
+    saved figures)."""
+    cv = run["cv"]["strategies"]
+    return max(cv, key=lambda name: cv[name]["mean_f1"])
+
+
+#: The rows of a summary that stand, in each run, for the strategy a rule picked.
+PICKS = {"selected": lambda run: run["selected"], "no budget": best_in_cv}
+
+
 def summarise(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """Per pool size: each strategy's test F1 (mean, sd over seeds), the CV-selected strategy's,
-    how often each was selected, and the share of sentences each sent to the LLM. Only the
-    strategies every run scored are compared (runs saved by different studies may differ)."""
+    """Per pool size: each strategy's test F1 (mean, sd over seeds), that of the strategy CV
+    selected and of the one it would have selected with no LLM budget (``PICKS``), which they
+    were, and the share of sentences each sent to the LLM. Only the strategies every run scored
+    are compared (runs saved by different studies may differ)."""
     sizes = sorted({r["size"] for r in runs})
     names = [n for n in runs[0]["test"] if all(n in r["test"] for r in runs)] if runs else []
     table: dict[int, dict[str, Any]] = {}
     for size in sizes:
         at = [r for r in runs if r["size"] == size]
         row: dict[str, Any] = {"seeds": [r["seed"] for r in at], "strategies": {}}
-        for name in [*names, "selected"]:
-            results = [r["test"][r["selected"] if name == "selected" else name] for r in at]
+        for name in [*names, *PICKS]:
+            results = [r["test"][PICKS[name](r) if name in PICKS else name] for r in at]
             f1 = [result["per_label"]["all"]["f1"] for result in results]
             # no cost: the LLM read nothing
             shares = [(result.get("llm_cost") or {}).get("sentence_share", 0.0) for result in results]
             mean, sd = _mean_sd(f1)
             row["strategies"][name] = {"f1_mean": mean, "f1_sd": sd, "f1": f1, "f1_min": min(f1), "f1_max": max(f1),
                                        "sentence_share": statistics.fmean(shares)}
-            if name != "selected":
+            if name not in PICKS:
                 row["strategies"][name]["cv_f1_mean"] = statistics.fmean(r["cv"]["strategies"][name]["mean_f1"] for r in at)
-        row["selected"] = [r["selected"] for r in at]
+        row.update({name: [pick(r) for r in at] for name, pick in PICKS.items()})
         table[size] = row
     return {"sizes": sizes, "strategies": names, "by_size": table}
 
@@ -165,18 +178,20 @@ def study_report(runs: Sequence[dict[str, Any]], report: dict[str, Any]) -> dict
     by_size = summary["by_size"]
     largest = sizes[-1]
     columns = ["strategy", *[f"n={size}" for size in sizes], f"CV F1 at n={largest}", f"sentences to LLM at n={largest}"]
+    budgets = {r["cv"].get("max_llm_share", 1.0) for r in runs}
+    titles = {**{name: name for name in names}, "selected": "selected by CV"}
+    if max(budgets) < 1:  # without a budget the two picks are one
+        titles["no budget"] = "selected by CV, no LLM budget"
     rows = []
-    for name in [*names, "selected"]:
+    for name, title in titles.items():
         cells = [mean_sd_text(by_size[s]["strategies"][name]["f1"]) for s in sizes]
         at = by_size[largest]["strategies"][name]
-        rows.append(["selected by CV" if name == "selected" else name, *cells,
-                     f"{at['cv_f1_mean']:.3f}" if "cv_f1_mean" in at else "",
+        rows.append([title, *cells, f"{at['cv_f1_mean']:.3f}" if "cv_f1_mean" in at else "",
                      f"{at['sentence_share']:.0%}" if at["sentence_share"] else "–"])
     picks = "; ".join(f"n={s}: " + ", ".join(f"{p} ×{by_size[s]['selected'].count(p)}"
                                                 for p in dict.fromkeys(by_size[s]["selected"])) for s in sizes)
-    budgets = {r["cv"].get("max_llm_share", 1.0) for r in runs}
     within = (f", among the strategies that sent at most {max(budgets):.0%} of the sentences to the LLM in "
-              "cross-validation") if max(budgets) < 1 else ""
+              "cross-validation ('no LLM budget': among all of them)") if max(budgets) < 1 else ""
     report["comparison"] = {
         "columns": columns, "rows": rows,
         "caption": ("Strict F1 on the test set, mean ± sd over seeds. Each strategy was fitted on the pool "
