@@ -7,8 +7,8 @@ entity F1 (exact span and label) on the 200 items of Chen et al. 2023 and on the
 ``transformers.pipeline("token-classification", aggregation_strategy="first")``, and the F1 of
 the pipeline's own spans as a cross-check of clinie's aggregation.
 
-    python bench/encoder.py                  # 3 seeds, full test set included
-    python bench/encoder.py --seeds 42 --no-full-test
+    python -m bench.encoder                  # 3 seeds, full test set included
+    python -m bench.encoder --seeds 42 --no-full-test
 """
 
 from __future__ import annotations
@@ -24,8 +24,9 @@ import torch
 from clinie.core import Document, Span, read_documents
 from clinie.evaluation import evaluate_spans
 from clinie.extractors.encoder import EncoderTagger
+from tests.support import DATA
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "ncbi_disease"
+NCBI = DATA / "ncbi_disease"
 
 
 def speed(model_dir: Path, docs: list[Document], repeats: int = 3) -> dict[str, float]:
@@ -63,12 +64,12 @@ def main() -> None:
     options = {k: v for k, v in (("epochs", args.epochs), ("learning_rate", args.learning_rate),
                                  ("batch_size", args.batch_size)) if v is not None}
     seeds = args.seeds.split(",")
-    sample = list(read_documents(DATA / "fewshot" / "chen2023_test_sample200.jsonl"))
-    full = list(read_documents(DATA / "test.jsonl")) if args.full_test else []
+    sample = list(read_documents(NCBI / "fewshot" / "chen2023_test_sample200.jsonl"))
+    full = list(read_documents(NCBI / "test.jsonl")) if args.full_test else []
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for seed in seeds:
-            train = list(read_documents(DATA / "fewshot" / f"gutierrez_train100_seed{seed}.jsonl"))
+            train = list(read_documents(NCBI / "fewshot" / f"gutierrez_train100_seed{seed}.jsonl"))
             started = time.perf_counter()
             tagger = EncoderTagger(["Disease"], **options).fit(train)
             row = {"seed": seed, "train_s": time.perf_counter() - started,

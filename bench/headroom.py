@@ -13,15 +13,14 @@ are answered four ways and scored (strict F1):
 
 Then per hard case: how often the LLM, the encoder and "not an entity" are right.
 
-    python bench/headroom.py                              # NCBI-disease, seed 42, band < 0.80
-    python bench/headroom.py --corpus bc5cdr_chem --band 0.8 --seed 33
+    python -m bench.headroom                              # NCBI-disease, seed 42, band < 0.80
+    python -m bench.headroom --corpus bc5cdr_chem --band 0.8 --seed 33
 """
 
 from __future__ import annotations
 
 import argparse
 from collections.abc import Sequence
-from pathlib import Path
 
 from clinie.core import Document, LabelSpec, Span, Token, number_spans, read_documents, split_sentences, word_ranges
 from clinie.evaluation import evaluate_spans
@@ -31,8 +30,8 @@ from clinie.extractors.rerank import FilterThenRerank, HardCase, triage
 from clinie.llm import make_llm
 from clinie.llm.cache import CallCache
 from clinie.settings import Settings
+from tests.support import DATA
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 LABELS = {"ncbi_disease": "Disease", "bc5cdr_chem": "Chemical"}
 
 

@@ -13,27 +13,28 @@ Demonstrations only from ``fewshot/gutierrez_train100_seed42.jsonl``; test items
 Also the floor: the model's raw time for the same number of prompt and generated tokens,
 measured in-process with llama.cpp, and each configuration's time as a ratio of it.
 
-    python bench/llm.py --n 40
-    python bench/llm.py --n 40 --configs server-free-k5,server-guided-k5,transformers-k5
+    python -m bench.llm --n 40
+    python -m bench.llm --n 40 --configs server-free-k5,server-guided-k5,transformers-k5
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import sys
 import time
 from pathlib import Path
 
 from clinie.core import LabelSpec, read_documents
+from clinie.embedded import llm_gguf
 from clinie.evaluation import evaluate_spans
 from clinie.extractors.llm import LLMTagger
 from clinie.llm.base import LLM
-from clinie.llm.llamacpp import LlamaCppLLM, default_gguf
+from clinie.llm.llamacpp import LlamaCppLLM
 from clinie.retrieval import Embedder
+from tests.support import DATA
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT.parent / "shared" / "data" / "ncbi_disease" / "fewshot"
+NCBI = DATA / "ncbi_disease" / "fewshot"
 LABELS = [LabelSpec("Disease", "a disease, disorder, syndrome or abnormal condition")]
 
 
@@ -74,11 +75,11 @@ class Providers:
             return TransformersLLM(device="cpu")
         if runtime != "server":
             raise SystemExit(f"unknown mode {runtime!r}")
-        sys.path.insert(0, str(ROOT / "tests"))
-        from backend_server import LlamaServer  # the tests' harness: llama_cpp.server on a free port
+        from tests.support.backend_server import LlamaServer  # the tests' harness: llama_cpp.server on a free port
+
         from clinie.llm.openai_compat import OpenAICompatibleLLM
 
-        server = self._stack.enter_context(LlamaServer(default_gguf(), ROOT / "bench" / "llama-server.log"))
+        server = self._stack.enter_context(LlamaServer(llm_gguf(), ROOT / "bench" / "llama-server.log"))
         return OpenAICompatibleLLM("gemma", base_url=server.url + "/v1", timeout=600, logprobs=False)
 
 
@@ -89,8 +90,8 @@ def main() -> None:
     parser.add_argument("--configs", default="constrained-k0,constrained-k5,free-k5")
     args = parser.parse_args()
 
-    demos = list(read_documents(DATA / "gutierrez_train100_seed42.jsonl"))
-    test = list(read_documents(DATA / "chen2023_test_sample200.jsonl"))[: args.n]
+    demos = list(read_documents(NCBI / "gutierrez_train100_seed42.jsonl"))
+    test = list(read_documents(NCBI / "chen2023_test_sample200.jsonl"))[: args.n]
     llm = LlamaCppLLM(n_threads=args.threads)
     embedder = Embedder()
     prompt_rate, decode_rate = raw_rates(llm)

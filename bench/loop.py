@@ -17,9 +17,9 @@ first. The LLM's answers are kept in ``--out/llm-calls.sqlite``: a run interrupt
 re-run after a change to one strategy, asks the LLM only what it has not asked before (delete
 the file to time the LLM afresh).
 
-    python bench/loop.py                                   # everything: a few hours on 2 cores
-    python bench/loop.py --corpora ncbi_disease --sizes 100 --seeds 42
-    python bench/loop.py --saved                           # the table of the runs saved so far
+    python -m bench.loop                                   # everything: a few hours on 2 cores
+    python -m bench.loop --corpora ncbi_disease --sizes 100 --seeds 42
+    python -m bench.loop --saved                           # the table of the runs saved so far
 """
 
 from __future__ import annotations
@@ -30,18 +30,19 @@ import time
 from pathlib import Path
 
 from clinie.core import LabelSpec, read_documents
-from clinie.evaluation.fewshot import parse_strategies
 from clinie.evaluation.report import new_report, write_report
 from clinie.evaluation.study import PICKS, load_run, mean_sd_text, run_study, study_report, summarise
-from clinie.extractors.strategies import StrategyBuilder
 from clinie.llm import make_llm
 from clinie.llm.cache import CallCache
 from clinie.settings import Settings
+from clinie.strategies import StrategyBuilder, parse_strategies
+from tests.support import DATA
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT.parent / "shared" / "data"
 LABELS = {"ncbi_disease": "Disease", "bc5cdr_chem": "Chemical"}
-GPT4_ZERO_SHOT = {"ncbi_disease": 0.5673, "bc5cdr_chem": 0.7443}  # Chen et al. 2023, same 200 items
+#: Published, not measured here: Chen et al. 2023 (arXiv 2305.16326), strict entity F1 of GPT-4
+#: zero-shot on the same 200 test items (data/README.md).
+GPT4_ZERO_SHOT = {"ncbi_disease": 0.5673, "bc5cdr_chem": 0.7443}
 
 
 def main() -> None:
@@ -97,7 +98,7 @@ def main() -> None:
             seeds_run = ", ".join(map(str, row["seeds"]))
             print(f"| {size} | {seeds_run} | " + " | ".join(cells) + f" | {', '.join(row['selected'])} | "
                   f"{', '.join(row['no budget'])} | {row['strategies']['selected']['sentence_share']:.0%} |")
-        report = new_report(f"True few-shot learning loop: {corpus}", "fewshot", "python bench/loop.py "
+        report = new_report(f"True few-shot learning loop: {corpus}", "fewshot", "python -m bench.loop "
                             f"--corpora {corpus} --sizes {args.sizes} --seeds {args.seeds} "
                             f"--strategies {','.join(summary['strategies'])} --max-llm-share {args.max_llm_share}")
         report["summary"] = [("corpus", corpus), ("pools", f"gutierrez_train100_seed{{{args.seeds}}}.jsonl"),

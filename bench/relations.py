@@ -13,8 +13,8 @@ Training pairs and demonstrations only from ``ddi/fewshot/gutierrez_train100_bal
    ceiling that candidate generation leaves (share of gold relations whose pair is a candidate
    given gold spans) is printed too.
 
-    python bench/relations.py --seeds 42,33,21
-    python bench/relations.py --seeds 42 --llm-n 200 --skip-e2e
+    python -m bench.relations --seeds 42,33,21
+    python -m bench.relations --seeds 42 --llm-n 200 --skip-e2e
 """
 
 from __future__ import annotations
@@ -28,9 +28,10 @@ from clinie.core import NO_RELATION, Document, Relation, read_documents
 from clinie.evaluation import evaluate_relations, evaluate_spans
 from clinie.labelstudio import parse_label_config
 from clinie.relations import PairTypes, candidate_pairs, labelled_pairs
+from tests.support import DATA
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT.parent / "shared" / "data" / "ddi"
+DDI = DATA / "ddi"
 TYPES = ("advise", "effect", "int", "mechanism")
 SPECS = parse_label_config((ROOT / "label_configs" / "drug_interactions.xml").read_text()).relation_labels
 PUBLISHED = {"GPT-3.5 0-shot": 0.3349, "GPT-3.5 1-shot": 0.3440, "GPT-4 0-shot": 0.6325, "GPT-4 1-shot": 0.6558}
@@ -64,14 +65,14 @@ def main() -> None:
     from clinie.extractors.encoder import EncoderTagger
     from clinie.extractors.relation_encoder import RelationClassifier
 
-    test200 = list(read_documents(DATA / "fewshot" / "chen2023_test_sample200.jsonl"))
-    full_test = list(read_documents(DATA / "test.jsonl"))
+    test200 = list(read_documents(DDI / "fewshot" / "chen2023_test_sample200.jsonl"))
+    full_test = list(read_documents(DDI / "test.jsonl"))
     seeds = [int(s) for s in args.seeds.split(",")]
     rows: dict[str, list[float]] = {"encoder, gold entities (200 pairs)": [], "encoder, end to end (full test)": [],
                                     "tagger entity F1 (full test)": []}
     llm_row = None
     for seed in seeds:
-        train = list(read_documents(DATA / "fewshot" / f"gutierrez_train100_balanced_seed{seed}.jsonl"))
+        train = list(read_documents(DDI / "fewshot" / f"gutierrez_train100_balanced_seed{seed}.jsonl"))
         started = time.perf_counter()
         classifier = RelationClassifier(SPECS).fit(train, listed=True)
         fit_seconds = time.perf_counter() - started

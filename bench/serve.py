@@ -10,8 +10,8 @@
    ``--seconds`` (default 60): throughput, p50/p95/p99 latency, errors (must be 0), and the
    resident memory of the gunicorn worker.
 
-    python bench/serve.py
-    python bench/serve.py --clients 8 --seconds 60
+    python -m bench.serve
+    python -m bench.serve --clients 8 --seconds 60
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import sys
 import tempfile
 import threading
 import time
@@ -27,17 +26,15 @@ from pathlib import Path
 
 import requests
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))
+from clinie.core import read_documents
+from clinie.extractors.encoder import EncoderTagger
+from clinie.labelstudio import document_to_result, parse_label_config
+from clinie.settings import Settings
+from ml_backend.service import Backend
+from tests.support import DATA, ROOT
+from tests.support.backend_server import BackendServer
 
-from backend_server import BackendServer  # noqa: E402
-from clinie.core import read_documents  # noqa: E402
-from clinie.extractors.encoder import EncoderTagger  # noqa: E402
-from clinie.labelstudio import document_to_result, parse_label_config  # noqa: E402
-from clinie.settings import Settings  # noqa: E402
-from ml_backend.service import Backend  # noqa: E402
-
-DATA = ROOT.parent / "shared" / "data" / "ncbi_disease"
+NCBI = DATA / "ncbi_disease" / "fewshot"
 CONFIG = (ROOT / "label_configs" / "disease_ner.xml").read_text()
 
 
@@ -46,7 +43,7 @@ def train(data_dir: Path) -> Path:
     settings = Settings(data_dir=data_dir, train_every=0, strategy="encoder", select_strategies="")
     backend = Backend(settings, start_worker=False)
     control = parse_label_config(CONFIG).span_controls[0]
-    for i, doc in enumerate(list(read_documents(DATA / "fewshot" / "gutierrez_train100_seed42.jsonl"))[:30]):
+    for i, doc in enumerate(list(read_documents(NCBI / "gutierrez_train100_seed42.jsonl"))[:30]):
         result, _ = document_to_result(doc, control)
         backend.store.record_annotation("1", {"id": i + 1, "result": result}, {"id": i + 1, "data": {"text": doc.text}})
     backend.store.set_label_config("1", CONFIG)
@@ -77,7 +74,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=60)
     args = parser.parse_args()
 
-    docs = list(read_documents(DATA / "fewshot" / "chen2023_test_sample200.jsonl"))
+    docs = list(read_documents(NCBI / "chen2023_test_sample200.jsonl"))
     bodies = [{"tasks": [{"id": i, "data": {"text": d.text}}], "project": "1", "label_config": CONFIG}
               for i, d in enumerate(docs)]
     with tempfile.TemporaryDirectory() as tmp:

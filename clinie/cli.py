@@ -19,51 +19,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import shlex
 import sys
+from importlib.metadata import entry_points
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
 from clinie.core import read_documents, write_documents
-from clinie.settings import WORKER_TIMEOUT_SECONDS, Settings
-
-
-def _serve(args: argparse.Namespace) -> int:
-    from gunicorn.app.base import BaseApplication
-
-    from clinie.logs import dict_config
-    from ml_backend.app import create_app
-
-    settings = Settings.load()
-    host, port = args.host or settings.host, args.port or settings.port
-
-    class Server(BaseApplication):
-        # One worker process: it owns the training thread and the loaded models; threads serve
-        # concurrent requests. Models are loaded in the worker, never before the fork.
-        def load_config(self) -> None:
-            self.cfg.set("bind", f"{host}:{port}")
-            self.cfg.set("workers", 1)
-            self.cfg.set("threads", args.threads)
-            self.cfg.set("timeout", WORKER_TIMEOUT_SECONDS)
-            self.cfg.set("graceful_timeout", math.ceil(settings.shutdown_grace_seconds))  # whole seconds
-            self.cfg.set("loglevel", settings.log_level.lower())
-            self.cfg.set("logconfig_dict", dict_config(settings.log_level, settings.log_format))
-            # gunicorn's control socket (~/.gunicorn/gunicorn.ctl) is unused, and shared by every
-            # instance of the same user.
-            self.cfg.set("control_socket_disable", True)
-            # SIGTERM: requests in flight get the grace to finish; the re-sync schedule
-            # stops. A training still running dies with the process and is marked failed at
-            # the next start; the serving model is untouched (see ml_backend.training).
-            self.cfg.set("worker_exit", lambda server, worker: worker.wsgi.extensions["clinie"].close())
-
-        def load(self):  # noqa: ANN201 - gunicorn's hook
-            return create_app(settings)
-
-    Server().run()
-    return 0
+from clinie.settings import Settings
 
 
 def _schema(args: argparse.Namespace):
@@ -119,11 +84,10 @@ def _llm_settings(args: argparse.Namespace) -> Settings:
 def _llm_extractors(args: argparse.Namespace):
     """The LLM tagger, and the LLM relation extractor when there are relations to predict."""
     from clinie.core import LabelSpec
-    from clinie.extractors.llm import LLMTagger
-    from clinie.extractors.relation_llm import LLMRelationExtractor
     from clinie.llm import make_llm
     from clinie.llm.cache import CallCache
     from clinie.retrieval import Embedder
+    from clinie.strategies import LLMAccess
 
     demos = list(read_documents(args.demos)) if args.demos else []
     schema = _schema(args)
@@ -135,14 +99,11 @@ def _llm_extractors(args: argparse.Namespace):
     if not labels:
         raise ValueError("name the labels: --config label_configs/X.xml, --labels A,B, or --demos with entities")
     settings = _llm_settings(args)
-    cache = CallCache(args.cache) if args.cache else None
-    llm, embedder, k = make_llm(settings), Embedder(), args.k if demos else 0
-    tagger = LLMTagger(labels, llm, k=k, embedder=embedder, guided=bool(settings.llm_guided), cache=cache).fit(demos)
-    relations = None
-    if specs := _relation_specs(schema, demos):
-        relations = LLMRelationExtractor(specs, llm, k=k, embedder=embedder, guided=bool(settings.llm_guided),
-                                         cache=cache).fit(demos, listed=args.pairs == "listed")
-    return tagger, relations
+    access = LLMAccess(make_llm(settings), Embedder(), CallCache(args.cache) if args.cache else None,
+                       guided=bool(settings.llm_guided))
+    tagger = access.tagger(labels, args.k, demos)
+    specs = _relation_specs(schema, demos)
+    return tagger, access.relations(specs, args.k, demos, listed=args.pairs == "listed") if specs else None
 
 
 def _predict(args: argparse.Namespace) -> int:
@@ -212,12 +173,12 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _fewshot(args: argparse.Namespace) -> int:
-    from clinie.evaluation.fewshot import label_specs, parse_strategies
+    from clinie.evaluation.fewshot import label_specs
     from clinie.evaluation.report import new_report, write_report
     from clinie.evaluation.study import run_study, study_report
-    from clinie.extractors.strategies import StrategyBuilder
     from clinie.llm import make_llm
     from clinie.llm.cache import CallCache
+    from clinie.strategies import StrategyBuilder, parse_strategies
 
     pool, test = list(read_documents(args.pool)), list(read_documents(args.test))
     schema = _schema(args)
@@ -248,12 +209,13 @@ def _fewshot(args: argparse.Namespace) -> int:
 def _report(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
-    from clinie.evaluation.fewshot import cross_validate, learning_curve, parse_strategies
+    from clinie.evaluation.fewshot import cross_validate, learning_curve
     from clinie.evaluation.report import new_report, write_report
     from clinie.evaluation.study import project_report
     from clinie.llm import make_llm
+    from clinie.selection import builder, project_documents
     from clinie.store import AnnotationStore
-    from ml_backend.selection import builder, project_documents
+    from clinie.strategies import parse_strategies
 
     settings = Settings.load()
     if args.data_dir:
@@ -309,11 +271,10 @@ def build_parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
 
-    serve = commands.add_parser("serve", help="run the Label Studio ML backend (gunicorn)")
-    serve.add_argument("--host", help="default: CLINIE_HOST or 127.0.0.1")
-    serve.add_argument("--port", type=int, help="default: CLINIE_PORT or 9090")
-    serve.add_argument("--threads", type=int, default=8, help="concurrent requests (default 8)")
-    serve.set_defaults(run=_serve)
+    # commands of other packages (``clinie serve``: the backend, ``ml_backend.server``), which
+    # depend on this library, never the reverse
+    for command in entry_points(group="clinie.commands"):
+        command.load()(commands)
 
     train = commands.add_parser("train", help="fine-tune the encoder tagger on a JSONL file")
     train.add_argument("--data", type=Path, required=True)

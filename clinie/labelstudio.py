@@ -308,6 +308,27 @@ def document_to_result(
     return [*regions.values(), *arrows.values()], task_score
 
 
+def prediction_to_result(docs: Sequence[Document], schema: Schema) -> tuple[list[dict[str, Any]], float | None]:
+    """One task's prediction, a document per span control (``schema.span_controls``, in order),
+    as Label Studio ``result`` items and the task score (the mean region score).
+
+    Each control gets its own labels only, and relations only of the config's labels between
+    spans it kept: a label since removed from the config is not resurrected by a model trained
+    before it was.
+    """
+    result: list[dict[str, Any]] = []
+    scores: list[float] = []
+    for control, doc in zip(schema.span_controls, docs, strict=True):
+        own = [s for s in doc.entities if s.label in control.label_names]
+        ids = {s.id for s in own}
+        relations = [r for r in doc.relations
+                     if r.label in schema.relation_label_names and r.head in ids and r.tail in ids]
+        items, _ = document_to_result(doc.with_annotations(own, relations), control, schema.relation_label_names)
+        result.extend(items)
+        scores.extend(item["score"] for item in items if item["type"] == "labels" and "score" in item)
+    return result, round(sum(scores) / len(scores), 4) if scores else None
+
+
 # --- Label Studio JSON export -> Documents -------------------------------------------------
 
 

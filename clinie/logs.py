@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import logging
-import logging.config
 import traceback
 from datetime import datetime, timezone
 
@@ -82,7 +81,3 @@ def dict_config(level: str, log_format: str = "text") -> dict:
         "loggers": {name: {"level": level, "handlers": [], "propagate": True}
                     for name in ("gunicorn.error", "gunicorn.access")},
     }
-
-
-def configure(level: str, log_format: str = "text") -> None:
-    logging.config.dictConfig(dict_config(level, log_format))

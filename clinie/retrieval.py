@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from clinie.core import Document
+from clinie.embedded import encoder_path
 
 
 class Embedder:
@@ -22,9 +23,7 @@ class Embedder:
     def __init__(self, model: str | Path | None = None, batch_size: int = 64) -> None:
         from transformers import AutoModel, AutoTokenizer
 
-        from clinie.extractors.encoder import default_encoder_path
-
-        path = str(model or default_encoder_path())
+        path = str(model or encoder_path())
         self._tokenizer = AutoTokenizer.from_pretrained(path)
         self._model = AutoModel.from_pretrained(path).eval()
         self.batch_size = batch_size

@@ -146,7 +146,7 @@ class Settings:
         if self.strategy not in ("auto", "llm", "encoder"):
             raise ValueError(f"{PREFIX}STRATEGY must be auto, llm or encoder, not {self.strategy!r}")
         if self.select_strategies:
-            from clinie.evaluation.fewshot import parse_strategies
+            from clinie.strategies import parse_strategies
 
             try:
                 parse_strategies(self.select_strategies)

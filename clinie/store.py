@@ -260,11 +260,6 @@ class AnnotationStore:
         return {r[0] for r in self._read("SELECT annotation_id FROM annotations WHERE project = ? "
                                          "AND state != 'deleted'", (project,))}
 
-    def annotation_history(self, annotation_id: int) -> list[dict[str, Any]]:
-        rows = self._read("SELECT version, action, state, result, received_at FROM annotation_versions "
-                          "WHERE annotation_id = ? ORDER BY version", (annotation_id,))
-        return [{**dict(r), "result": json.loads(r["result"])} for r in rows]
-
     def revision(self, project: str) -> str:
         """Changes whenever the project's annotations do: a cache key for what derives from them."""
         row = self._read("SELECT COUNT(*), MAX(updated_at), SUM(version) FROM annotations WHERE project = ?",

@@ -1,4 +1,4 @@
-"""The HTTP surface Label Studio 1.23 talks to (see shared/LABEL_STUDIO.md for the protocol).
+"""The HTTP surface Label Studio 1.23 talks to (docs/label-studio-protocol.md: the protocol, as measured).
 
 Requests are validated completely before anything is stored, so a malformed body gets a 4xx
 that says what is wrong and leaves no trace; errors are JSON, never an HTML page.

@@ -1,8 +1,9 @@
 """What the backend does for each Label Studio call, without HTTP.
 
-``Backend`` owns the process-wide pieces: the settings, the annotation store, the loaded model
-versions (each loaded once per process), the metrics and the training worker. The Flask app in
-``ml_backend.app`` only parses requests and calls it.
+``Backend`` owns the process-wide pieces: the settings, the annotation store, what serves each
+project (``ml_backend.serving``), the metrics, the training worker and the re-sync schedule.
+It runs the /predict loop (chunks, the time budget, one bad task never sinking the batch) and
+stores webhooks. The Flask app in ``ml_backend.app`` only validates requests and calls it.
 """
 
 from __future__ import annotations
@@ -11,37 +12,20 @@ import logging
 import threading
 import time
 from functools import lru_cache
-from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 from clinie import __version__
 from clinie.core import Document, Schema
-from clinie.evaluation.calibration import Calibrator, calibrate_documents, calibrator_from_dict
-from clinie.evaluation.fewshot import Strategy
-from clinie.extractors.base import Extractor, SpansThenRelations
-from clinie.extractors.encoder import EncoderTagger
-from clinie.extractors.gated import FilterThenProbe
-from clinie.extractors.llm import LLMTagger
-from clinie.extractors.probe import PROBE_DIR, PROBE_KINDS, ProbeTagger
-from clinie.extractors.relation_encoder import RELATIONS_DIR, RelationClassifier
-from clinie.extractors.relation_llm import LLMRelationExtractor
-from clinie.extractors.rerank import FilterThenRerank
-from clinie.labelstudio import annotation_to_document, document_to_result, parse_label_config, task_to_document
-from clinie.llm import LLM, make_llm
-from clinie.llm.cache import CallCache
-from clinie.llm.hidden import HiddenStates
-from clinie.retrieval import Embedder
+from clinie.evaluation.calibration import calibrate_documents
+from clinie.labelstudio import parse_label_config, prediction_to_result, task_to_document
 from clinie.settings import Settings
 from clinie.store import AnnotationStore, ModelRecord
 from ml_backend.metrics import Metrics
-from ml_backend.selection import probe_states, span_specs
+from ml_backend.serving import Predictor, Serving
 from ml_backend.sync import LabelStudioSync
 from ml_backend.training import NotEnoughAnnotations, TrainingWorker, train_project
 
 log = logging.getLogger(__name__)
-
-#: The version Label Studio sees while a project has no trained model: its predictions are empty.
-NO_MODEL_VERSION = f"clinie-{__version__}-no-model-yet"
 
 ANNOTATION_ACTIONS = ("ANNOTATION_CREATED", "ANNOTATION_UPDATED")
 
@@ -62,16 +46,6 @@ def project_key(project: Any) -> str:
     return key
 
 
-class Serving(NamedTuple):
-    """What answers a project's /predict, and as which model version."""
-
-    version: str
-    model: Extractor | None
-    calibrator: Calibrator | None
-    fallback: Serving | None  # the trained encoder, when ``model`` uses the LLM
-    uses_llm: bool = False
-
-
 @lru_cache(maxsize=64)
 def _schema(label_config: str) -> Schema:
     return parse_label_config(label_config)
@@ -82,13 +56,7 @@ class Backend:
         self.settings = settings
         self.store = AnnotationStore(settings.store_path)
         self.metrics = Metrics()
-        self._models: dict[tuple[str, bool], tuple[str, Extractor]] = {}  # (project, probe?) -> (version, model)
-        self._llm_extractors: dict[str, tuple[str, Extractor]] = {}  # project -> (revision, extractor)
-        self._models_lock = threading.Lock()
-        self._llm: LLM | None = None
-        self._embedder: Embedder | None = None
-        self._states: HiddenStates | None = None
-        self._llm_cache = CallCache(settings.data_dir / "llm_cache.sqlite3")
+        self.serving = Serving(settings, self.store, self.metrics)
         if abandoned := self.store.abandon_running_trainings():
             log.warning("%d trainings were interrupted by a restart and are marked failed", abandoned)
         self.sync = LabelStudioSync(self.store, settings.label_studio_url, settings.label_studio_api_key) \
@@ -96,21 +64,9 @@ class Backend:
         self._stopping = threading.Event()
         self.worker = TrainingWorker(self.train) if start_worker else None
         if start_worker:
-            threading.Thread(target=self._warm_up, name="clinie-warm-up", daemon=True).start()
+            threading.Thread(target=self.serving.warm_up, name="clinie-warm-up", daemon=True).start()
         if start_worker and self.sync:
             threading.Thread(target=self._sync_loop, name="clinie-sync", daemon=True).start()
-
-    def _warm_up(self) -> None:
-        """Load every project's serving encoder (and probe) once, at start, so that the first
-        /predict after a restart does not pay for it (Label Studio's opening a task waits on it)."""
-        for project in self.store.projects():
-            if (record := self._encoder_record(project)) is not None:
-                try:
-                    self._model(record)
-                    if self._selected(record).kind in PROBE_KINDS:
-                        self._model(record, probe=True)
-                except Exception as e:  # the first /predict will say so again, per task
-                    log.warning("project %s: could not load %s: %s", project, record.version, type(e).__name__)
 
     def close(self) -> None:
         """Stop the re-sync schedule (graceful shutdown; a training in flight is left to finish
@@ -124,125 +80,11 @@ class Backend:
         self.store.set_label_config(project, label_config)
         return self.model_version(project)
 
-    def _encoder_record(self, project: str) -> ModelRecord | None:
-        """The trained encoder that serves ``project`` under the configured strategy, if any."""
-        return self.store.serving_model(project) if self.settings.strategy != "llm" else None
-
-    def _selected(self, record: ModelRecord | None) -> Strategy:
-        """The strategy that serves: the one selection chose with this model version (under
-        ``auto``), else the encoder once trained, else the LLM."""
-        if record is None:
-            return Strategy("llm", k=self.settings.llm_k)
-        chosen = (record.info.get("selection") or {}).get("strategy") if self.settings.strategy == "auto" else None
-        strategy = Strategy.parse(chosen) if chosen else Strategy("encoder")
-        if strategy.kind in PROBE_KINDS and not (record.path / PROBE_DIR).is_dir():  # a version dir pruned by hand
-            return Strategy("encoder")
-        return strategy
-
     def model_version(self, project: str) -> str:
-        """The version ``predict`` would answer as, without loading any model."""
-        record = self._encoder_record(project)
-        if record is None and self.settings.strategy == "encoder":
-            return NO_MODEL_VERSION
-        return self._version(record, self._selected(record), project)
-
-    def _version(self, record: ModelRecord | None, strategy: Strategy, project: str) -> str:
-        """Names model and strategy; an LLM's names provider, model and pool size too, so that a
-        new annotation (a new demonstration) makes Label Studio ask again."""
-        if strategy.kind == "encoder" and record is not None:
-            return record.version
-        if strategy.kind in PROBE_KINDS and record is not None:
-            return f"{record.version}-{strategy.name}"
-        pool_size = self.store.count_training_examples(project)
-        if strategy.kind == "rerank" and record is not None:
-            return f"{record.version}-{strategy.name}-pool{pool_size}"
-        s = self.settings
-        if not s.llm_model:
-            model = "gemma-3-270m-q4_k_m"
-        elif s.llm_provider == "openai":
-            model = s.llm_model
-        else:  # a local file or directory: its name
-            model = Path(s.llm_model).name.removesuffix(".gguf")
-        k = strategy.k if pool_size else 0
-        return f"clinie-llm-{s.llm_provider}-{model}-k{k}-pool{pool_size}"
-
-    def _shared_llm(self) -> tuple[LLM, Embedder]:
-        with self._models_lock:
-            if self._llm is None:
-                started = time.perf_counter()
-                self._llm = make_llm(self.settings)
-                self._embedder = Embedder()
-                self.metrics.observe("model_load", time.perf_counter() - started)
-            return self._llm, self._embedder
-
-    def _shared_states(self) -> HiddenStates:
-        """The hidden states the probe reads: one model per process, for trainings and /predict."""
-        with self._models_lock:
-            if self._states is None:
-                started = time.perf_counter()
-                self._states = probe_states(self.settings)
-                self.metrics.observe("model_load", time.perf_counter() - started)
-            return self._states
-
-    def _with_demos(self, project: str, schema: Schema, record: ModelRecord | None, strategy: Strategy) -> Extractor:
-        """An extractor that uses the LLM, its demonstrations the annotations as of now (a new
-        one joins the pool at once, no training needed). ``llm``: the word/TAG tagger, and with
-        ``<Relations>`` in the config a multiple-choice question per candidate pair; ``rerank``:
-        the trained encoder, the LLM deciding its hard cases, and its relation classifier."""
-        llm, embedder = self._shared_llm()
-        revision = f"{self.store.revision(project)}|{hash(schema)}|{record and record.version}|{strategy.name}"
-        with self._models_lock:
-            cached = self._llm_extractors.get(project)
-        if cached is None or cached[0] != revision:
-            docs = [annotation_to_document(e.task, e.result, schema) for e in self.store.training_examples(project)]
-            k, guided = strategy.k if docs else 0, bool(self.settings.llm_guided)
-            extractor: Extractor
-            if strategy.kind == "rerank" and record is not None:
-                trained = self._model(record)
-                encoder = trained.spans if isinstance(trained, SpansThenRelations) else trained
-                extractor = FilterThenRerank(encoder, llm, span_specs(schema), band=strategy.band, embedder=embedder,
-                                             guided=guided, cache=self._llm_cache).fit(docs, refit_encoder=False)
-                if isinstance(trained, SpansThenRelations):
-                    extractor = SpansThenRelations(extractor, trained.relations)
-            else:
-                extractor = LLMTagger(span_specs(schema), llm, k=k, embedder=embedder, guided=guided,
-                                      cache=self._llm_cache).fit(docs)
-                if schema.relation_labels:
-                    extractor = SpansThenRelations(extractor, LLMRelationExtractor(
-                        schema.relation_labels, llm, k=k, embedder=embedder, guided=guided,
-                        cache=self._llm_cache).fit(docs))
-            cached = (revision, extractor)
-            with self._models_lock:
-                self._llm_extractors[project] = cached
-        return cached[1]
+        return self.serving.model_version(project)
 
     def versions(self) -> list[str]:
         return [m.version for m in self.store.models()]
-
-    def _model(self, record: ModelRecord, probe: bool = False) -> Extractor:
-        """The model version's encoder, or its probe, with its relation classifier if it has one."""
-        states = self._shared_states() if probe else None
-        with self._models_lock:
-            cached = self._models.get((record.project, probe))
-            if cached is None or cached[0] != record.version:
-                started = time.perf_counter()
-                model: Extractor = ProbeTagger.load(record.path / PROBE_DIR, states) if states \
-                    else EncoderTagger.load(record.path)
-                if (record.path / RELATIONS_DIR).is_dir():
-                    model = SpansThenRelations(model, RelationClassifier.load(record.path / RELATIONS_DIR))
-                cached = (record.version, model)
-                self._models[(record.project, probe)] = cached
-                self.metrics.observe("model_load", time.perf_counter() - started)
-            return cached[1]
-
-    def _gated(self, record: ModelRecord, strategy: Strategy) -> Extractor:
-        """Filter-then-probe over the model version's encoder and probe (loaded once each), with
-        its relation classifier if it has one."""
-        encoder, probe = self._model(record), self._model(record, probe=True)
-        if not isinstance(encoder, SpansThenRelations):
-            return FilterThenProbe(encoder, probe, strategy.band)
-        assert isinstance(probe, SpansThenRelations)  # both were loaded with the version's relation classifier
-        return SpansThenRelations(FilterThenProbe(encoder.spans, probe.spans, strategy.band), encoder.relations)
 
     def predict(self, project: str, tasks: list[Any], label_config: str | None) -> dict[str, Any]:
         """One result per task, in order; a task that fails gets an empty result, never the batch.
@@ -259,10 +101,10 @@ class Backend:
             if label_config is None:
                 raise ValueError("no label_config in the request and none known for this project")
         schema = _schema(label_config)
-        serving = self._extractor(project, schema)
+        predictor = self.serving.predictor(project, schema)
         budget = self.settings.predict_budget_seconds
-        chunk_size = 1 if serving.uses_llm else PREDICT_CHUNK
-        answering = serving
+        chunk_size = 1 if predictor.uses_llm else PREDICT_CHUNK
+        answering = predictor
 
         results: list[dict[str, Any]] = []
         batch = self.metrics.start_batch(len(tasks))
@@ -285,10 +127,10 @@ class Backend:
         self.metrics.count("predict_requests")
         self.metrics.count("predicted_tasks", len(results))
         self.metrics.observe("predict_request", time.perf_counter() - started)
-        return {"results": results, "model_version": serving.version}
+        return {"results": results, "model_version": predictor.version}
 
     def _predict_chunk(self, tasks: list[Any], schema: Schema,
-                       serving: Serving) -> tuple[list[dict[str, Any]], Serving]:
+                       predictor: Predictor) -> tuple[list[dict[str, Any]], Predictor]:
         docs: list[list[Document] | None] = []
         for task in tasks:
             try:
@@ -296,84 +138,51 @@ class Backend:
             except Exception as e:
                 docs.append(None)
                 self._task_error(task, "read", e)
-        predicted, serving = self._run_model(serving, tasks, docs)
-        if serving.calibrator is not None:  # the score Label Studio sorts tasks by means "chance it is right"
-            predicted = [None if p is None else calibrate_documents(p, serving.calibrator) for p in predicted]
+        predicted, predictor = self._run_model(predictor, tasks, docs)
+        if predictor.calibrator is not None:  # the score Label Studio sorts tasks by means "chance it is right"
+            predicted = [None if p is None else calibrate_documents(p, predictor.calibrator) for p in predicted]
 
         results = []
         for task, task_docs in zip(tasks, predicted):
             result: list[dict[str, Any]] = []
-            scores: list[float] = []
+            score = None
             if task_docs is not None:
                 try:
-                    for control, doc in zip(schema.span_controls, task_docs):
-                        # Each control gets its own labels only; a label since removed from the
-                        # config is not resurrected by a model trained before.
-                        own = [s for s in doc.entities if s.label in control.label_names]
-                        ids = {s.id for s in own}
-                        relations = [r for r in doc.relations if r.label in schema.relation_label_names
-                                     and r.head in ids and r.tail in ids]
-                        items, _ = document_to_result(doc.with_annotations(own, relations), control,
-                                                      schema.relation_label_names)
-                        result.extend(items)
-                        scores.extend(item["score"] for item in items if item["type"] == "labels" and "score" in item)
+                    result, score = prediction_to_result(task_docs, schema)
                 except Exception as e:
-                    result, scores = [], []
                     self._task_error(task, "convert", e)
-            entry: dict[str, Any] = {"result": result, "model_version": serving.version}
-            if scores:
-                entry["score"] = round(sum(scores) / len(scores), 4)
+            entry: dict[str, Any] = {"result": result, "model_version": predictor.version}
+            if score is not None:
+                entry["score"] = score
             results.append(entry)
-        return results, serving
+        return results, predictor
 
-    def _extractor(self, project: str, schema: Schema) -> Serving:
-        """The serving strategy's extractor for this project, the model version it answers as,
-        the calibrator of its span scores (fitted when it was selected), and the trained encoder
-        to fall back on when the strategy uses the LLM and the LLM fails."""
-        record = self._encoder_record(project)
-        if record is None and self.settings.strategy == "encoder":
-            return Serving(NO_MODEL_VERSION, None, None, None)
-        strategy = self._selected(record)
-        version = self._version(record, strategy, project)
-        selection = (record.info.get("selection") or {}) if record is not None else {}
-        calibrator = calibrator_from_dict(selection["calibrator"]) \
-            if selection.get("calibrator") and selection.get("strategy") == strategy.name else None
-        if strategy.kind == "encoder" and record is not None:
-            return Serving(version, self._model(record), calibrator, None)
-        fallback = Serving(record.version, self._model(record), None, None) if record is not None else None
-        if strategy.kind == "probe" and record is not None:
-            return Serving(version, self._model(record, probe=True), calibrator, fallback)
-        if strategy.kind == "gated" and record is not None:
-            return Serving(version, self._gated(record, strategy), calibrator, fallback)
-        return Serving(version, self._with_demos(project, schema, record, strategy), calibrator, fallback,
-                       uses_llm=True)
-
-    def _run_model(self, serving: Serving, tasks: list[Any],
-                   docs: list[list[Document] | None]) -> tuple[list[list[Document] | None], Serving]:
+    def _run_model(self, predictor: Predictor, tasks: list[Any],
+                   docs: list[list[Document] | None]) -> tuple[list[list[Document] | None], Predictor]:
         """Predict the chunk at once; if that fails, with the fallback encoder when the LLM was
         involved (its results then carry the encoder's version, so Label Studio asks again once
         the LLM is back), else task by task to isolate the culprit. Returns what answered too."""
-        if serving.model is None:
-            return [None if d is None else [x.with_annotations(()) for x in d] for d in docs], serving
+        if predictor.model is None:
+            return [None if d is None else [x.with_annotations(()) for x in d] for d in docs], predictor
         try:
             flat = [doc for task_docs in docs if task_docs for doc in task_docs]
-            predictions = iter(serving.model.predict(flat))
-            return [None if d is None else [next(predictions) for _ in d] for d in docs], serving
+            predictions = iter(predictor.model.predict(flat))
+            return [None if d is None else [next(predictions) for _ in d] for d in docs], predictor
         except Exception as e:
-            if serving.fallback is not None:
+            if predictor.fallback is not None:
                 self.metrics.count("llm_failures")
                 log.warning("prediction with the LLM failed (%s); the trained encoder answers", type(e).__name__)
                 log.debug("LLM failure", exc_info=e)
-                return self._run_model(serving.fallback, tasks, docs)
+                return self._run_model(predictor.fallback, tasks, docs)
             log.warning("batch prediction failed (%s); retrying task by task", type(e).__name__)
         out = []
         for task, task_docs in zip(tasks, docs):
             try:
-                out.append(None if task_docs is None else serving.model.predict(task_docs))
+                out.append(None if task_docs is None else predictor.model.predict(task_docs))
             except Exception as e:
                 out.append(None)
                 self._task_error(task, "predict", e)
-        return out, serving
+        return out, predictor
 
     def _task_error(self, task: Any, stage: str, error: Exception) -> None:
         task_id = task.get("id") if isinstance(task, dict) else None
@@ -452,8 +261,8 @@ class Backend:
         self.metrics.count("trainings_started")
         started = time.perf_counter()
         try:
-            record = train_project(self.store, self.settings, project, training_id, llm=lambda: self._shared_llm()[0],
-                                   states=self._shared_states)
+            record = train_project(self.store, self.settings, project, training_id, llm=lambda: self.serving.llm().llm,
+                                   states=self.serving.states)
         except NotEnoughAnnotations as e:
             self.store.fail_training(training_id, str(e))
             self.metrics.count("trainings_skipped")

@@ -19,14 +19,13 @@ from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Any
 
-from clinie.evaluation.fewshot import Strategy
-from clinie.extractors.probe import PROBE_DIR, PROBE_KINDS
 from clinie.extractors.relation_encoder import RELATIONS_DIR, RelationClassifier
 from clinie.llm.base import LLM
 from clinie.llm.hidden import HiddenStates
+from clinie.selection import builder, project_documents, select, selection_record
 from clinie.settings import Settings
 from clinie.store import AnnotationStore, ModelRecord
-from ml_backend.selection import builder, project_documents, select, selection_record
+from clinie.strategies import PARTS, Strategy
 
 log = logging.getLogger(__name__)
 
@@ -40,9 +39,10 @@ def train_project(store: AnnotationStore, settings: Settings, project: str, trai
                   states: Callable[[], HiddenStates] | None = None) -> ModelRecord:
     """Fine-tune the encoder tagger (and the relation classifier, when the config has relations
     and the annotations draw some) on the project's stored annotations, select the strategy that
-    serves with it (``ml_backend.selection``), and register the result. When the probe is
-    selected (alone, or reading the sentences the encoder is unsure of), its head is trained on
-    all the annotations too and saved beside the encoder (``probe/``), which stays as the fallback.
+    serves with it (``clinie.selection``), and register the result. The parts the selected
+    strategy reads besides the encoder (the probe, alone or reading the sentences the encoder is
+    unsure of) are fitted on all the annotations too and saved beside it (``probe/``); the
+    encoder stays as the fallback.
 
     A selection that fails (the LLM cannot be loaded, say) is logged and recorded as failed;
     the new encoder still serves.
@@ -53,9 +53,11 @@ def train_project(store: AnnotationStore, settings: Settings, project: str, trai
             f"project {project} has {len(docs)} usable annotations, {settings.min_annotations} needed")
     build = builder(schema, settings, llm, states=states)
     selection: dict[str, Any] | None = None
+    chosen: Strategy | None = None
     if settings.strategy == "auto" and settings.select_strategies and len(docs) >= 2:
         try:
-            selection = selection_record(select(docs, build, settings))
+            cv = select(docs, build, settings)
+            selection, chosen = selection_record(cv), cv.selected
             log.info("project %s: selected %s (cross-validated F1 %.3f over %d annotations)", project,
                      selection["strategy"], selection["strategies"][selection["strategy"]]["mean_f1"], len(docs))
         except Exception as e:
@@ -72,8 +74,8 @@ def train_project(store: AnnotationStore, settings: Settings, project: str, trai
     partial = final.with_name(final.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
     tagger.save(partial)
-    if selection and selection["strategy"] and Strategy.parse(selection["strategy"]).kind in PROBE_KINDS:
-        build.probe(docs).save(partial / PROBE_DIR)
+    for part in chosen.kind.saves if chosen else ():
+        PARTS[part].fit(build, docs).save(partial / part)
     if relations is not None:
         relations.save(partial / RELATIONS_DIR)
     os.replace(partial, final)
@@ -111,7 +113,7 @@ class TrainingWorker:
         return True
 
     def wait_idle(self, timeout: float | None = None) -> bool:
-        """Block until nothing is queued or running (for the CLI and tests)."""
+        """Block until nothing is queued or running (tests wait on a training requested by webhook)."""
         return self._idle.wait(timeout)
 
     def _run(self) -> None:

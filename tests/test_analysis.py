@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 
 from clinie.core import Document, Span, read_documents
 from clinie.evaluation import evaluate_spans
 from clinie.evaluation.analysis import NONE, bootstrap_f1, confusion, document_counts, error_kinds, per_label, worst_documents
-
-NCBI = Path(__file__).resolve().parents[2] / "shared" / "data" / "ncbi_disease" / "fewshot"
 
 
 def shifted(docs: list[Document], every: int = 3) -> list[Document]:
@@ -27,8 +23,8 @@ def shifted(docs: list[Document], every: int = 3) -> list[Document]:
     return out
 
 
-def test_per_label_figures_agree_with_the_metrics_and_intervals_hold_them():
-    gold = list(read_documents(NCBI / "chen2023_test_sample200.jsonl"))
+def test_per_label_figures_agree_with_the_metrics_and_intervals_hold_them(data_dir):
+    gold = list(read_documents(data_dir / "ncbi_disease" / "fewshot" / "chen2023_test_sample200.jsonl"))
     pred = shifted(gold)
     figures = per_label(gold, pred, n=500)
     strict = evaluate_spans(gold, pred)["strict"]

@@ -18,16 +18,17 @@ from werkzeug.serving import make_server
 from clinie.core import read_documents
 from clinie.labelstudio import document_to_result, parse_label_config
 from clinie.settings import Settings
-from helpers import assert_regions_match_tasks, assert_spans_match_text, webhook_event
-from labelstudio_server import free_port
 from ml_backend.app import create_app
-from ml_backend.service import NO_MODEL_VERSION, Backend
+from ml_backend.service import Backend
+from ml_backend.serving import NO_MODEL_VERSION
+from tests.support import DATA
+from tests.support.helpers import assert_regions_match_tasks, assert_spans_match_text, webhook_event
+from tests.support.labelstudio_server import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared" / "data"
 CONFIG = (ROOT / "label_configs" / "disease_ner.xml").read_text()
 SCHEMA = parse_label_config(CONFIG)
-NCBI_TRAIN = SHARED / "ncbi_disease" / "fewshot" / "gutierrez_train100_seed42.jsonl"
+NCBI_TRAIN = DATA / "ncbi_disease" / "fewshot" / "gutierrez_train100_seed42.jsonl"
 
 
 @pytest.fixture
@@ -248,7 +249,7 @@ def test_a_project_with_relations_trains_both_models_and_predicts_arrows_between
                         strategy="encoder")
     backend = Backend(settings)
     client = create_app(settings, backend).test_client()
-    docs = [d for d in read_documents(SHARED / "ddi" / "train.jsonl") if d.relations and len(d.text) < 160][:25]
+    docs = [d for d in read_documents(DATA / "ddi" / "train.jsonl") if d.relations and len(d.text) < 160][:25]
     for i, doc in enumerate(docs):
         result, _ = document_to_result(doc, schema.span_controls[0], schema.relation_label_names)
         event = webhook_event(i + 1, i + 1, doc.text, result, project=9, label_config=config)
@@ -280,7 +281,7 @@ def test_before_training_the_llm_asks_about_the_pairs_of_a_relation_project(tmp_
     settings = Settings(data_dir=tmp_path / "llm-ddi", train_every=0, llm_k=1, strategy="llm")
     backend = Backend(settings, start_worker=False)
     client = create_app(settings, backend).test_client()
-    docs = [d for d in read_documents(SHARED / "ddi" / "train.jsonl") if len(d.relations) == 1 and len(d.text) < 90][:2]
+    docs = [d for d in read_documents(DATA / "ddi" / "train.jsonl") if len(d.relations) == 1 and len(d.text) < 90][:2]
     for i, doc in enumerate(docs):
         result, _ = document_to_result(doc, schema.span_controls[0], schema.relation_label_names)
         event = webhook_event(i + 1, i + 1, doc.text, result, project=5)
@@ -295,7 +296,7 @@ def test_before_training_the_llm_asks_about_the_pairs_of_a_relation_project(tmp_
     for arrow in (r for r in result["result"] if r["type"] == "relation"):
         assert arrow["from_id"] in regions and arrow["to_id"] in regions
         assert arrow["labels"][0] in schema.relation_label_names
-    relations = backend._llm_extractors["5"][1].relations
+    relations = backend.serving._assembled["5"][1].relations
     assert relations.usage.calls + relations.usage.cache_hits >= 1  # one question per candidate pair
 
 

@@ -11,10 +11,10 @@ import pytest
 
 from clinie.cli import main
 from clinie.core import read_documents, write_documents
-from helpers import assert_spans_match_text
+from tests.support import DATA
+from tests.support.helpers import assert_spans_match_text
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
-NCBI = SHARED / "ncbi_disease" / "fewshot"
+NCBI = DATA / "ncbi_disease" / "fewshot"
 
 
 @pytest.fixture(scope="module")
@@ -102,9 +102,9 @@ def test_llm_strategy_refuses_an_implicit_remote_endpoint(files, capsys):
 def test_relations_train_predict_on_gold_spans_and_evaluate(tmp_path, capsys):
     """DDI's pair-level files: train the tagger and the relation classifier, predict relations
     between the given spans, and score them per listed pair."""
-    from helpers import assert_relations_join_spans
+    from tests.support.helpers import assert_relations_join_spans
 
-    ddi = SHARED / "ddi" / "fewshot"
+    ddi = DATA / "ddi" / "fewshot"
     train, test = tmp_path / "train.jsonl", tmp_path / "test.jsonl"
     short = [d for d in read_documents(ddi / "gutierrez_train100_balanced_seed42.jsonl") if len(d.text) < 200]
     write_documents(short[:30], train)

@@ -16,9 +16,9 @@ import pytest
 import requests
 import yaml
 
-from backend_server import ServerProcess
 from clinie.settings import Settings
-from labelstudio_server import LS_VERSION, free_port
+from tests.support.backend_server import ServerProcess
+from tests.support.labelstudio_server import LS_VERSION, free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import io
 import json
-from pathlib import Path
 
 import pytest
 from hypothesis import given, settings, strategies as st
 
 from clinie.core import (Document, Relation, Span, bio_labels, bio_to_spans, chunk, read_documents,
                          spans_to_bio, split_sentences, tokenize, write_documents)
-from helpers import assert_spans_match_text
+from tests.support.helpers import assert_spans_match_text
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 ADVERSARIAL = "Pt on aspirin 81mg\r\nq.d.\tBRCA1-associated non-Hodgkin's lymphoma (NHL).  Café über—test e.g. 5-FU\u00a0x"
 
 
@@ -132,10 +130,9 @@ def test_jsonl_refuses_entities_whose_text_disagrees(tmp_path):
         list(read_documents(path))
 
 
-@pytest.mark.skipif(not SHARED.exists(), reason="shared corpora not present")
 @pytest.mark.parametrize("corpus", ["ncbi_disease", "bc5cdr_chem", "ddi"])
-def test_shared_corpora_read_and_write_back_identically(corpus):
-    path = SHARED / corpus / "fewshot" / "chen2023_test_sample200.jsonl"
+def test_shared_corpora_read_and_write_back_identically(corpus, data_dir):
+    path = data_dir / corpus / "fewshot" / "chen2023_test_sample200.jsonl"
     docs = list(read_documents(path))
     assert len(docs) == 200
     out = io.StringIO()

@@ -16,11 +16,12 @@ from pathlib import Path
 import pytest
 import requests
 
-from backend_server import BackendServer
 from clinie.cli import main
 from clinie.core import read_documents, write_documents
 from clinie.labelstudio import document_to_result, parse_label_config
 from clinie.store import AnnotationStore
+from tests.support import DATA
+from tests.support.backend_server import BackendServer
 
 pytestmark = [
     pytest.mark.e2e,
@@ -28,7 +29,6 @@ pytestmark = [
 ]
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared" / "data"
 DISEASE_CONFIG = (ROOT / "label_configs" / "disease_ner.xml").read_text()
 
 
@@ -65,7 +65,7 @@ def backend(tmp_path_factory):
 def test_annotations_train_the_encoder_and_predictions_land_in_label_studio(label_studio, backend, tmp_path, capsys):
     api = label_studio.client
     control = parse_label_config(DISEASE_CONFIG).span_controls[0]
-    docs = list(read_documents(SHARED / "ncbi_disease" / "fewshot" / "gutierrez_train100_seed42.jsonl"))[:45]
+    docs = list(read_documents(DATA / "ncbi_disease" / "fewshot" / "gutierrez_train100_seed42.jsonl"))[:45]
     project = api.create_project("NCBI disease (clinie e2e)", DISEASE_CONFIG)
     task_ids = api.import_tasks(project, [{"text": d.text} for d in docs])
     ml_id = api.connect_ml_backend(project, backend.url)
@@ -134,7 +134,7 @@ def test_relations_train_and_come_back_as_arrows_between_predicted_regions(label
     api = label_studio.client
     schema = parse_label_config(DDI_CONFIG)
     # short sentences with two or more interactions keep the training quick
-    docs = [d for d in read_documents(SHARED / "ddi" / "train.jsonl") if len(d.relations) >= 2 and len(d.text) < 200][:20]
+    docs = [d for d in read_documents(DATA / "ddi" / "train.jsonl") if len(d.relations) >= 2 and len(d.text) < 200][:20]
     project = api.create_project("DDI interactions (clinie e2e)", DDI_CONFIG)
     task_ids = api.import_tasks(project, [{"text": d.text} for d in docs])
     ml_id = api.connect_ml_backend(project, backend.url)
@@ -169,7 +169,7 @@ def test_relations_train_and_come_back_as_arrows_between_predicted_regions(label
             with_arrows.append(task_id)
     assert with_arrows, "no stored prediction has a relation"
 
-    from browser import screenshot_task
+    from tests.support.browser import screenshot_task
 
     shot = Path(os.environ.get("CLINIE_ARTIFACTS", ROOT / "artifacts")) / "ddi_labeling_view.png"
     # an unannotated task, where the view shows the prediction itself, when one has arrows
@@ -185,7 +185,7 @@ def test_webhooks_lost_while_the_backend_was_down_are_recovered_by_re_sync(label
     Studio with a personal access token, and its store holds what Label Studio holds."""
     api = label_studio.client
     control = parse_label_config(DISEASE_CONFIG).span_controls[0]
-    docs = list(read_documents(SHARED / "ncbi_disease" / "fewshot" / "gutierrez_train100_seed42.jsonl"))[:4]
+    docs = list(read_documents(DATA / "ncbi_disease" / "fewshot" / "gutierrez_train100_seed42.jsonl"))[:4]
     results = [document_to_result(d, control)[0] for d in docs]
     project = api.create_project("re-sync (clinie e2e)", DISEASE_CONFIG)
     task_ids = api.import_tasks(project, [{"text": d.text} for d in docs])

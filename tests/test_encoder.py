@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from clinie.core import Document, Span, read_documents, tokenize
+from clinie.embedded import encoder_path
 from clinie.extractors import Extractor
-from clinie.extractors.encoder import EncoderTagger, Window, aggregate_first, default_encoder_path, postprocess
-from helpers import assert_spans_match_text
+from clinie.extractors.encoder import EncoderTagger, Window, aggregate_first, postprocess
+from tests.support import DATA
+from tests.support.helpers import assert_spans_match_text
 
-NCBI = Path(__file__).resolve().parents[2] / "shared" / "data" / "ncbi_disease" / "fewshot"
+NCBI = DATA / "ncbi_disease" / "fewshot"
 TAGS = ["O", "B-Disease", "I-Disease"]
 
 # CRLF, tab, accents, an em dash, a zero-width space and a control character (both of which
@@ -87,7 +88,7 @@ def test_a_chunk_longer_than_the_encoder_is_windowed_between_words():
 
 
 def test_default_encoder_is_the_packaged_minilm():
-    path = default_encoder_path()
+    path = encoder_path()
     assert (path / "config.json").exists() and (path / "model.safetensors").exists()
     tagger = EncoderTagger(["Disease", "Chemical"])
     assert isinstance(tagger, Extractor)

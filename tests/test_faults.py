@@ -14,13 +14,13 @@ from pathlib import Path
 import pytest
 import requests
 
-from backend_server import BackendServer
 from clinie.core import read_documents
 from clinie.labelstudio import document_to_result, parse_label_config
-from helpers import DISEASE_CONFIG, webhook_event
+from tests.support import DATA
+from tests.support.backend_server import BackendServer
+from tests.support.helpers import DISEASE_CONFIG, webhook_event
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
-NCBI_TRAIN = SHARED / "ncbi_disease" / "fewshot" / "gutierrez_train100_seed42.jsonl"
+NCBI_TRAIN = DATA / "ncbi_disease" / "fewshot" / "gutierrez_train100_seed42.jsonl"
 CONTROL = parse_label_config(DISEASE_CONFIG).span_controls[0]
 #: Nothing here needs the LLM: training fits the encoder alone.
 ENCODER_ONLY = {"CLINIE_TRAIN_EVERY": "0", "CLINIE_MIN_ANNOTATIONS": "5", "CLINIE_SELECT_STRATEGIES": "",

@@ -9,16 +9,16 @@ import pytest
 
 from clinie.cli import main
 from clinie.core import Document, LabelSpec, Span, read_documents
-from clinie.evaluation.fewshot import (CrossValidation, Strategy, StrategyRun, cross_validate, folds, label_specs,
-                                       parse_strategies, subsample)
+from clinie.evaluation.fewshot import CrossValidation, StrategyRun, cross_validate, folds, label_specs, subsample
 from clinie.extractors.gated import FilterThenProbe
 from clinie.extractors.llm import LLMTagger
 from clinie.extractors.rerank import FilterThenRerank
-from clinie.extractors.strategies import StrategyBuilder
 from clinie.llm.llamacpp import LlamaCppLLM
-from helpers import assert_spans_match_text
+from clinie.strategies import Strategy, StrategyBuilder, parse_strategies
+from tests.support import DATA
+from tests.support.helpers import assert_spans_match_text
 
-NCBI = Path(__file__).resolve().parents[2] / "shared" / "data" / "ncbi_disease" / "fewshot"
+NCBI = DATA / "ncbi_disease" / "fewshot"
 LABELS = [LabelSpec("Disease", "a disease, disorder or syndrome")]
 
 

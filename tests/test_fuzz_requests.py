@@ -10,8 +10,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from clinie.settings import Settings
-from helpers import DISEASE_CONFIG
 from ml_backend.app import create_app
+from tests.support.helpers import DISEASE_CONFIG
 
 REFUSED = {400, 413, 415, 422}
 ACTIONS = ["ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATIONS_DELETED", "START_TRAINING", "PROJECT_UPDATED"]

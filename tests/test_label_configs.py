@@ -11,7 +11,6 @@ import pytest
 from clinie.labelstudio import parse_label_config
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 CONFIGS = sorted((ROOT / "label_configs").glob("*.xml"))
 
 
@@ -53,13 +52,12 @@ def test_medication_attributes_link_a_medication_to_each_attribute():
     assert schema.relation_label_names == ("has_dosage", "has_route", "has_frequency", "has_reason", "has_duration")
 
 
-@pytest.mark.skipif(not SHARED.exists(), reason="shared corpora not present")
 @pytest.mark.parametrize("config, corpus", [("disease_ner", "ncbi_disease"), ("chemical_ner", "bc5cdr_chem"),
                                             ("drug_interactions", "ddi")])
-def test_labels_match_the_corpus(config, corpus):
+def test_labels_match_the_corpus(config, corpus, data_dir):
     schema = schema_of(config)
     entities, relations = set(), set()
-    paths = sorted((SHARED / corpus / "fewshot").glob("*.jsonl"))
+    paths = sorted((data_dir / corpus / "fewshot").glob("*.jsonl"))
     assert paths
     for path in paths:
         for line in path.read_text(encoding="utf-8").splitlines():

@@ -15,12 +15,13 @@ from pathlib import Path
 
 import pytest
 
-from backend_server import LlamaServer
+from clinie.embedded import llm_gguf
 from clinie.llm.base import LLM, LLMError, SupportsDecoding
-from clinie.llm.llamacpp import LlamaCppLLM, default_gguf
+from clinie.llm.llamacpp import LlamaCppLLM
 from clinie.llm.openai_compat import OpenAICompatibleLLM
 from clinie.llm.transformers_lm import TransformersLLM
 from clinie.prompting.wordtag import decode_constrained
+from tests.support.backend_server import LlamaServer
 
 PROMPT = "Q: What is the capital of France?\nA: The capital of France is"
 
@@ -31,7 +32,7 @@ def gemma():
 
 
 def test_the_embedded_model_is_a_real_gguf():
-    path = default_gguf()
+    path = llm_gguf()
     assert path.read_bytes()[:4] == b"GGUF" and path.stat().st_size > 100_000_000
 
 
@@ -89,7 +90,7 @@ def test_constrained_word_tag_decoding_copies_every_word_and_reuses_the_prompt_c
 
 @pytest.fixture(scope="module")
 def llama_server(tmp_path_factory):
-    with LlamaServer(default_gguf(), tmp_path_factory.mktemp("llama") / "server.log") as server:
+    with LlamaServer(llm_gguf(), tmp_path_factory.mktemp("llama") / "server.log") as server:
         yield server
 
 
@@ -112,14 +113,14 @@ def test_a_server_that_is_down_gives_a_clear_error_fast():
 
 @pytest.fixture(scope="module")
 def gemma_transformers():
-    return TransformersLLM(default_gguf(), device="cpu")  # about 50 s: the GGUF is dequantized
+    return TransformersLLM(llm_gguf(), device="cpu")  # about 50 s: the GGUF is dequantized
 
 
 @pytest.mark.heavy
 @pytest.mark.slow
 def test_transformers_runs_the_same_model_with_the_same_answers(gemma_transformers, gemma):
     hf = gemma_transformers
-    assert isinstance(hf, LLM) and isinstance(hf, SupportsDecoding) and hf.model == default_gguf().name
+    assert isinstance(hf, LLM) and isinstance(hf, SupportsDecoding) and hf.model == llm_gguf().name
     completion = hf.complete(PROMPT, max_tokens=4, stop=["\n"])
     reference = gemma.complete(PROMPT, max_tokens=4, stop=["\n"])
     assert completion.text == reference.text and "\n" not in completion.text

@@ -3,20 +3,20 @@ constrained in-process decoding, and free generation through the OpenAI-compatib
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
-from backend_server import LlamaServer
 from clinie.core import Document, LabelSpec, read_documents, tokenize
+from clinie.embedded import llm_gguf
 from clinie.extractors.llm import LLMTagger
 from clinie.llm.cache import CallCache
-from clinie.llm.llamacpp import LlamaCppLLM, default_gguf
+from clinie.llm.llamacpp import LlamaCppLLM
 from clinie.llm.openai_compat import OpenAICompatibleLLM
 from clinie.retrieval import Embedder
-from helpers import assert_spans_match_text
+from tests.support import DATA
+from tests.support.backend_server import LlamaServer
+from tests.support.helpers import assert_spans_match_text
 
-NCBI = Path(__file__).resolve().parents[2] / "shared" / "data" / "ncbi_disease" / "fewshot"
+NCBI = DATA / "ncbi_disease" / "fewshot"
 LABELS = [LabelSpec("Disease", "a disease, disorder or syndrome")]
 
 
@@ -65,7 +65,7 @@ def test_free_generation_through_an_openai_compatible_server_is_realigned(data, 
     vocabulary (262,144 tokens) in Python for every generated token's logprob."""
     train, test = data
     sentence = test[:1]
-    with LlamaServer(default_gguf(), tmp_path / "server.log") as server:
+    with LlamaServer(llm_gguf(), tmp_path / "server.log") as server:
         llm = OpenAICompatibleLLM("gemma", base_url=server.url + "/v1", timeout=300)
         tagger = LLMTagger(LABELS, llm, k=1, embedder=embedder).fit(train)
         assert not tagger.constrained

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import random
-from pathlib import Path
 
 import pytest
 from seqeval.metrics import classification_report, f1_score
@@ -11,7 +10,6 @@ from seqeval.metrics import classification_report, f1_score
 from clinie.core import Document, Span, read_documents, spans_to_bio, tokenize
 from clinie.evaluation import evaluate_spans
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
 def test_strict_and_partial_per_label_micro_macro():
@@ -35,9 +33,8 @@ def test_missing_predictions_count_as_nothing_and_unknown_ones_are_refused():
         evaluate_spans(gold, [Document("2", "x")])
 
 
-@pytest.mark.skipif(not SHARED.exists(), reason="shared corpora not present")
-def test_strict_f1_agrees_with_seqeval_on_perturbed_ncbi_predictions():
-    gold = [d for d in read_documents(SHARED / "ncbi_disease/fewshot/chen2023_test_sample200.jsonl")]
+def test_strict_f1_agrees_with_seqeval_on_perturbed_ncbi_predictions(data_dir):
+    gold = [d for d in read_documents(data_dir / "ncbi_disease/fewshot/chen2023_test_sample200.jsonl")]
     rng = random.Random(0)
     pred = []
     for doc in gold:

@@ -3,8 +3,6 @@ and filter-then-probe, the probe reading only the sentences a real encoder is un
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 
@@ -14,9 +12,10 @@ from clinie.extractors.encoder import EncoderTagger
 from clinie.extractors.gated import FilterThenProbe, shift
 from clinie.extractors.probe import ProbeTagger
 from clinie.llm.hidden import HiddenStates
-from helpers import assert_spans_match_text
+from tests.support import DATA
+from tests.support.helpers import assert_spans_match_text
 
-NCBI = Path(__file__).resolve().parents[2] / "shared" / "data" / "ncbi_disease" / "fewshot"
+NCBI = DATA / "ncbi_disease" / "fewshot"
 
 
 @pytest.fixture(scope="module")

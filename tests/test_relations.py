@@ -10,22 +10,24 @@ import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from backend_server import LlamaServer
 from clinie.core import NO_RELATION, Document, Relation, Span, read_documents
+from clinie.embedded import llm_gguf
 from clinie.evaluation import evaluate_relations
 from clinie.extractors.relation_encoder import RelationClassifier
 from clinie.extractors.relation_llm import LLMRelationExtractor
 from clinie.labelstudio import LabelConfigError, parse_label_config
-from clinie.llm.llamacpp import LlamaCppLLM, default_gguf
+from clinie.llm.llamacpp import LlamaCppLLM
 from clinie.llm.openai_compat import OpenAICompatibleLLM
 from clinie.prompting.choice import grammar, parse_response
 from clinie.prompting.relation_mc import generate_prompt, option_texts
 from clinie.relations import Pair, PairTypes, candidate_pairs, labelled_pairs, mark
 from clinie.retrieval import Embedder
-from helpers import assert_relations_join_spans, assert_spans_match_text
+from tests.support import DATA
+from tests.support.backend_server import LlamaServer
+from tests.support.helpers import assert_relations_join_spans, assert_spans_match_text
 
 ROOT = Path(__file__).resolve().parents[1]
-DDI = ROOT.parent / "shared" / "data" / "ddi"
+DDI = DATA / "ddi"
 SPECS = parse_label_config((ROOT / "label_configs" / "drug_interactions.xml").read_text()).relation_labels
 MEDICATION = parse_label_config((ROOT / "label_configs" / "medication_attributes.xml").read_text()).relation_labels
 
@@ -200,7 +202,7 @@ def test_the_llm_answers_multiple_choice_in_process_and_through_a_server(ddi, tm
     for doc in predicted:
         assert_relations_join_spans(doc)
         assert all(r.label in extractor.labels and 0 < r.score <= 1 for r in doc.relations)
-    with LlamaServer(default_gguf(), tmp_path / "server.log") as server:
+    with LlamaServer(llm_gguf(), tmp_path / "server.log") as server:
         remote = OpenAICompatibleLLM("gemma", base_url=server.url + "/v1", timeout=300)
         guided = LLMRelationExtractor(SPECS, remote, k=2, embedder=embedder, guided=True).fit(train, listed=True)
         [(pair, _)] = labelled_pairs(test[0], PairTypes(SPECS), listed=True)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 
@@ -13,9 +11,10 @@ from clinie.extractors.rerank import MAX_MISSED_WORDS, FilterThenRerank, negativ
 from clinie.llm.llamacpp import LlamaCppLLM
 from clinie.prompting.entity_mc import generate_prompt, option_texts
 from clinie.retrieval import Embedder
-from helpers import assert_spans_match_text
+from tests.support import DATA
+from tests.support.helpers import assert_spans_match_text
 
-NCBI = Path(__file__).resolve().parents[2] / "shared" / "data" / "ncbi_disease" / "fewshot"
+NCBI = DATA / "ncbi_disease" / "fewshot"
 TAGS = ["O", "B-Disease", "I-Disease", "B-Drug", "I-Drug"]
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import sqlite3
 import threading
 from pathlib import Path
 
@@ -23,7 +25,7 @@ def store(tmp_path: Path) -> AnnotationStore:
     return AnnotationStore(tmp_path / "store.sqlite3")
 
 
-def test_created_updated_cancelled_deleted_are_all_kept(store):
+def test_created_updated_cancelled_deleted_are_all_kept(store, tmp_path):
     r1 = [{"id": "a", "type": "labels", "value": {"start": 0, "end": 4, "labels": ["X"]}}]
     assert store.record_annotation("1", annotation(10, r1), task(5))
     assert not store.record_annotation("1", annotation(10, r1), task(5))  # re-delivery: no change
@@ -31,11 +33,13 @@ def test_created_updated_cancelled_deleted_are_all_kept(store):
     assert store.record_annotation("1", annotation(11, cancelled=True), task(6))
     assert store.delete_annotations("1", [10, 999]) == 1
     assert store.annotation_counts("1") == {"deleted": 1, "cancelled": 1}
-    history = store.annotation_history(10)
-    assert [(h["version"], h["action"], h["state"]) for h in history] == [
+    with sqlite3.connect(tmp_path / "store.sqlite3") as db:  # every version, as stored
+        history = db.execute("SELECT version, action, state, result FROM annotation_versions "
+                             "WHERE annotation_id = 10 ORDER BY version").fetchall()
+    assert [h[:3] for h in history] == [
         (1, "ANNOTATION_CREATED", "submitted"), (2, "ANNOTATION_UPDATED", "submitted"),
         (3, "ANNOTATIONS_DELETED", "deleted")]
-    assert history[0]["result"] == r1  # the first version is still there
+    assert json.loads(history[0][3]) == r1  # the first version is still there
     assert store.training_examples("1") == []
 
 

@@ -145,16 +145,3 @@ class Schema:
     @property
     def relation_label_names(self) -> tuple[str, ...]:
         return tuple(label.name for label in self.relation_labels)
-
-    def description(self, label: str) -> str:
-        for spec in (*[l for c in self.span_controls for l in c.labels], *self.relation_labels):
-            if spec.name == label:
-                return spec.description
-        raise KeyError(label)
-
-    def control_for(self, label: str, to_name: str | None = None) -> SpanControl:
-        """The control that owns ``label`` (on ``to_name`` when several texts are labelled)."""
-        for control in self.span_controls:
-            if label in control.label_names and to_name in (None, control.to_name):
-                return control
-        raise KeyError(f"label {label!r} is not in the labeling config")

@@ -10,14 +10,9 @@ may see (``max_llm_share``, as measured in the cross-validation) rules out the s
 it. Every fold learns from the other folds only: its documents are in none of the encoder's or
 the probe's training set and the LLM's demonstration pool.
 
-Strategies are named in one string, as on the command line:
+Strategies are anything with a ``name`` (``clinie.strategies.Strategy``), fitted by a ``Build``.
+Folds are seeded:
 
-    >>> [s.name for s in parse_strategies("encoder,probe,llm,rerank")]
-    ['encoder', 'probe', 'llm-k5', 'rerank-0.70', 'rerank-0.80', 'rerank-0.90']
-    >>> [s.name for s in parse_strategies("gated,gated-0.95")]
-    ['gated-0.70', 'gated-0.80', 'gated-0.90', 'gated-0.95']
-    >>> parse_strategies("llm-k2,rerank-0.85")[1].band
-    (0.0, 0.85)
     >>> [len(f) for f in folds(12, k=5, loo_below=10, seed=0)]
     [3, 3, 2, 2, 2]
 """
@@ -25,73 +20,24 @@ Strategies are named in one string, as on the command line:
 from __future__ import annotations
 
 import random
-import re
 import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
-from clinie.core import Document, LabelSpec
+from clinie.core import Document, Extractor, LabelSpec
 from clinie.evaluation.metrics import evaluate_spans
-from clinie.extractors.base import Extractor
-
-DEFAULT_K = 5
-DEFAULT_BANDS = (0.7, 0.8, 0.9)
-BANDED = ("rerank", "gated")  # the kinds whose parameter is a band of the encoder's confidence
 
 
-@dataclass(frozen=True)
-class Strategy:
-    """One way to pre-annotate: ``kind`` with its parameter (``k`` demos, or the ``band`` of a
-    ``rerank`` (the LLM answers the encoder's hard cases) or ``gated`` (the probe reads the
-    sentences that hold them))."""
-
-    kind: str
-    k: int = 0
-    band: tuple[float, float] = (0.0, 0.0)
+class Candidate(Protocol):
+    """What cross-validation compares: a strategy, known by its name."""
 
     @property
-    def name(self) -> str:
-        if self.kind == "llm":
-            return f"llm-k{self.k}"
-        if self.kind in BANDED:
-            return f"{self.kind}-{self.band[1]:.2f}"
-        return self.kind
-
-    @property
-    def uses_llm(self) -> bool:
-        return self.kind in ("llm", "rerank")
-
-    @classmethod
-    def parse(cls, name: str) -> Strategy:
-        for strategy in parse_strategies(name):
-            return strategy
-        raise ValueError(f"no strategy in {name!r}")
+    def name(self) -> str: ...
 
 
-def parse_strategies(text: str, k: int = DEFAULT_K, bands: Sequence[float] = DEFAULT_BANDS) -> list[Strategy]:
-    """``encoder``, ``probe``, ``llm`` (k demos), ``llm-kN``, ``rerank`` and ``gated`` (each default
-    band), ``rerank-0.85``, ``gated-0.85``."""
-    out: list[Strategy] = []
-    for name in (part.strip() for part in text.split(",") if part.strip()):
-        if name in ("encoder", "probe"):
-            out.append(Strategy(name))
-        elif name == "llm" or (m := re.fullmatch(r"llm-k(\d+)", name)):
-            out.append(Strategy("llm", k=k if name == "llm" else int(m.group(1))))
-        elif name in BANDED:
-            out.extend(Strategy(name, band=(0.0, high)) for high in bands)
-        elif m := re.fullmatch(r"(rerank|gated)-(0?\.\d+|1(?:\.0+)?)", name):
-            out.append(Strategy(m.group(1), band=(0.0, float(m.group(2)))))
-        else:
-            raise ValueError(f"unknown strategy {name!r}: use encoder, probe, llm, llm-kN, rerank, rerank-0.NN, "
-                             "gated or gated-0.NN")
-    if len({s.name for s in out}) != len(out):
-        raise ValueError(f"strategies repeat in {text!r}")
-    return out
-
-
-#: Builds a strategy's extractor fitted on the training documents (``clinie.evaluation.models``).
-Build = Callable[[Strategy, Sequence[Document]], Extractor]
+#: Fits a strategy on the training documents (``clinie.strategies.StrategyBuilder``).
+Build = Callable[[Any, Sequence[Document]], Extractor]
 
 
 def folds(n: int, k: int = 5, loo_below: int = 10, seed: int = 0) -> list[list[int]]:
@@ -121,7 +67,7 @@ def sentence_share(docs: Sequence[Document]) -> float:
 class StrategyRun:
     """A strategy's cross-validated predictions (one per document, in the pool's order) and F1s."""
 
-    strategy: Strategy
+    strategy: Candidate
     predictions: list[Document]
     fold_f1: list[float]
 
@@ -147,7 +93,7 @@ class CrossValidation:
     max_llm_share: float = 1.0
 
     @property
-    def selected(self) -> Strategy:
+    def selected(self) -> Candidate:
         """The best mean F1 over folds among the strategies within the LLM budget (the first
         listed among equals); when none is, the one that sends the LLM the fewest sentences."""
         runs = list(self.runs.values())
@@ -168,7 +114,7 @@ class CrossValidation:
                                for name, r in self.runs.items()}}
 
 
-def cross_validate(docs: Sequence[Document], strategies: Sequence[Strategy], build: Build, *, k: int = 5,
+def cross_validate(docs: Sequence[Document], strategies: Sequence[Candidate], build: Build, *, k: int = 5,
                    loo_below: int = 10, seed: int = 0, max_llm_share: float = 1.0,
                    progress: bool = False) -> CrossValidation:
     """Every strategy fitted on each fold's complement and run on the fold (see module doc)."""
@@ -211,7 +157,7 @@ def label_specs(docs: Sequence[Document], described: Sequence[LabelSpec] = ()) -
     return [known.get(name, LabelSpec(name)) for name in names]
 
 
-def learning_curve(docs: Sequence[Document], strategies: Sequence[Strategy], build: Build, sizes: Sequence[int], *,
+def learning_curve(docs: Sequence[Document], strategies: Sequence[Candidate], build: Build, sizes: Sequence[int], *,
                    repeats: int = 3, seed: int = 0, progress: bool = False) -> dict[str, list[dict[str, float]]]:
     """F1 against the number of annotations, from the annotations alone: for each size, ``repeats``
     seeded subsamples are learnt from and the remaining documents scored; per strategy and size,

@@ -23,7 +23,7 @@ from clinie.core import Document
 from clinie.evaluation.analysis import confusion, error_kinds, per_label, worst_documents
 from clinie.evaluation.calibration import (calibrate_documents, cross_fitted, expected_calibration_error,
                                            fit_calibrator, reliability, span_outcomes)
-from clinie.evaluation.fewshot import Build, CrossValidation, Strategy, cross_validate, sentence_share, subsample
+from clinie.evaluation.fewshot import Build, Candidate, CrossValidation, cross_validate, sentence_share, subsample
 
 COST_KEYS = ("calls", "cache_hits", "prompt_tokens", "completion_tokens", "sentences", "sentences_to_llm", "seconds")
 
@@ -64,7 +64,7 @@ def evaluation(gold: Sequence[Document], predicted: Sequence[Document], *, calib
     return out
 
 
-def one_run(pool: Sequence[Document], test: Sequence[Document], strategies: Sequence[Strategy], build: Build, *,
+def one_run(pool: Sequence[Document], test: Sequence[Document], strategies: Sequence[Candidate], build: Build, *,
             seed: int, folds: int = 5, loo_below: int = 10, max_llm_share: float = 1.0,
             progress: bool = False) -> dict[str, Any]:
     """Select by cross-validation on ``pool``; fit every strategy on all of it; score on ``test``."""
@@ -92,7 +92,7 @@ def load_run(runs_dir: Path, size: int, seed: int) -> dict[str, Any] | None:
 
 
 def run_study(pool: Sequence[Document], test: Sequence[Document], sizes: Sequence[int], seeds: Sequence[int],
-              strategies: Sequence[Strategy], build: Build, *, folds: int = 5, loo_below: int = 10,
+              strategies: Sequence[Candidate], build: Build, *, folds: int = 5, loo_below: int = 10,
               max_llm_share: float = 1.0, runs_dir: Path | None = None,
               progress: bool = False) -> list[dict[str, Any]]:
     """One run per (size, seed); runs already in ``runs_dir`` with the same strategies and LLM

@@ -1,5 +1,5 @@
 """Extractors: taggers and relation extractors with one interface (``fit``, ``predict``)."""
 
-from clinie.extractors.base import Extractor
+from clinie.core import Extractor
 
 __all__ = ["Extractor"]

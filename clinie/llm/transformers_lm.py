@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from clinie.embedded import llm_gguf
 from clinie.llm.base import Completion, LLMError, LocalSession
 
 
@@ -28,9 +29,7 @@ def load_causal_lm(model: str | Path | None = None, device: str | None = None) -
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from clinie.llm.llamacpp import default_gguf
-
-    source = Path(model) if model and str(model).endswith(".gguf") else model or default_gguf()
+    source = Path(model) if model and str(model).endswith(".gguf") else model or llm_gguf()
     if isinstance(source, Path):
         if not source.is_file():
             raise LLMError(f"no GGUF model at {source}")

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from pathlib import Path
 
 from clinie.core import Span
+from tests.support import ROOT
 
-DISEASE_CONFIG = (Path(__file__).resolve().parents[1] / "label_configs" / "disease_ner.xml").read_text()
+DISEASE_CONFIG = (ROOT / "label_configs" / "disease_ner.xml").read_text()
 
 
 def assert_spans_match_text(text: str, spans: Iterable[Span]) -> None:

@@ -1,12 +1,13 @@
-"""True few-shot selection for a project, from the annotations it has (``clinie.evaluation.fewshot``).
+"""A project's annotated documents, the strategies fitted from them, and the true few-shot
+selection among those strategies (``clinie.evaluation.fewshot``).
 
-Run by the training worker after each training (every ``CLINIE_TRAIN_EVERY`` annotations and on
-Label Studio's "Start training"): the strategies of ``CLINIE_SELECT_STRATEGIES`` are cross-
-validated over the project's annotated documents, the best by mean F1 is chosen, and a
-calibrator for its span scores is fitted on its cross-validated predictions. The result is
-stored with the model version it was selected with (``ModelRecord.info["selection"]``), so the
-backend switches model and strategy in one transaction, and ``clinie report`` can say why.
-"""
+Run by the backend's training worker after each training (every ``CLINIE_TRAIN_EVERY``
+annotations and on Label Studio's "Start training"): the strategies of
+``CLINIE_SELECT_STRATEGIES`` are cross-validated over the project's annotated documents, the best
+by mean F1 is chosen, and a calibrator for its span scores is fitted on its cross-validated
+predictions. The result is stored with the model version it was selected with
+(``ModelRecord.info["selection"]``), so the backend switches model and strategy in one
+transaction, and ``clinie report`` can say why."""
 
 from __future__ import annotations
 
@@ -15,15 +16,15 @@ from datetime import datetime, timezone
 from typing import Any
 
 from clinie.core import Document, LabelSpec, Schema
-from clinie.evaluation.fewshot import CrossValidation, cross_validate, parse_strategies
+from clinie.evaluation.fewshot import CrossValidation, cross_validate
 from clinie.evaluation.study import cross_fitted_calibration
-from clinie.extractors.strategies import StrategyBuilder
 from clinie.labelstudio import annotation_to_document, parse_label_config
 from clinie.llm.base import LLM
 from clinie.llm.hidden import HiddenStates
 from clinie.retrieval import Embedder
 from clinie.settings import Settings
 from clinie.store import AnnotationStore
+from clinie.strategies import StrategyBuilder, parse_strategies
 
 
 def project_documents(store: AnnotationStore, project: str) -> tuple[Schema, list[Document]]:
@@ -32,8 +33,14 @@ def project_documents(store: AnnotationStore, project: str) -> tuple[Schema, lis
     if config is None:
         raise ValueError(f"project {project} has no labeling config yet (no /setup or webhook seen)")
     schema = parse_label_config(config)
+    return schema, annotated_documents(store, project, schema)
+
+
+def annotated_documents(store: AnnotationStore, project: str, schema: Schema) -> list[Document]:
+    """The project's annotations read with ``schema``: what strategies learn from, and the
+    LLM's demonstrations (latest submitted annotation per task, empty texts left out)."""
     docs = [annotation_to_document(e.task, e.result, schema) for e in store.training_examples(project)]
-    return schema, [d for d in docs if d.text]
+    return [d for d in docs if d.text]
 
 
 def span_specs(schema: Schema) -> list[LabelSpec]:

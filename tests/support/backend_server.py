@@ -13,7 +13,7 @@ from pathlib import Path
 
 import requests
 
-from labelstudio_server import free_port
+from tests.support.labelstudio_server import free_port
 
 
 class ServerProcess:

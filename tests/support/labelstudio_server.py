@@ -68,8 +68,9 @@ from typing import Any
 
 import requests
 
+from tests.support import ROOT as REPO_ROOT
+
 LS_VERSION = "1.23.2"
-REPO_ROOT = Path(__file__).resolve().parent.parent
 VENV_SCRIPT = REPO_ROOT / ".ci" / "labelstudio-venv.sh"
 DEFAULT_VENV = Path.home() / ".cache" / "clinie" / f"label-studio-{LS_VERSION}"
 
@@ -350,7 +351,7 @@ class LabelStudio:
 
 
 def main() -> None:  # pragma: no cover - manual use
-    """``python tests/labelstudio_server.py``: start one, print url/credentials, run until Ctrl-C."""
+    """``python -m tests.support.labelstudio_server``: start one, print url/credentials, run until Ctrl-C."""
     with LabelStudio(keep_data=True) as ls:
         print(json.dumps({"url": ls.url, "username": ls.username, "password": ls.password, "token": ls.token,
                           "data_dir": str(ls.data_dir), "startup_seconds": round(ls.startup_seconds, 1)}), flush=True)

@@ -1,0 +1,376 @@
+"""Write ``docs/results.md`` and the README's summary table from the run files kept in git.
+
+Every figure on that page, and in the README between the ``results-summary`` markers, is read
+from the run files under ``bench/results/`` (today the learning loop's,
+``bench/results/loop/<corpus>/runs/size<n>-seed<s>.json``, written by ``python -m bench.loop``)
+with ``clinie.evaluation.study``; nothing is typed by hand. A new run file is picked up the next
+time this runs. ``tests/test_results_doc.py`` fails when either differs from what this writes.
+
+    python -m bench.results_doc            # rewrite docs/results.md and the README's summary
+    python -m bench.results_doc --check    # write nothing; exit 1 if either is out of date
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from bench.loop import GPT4_ZERO_SHOT
+from clinie.evaluation.study import PICKS, best_in_cv, load_run, mean_sd_text, summarise
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results"
+DOC = ROOT / "docs" / "results.md"
+README = ROOT / "README.md"
+COMMAND = "python -m bench.results_doc"
+START = f"<!-- results-summary: written by `{COMMAND}` from bench/results/; do not edit by hand -->"
+END = "<!-- /results-summary -->"
+
+CORPORA = {"ncbi_disease": "NCBI-disease", "bc5cdr_chem": "BC5CDR-chem"}
+RUN_FILE = re.compile(r"size(\d+)-seed(\d+)\.json")
+
+
+# ---------------------------------------------------------------------------------------- reading
+
+def loop_runs(results: Path = RESULTS) -> dict[str, list[dict[str, Any]]]:
+    """Every saved learning-loop run, per corpus: pool sizes ascending, seeds as the bench lists
+    them (42, 33, 21: descending)."""
+    runs: dict[str, list[dict[str, Any]]] = {}
+    corpora = sorted((p.parent.name for p in (results / "loop").glob("*/runs") if p.is_dir()),
+                     key=lambda c: (list(CORPORA).index(c) if c in CORPORA else len(CORPORA), c))
+    for corpus in corpora:
+        runs_dir = results / "loop" / corpus / "runs"
+        keys = sorted(((int(m[1]), int(m[2])) for f in runs_dir.glob("*.json") if (m := RUN_FILE.fullmatch(f.name))),
+                      key=lambda key: (key[0], -key[1]))
+        if loaded := [run for size, seed in keys if (run := load_run(runs_dir, size, seed))]:
+            runs[corpus] = loaded
+    return runs
+
+
+def budget(run: dict[str, Any]) -> float:
+    return run["cv"].get("max_llm_share", 1.0)
+
+
+def studies(runs: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """The runs grouped by the command that made them (same strategies, same LLM budget), the
+    group with the most runs first."""
+    groups: dict[tuple, dict[str, list]] = {}
+    for corpus, corpus_runs in runs.items():
+        for run in corpus_runs:
+            groups.setdefault((tuple(run["test"]), budget(run)), {}).setdefault(corpus, []).append(run)
+    out = [{"strategies": list(key[0]), "budget": key[1], "runs": by_corpus} for key, by_corpus in groups.items()]
+    return sorted(out, key=lambda s: -sum(map(len, s["runs"].values())))
+
+
+def _ordered(values: Iterable[int], descending: bool = False) -> list[int]:
+    return sorted(set(values), reverse=descending)
+
+
+def study_command(study: dict[str, Any]) -> str:
+    """The bench command that (re)makes a study's runs (it reuses the saved ones)."""
+    all_runs = [r for rs in study["runs"].values() for r in rs]
+    sizes = _ordered(r["size"] for r in all_runs)
+    seeds = _ordered((r["seed"] for r in all_runs), descending=True)
+    folds = {r["cv"]["n_folds"] for r in all_runs if r["cv"].get("scheme", "").endswith("-fold")}
+    command = (f"python -m bench.loop --corpora {','.join(study['runs'])} --sizes {','.join(map(str, sizes))} "
+               f"--seeds {','.join(map(str, seeds))} --strategies {','.join(study['strategies'])} "
+               f"--max-llm-share {study['budget']:g}")
+    if len(folds) == 1 and (n := folds.pop()) != 5:
+        command += f" --folds {n}"
+    return command
+
+
+def study_files(study: dict[str, Any]) -> str:
+    all_runs = [r for rs in study["runs"].values() for r in rs]
+    sizes = _ordered(r["size"] for r in all_runs)
+    seeds = _ordered((r["seed"] for r in all_runs), descending=True)
+    corpora = list(study["runs"])
+
+    def brace(items: Sequence[Any]) -> str:
+        return str(items[0]) if len(items) == 1 else "{" + ",".join(map(str, items)) + "}"
+
+    return (f"bench/results/loop/{brace(corpora)}/runs/size{brace(sizes)}-seed{brace(seeds)}.json"
+            f" ({len(all_runs)} files)")
+
+
+# ------------------------------------------------------------------------------------- formatting
+
+def pct(share: float) -> str:
+    """A share as the tables show it.
+
+    >>> pct(0.255), pct(0.0)
+    ('26 %', '0 %')
+    """
+    return f"{share * 100:.0f} %"
+
+
+def title(name: str) -> str:
+    """A strategy's name as the tables show it."""
+    if name == "probe":
+        return "probe (every sentence)"
+    if name == "llm":
+        return "LLM"
+    return name.replace("llm-k", "LLM k=") if name.startswith("llm-k") else name
+
+
+def row_title(name: str) -> str:
+    """A strategy's name in the README's summary, said in words."""
+    if name == "encoder":
+        return "encoder alone"
+    if m := re.fullmatch(r"gated-(0\.\d+)", name):
+        return f"filter-then-probe, band {m[1]}"
+    if m := re.fullmatch(r"rerank-(0\.\d+)", name):
+        return f"filter-then-rerank, band {m[1]}"
+    if name == "probe":
+        return "probe, every sentence"
+    return title(name)
+
+
+def budget_text(share: float) -> str:
+    return {0.25: "¼", 0.5: "½"}.get(share, pct(share))
+
+
+def corpus_name(corpus: str) -> str:
+    return CORPORA.get(corpus, corpus)
+
+
+def f1_of(run: dict[str, Any], name: str) -> float:
+    return run["test"][name]["per_label"]["all"]["f1"]
+
+
+def share_of(run: dict[str, Any], name: str) -> float | None:
+    """The share of the test sentences ``name`` sent to the LLM; None when it has no LLM cost."""
+    cost = run["test"][name].get("llm_cost")
+    return cost["sentence_share"] if cost else None
+
+
+def table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return lines + ["| " + " | ".join(row) + " |" for row in rows]
+
+
+def span(values: Sequence[float], fmt=lambda v: f"{v:.3f}") -> str:
+    low, high = fmt(min(values)), fmt(max(values))
+    return low if low == high else f"{low}–{high}"
+
+
+def pct_span(values: Sequence[float]) -> str:
+    low, high = f"{min(values) * 100:.0f}", f"{max(values) * 100:.0f}"
+    return f"{low} %" if low == high else f"{low}–{high} %"
+
+
+# ----------------------------------------------------------------------------------- the tables
+
+def mean_table(study: dict[str, Any]) -> list[str]:
+    names = study["strategies"]
+    within = f"CV picked within {budget_text(study['budget'])}"
+    header = ["corpus", "pool", "seeds", *map(title, names), f"{within} (picks)", "CV picked, no budget (picks)",
+              "GPT-4 zero-shot (published)"]
+    rows = []
+    for corpus, runs in study["runs"].items():
+        summary = summarise(runs)
+        for size in summary["sizes"]:
+            row = summary["by_size"][size]
+            cells = [mean_sd_text(row["strategies"][n]["f1"]) for n in names]
+            picks = [f"{mean_sd_text(row['strategies'][p]['f1'])} ({', '.join(row[p])})" for p in PICKS]
+            gpt4 = f"{GPT4_ZERO_SHOT[corpus]:.3f}" if corpus in GPT4_ZERO_SHOT else "–"
+            rows.append([corpus_name(corpus), str(size), ", ".join(map(str, row["seeds"])), *cells, *picks, gpt4])
+    return table(header, rows)
+
+
+def run_table(study: dict[str, Any]) -> list[str]:
+    names = study["strategies"]
+    within = f"CV picked within {budget_text(study['budget'])} → test F1"
+    header = ["corpus, seed", "pool", *map(title, names), within,
+              "sentences the LLM read", "CV picked, no budget → test F1", "ECE of the pick, raw → calibrated"]
+    rows = []
+    for corpus, runs in study["runs"].items():
+        for run in runs:
+            cells = []
+            for name in names:
+                cell = f"{f1_of(run, name):.3f} ({run['cv']['strategies'][name]['mean_f1']:.3f})"
+                if (share := share_of(run, name)) is not None and share < 1:
+                    cell += f", {pct(share)}"
+                cells.append(cell)
+            picked = run["selected"]
+            overall = run["test"][picked]["per_label"]["all"]
+            test_share = share_of(run, picked) or 0.0
+            cv_share = run["cv"]["strategies"][picked].get("llm_share", 0.0)
+            free = best_in_cv(run)
+            calibration = run["test"][picked].get("calibration", {})
+            ece = (f"{calibration['ece_raw']:.2f} → {calibration['ece_calibrated']:.2f}"
+                   if "ece_calibrated" in calibration else "–")
+            rows.append([f"{corpus_name(corpus)}, {run['seed']}", str(run["size"]), *cells,
+                         f"{picked} → **{overall['f1']:.3f} [{overall['f1_low']:.3f}, {overall['f1_high']:.3f}]**",
+                         f"{pct(test_share)} ({pct(cv_share)} in CV)", f"{free} → {f1_of(run, free):.3f}", ece])
+    return table(header, rows)
+
+
+def _count(names: Iterable[str]) -> str:
+    return ", ".join(f"{name} ×{n}" for name, n in Counter(names).most_common())
+
+
+def findings(study: dict[str, Any]) -> list[str]:
+    """What the runs show, counted from them: nothing here is typed by hand."""
+    runs = [(corpus, r) for corpus, rs in study["runs"].items() for r in rs]
+    names = study["strategies"]
+    n = len(runs)
+    lines = []
+    best = []
+    for _, run in runs:
+        top = max(round(f1_of(run, name), 3) for name in names)
+        best.append(" = ".join(name for name in names if round(f1_of(run, name), 3) == top))
+    lines.append(f"- Highest test F1 (to three decimals; ties joined by =), per run: {_count(best)} — of {n} runs.")
+    bands = [name for name in names if name.startswith(("gated-", "rerank-"))]
+    if "encoder" in names and bands:
+        beat = sum(all(f1_of(run, b) > f1_of(run, "encoder") for b in bands) for _, run in runs)
+        lines.append(f"- Every band ({', '.join(bands)}) scored above the encoder alone in {beat} of {n} runs.")
+    if "probe" in names:
+        above = [(c, r) for c, r in runs if c in GPT4_ZERO_SHOT]
+        won = sum(f1_of(r, "probe") > GPT4_ZERO_SHOT[c] for c, r in above)
+        lines.append(f"- The probe reading every sentence scored above GPT-4 zero-shot's published figure in "
+                     f"{won} of {len(above)} runs.")
+    lines.append(f"- Picked by cross-validation within {pct(study['budget'])} of the sentences: "
+                 f"{_count(r['selected'] for _, r in runs)}; with no budget: {_count(best_in_cv(r) for _, r in runs)}.")
+    picked_llm = [(c, r) for c, r in runs if share_of(r, r["selected"])]
+    if picked_llm:
+        more = [r for _, r in picked_llm
+                if share_of(r, r["selected"]) > r["cv"]["strategies"][r["selected"]].get("llm_share", 0.0)]
+        over = [share_of(r, r["selected"]) for _, r in picked_llm if share_of(r, r["selected"]) > study["budget"]]
+        lines.append(f"- Where the pick sent sentences to the LLM ({len(picked_llm)} runs), it sent a larger share of "
+                     f"the test sentences than of the pool's in cross-validation in {len(more)}, and more than the "
+                     f"budget in {len(over)}" + (f" ({', '.join(pct(s) for s in over)})." if over else "."))
+    gaps_encoder, gaps_probe = [], []
+    for corpus_runs in study["runs"].values():
+        summary = summarise(corpus_runs)
+        for size in summary["sizes"]:
+            at = summary["by_size"][size]["strategies"]
+            if "encoder" in at:
+                gaps_encoder.append(at["selected"]["f1_mean"] - at["encoder"]["f1_mean"])
+            if "probe" in at:
+                gaps_probe.append(at["probe"]["f1_mean"] - at["selected"]["f1_mean"])
+    if gaps_encoder and gaps_probe:
+        lines.append(f"- On the mean over seeds, per corpus and pool, the pick within the budget scored from "
+                     f"{min(gaps_encoder):+.3f} to {max(gaps_encoder):+.3f} against the encoder alone, and from "
+                     f"{min(gaps_probe):.3f} to {max(gaps_probe):.3f} below the probe.")
+    ece = [r["test"][r["selected"]].get("calibration", {}) for _, r in runs]
+    ece = [c for c in ece if "ece_calibrated" in c]
+    if ece:
+        lines.append(f"- Calibration on the pool's cross-validated spans took the pick's expected calibration error "
+                     f"on the test spans from {span([c['ece_raw'] for c in ece], lambda v: f'{v:.2f}')} to "
+                     f"{span([c['ece_calibrated'] for c in ece], lambda v: f'{v:.2f}')} ({len(ece)} runs).")
+    return lines
+
+
+METHOD = """\
+Each run: a pool of `n` sentences is drawn from `data/<corpus>/fewshot/gutierrez_train100_seed<seed>.jsonl`
+(the only training data: each pool the first `n` of that file shuffled with the seed); cross-validation over
+the pool alone picks a strategy, among those that sent at most the budget's share of the pool's sentences to
+the LLM in that cross-validation; then every strategy is fitted on the whole pool and scored — strict entity
+F1, exact span and label — on the 200 items of `data/<corpus>/fewshot/chen2023_test_sample200.jsonl`, the
+items behind Chen et al. 2023's published GPT-4 figures. The strategies are those of the backend's selection
+(README, *The learning loop*): `encoder` the fine-tuned MiniLM alone; `gated-0.NN` filter-then-probe (the
+probe reads only the sentences holding a case the encoder is less sure of than 0.NN); `probe` the tagger on
+the local LLM's hidden states, reading every sentence; `rerank-0.NN` filter-then-rerank; `llm-kN` the
+prompted LLM.
+
+Reading the tables: a strategy's cell is its test F1 with its CV F1 (mean over the pool's folds) in brackets,
+and, for a strategy that sends only some sentences to the LLM, the share of the test sentences it sent. The
+pick's test F1 comes with its 95 % bootstrap interval over the test documents, and the share of sentences it
+sent to the LLM on the test items and in cross-validation. "No budget" is what cross-validation would have
+picked from the same folds with `--max-llm-share 1` (the backend's default): the best CV F1. The expected
+calibration error is the pick's, on the test spans, raw and calibrated on the pool's cross-validated spans."""
+
+
+def render_results(results: Path = RESULTS) -> str:
+    """The whole of docs/results.md."""
+    runs = loop_runs(results)
+    lines = ["# Results", "",
+             f"<!-- Generated by `{COMMAND}` from the run files under bench/results/. Do not edit: "
+             "tests/test_results_doc.py fails when this page differs from what the run files give. -->", "",
+             f"Generated by `{COMMAND}` from the run files committed under `bench/results/`: every figure "
+             "on this page is read from them (GPT-4's, published by Chen et al. 2023, excepted and marked so). "
+             "Nothing here is typed by hand; a bench command that writes a run file there adds its figures at "
+             f"the next `{COMMAND}`. Figures recorded before run files were kept in git — the learning loop at "
+             "10 and 100 sentences, the encoder and LLM benchmarks and their speed, relations, the reranker's "
+             "headroom, the backend under load — are in [earlier-measurements.md](earlier-measurements.md).", "",
+             "## The learning loop: true few-shot selection", "", METHOD]
+    if not runs:
+        lines += ["", "No run files under `bench/results/loop/` yet."]
+    for study in studies(runs):
+        all_runs = [r for rs in study["runs"].values() for r in rs]
+        sizes = ", ".join(map(str, _ordered(r["size"] for r in all_runs)))
+        seeds = ", ".join(map(str, _ordered((r["seed"] for r in all_runs), descending=True)))
+        lines += ["", f"### Pools of {sizes} sentences, seeds {seeds}, budget {pct(study['budget'])} of the sentences",
+                  "", f"Runs made by `{study_command(study)}` (resumable; each run kept as it ends), read from "
+                      f"`{study_files(study)}`.",
+                  "", "Test F1, mean ± sd over the seeds; each pick column also names what was picked, seed by seed:",
+                  "", *mean_table(study),
+                  "", "Each run (test F1, CV F1 in brackets, each band's share of the test sentences the LLM read):",
+                  "", *run_table(study),
+                  "", "Counted from these runs:", "", *findings(study)]
+    return "\n".join(lines) + "\n"
+
+
+def render_summary(results: Path = RESULTS) -> str:
+    """The README's summary table, markers included: the largest study, strategies as rows."""
+    runs = loop_runs(results)
+    if not runs:
+        return f"{START}\nNo run files under `bench/results/loop/` yet.\n{END}"
+    study = studies(runs)[0]
+    columns = []  # (corpus, size, summary row)
+    for corpus, corpus_runs in study["runs"].items():
+        summary = summarise(corpus_runs)
+        columns += [(corpus, size, summary["by_size"][size]) for size in summary["sizes"]]
+    header = ["strict entity F1", *(f"{corpus_name(c)}, {s}" for c, s, _ in columns),
+              "sentences the local LLM reads"]
+    all_runs = [r for rs in study["runs"].values() for r in rs]
+    rows = []
+    picks = {"selected": f"picked by CV within {budget_text(study['budget'])} of the sentences",
+             "no budget": "picked by CV, no budget (the default)"}
+    for name in [*study["strategies"], *PICKS]:
+        shares = [share_of(r, name if name not in PICKS else PICKS[name](r)) or 0.0 for r in all_runs]
+        f1 = [mean_sd_text(at["strategies"][name]["f1"]) for _, _, at in columns]
+        rows.append([picks.get(name, row_title(name)), *f1, pct_span(shares)])
+    rows.append(["GPT-4 zero-shot (published, Chen et al. 2023)",
+                 *(f"{GPT4_ZERO_SHOT[c]:.3f}" if c in GPT4_ZERO_SHOT else "–" for c, _, _ in columns), "remote"])
+    seeds = ", ".join(map(str, _ordered((r["seed"] for r in all_runs), descending=True)))
+    lines = [START, "", *table(header, rows), "",
+             f"Mean ± sd over seeds {seeds}; pool sizes (annotated sentences) in the column heads; test: the "
+             f"200 items of Chen et al. 2023. From {len(all_runs)} run files — each run, and the command that "
+             "made them, in [docs/results.md](docs/results.md).", "", END]
+    return "\n".join(lines)
+
+
+def splice(readme: str, summary: str) -> str:
+    """``readme`` with the text between the markers (markers included) replaced by ``summary``."""
+    start, end = readme.find(START), readme.find(END)
+    if start < 0 or end < start:
+        raise ValueError(f"README.md lacks the markers {START!r} … {END!r}")
+    return readme[:start] + summary + readme[end + len(END):]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--check", action="store_true", help="write nothing; exit 1 if a file is out of date")
+    args = parser.parse_args()
+    wanted = {DOC: render_results(), README: splice(README.read_text(encoding="utf-8"), render_summary())}
+    stale = [path for path, text in wanted.items() if not path.exists() or path.read_text(encoding="utf-8") != text]
+    for path in stale:
+        if args.check:
+            print(f"{path.relative_to(ROOT)} is out of date: run `{COMMAND}`", file=sys.stderr)
+        else:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(wanted[path], encoding="utf-8")
+            print(f"wrote {path.relative_to(ROOT)}")
+    if args.check and stale:
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

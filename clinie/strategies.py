@@ -1,0 +1,323 @@
+"""The ways clinie pre-annotates, each registered once: selection, training, serving, the command
+line and the benches all go through this registry.
+
+A *kind* (``encoder``, ``probe``, ``gated``, ``llm``, ``rerank``) says what it is assembled from
+(the *parts* it reads: the fine-tuned encoder, the probe on the local LLM's hidden states) and
+whether it sends text to the LLM; a *strategy* is a kind with its parameter, named as on the
+command line and in ``CLINIE_SELECT_STRATEGIES``: ``llm-k5`` (five retrieved demonstrations),
+``gated-0.80`` (the probe reads the sentences where the encoder's confidence is below 0.80),
+``rerank-0.80`` (the LLM decides those sentences' spans).
+
+A strategy is built from ``Parts``: in cross-validation and studies the parts fitted on a fold's
+training set (``StrategyBuilder``); when serving, a model version's saved parts and the project's
+annotations as demonstrations (``ml_backend.serving``). Adding a kind is one ``register`` call
+and, if it needs one, its extractor; a new part is one entry in ``PARTS``.
+
+    >>> [s.name for s in parse_strategies("encoder,probe,llm,rerank")]
+    ['encoder', 'probe', 'llm-k5', 'rerank-0.70', 'rerank-0.80', 'rerank-0.90']
+    >>> [s.name for s in parse_strategies("gated,gated-0.95")]
+    ['gated-0.70', 'gated-0.80', 'gated-0.90', 'gated-0.95']
+    >>> parse_strategies("llm-k2,rerank-0.85")[1].band
+    (0.0, 0.85)
+    >>> Strategy.parse("gated-0.90").kind.saves
+    ('probe',)
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+from clinie.core import Document, Extractor, LabelSpec, RelationSpec
+from clinie.extractors.encoder import EncoderTagger
+from clinie.extractors.gated import FilterThenProbe
+from clinie.extractors.llm import LLMTagger
+from clinie.extractors.probe import ProbeTagger
+from clinie.extractors.relation_llm import LLMRelationExtractor
+from clinie.extractors.rerank import FilterThenRerank
+from clinie.llm.base import LLM
+from clinie.llm.cache import CallCache
+from clinie.llm.hidden import HiddenStates
+from clinie.retrieval import Embedder
+
+DEFAULT_K = 5
+DEFAULT_BANDS = (0.7, 0.8, 0.9)
+
+# --- parts: what strategies are assembled from ----------------------------------------------
+
+
+@dataclass(frozen=True)
+class Part:
+    """A model a strategy reads, fitted on the annotations and saved in a model version: in
+    ``directory`` of it (``""``: the version's directory itself, which is the encoder's)."""
+
+    directory: str
+    fit: Callable[[StrategyBuilder, Sequence[Document]], Extractor]
+    load: Callable[[Path, Callable[[], HiddenStates]], Extractor]
+
+
+PARTS: dict[str, Part] = {
+    "encoder": Part("", fit=lambda build, docs: build.encoder(docs),
+                    load=lambda directory, states: EncoderTagger.load(directory)),
+    "probe": Part("probe", fit=lambda build, docs: build.probe(docs),
+                  load=lambda directory, states: ProbeTagger.load(directory, states())),
+}
+
+
+@dataclass
+class LLMAccess:
+    """The LLM, the embedder that retrieves its demonstrations and the call cache: the one place
+    that builds the extractors that prompt it."""
+
+    llm: LLM
+    embedder: Embedder
+    cache: CallCache | None = None
+    guided: bool = False
+
+    def tagger(self, specs: Sequence[LabelSpec], k: int, demos: Sequence[Document]) -> LLMTagger:
+        """Word/TAG prompting with ``k`` demonstrations retrieved from ``demos`` (none: zero-shot)."""
+        return LLMTagger(specs, self.llm, k=k if demos else 0, embedder=self.embedder, guided=self.guided,
+                         cache=self.cache).fit(demos)
+
+    def rerank(self, encoder: EncoderTagger, specs: Sequence[LabelSpec], band: tuple[float, float],
+               demos: Sequence[Document]) -> FilterThenRerank:
+        """The trained ``encoder``, the LLM choosing the spans of the sentences in ``band``."""
+        return FilterThenRerank(encoder, self.llm, specs, band=band, embedder=self.embedder, guided=self.guided,
+                                cache=self.cache).fit(demos, refit_encoder=False)
+
+    def relations(self, specs: Sequence[RelationSpec], k: int, demos: Sequence[Document], *,
+                  listed: bool = False) -> LLMRelationExtractor:
+        """One multiple-choice question per candidate pair, ``k`` demonstrations each."""
+        return LLMRelationExtractor(specs, self.llm, k=k if demos else 0, embedder=self.embedder,
+                                    guided=self.guided, cache=self.cache).fit(demos, listed=listed)
+
+
+class Parts(Protocol):
+    """What a strategy is assembled from: fitted on a fold's training set, or loaded to serve."""
+
+    label_specs: Sequence[LabelSpec]
+    demos: Sequence[Document]  # the annotations it learns from (and the LLM's demonstration pool)
+
+    def part(self, name: str) -> Any: ...
+
+    def llm(self) -> LLMAccess: ...
+
+
+# --- kinds ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Kind:
+    """A way to pre-annotate, registered once by name."""
+
+    name: str
+    param: Literal["", "k", "band"]  # none; ``k`` demonstrations; a ``band`` of the encoder's confidence
+    parts: tuple[str, ...]  # the fitted parts it reads (``PARTS``)
+    reads_llm: bool  # sends text to the LLM: served one task at a time, the encoder answering if it fails
+    build: Callable[[Parts, Strategy], Extractor]
+    #: the model version Label Studio sees, from ``model`` (the trained version's name, or the
+    #: LLM's), ``name`` (the strategy's), ``k`` and ``pool`` (the annotations, a new one of which
+    #: makes Label Studio ask again when the LLM reads them as demonstrations)
+    version: str
+    relations_by_llm: bool = False  # relations asked of the LLM, not the version's classifier
+
+    @property
+    def saves(self) -> tuple[str, ...]:
+        """The parts saved beside the encoder in a model version that serves this kind."""
+        return tuple(part for part in self.parts if PARTS[part].directory)
+
+    @property
+    def needs_training(self) -> bool:
+        """Serves only from a trained model version."""
+        return bool(self.parts)
+
+    @property
+    def beyond_encoder(self) -> bool:
+        """Reads more than the encoder, which then stands by in case that fails."""
+        return self.reads_llm or bool(self.saves)
+
+    def forms(self) -> list[str]:
+        return [self.name] + {"": [], "k": [f"{self.name}-kN"], "band": [f"{self.name}-0.NN"]}[self.param]
+
+
+KINDS: dict[str, Kind] = {}
+
+
+def register(kind: Kind) -> Kind:
+    if kind.name in KINDS or not re.fullmatch(r"[a-z]+", kind.name):
+        raise ValueError(f"strategy kind {kind.name!r} is taken or not a lower-case word")
+    KINDS[kind.name] = kind
+    return kind
+
+
+@dataclass(frozen=True)
+class Strategy:
+    """A kind with its parameter: ``k`` demonstrations, or the ``band`` of the encoder's
+    confidence whose sentences the probe (``gated``) or the LLM (``rerank``) takes over."""
+
+    kind_name: str
+    k: int = 0
+    band: tuple[float, float] = (0.0, 0.0)
+
+    def __post_init__(self) -> None:
+        if self.kind_name not in KINDS:
+            raise ValueError(f"unknown strategy kind {self.kind_name!r}")
+
+    @property
+    def kind(self) -> Kind:
+        return KINDS[self.kind_name]
+
+    @property
+    def name(self) -> str:
+        param = self.kind.param
+        return {"": self.kind_name, "k": f"{self.kind_name}-k{self.k}",
+                "band": f"{self.kind_name}-{self.band[1]:.2f}"}[param]
+
+    @property
+    def uses_llm(self) -> bool:
+        return self.kind.reads_llm
+
+    @classmethod
+    def parse(cls, name: str) -> Strategy:
+        for strategy in parse_strategies(name):
+            return strategy
+        raise ValueError(f"no strategy in {name!r}")
+
+    def build(self, parts: Parts) -> Extractor:
+        return self.kind.build(parts, self)
+
+
+def parse_strategies(text: str, k: int = DEFAULT_K, bands: Sequence[float] = DEFAULT_BANDS) -> list[Strategy]:
+    """Comma-separated names: a kind alone takes its defaults (``k`` demonstrations; each of
+    ``bands``), ``llm-kN`` and ``gated-0.NN`` name one."""
+    out: list[Strategy] = []
+    for name in (part.strip() for part in text.split(",") if part.strip()):
+        if (kind := KINDS.get(name)) is not None:
+            out.extend([Strategy(name)] if kind.param == "" else [Strategy(name, k=k)] if kind.param == "k"
+                       else [Strategy(name, band=(0.0, high)) for high in bands])
+        elif (m := re.fullmatch(r"([a-z]+)-k(\d+)", name)) and m.group(1) in KINDS and KINDS[m.group(1)].param == "k":
+            out.append(Strategy(m.group(1), k=int(m.group(2))))
+        elif (m := re.fullmatch(r"([a-z]+)-(0?\.\d+|1(?:\.0+)?)", name)) and m.group(1) in KINDS \
+                and KINDS[m.group(1)].param == "band":
+            out.append(Strategy(m.group(1), band=(0.0, float(m.group(2)))))
+        else:
+            forms = [form for kind in KINDS.values() for form in kind.forms()]
+            raise ValueError(f"unknown strategy {name!r}: use {', '.join(forms[:-1])} or {forms[-1]}")
+    if len({s.name for s in out}) != len(out):
+        raise ValueError(f"strategies repeat in {text!r}")
+    return out
+
+
+def model_version(strategy: Strategy, *, trained: str | None, llm_name: str, pool: int) -> str:
+    """The version Label Studio sees for ``strategy`` (see ``Kind.version``)."""
+    return strategy.kind.version.format(model=trained, llm=llm_name, name=strategy.name,
+                                        k=strategy.k if pool else 0, pool=pool)
+
+
+register(Kind("encoder", "", parts=("encoder",), reads_llm=False, version="{model}",
+              build=lambda parts, s: parts.part("encoder")))
+register(Kind("probe", "", parts=("probe",), reads_llm=False, version="{model}-{name}",
+              build=lambda parts, s: parts.part("probe")))
+register(Kind("gated", "band", parts=("encoder", "probe"), reads_llm=False, version="{model}-{name}",
+              build=lambda parts, s: FilterThenProbe(parts.part("encoder"), parts.part("probe"), band=s.band)))
+register(Kind("llm", "k", parts=(), reads_llm=True, relations_by_llm=True, version="clinie-llm-{llm}-k{k}-pool{pool}",
+              build=lambda parts, s: parts.llm().tagger(parts.label_specs, s.k, parts.demos)))
+register(Kind("rerank", "band", parts=("encoder",), reads_llm=True, version="{model}-{name}-pool{pool}",
+              build=lambda parts, s: parts.llm().rerank(parts.part("encoder"), parts.label_specs, s.band, parts.demos)))
+
+
+# --- fitting: the parts of one training set --------------------------------------------------
+
+
+class StrategyBuilder:
+    """Fits strategies for a whole cross-validation or study: the encoder is fine-tuned once per
+    training set and shared by ``encoder`` and every ``rerank`` and ``gated`` band, the probe by
+    ``probe`` and every ``gated`` band; the LLM, the embedder and the hidden states the probe
+    reads are loaded once, on first use; LLM answers go through one call cache, so bands that ask
+    the same question pay for it once.
+
+    Example (not run here: it fine-tunes a model):
+        build = StrategyBuilder([LabelSpec("Disease")], llm=lambda: make_llm(settings))
+        extractor = build(Strategy("rerank", band=(0.0, 0.8)), train_docs)
+        extractor.predict(test_docs)
+    """
+
+    def __init__(self, label_specs: Sequence[LabelSpec], *, llm: LLM | Callable[[], LLM] | None = None,
+                 embedder: Embedder | None = None, encoder_model: str | None = None,
+                 encoder_options: dict[str, Any] | None = None, guided: bool = False,
+                 cache: CallCache | None = None,
+                 states: HiddenStates | Callable[[], HiddenStates] = HiddenStates.shared) -> None:
+        self.label_specs = list(label_specs)
+        self.labels = [spec.name for spec in self.label_specs]
+        self._llm = llm
+        self._embedder = embedder
+        self.encoder_model = encoder_model
+        self.encoder_options = encoder_options or {}
+        self.guided = guided
+        self.cache = cache if cache is not None else CallCache(":memory:")
+        self._states = states
+        self._fitted: dict[str, tuple[tuple[str, ...], Any]] = {}  # per part, the last training set's
+
+    @property
+    def llm(self) -> LLM:
+        if self._llm is None:
+            raise ValueError("an LLM strategy was asked for but no LLM is configured")
+        if not isinstance(self._llm, LLM):
+            self._llm = self._llm()
+        return self._llm
+
+    @property
+    def embedder(self) -> Embedder:
+        if self._embedder is None:
+            self._embedder = Embedder()
+        return self._embedder
+
+    @property
+    def states(self) -> HiddenStates:
+        """What the probe reads (by default the embedded Gemma's hidden states, loaded on first use)."""
+        if not isinstance(self._states, HiddenStates):
+            self._states = self._states()
+        return self._states
+
+    def _fitted_on(self, part: str, train: Sequence[Document], fit: Callable[[], Any]) -> Any:
+        """``fit()``, once per distinct training set in a row: the strategies of one fold share it."""
+        key = tuple(d.id for d in train)
+        if (cached := self._fitted.get(part)) is None or cached[0] != key:
+            cached = self._fitted[part] = (key, fit())
+        return cached[1]
+
+    def probe(self, train: Sequence[Document]) -> ProbeTagger:
+        """The probe trained on ``train``."""
+        return self._fitted_on("probe", train, lambda: ProbeTagger(self.labels, lambda: self.states).fit(train))
+
+    def encoder(self, train: Sequence[Document]) -> EncoderTagger:
+        """The encoder fine-tuned on ``train``."""
+        return self._fitted_on("encoder", train, lambda: EncoderTagger(self.labels, self.encoder_model,
+                                                                       **self.encoder_options).fit(train))
+
+    def llm_access(self) -> LLMAccess:
+        return LLMAccess(self.llm, self.embedder, self.cache, self.guided)
+
+    def __call__(self, strategy: Strategy, train: Sequence[Document]) -> Extractor:
+        return strategy.build(_Fitted(self, train))
+
+
+@dataclass
+class _Fitted:
+    """The parts of one training set, fitted on first use (``Parts``)."""
+
+    builder: StrategyBuilder
+    demos: Sequence[Document]
+
+    @property
+    def label_specs(self) -> Sequence[LabelSpec]:
+        return self.builder.label_specs
+
+    def part(self, name: str) -> Any:
+        return PARTS[name].fit(self.builder, self.demos)
+
+    def llm(self) -> LLMAccess:
+        return self.builder.llm_access()

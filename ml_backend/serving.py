@@ -1,0 +1,220 @@
+"""Which model version and strategy answer a project's /predict, and the models they load.
+
+One ``Serving`` per process holds what is expensive: every model version's parts loaded once
+(``clinie.strategies.PARTS``), the one LLM with its embedder and call cache, the hidden states
+the probe reads, and each project's assembled extractor until its version, strategy or (for the
+strategies that prompt the LLM with the annotations as demonstrations) its annotations change.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from clinie import __version__
+from clinie.core import Document, Extractor, LabelSpec, Schema
+from clinie.embedded import EMBEDDED_LLM_NAME
+from clinie.evaluation.calibration import Calibrator, calibrator_from_dict
+from clinie.extractors.base import SpansThenRelations
+from clinie.extractors.relation_encoder import RELATIONS_DIR, RelationClassifier
+from clinie.llm import make_llm
+from clinie.llm.cache import CallCache
+from clinie.llm.hidden import HiddenStates
+from clinie.retrieval import Embedder
+from clinie.selection import annotated_documents, probe_states, span_specs
+from clinie.settings import Settings
+from clinie.store import AnnotationStore, ModelRecord
+from clinie.strategies import PARTS, LLMAccess, Strategy, model_version, parse_strategies
+from ml_backend.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+#: The version Label Studio sees while a project has no trained model: its predictions are empty.
+NO_MODEL_VERSION = f"clinie-{__version__}-no-model-yet"
+
+
+class Predictor(NamedTuple):
+    """What answers a project's /predict, and as which model version."""
+
+    version: str
+    model: Extractor | None
+    calibrator: Calibrator | None
+    fallback: Predictor | None  # the trained encoder, when ``model`` reads more than it
+    uses_llm: bool = False
+
+
+class Serving:
+    def __init__(self, settings: Settings, store: AnnotationStore, metrics: Metrics) -> None:
+        self.settings = settings
+        self.store = store
+        self.metrics = metrics
+        self._loaded: dict[tuple[str, str], tuple[str, Any]] = {}  # (project, part) -> (version, model)
+        self._assembled: dict[str, tuple[str, Extractor]] = {}  # project -> (revision, extractor)
+        self._lock = threading.Lock()
+        self._llm: LLMAccess | None = None
+        self._states: HiddenStates | None = None
+        self._llm_cache = CallCache(settings.data_dir / "llm_cache.sqlite3")
+
+    # --- which strategy, as which version -------------------------------------------------
+
+    def _record(self, project: str) -> ModelRecord | None:
+        """The trained model version that serves ``project`` under the configured strategy, if any."""
+        return self.store.serving_model(project) if self.settings.strategy != "llm" else None
+
+    def _strategy(self, record: ModelRecord | None) -> Strategy | None:
+        """The strategy that serves: under ``auto``, the one selection chose with this model
+        version, else the encoder once trained, else the LLM; otherwise the one configured.
+        None when it needs a trained model and there is none yet."""
+        if self.settings.strategy == "auto":
+            chosen = (record.info.get("selection") or {}).get("strategy") if record is not None else None
+            name = chosen or ("encoder" if record is not None else "llm")
+        else:
+            name = self.settings.strategy
+        strategy = parse_strategies(name, k=self.settings.llm_k)[0]
+        if record is None:
+            return None if strategy.kind.needs_training else strategy
+        if any(not (record.path / PARTS[part].directory).is_dir() for part in strategy.kind.saves):
+            return Strategy("encoder")  # a version directory pruned by hand
+        return strategy
+
+    def _version(self, project: str, record: ModelRecord | None, strategy: Strategy) -> str:
+        s = self.settings
+        if not s.llm_model:
+            model = EMBEDDED_LLM_NAME
+        elif s.llm_provider == "openai":
+            model = s.llm_model
+        else:  # a local file or directory: its name
+            model = Path(s.llm_model).name.removesuffix(".gguf")
+        pool = self.store.count_training_examples(project) if strategy.kind.reads_llm else 0
+        return model_version(strategy, trained=record.version if record else None,
+                             llm_name=f"{s.llm_provider}-{model}", pool=pool)
+
+    def model_version(self, project: str) -> str:
+        """The version ``predictor`` would answer as, without loading any model."""
+        record = self._record(project)
+        strategy = self._strategy(record)
+        return NO_MODEL_VERSION if strategy is None else self._version(project, record, strategy)
+
+    # --- what answers ---------------------------------------------------------------------
+
+    def predictor(self, project: str, schema: Schema) -> Predictor:
+        """The serving strategy's extractor for this project, the model version it answers as,
+        the calibrator of its span scores (fitted when it was selected), and the trained encoder
+        to fall back on when the strategy reads more than the encoder and that fails."""
+        record = self._record(project)
+        strategy = self._strategy(record)
+        if strategy is None:
+            return Predictor(NO_MODEL_VERSION, None, None, None)
+        selection = (record.info.get("selection") or {}) if record is not None else {}
+        calibrator = calibrator_from_dict(selection["calibrator"]) \
+            if selection.get("calibrator") and selection.get("strategy") == strategy.name else None
+        model = self._assembled_model(project, schema, record, strategy)
+        fallback = None
+        if record is not None and strategy.kind.beyond_encoder:
+            fallback = Predictor(record.version, self._with_relations(self._part(record, "encoder"), record),
+                                 None, None)
+        return Predictor(self._version(project, record, strategy), model, calibrator, fallback,
+                         uses_llm=strategy.kind.reads_llm)
+
+    def _assembled_model(self, project: str, schema: Schema, record: ModelRecord | None,
+                         strategy: Strategy) -> Extractor:
+        """``strategy`` built from the version's parts; a strategy that prompts the LLM takes the
+        annotations as of now as its demonstrations (a new one joins the pool at once)."""
+        revision = f"{record and record.version}|{strategy.name}|{hash(schema)}"
+        if strategy.kind.reads_llm:
+            revision += f"|{self.store.revision(project)}"
+        with self._lock:
+            cached = self._assembled.get(project)
+        if cached is None or cached[0] != revision:
+            demos = annotated_documents(self.store, project, schema) if strategy.kind.reads_llm else []
+            parts = _VersionParts(self, record, span_specs(schema), demos)
+            model = strategy.build(parts)
+            if strategy.kind.relations_by_llm:
+                if schema.relation_labels:
+                    model = SpansThenRelations(model, parts.llm().relations(schema.relation_labels, strategy.k, demos))
+            elif record is not None:
+                model = self._with_relations(model, record)
+            cached = (revision, model)
+            with self._lock:
+                self._assembled[project] = cached
+        return cached[1]
+
+    def _with_relations(self, model: Extractor, record: ModelRecord) -> Extractor:
+        """``model`` followed by the version's relation classifier, if it has one."""
+        if not (record.path / RELATIONS_DIR).is_dir():
+            return model
+        return SpansThenRelations(model, self._load(record, RELATIONS_DIR,
+                                                    lambda: RelationClassifier.load(record.path / RELATIONS_DIR)))
+
+    def _part(self, record: ModelRecord, name: str) -> Extractor:
+        part = PARTS[name]
+        return self._load(record, name, lambda: part.load(record.path / part.directory, self.states))
+
+    def _load(self, record: ModelRecord, name: str, load: Callable[[], Any]) -> Any:
+        """``load()`` once per model version and part."""
+        with self._lock:
+            cached = self._loaded.get((record.project, name))
+        if cached is None or cached[0] != record.version:
+            started = time.perf_counter()
+            cached = (record.version, load())
+            self.metrics.observe("model_load", time.perf_counter() - started)
+            with self._lock:
+                self._loaded[(record.project, name)] = cached
+        return cached[1]
+
+    # --- the shared models ----------------------------------------------------------------
+
+    def llm(self) -> LLMAccess:
+        """The one LLM of the process, with its embedder and call cache (trainings use it too)."""
+        with self._lock:
+            if self._llm is None:
+                started = time.perf_counter()
+                self._llm = LLMAccess(make_llm(self.settings), Embedder(), self._llm_cache,
+                                      guided=bool(self.settings.llm_guided))
+                self.metrics.observe("model_load", time.perf_counter() - started)
+            return self._llm
+
+    def states(self) -> HiddenStates:
+        """The hidden states the probe reads: one model per process, for trainings and /predict."""
+        with self._lock:
+            if self._states is None:
+                started = time.perf_counter()
+                self._states = probe_states(self.settings)
+                self.metrics.observe("model_load", time.perf_counter() - started)
+            return self._states
+
+    def warm_up(self) -> None:
+        """Load every project's serving parts once, at start, so that the first /predict after a
+        restart does not pay for them (Label Studio's opening a task waits on it)."""
+        for project in self.store.projects():
+            if (record := self._record(project)) is None or (strategy := self._strategy(record)) is None:
+                continue
+            try:
+                for part in dict.fromkeys(("encoder", *strategy.kind.saves)):
+                    self._part(record, part)
+            except Exception as e:  # the first /predict will say so again, per task
+                log.warning("project %s: could not load %s: %s", project, record.version, type(e).__name__)
+
+
+@dataclass
+class _VersionParts:
+    """A model version's saved parts, and the project's annotations (``clinie.strategies.Parts``)."""
+
+    serving: Serving
+    record: ModelRecord | None
+    label_specs: list[LabelSpec]
+    demos: list[Document]
+
+    def part(self, name: str) -> Extractor:
+        if self.record is None:
+            raise ValueError(f"the {name} part needs a trained model version")
+        return self.serving._part(self.record, name)
+
+    def llm(self) -> LLMAccess:
+        return self.serving.llm()
+
