@@ -26,10 +26,12 @@ from clinie.core import Document, LabelSpec, Span, Token, number_spans, read_doc
 from clinie.evaluation import evaluate_spans
 from clinie.evaluation.fewshot import subsample
 from clinie.extractors.encoder import EncoderTagger
-from clinie.extractors.rerank import FilterThenRerank, HardCase, triage
+from clinie.extractors.rerank import HardCase, triage
 from clinie.llm import make_llm
 from clinie.llm.cache import CallCache
+from clinie.retrieval import Embedder
 from clinie.settings import Settings
+from clinie.strategies import LLMAccess
 from tests.support import DATA
 
 LABELS = {"ncbi_disease": "Disease", "bc5cdr_chem": "Chemical"}
@@ -58,8 +60,8 @@ def main() -> None:
     pool = subsample(list(read_documents(files / f"gutierrez_train100_seed{args.seed}.jsonl")), 100, args.seed)
     test = list(read_documents(files / "chen2023_test_sample200.jsonl"))
     encoder = EncoderTagger([LABELS[args.corpus]]).fit(pool)
-    rerank = FilterThenRerank(encoder, make_llm(Settings(llm_threads=args.threads)), [LabelSpec(LABELS[args.corpus])],
-                              band=(0.0, args.band), cache=CallCache(":memory:")).fit(pool, refit_encoder=False)
+    access = LLMAccess(make_llm(Settings(llm_threads=args.threads)), Embedder(), CallCache(":memory:"))
+    rerank = access.rerank(encoder, [LabelSpec(LABELS[args.corpus])], (0.0, args.band), pool)
 
     kinds = ("encoder", "drop hard", "oracle", "oracle + boundaries")
     answers: dict[str, list[Document]] = {name: [] for name in kinds}

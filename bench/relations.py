@@ -122,10 +122,11 @@ def main() -> None:
 
 
 def run_llm(train: list[Document], test: list[Document], k: int) -> tuple[str, float]:
-    from clinie.extractors.relation_llm import LLMRelationExtractor
     from clinie.llm.llamacpp import LlamaCppLLM
+    from clinie.retrieval import Embedder
+    from clinie.strategies import LLMAccess
 
-    extractor = LLMRelationExtractor(SPECS, LlamaCppLLM(n_threads=2), k=k).fit(train, listed=True)
+    extractor = LLMAccess(LlamaCppLLM(n_threads=2), Embedder()).relations(SPECS, k, train, listed=True)
     started = time.perf_counter()
     pred = classify_listed(test, extractor.classify)
     seconds = (time.perf_counter() - started) / len(test)

@@ -267,6 +267,8 @@ PAIRS_HELP = ("relations in the data: 'all' (default) = every unannotated pair o
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from clinie.strategies import strategy_forms
+
     parser = argparse.ArgumentParser(prog="clinie", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -333,8 +335,7 @@ def build_parser() -> argparse.ArgumentParser:
     fewshot.add_argument("--seeds", default="3",
                          help="a count (3: seeds 0,1,2) or a comma-separated list (42,33,21; one seed: 42,)")
     fewshot.add_argument("--strategies", default="encoder,gated,probe,llm,rerank",
-                         help="encoder, probe, llm (k demos), llm-kN, rerank and gated (every --bands), "
-                              "rerank-0.NN, gated-0.NN")
+                         help=f"comma-separated: {strategy_forms()} (llm: --k demos; gated, rerank: every --bands)")
     fewshot.add_argument("--bands", default="0.7,0.8,0.9",
                          help="rerank and gated: upper confidence bounds of the bands")
     fewshot.add_argument("--max-llm-share", type=float, default=1.0,

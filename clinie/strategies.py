@@ -204,11 +204,16 @@ def parse_strategies(text: str, k: int = DEFAULT_K, bands: Sequence[float] = DEF
                 and KINDS[m.group(1)].param == "band":
             out.append(Strategy(m.group(1), band=(0.0, float(m.group(2)))))
         else:
-            forms = [form for kind in KINDS.values() for form in kind.forms()]
-            raise ValueError(f"unknown strategy {name!r}: use {', '.join(forms[:-1])} or {forms[-1]}")
+            raise ValueError(f"unknown strategy {name!r}: use {strategy_forms()}")
     if len({s.name for s in out}) != len(out):
         raise ValueError(f"strategies repeat in {text!r}")
     return out
+
+
+def strategy_forms() -> str:
+    """How strategies are named: ``encoder, probe, gated, gated-0.NN, …``."""
+    forms = [form for kind in KINDS.values() for form in kind.forms()]
+    return f"{', '.join(forms[:-1])} or {forms[-1]}"
 
 
 def model_version(strategy: Strategy, *, trained: str | None, llm_name: str, pool: int) -> str:
