@@ -223,7 +223,8 @@ def _report(args: argparse.Namespace) -> int:
     if not settings.store_path.exists():
         raise ValueError(f"no annotation store at {settings.store_path} (CLINIE_DATA_DIR or --data-dir)")
     store = AnnotationStore(settings.store_path)
-    schema, docs = project_documents(store, args.project)
+    annotations = project_documents(store, args.project)
+    schema, docs = annotations.schema, annotations.docs
     if len(docs) < 2:
         raise ValueError(f"project {args.project} has {len(docs)} usable annotations: a report needs at least 2")
     strategies = parse_strategies(args.strategies or settings.select_strategies or "encoder", k=settings.llm_k)
@@ -236,7 +237,11 @@ def _report(args: argparse.Namespace) -> int:
     record = store.serving_model(args.project)
     stored = (record.info.get("selection") or {}) if record else {}
     report = new_report(f"Project {args.project}: how good are the pre-annotations", "project", args.command_line)
+    unusable = ", ".join(f"{n} {reason}" for reason, n in sorted(annotations.unusable.items())) or "none"
     report["summary"] = [("annotations (latest submitted per task)", len(docs)),
+                         ("annotations not learned from", unusable),
+                         ("relations pointing at a region their annotation lacks (skipped)",
+                          annotations.skipped_relations),
                          ("labels", ", ".join(schema.span_labels)),
                          ("serving model", record.version if record else "none trained yet"),
                          ("strategy selected at the last training",

@@ -39,6 +39,7 @@ import json
 import logging
 import xml.etree.ElementTree as ET
 from bisect import bisect_left, bisect_right
+from dataclasses import replace
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -155,18 +156,35 @@ def task_to_document(task: dict[str, Any], control: SpanControl) -> Document:
                     meta={"task_id": task.get("id"), "to_name": control.to_name})
 
 
+class UnusableAnnotation(ValueError):
+    """An annotation clinie cannot learn from as it stands: learning the rest of it would teach
+    a region it holds as "no entity". ``reason`` is one of a few fixed phrases (counted per
+    project in /metrics and reports); the message adds the detail, never the note text."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+
+
 def _region_span(item: dict[str, Any], control: SpanControl, text: str) -> Span:
-    """The span of one region; the ValueError's message is a reason safe to log (no note text)."""
+    """The span of one region; a region without an id gets a stable one from its control,
+    offsets and label (ids only matter to relations, and Label Studio's API, SDK and imports
+    often leave them out)."""
     value = item.get("value")
     if not isinstance(value, dict) or "start" not in value or "end" not in value:
-        raise ValueError("no value.start/value.end")
+        raise UnusableAnnotation("region without offsets", "no value.start/value.end")
     labels = value.get("labels") or []
     if len(labels) != 1:
-        raise ValueError(f"{len(labels)} labels; clinie takes exactly one per region")
+        raise UnusableAnnotation("region without exactly one label", f"{len(labels)} labels")
     if labels[0] not in control.label_names:
-        raise UnknownLabelError(f"label {labels[0]!r} is not in <Labels name={control.name!r}>")
-    # Offsets are the truth; value.text is only Label Studio's copy, rebuilt here from the text.
-    return Span.from_text(text, int(value["start"]), int(value["end"]), labels[0], id=str(item["id"]))
+        raise UnusableAnnotation("label not in the config", f"{labels[0]!r} is not in <Labels name={control.name!r}>")
+    try:
+        start, end = int(value["start"]), int(value["end"])
+        rid = str(item["id"]) if item.get("id") is not None else _region_id(control, start, end, labels[0])
+        # Offsets are the truth; value.text is only Label Studio's copy, rebuilt here from the text.
+        return Span.from_text(text, start, end, labels[0], id=rid)
+    except (TypeError, ValueError) as e:
+        raise UnusableAnnotation("region offsets unusable", str(e)) from None
 
 
 def _relation_labels(item: dict[str, Any], schema: Schema) -> list[str]:
@@ -174,9 +192,9 @@ def _relation_labels(item: dict[str, Any], schema: Schema) -> list[str]:
     if not schema.relation_labels:
         return [""]  # the config types no relations: every arrow is an untyped link
     if not labels:
-        raise ValueError("relation without a label")
+        raise UnusableAnnotation("relation without a label")
     if unknown := [label for label in labels if label not in schema.relation_label_names]:
-        raise UnknownLabelError(f"relation label(s) {unknown} not in <Relations>")
+        raise UnusableAnnotation("relation label not in the config", f"{unknown} not in <Relations>")
     return labels
 
 
@@ -185,19 +203,20 @@ def annotation_to_document(task: dict[str, Any], result: Sequence[dict[str, Any]
 
     With several ``<Text>`` objects, the one the first ``<Labels>`` annotates is read, and so are
     the regions of every ``<Labels>`` on that same text; regions on other texts are ignored
-    (their offsets belong to another string). Span ids are the region ids.
+    (their offsets belong to another string). Span ids are the region ids; a region without one
+    gets a stable id (``_region_id``).
 
-    Offsets are the truth: a region whose ``value.text`` disagrees with the text is rebuilt
-    from the offsets. Regions that cannot be trusted are skipped and logged (without the note
-    text, which may be protected health information): outside the text, not exactly one label,
-    a label the control does not declare. A skipped annotation costs one example; a crash
-    would cost the whole training run.
+    Offsets are the truth: a region whose ``value.text`` disagrees with the text is rebuilt from
+    the offsets. A region clinie cannot use (offsets outside the text, not exactly one label, a
+    label the control does not declare, an id two different regions share) raises
+    ``UnusableAnnotation``: its text trained without it would teach "no entity" there. So does
+    an arrow with a label the config does not declare, or none where the config types them
+    (its pair would be taught as unrelated). A task whose data lacks the text raises
+    ``ValueError``.
 
     Relations: ``direction: left`` swaps head and tail (``bi`` is kept as drawn); one relation
-    per label when an arrow has several. When the config has ``<Relations>``, an arrow without
-    a label is unfinished work and is skipped rather than taught as a class; when it has none,
-    every arrow is kept with the label ``""``. Arrows touching a skipped or unknown region are
-    skipped.
+    per label when an arrow has several. An arrow pointing at a region the result does not
+    hold has no pair to teach: it is skipped and counted in ``meta["skipped_relations"]``.
     """
     first = schema.span_controls[0]
     doc = task_to_document(task, first)
@@ -208,33 +227,28 @@ def annotation_to_document(task: dict[str, Any], result: Sequence[dict[str, Any]
         if not isinstance(item, dict):
             continue
         if item.get("type") == "labels" and str(item.get("from_name")) in controls:
-            rid = item.get("id")
-            try:
-                if rid is None or str(rid) in spans:
-                    raise ValueError("missing or repeated region id")
-                span = _region_span(item, controls[str(item["from_name"])], doc.text)
-            except (TypeError, ValueError) as e:
-                log.warning("task %s: region %s skipped: %s", doc.id, rid, e)
-                continue
+            span = _region_span(item, controls[str(item["from_name"])], doc.text)
+            if span.id in spans and spans[span.id] != span:
+                raise UnusableAnnotation("region id repeated", f"two regions are named {span.id!r}")
             if str(item["value"].get("text", span.text)) != span.text:
-                log.info("task %s: region %s: value.text disagrees with the offsets; offsets kept", doc.id, rid)
+                log.info("task %s: region %s: value.text disagrees with the offsets; offsets kept", doc.id, span.id)
             spans[span.id] = span
         elif item.get("type") == "relation":
             arrows.append(item)
     relations: dict[Relation, None] = {}
+    skipped = 0
     for item in arrows:
         head, tail = str(item.get("from_id")), str(item.get("to_id"))
         if item.get("direction") == "left":
             head, tail = tail, head
-        try:
-            if head not in spans or tail not in spans:
-                raise ValueError("it points at a region that is missing or was skipped")
-            labels = _relation_labels(item, schema)
-        except ValueError as e:
-            log.warning("task %s: relation %s -> %s skipped: %s", doc.id, head, tail, e)
+        if head not in spans or tail not in spans:
+            log.warning("task %s: relation %s -> %s skipped: it points at a region the annotation does not hold",
+                        doc.id, head, tail)
+            skipped += 1
             continue
-        relations.update((Relation(head, tail, label), None) for label in labels)
-    return doc.with_annotations(tuple(spans.values()), tuple(relations))
+        relations.update((Relation(head, tail, label), None) for label in _relation_labels(item, schema))
+    meta = {**doc.meta, "skipped_relations": skipped} if skipped else doc.meta
+    return replace(doc.with_annotations(tuple(spans.values()), tuple(relations)), meta=meta)
 
 
 # --- Documents -> Label Studio -------------------------------------------------------------

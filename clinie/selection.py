@@ -11,14 +11,17 @@ transaction, and ``clinie report`` can say why."""
 
 from __future__ import annotations
 
+import logging
+from collections import Counter
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
 from clinie.core import Document, LabelSpec, Schema
 from clinie.evaluation.fewshot import CrossValidation, cross_validate
 from clinie.evaluation.study import cross_fitted_calibration
-from clinie.labelstudio import annotation_to_document, parse_label_config
+from clinie.labelstudio import UnusableAnnotation, annotation_to_document, parse_label_config
 from clinie.llm.base import LLM
 from clinie.llm.hidden import HiddenStates
 from clinie.retrieval import Embedder
@@ -26,21 +29,51 @@ from clinie.settings import Settings
 from clinie.store import AnnotationStore
 from clinie.strategies import StrategyBuilder, parse_strategies
 
+log = logging.getLogger(__name__)
 
-def project_documents(store: AnnotationStore, project: str) -> tuple[Schema, list[Document]]:
-    """The project's schema and its annotated documents (latest submitted annotation per task)."""
+
+@dataclass
+class Annotations:
+    """A project's annotations read as documents (the latest submitted one per task, empty texts
+    left out): what strategies learn from, and the LLM's demonstrations. Those clinie cannot
+    learn from are counted per reason, never trained on as they stand."""
+
+    schema: Schema
+    docs: list[Document]
+    unusable: Counter[str] = field(default_factory=Counter)  # reason -> annotations
+    skipped_relations: int = 0  # arrows pointing at a region their annotation does not hold
+
+    def summary(self) -> dict[str, Any]:
+        """What a model version records of them (``ModelRecord.info``) and /metrics shows."""
+        return {"unusable": dict(sorted(self.unusable.items())), "skipped_relations": self.skipped_relations}
+
+
+def project_documents(store: AnnotationStore, project: str) -> Annotations:
+    """The project's annotations, read with its stored labeling config."""
     config = store.label_config(project)
     if config is None:
         raise ValueError(f"project {project} has no labeling config yet (no /setup or webhook seen)")
-    schema = parse_label_config(config)
-    return schema, annotated_documents(store, project, schema)
+    return annotated_documents(store, project, parse_label_config(config))
 
 
-def annotated_documents(store: AnnotationStore, project: str, schema: Schema) -> list[Document]:
-    """The project's annotations read with ``schema``: what strategies learn from, and the
-    LLM's demonstrations (latest submitted annotation per task, empty texts left out)."""
-    docs = [annotation_to_document(e.task, e.result, schema) for e in store.training_examples(project)]
-    return [d for d in docs if d.text]
+def annotated_documents(store: AnnotationStore, project: str, schema: Schema) -> Annotations:
+    """The project's annotations read with ``schema`` (see ``Annotations``)."""
+    read = Annotations(schema, [])
+    for example in store.training_examples(project):
+        try:
+            doc = annotation_to_document(example.task, example.result, schema)
+        except UnusableAnnotation as e:
+            read.unusable[e.reason] += 1
+            log.warning("project %s: annotation %s is not learned from: %s", project, example.annotation_id, e)
+            continue
+        except ValueError as e:  # the task's data lacks the text the config labels
+            read.unusable["task without the labelled text"] += 1
+            log.warning("project %s: annotation %s is not learned from: %s", project, example.annotation_id, e)
+            continue
+        read.skipped_relations += doc.meta.get("skipped_relations", 0)
+        if doc.text:
+            read.docs.append(doc)
+    return read
 
 
 def span_specs(schema: Schema) -> list[LabelSpec]:

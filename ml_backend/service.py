@@ -288,7 +288,12 @@ class Backend:
 
     def metrics_snapshot(self) -> dict[str, Any]:
         snapshot = self.metrics.snapshot()
+        serving = {project: record for project in self.store.projects()
+                   if (record := self.store.serving_model(project)) is not None}
         snapshot["store"] = {"annotations": self.store.annotation_counts(),
                              "trainings": self.store.training_counts(),
-                             "model_versions": len(self.store.models())}
+                             "model_versions": len(self.store.models()),
+                             # what the serving version could not learn from, per project and reason
+                             "unusable_annotations": {project: record.info.get("annotations", {}).get("unusable", {})
+                                                      for project, record in serving.items()}}
         return snapshot

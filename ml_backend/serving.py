@@ -131,7 +131,7 @@ class Serving:
         with self._lock:
             cached = self._assembled.get(project)
         if cached is None or cached[0] != revision:
-            demos = annotated_documents(self.store, project, schema) if strategy.kind.reads_llm else []
+            demos = annotated_documents(self.store, project, schema).docs if strategy.kind.reads_llm else []
             parts = _VersionParts(self, record, span_specs(schema), demos)
             model = strategy.build(parts)
             if strategy.kind.relations_by_llm:

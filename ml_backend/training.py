@@ -47,7 +47,8 @@ def train_project(store: AnnotationStore, settings: Settings, project: str, trai
     A selection that fails (the LLM cannot be loaded, say) is logged and recorded as failed;
     the new encoder still serves.
     """
-    schema, docs = project_documents(store, project)
+    annotations = project_documents(store, project)
+    schema, docs = annotations.schema, annotations.docs
     if len(docs) < max(1, settings.min_annotations):
         raise NotEnoughAnnotations(
             f"project {project} has {len(docs)} usable annotations, {settings.min_annotations} needed")
@@ -83,7 +84,8 @@ def train_project(store: AnnotationStore, settings: Settings, project: str, trai
         version=version, project=project, kind="encoder", path=final, n_examples=len(docs),
         info={"labels": list(schema.span_labels), "base_model": settings.encoder_model or "embedded MiniLM",
               "relations": list(relations.labels) if relations else [],
-              "relation_pairs": relations.n_train_pairs if relations else 0, "selection": selection},
+              "relation_pairs": relations.n_train_pairs if relations else 0, "selection": selection,
+              "annotations": annotations.summary()},
         created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
     store.finish_training(training_id, record)
     return record

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from clinie.core import Document, Relation, Span, read_documents, tokenize
-from clinie.labelstudio import (LabelConfigError, UnknownLabelError, annotation_to_document,
+from clinie.labelstudio import (LabelConfigError, UnknownLabelError, UnusableAnnotation, annotation_to_document,
                                 document_to_result, parse_label_config, task_to_document)
 from tests.support.helpers import assert_spans_match_text
 
@@ -144,42 +144,69 @@ def test_regions_of_every_control_on_the_first_text_become_spans_with_exact_offs
     assert_spans_match_text(doc.text, doc.entities)
 
 
-def test_untrustworthy_regions_are_skipped_and_logged_without_the_note_text(caplog):
-    bad_value = region("g", 0, 8, "Medication")
-    bad_value["value"]["start"] = "zero"
+def test_a_region_without_an_id_gets_a_stable_id_from_what_it_is():
+    doc = annotate([region(None, 0, 8, "Medication"), region(None, 9, 13, "Dosage"), "not a region",
+                    {"type": "choices", "value": {"choices": ["x"]}}])
+    assert [(s.text, s.label) for s in doc.entities] == [("Warfarin", "Medication"), ("5\u00a0mg", "Dosage")]
+    assert [s.id for s in doc.entities] == [s.id for s in annotate([region(None, 0, 8, "Medication"),
+                                                                     region(None, 9, 13, "Dosage")]).entities]
+    assert len({s.id for s in doc.entities}) == 2
+
+
+def _bad_value():
+    bad = region("g", 0, 8, "Medication")
+    bad["value"]["start"] = "zero"
+    return bad
+
+
+def _several_labels():
     several = region("h", 0, 8, "Medication")
     several["value"]["labels"] = ["Medication", "Dosage"]
-    no_id = region(None, 0, 8, "Medication")
-    with caplog.at_level(logging.WARNING, logger="clinie.labelstudio"):
-        doc = annotate([
-            region("a", 0, 8, "Medication"),
-            region("a", 9, 13, "Dosage"),             # repeated region id
-            region("c", 0, 8, "Route"),               # label not in the config
-            region("d", 30, 999, "Medication"),       # outside the text
-            region("e", 5, 5, "Medication"),          # empty
-            region("f", 0, 3, "Medication", from_name="problems"),  # label of another control
-            bad_value, several, no_id,
-            "not a region", {"type": "choices", "value": {"choices": ["x"]}},
-        ])
-    assert [s.id for s in doc.entities] == ["a"]
-    assert len(caplog.records) == 8
-    assert "'Route'" in caplog.text and "Warfarin" not in caplog.text
+    return several
 
 
-def test_relations_follow_direction_and_skip_what_cannot_be_trusted(caplog):
+@pytest.mark.parametrize("bad, reason", [
+    (region("a", 9, 13, "Dosage"), "region id repeated"),
+    (region("c", 0, 8, "Route"), "label not in the config"),
+    (region("d", 30, 999, "Medication"), "region offsets unusable"),
+    (region("e", 5, 5, "Medication"), "region offsets unusable"),
+    (region("f", 0, 3, "Medication", from_name="problems"), "label not in the config"),
+    (_bad_value(), "region offsets unusable"),
+    (_several_labels(), "region without exactly one label"),
+])
+def test_a_region_clinie_cannot_use_makes_the_whole_annotation_unusable_and_says_why_without_the_text(bad, reason):
+    # learning the rest of the annotation would teach "no entity" where the region is
+    with pytest.raises(UnusableAnnotation) as raised:
+        annotate([region("a", 0, 8, "Medication"), bad])
+    assert raised.value.reason == reason and "Warfarin" not in str(raised.value)
+
+
+def test_the_same_region_twice_is_one_span():
+    assert len(annotate([region("a", 0, 8, "Medication"), region("a", 0, 8, "Medication")]).entities) == 1
+
+
+def test_relations_follow_direction_and_arrows_to_missing_regions_are_skipped_and_counted(caplog):
     spans = [region("a", 0, 8, "Medication"), region("b", 9, 13, "Dosage"), region("c", 14, 16, "Frequency")]
     with caplog.at_level(logging.WARNING, logger="clinie.labelstudio"):
         doc = annotate(spans + [
             arrow("b", "a", "has_dosage", direction="left"),   # drawn backwards: a -> b
             arrow("a", "b", "has_dosage"),                     # the same link again: kept once
             arrow("a", "c", "has_dosage", "treats", direction="bi"),  # two labels, kept as drawn
-            arrow("a", "z", "has_dosage"),                     # unknown region
-            arrow("a", "c", "causes"),                         # label not in <Relations>
-            arrow("c", "a"),                                   # unlabelled in a typed project
+            arrow("a", "z", "has_dosage"),                     # unknown region: no pair to learn
         ])
     assert doc.relations == (Relation("a", "b", "has_dosage"), Relation("a", "c", "has_dosage"),
                              Relation("a", "c", "treats"))
-    assert len(caplog.records) == 3
+    assert doc.meta["skipped_relations"] == 1 and len(caplog.records) == 1
+
+
+@pytest.mark.parametrize("bad, reason", [(arrow("a", "c", "causes"), "relation label not in the config"),
+                                         (arrow("c", "a"), "relation without a label")])
+def test_an_arrow_whose_label_cannot_be_learned_makes_the_annotation_unusable(bad, reason):
+    # its pair would otherwise be taught as unrelated
+    spans = [region("a", 0, 8, "Medication"), region("c", 14, 16, "Frequency")]
+    with pytest.raises(UnusableAnnotation) as raised:
+        annotate([*spans, bad])
+    assert raised.value.reason == reason
 
 
 def test_without_relations_in_the_config_every_arrow_is_an_untyped_link():
@@ -193,9 +220,11 @@ def test_without_relations_in_the_config_every_arrow_is_an_untyped_link():
 
 def test_an_empty_text_gives_an_empty_document():
     schema = parse_label_config(SIMPLE)
-    doc = annotation_to_document({"id": 1, "data": {"text": ""}},
-                                 [region("a", 0, 1, "Disease", from_name="label")], schema)
+    doc = annotation_to_document({"id": 1, "data": {"text": ""}}, [], schema)
     assert (doc.text, doc.entities, doc.relations) == ("", (), ())
+    with pytest.raises(UnusableAnnotation, match="outside a text of 0 chars"):  # a region it cannot hold
+        annotation_to_document({"id": 1, "data": {"text": ""}}, [region("a", 0, 1, "Disease", from_name="label")],
+                               schema)
 
 
 # --- document_to_result -----------------------------------------------------------------------
