@@ -104,8 +104,10 @@ def selection_record(cv: CrossValidation) -> dict[str, Any]:
     return record
 
 
-def select(docs: Sequence[Document], build: StrategyBuilder, settings: Settings, *, seed: int = 0) -> CrossValidation:
-    """Cross-validate the configured strategies over ``docs`` (see the module docstring)."""
+def select(docs: Sequence[Document], build: StrategyBuilder, settings: Settings, *, seed: int = 0,
+           on_fit: Callable[[int, int], None] | None = None) -> CrossValidation:
+    """Cross-validate the configured strategies over ``docs`` (see the module docstring);
+    ``on_fit(done, total)`` after each strategy fitted on a fold (progress; it may raise to stop)."""
     strategies = parse_strategies(settings.select_strategies, k=settings.llm_k)
     return cross_validate(docs, strategies, build, k=settings.select_folds, seed=seed,
-                          max_llm_share=settings.select_max_llm_share)
+                          max_llm_share=settings.select_max_llm_share, on_fit=on_fit)

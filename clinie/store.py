@@ -324,6 +324,14 @@ class AnnotationStore:
             db.execute("UPDATE trainings SET status = 'succeeded', finished_at = ?, version = ? WHERE id = ?",
                        (_now(), model.version, training_id))
 
+    def set_selection(self, version: str, selection: dict[str, Any]) -> None:
+        """Record the strategy selected for a registered model version (``info["selection"]``):
+        the version serves with it from the next /predict on."""
+        with self._write() as db:
+            [info] = db.execute("SELECT info FROM models WHERE version = ?", (version,)).fetchone()
+            db.execute("UPDATE models SET info = ? WHERE version = ?",
+                       (_dump({**json.loads(info), "selection": selection}), version))
+
     def training_counts(self) -> dict[str, int]:
         return {r[0]: r[1] for r in self._read("SELECT status, COUNT(*) FROM trainings GROUP BY status")}
 

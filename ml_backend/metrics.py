@@ -1,4 +1,5 @@
-"""Counters, latency summaries and batch progress of one backend process, served by GET /metrics.
+"""Counters, latency summaries, and the progress of batches and trainings of one backend process,
+served by GET /metrics.
 
 ``/metrics`` answers in the Prometheus text format (what a scraper expects); ``/metrics?format=json``
 gives the same figures as one JSON object for people and scripts.
@@ -18,6 +19,8 @@ Example:
     clinie_predict_request_seconds_count 1
     # TYPE clinie_predict_batches_in_flight gauge
     clinie_predict_batches_in_flight 0
+    # TYPE clinie_trainings_in_flight gauge
+    clinie_trainings_in_flight 0
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ class Metrics:
         self._window = window
         self._batches: dict[int, dict[str, float]] = {}
         self._batch_ids = itertools.count(1)
+        self._trainings: dict[str, dict[str, Any]] = {}
 
     def count(self, name: str, n: int = 1) -> None:
         with self._lock:
@@ -70,8 +74,23 @@ class Metrics:
         with self._lock:
             self._batches.pop(batch, None)
 
+    def training_stage(self, project: str, stage: str) -> None:
+        """A project's training entered ``stage`` (``encoder``, ``relations``, ``selection``, …)."""
+        with self._lock:
+            started = self._trainings.get(project, {}).get("started", time.time())
+            self._trainings[project] = {"stage": stage, "done": 0, "total": 0, "started": started}
+
+    def training_step(self, project: str, done: int, total: int) -> None:
+        with self._lock:
+            self._trainings[project].update(done=done, total=total)
+
+    def training_ended(self, project: str) -> None:
+        with self._lock:
+            self._trainings.pop(project, None)
+
     def snapshot(self) -> dict[str, Any]:
         with self._lock:
+            trainings = [{"project": p, **info} for p, info in self._trainings.items()]
             counts = dict(self._counts)
             totals = {name: (self._observed[name], self._sums[name]) for name in self._latencies}
             latencies = {name: sorted(values) for name, values in self._latencies.items()}
@@ -85,6 +104,11 @@ class Metrics:
                 for name, v in latencies.items() if v},
             "predict_batches": [{"id": b["id"], "tasks": int(b["tasks"]), "done": int(b["done"]),
                                  "seconds": round(time.time() - b["started"], 3)} for b in batches],
+            # per project training: its stage, the fits of that stage done of total (selection's
+            # folds × strategies), and the seconds since the training started
+            "trainings_in_flight": [{"project": t["project"], "stage": t["stage"], "done": t["done"],
+                                     "total": t["total"], "seconds": round(time.time() - t["started"], 1)}
+                                    for t in trainings],
         }
 
 
@@ -117,6 +141,13 @@ def render_prometheus(snapshot: dict[str, Any]) -> str:
     if batches:
         metric("predict_batch_tasks", "gauge", [(f'{{batch="{b["id"]}"}}', b["tasks"]) for b in batches])
         metric("predict_batch_tasks_done", "gauge", [(f'{{batch="{b["id"]}"}}', b["done"]) for b in batches])
+    trainings = snapshot.get("trainings_in_flight", [])
+    metric("trainings_in_flight", "gauge", [("", len(trainings))])
+    if trainings:
+        stage = [(f'{{project="{t["project"]}",stage="{t["stage"]}"}}', t) for t in trainings]
+        metric("training_seconds", "gauge", [(labels, t["seconds"]) for labels, t in stage])
+        metric("training_fits_done", "gauge", [(labels, t["done"]) for labels, t in stage])
+        metric("training_fits", "gauge", [(labels, t["total"]) for labels, t in stage])
     store = snapshot.get("store")
     if store:
         metric("annotations", "gauge", [(f'{{state="{k}"}}', v) for k, v in sorted(store["annotations"].items())])

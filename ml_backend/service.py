@@ -23,7 +23,7 @@ from clinie.store import AnnotationStore, ModelRecord
 from ml_backend.metrics import Metrics
 from ml_backend.serving import Predictor, Serving
 from ml_backend.sync import LabelStudioSync
-from ml_backend.training import NotEnoughAnnotations, TrainingWorker, train_project
+from ml_backend.training import NotEnoughAnnotations, Superseded, TrainingWorker, select_strategy, train_project
 
 log = logging.getLogger(__name__)
 
@@ -252,17 +252,25 @@ class Backend:
         return self.worker.request(project)
 
     def train(self, project: str) -> ModelRecord | None:
-        """Re-sync, then train now (in the calling thread); None when there is nothing to train yet."""
+        """Re-sync, then train now (in the calling thread): the encoder first, which serves as soon
+        as it is saved, then (under ``auto``) the selection of the strategy that serves with it,
+        given up when a newer training of the project is waiting. None when there is nothing to
+        train yet; else the model version as it ends up. Its stage is in /metrics throughout."""
         self.resync(project)
         training_id = self.store.begin_training(project)
         if training_id is None:
             log.info("project %s: a training is already running", project)
             return None
+        try:
+            return self._train(project, training_id)
+        finally:
+            self.metrics.training_ended(project)
+
+    def _train(self, project: str, training_id: int) -> ModelRecord | None:
         self.metrics.count("trainings_started")
         started = time.perf_counter()
         try:
-            record = train_project(self.store, self.settings, project, training_id, llm=lambda: self.serving.llm().llm,
-                                   states=self.serving.states)
+            record, annotations = train_project(self.store, self.settings, project, training_id, self.metrics)
         except NotEnoughAnnotations as e:
             self.store.fail_training(training_id, str(e))
             self.metrics.count("trainings_skipped")
@@ -276,7 +284,16 @@ class Backend:
         self.metrics.count("trainings_succeeded")
         self.metrics.observe("training", time.perf_counter() - started)
         log.info("project %s: now serving %s (%d examples)", project, record.version, record.n_examples)
-        return record
+        if self.settings.strategy == "auto" and self.settings.select_strategies and len(annotations.docs) >= 2:
+            try:
+                select_strategy(self.store, self.settings, record, annotations, self.metrics,
+                                superseded=lambda: self.worker is not None and self.worker.is_pending(project),
+                                llm=lambda: self.serving.llm().llm, states=self.serving.states)
+                self.metrics.observe("selection", time.perf_counter() - started)
+            except Superseded as e:
+                self.metrics.count("selections_superseded")
+                log.info("%s", e)
+        return self.store.serving_model(project)
 
     def health(self) -> dict[str, Any]:
         """``remote_endpoints``: where note text is sent (an OpenAI-compatible LLM, only when

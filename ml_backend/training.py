@@ -17,15 +17,16 @@ import threading
 import time
 from collections.abc import Callable
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, Protocol
 
+from clinie.extractors.encoder import EncoderTagger
 from clinie.extractors.relation_encoder import RELATIONS_DIR, RelationClassifier
 from clinie.llm.base import LLM
 from clinie.llm.hidden import HiddenStates
-from clinie.selection import builder, project_documents, select, selection_record
+from clinie.selection import Annotations, builder, project_documents, select, selection_record
 from clinie.settings import Settings
 from clinie.store import AnnotationStore, ModelRecord
-from clinie.strategies import PARTS, Strategy
+from clinie.strategies import PARTS
 
 log = logging.getLogger(__name__)
 
@@ -34,40 +35,36 @@ class NotEnoughAnnotations(RuntimeError):
     pass
 
 
-def train_project(store: AnnotationStore, settings: Settings, project: str, training_id: int,
-                  llm: Callable[[], LLM] | None = None,
-                  states: Callable[[], HiddenStates] | None = None) -> ModelRecord:
-    """Fine-tune the encoder tagger (and the relation classifier, when the config has relations
-    and the annotations draw some) on the project's stored annotations, select the strategy that
-    serves with it (``clinie.selection``), and register the result. The parts the selected
-    strategy reads besides the encoder (the probe, alone or reading the sentences the encoder is
-    unsure of) are fitted on all the annotations too and saved beside it (``probe/``); the
-    encoder stays as the fallback.
+class Superseded(RuntimeError):
+    """A newer training of the project was requested while this selection ran."""
 
-    A selection that fails (the LLM cannot be loaded, say) is logged and recorded as failed;
-    the new encoder still serves.
-    """
+
+class Progress(Protocol):
+    """Where a training reports its stage and how far it has got (``ml_backend.metrics``)."""
+
+    def training_stage(self, project: str, stage: str) -> None: ...
+
+    def training_step(self, project: str, done: int, total: int) -> None: ...
+
+
+def train_project(store: AnnotationStore, settings: Settings, project: str, training_id: int,
+                  progress: Progress) -> tuple[ModelRecord, Annotations]:
+    """Fine-tune the encoder tagger (and the relation classifier, when the config has relations
+    and the annotations draw some) on the project's stored annotations and register it as the
+    serving version at once: a project gets a model in the time one fine-tuning takes. Which
+    strategy serves with it is ``select_strategy``'s to say, afterwards."""
+    progress.training_stage(project, "encoder")
+    started = time.perf_counter()
     annotations = project_documents(store, project)
     schema, docs = annotations.schema, annotations.docs
     if len(docs) < max(1, settings.min_annotations):
         raise NotEnoughAnnotations(
             f"project {project} has {len(docs)} usable annotations, {settings.min_annotations} needed")
-    build = builder(schema, settings, llm, states=states)
-    selection: dict[str, Any] | None = None
-    chosen: Strategy | None = None
-    if settings.strategy == "auto" and settings.select_strategies and len(docs) >= 2:
-        try:
-            cv = select(docs, build, settings)
-            selection, chosen = selection_record(cv), cv.selected
-            log.info("project %s: selected %s (cross-validated F1 %.3f over %d annotations)", project,
-                     selection["strategy"], selection["strategies"][selection["strategy"]]["mean_f1"], len(docs))
-        except Exception as e:
-            log.exception("project %s: strategy selection failed; the encoder serves", project)
-            selection = {"strategy": None, "error": type(e).__name__}
-    tagger = build.encoder(docs)
     options = {"epochs": settings.encoder_epochs} if settings.encoder_epochs else {}
+    tagger = EncoderTagger(list(schema.span_labels), settings.encoder_model or None, **options).fit(docs)
     relations = None
     if schema.relation_labels and any(d.relations for d in docs):
+        progress.training_stage(project, "relations")
         relations = RelationClassifier(schema.relation_labels, settings.encoder_model or None, **options).fit(docs)
 
     version = f"clinie-encoder-p{project}-t{training_id}-n{len(docs)}"
@@ -75,8 +72,6 @@ def train_project(store: AnnotationStore, settings: Settings, project: str, trai
     partial = final.with_name(final.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
     tagger.save(partial)
-    for part in chosen.kind.saves if chosen else ():
-        PARTS[part].fit(build, docs).save(partial / part)
     if relations is not None:
         relations.save(partial / RELATIONS_DIR)
     os.replace(partial, final)
@@ -84,11 +79,56 @@ def train_project(store: AnnotationStore, settings: Settings, project: str, trai
         version=version, project=project, kind="encoder", path=final, n_examples=len(docs),
         info={"labels": list(schema.span_labels), "base_model": settings.encoder_model or "embedded MiniLM",
               "relations": list(relations.labels) if relations else [],
-              "relation_pairs": relations.n_train_pairs if relations else 0, "selection": selection,
-              "annotations": annotations.summary()},
+              "relation_pairs": relations.n_train_pairs if relations else 0, "selection": None,
+              "annotations": annotations.summary(), "seconds": round(time.perf_counter() - started, 1)},
         created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
     store.finish_training(training_id, record)
-    return record
+    return record, annotations
+
+
+def select_strategy(store: AnnotationStore, settings: Settings, record: ModelRecord, annotations: Annotations,
+                    progress: Progress, *, superseded: Callable[[], bool] = lambda: False,
+                    llm: Callable[[], LLM] | None = None,
+                    states: Callable[[], HiddenStates] | None = None) -> dict[str, Any]:
+    """Cross-validate ``CLINIE_SELECT_STRATEGIES`` over the annotations ``record`` was trained on
+    (``clinie.selection``), fit the parts the chosen strategy reads besides the encoder (the
+    probe, alone or reading the sentences the encoder is unsure of) on all of them, save them
+    beside it, and record the choice with the version: from then on it serves.
+
+    Raises ``Superseded`` between two fits once ``superseded()`` (a newer training is waiting).
+    A selection that fails otherwise (the LLM cannot be loaded, say) is logged and recorded as
+    failed; the encoder keeps serving.
+    """
+    project, docs = record.project, annotations.docs
+    build = builder(annotations.schema, settings, llm, states=states)
+    started = time.perf_counter()
+
+    def fitted(done: int, total: int) -> None:
+        progress.training_step(project, done, total)
+        if superseded():
+            raise Superseded(f"project {project}: a newer training supersedes the selection for {record.version}")
+
+    try:
+        progress.training_stage(project, "selection")
+        cv = select(docs, build, settings, on_fit=fitted)
+        selection, chosen = selection_record(cv), cv.selected
+        progress.training_stage(project, f"fitting {chosen.name}")
+        for part in chosen.kind.saves:
+            directory = record.path / PARTS[part].directory
+            partial = directory.with_name(directory.name + ".partial")
+            shutil.rmtree(partial, ignore_errors=True)
+            PARTS[part].fit(build, docs).save(partial)
+            os.replace(partial, directory)
+        selection["seconds"] = round(time.perf_counter() - started, 1)
+        log.info("project %s: selected %s (cross-validated F1 %.3f over %d annotations)", project,
+                 selection["strategy"], selection["strategies"][selection["strategy"]]["mean_f1"], len(docs))
+    except Superseded:
+        raise
+    except Exception as e:
+        log.exception("project %s: strategy selection failed; the encoder serves", project)
+        selection = {"strategy": None, "error": type(e).__name__}
+    store.set_selection(record.version, selection)
+    return selection
 
 
 class TrainingWorker:
@@ -113,6 +153,11 @@ class TrainingWorker:
             self._idle.clear()
         self._queue.put(project)
         return True
+
+    def is_pending(self, project: str) -> bool:
+        """A training of ``project`` is queued (and would supersede one in progress)."""
+        with self._lock:
+            return project in self._pending
 
     def wait_idle(self, timeout: float | None = None) -> bool:
         """Block until nothing is queued or running (tests wait on a training requested by webhook)."""

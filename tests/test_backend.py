@@ -19,8 +19,10 @@ from clinie.core import read_documents
 from clinie.labelstudio import document_to_result, parse_label_config
 from clinie.settings import Settings
 from ml_backend.app import create_app
+from ml_backend.metrics import Metrics
 from ml_backend.service import Backend
 from ml_backend.serving import NO_MODEL_VERSION
+from ml_backend.training import Superseded, select_strategy, train_project
 from tests.support import DATA
 from tests.support.helpers import assert_regions_match_tasks, assert_spans_match_text, webhook_event
 from tests.support.labelstudio_server import free_port
@@ -333,6 +335,39 @@ def test_training_selects_a_strategy_by_cross_validation_and_the_backend_serves_
     answer = client.post("/predict", json={"tasks": tasks, "project": "1", "label_config": CONFIG}).json
     assert answer["model_version"] == expected == backend.model_version("1")
     assert_regions_match_tasks(tasks, answer)
+
+
+class RecordedMetrics(Metrics):
+    """The real metrics, with what /metrics showed of the training at each fit."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[dict] = []
+
+    def training_step(self, project: str, done: int, total: int) -> None:
+        super().training_step(project, done, total)
+        self.seen.append(self.snapshot()["trainings_in_flight"][0])
+
+
+@pytest.mark.slow
+def test_the_encoder_serves_before_selection_runs_and_a_newer_training_supersedes_the_selection(tmp_path):
+    settings = Settings(data_dir=tmp_path / "first", train_every=0, min_annotations=2, encoder_epochs=1,
+                        select_strategies="encoder", select_folds=2)
+    backend = Backend(settings, start_worker=False)
+    client = create_app(settings, backend).test_client()
+    for i, doc in enumerate(list(read_documents(NCBI_TRAIN))[:10]):
+        assert client.post("/webhook", json=webhook_event(i + 1, i + 1, doc.text, gold_result(doc))).json["stored"]
+    metrics = RecordedMetrics()
+
+    record, annotations = train_project(backend.store, settings, "1", backend.store.begin_training("1"), metrics)
+    assert record.info["selection"] is None and backend.model_version("1") == record.version  # serving already
+    with pytest.raises(Superseded):
+        select_strategy(backend.store, settings, record, annotations, metrics, superseded=lambda: True)
+    assert backend.store.serving_model("1").info["selection"] is None
+    selection = select_strategy(backend.store, settings, record, annotations, metrics)
+    assert backend.store.serving_model("1").info["selection"] == selection and selection["strategy"] == "encoder"
+    assert [(s["stage"], s["done"], s["total"]) for s in metrics.seen] == [
+        ("selection", 1, 2), ("selection", 1, 2), ("selection", 2, 2)]
 
 
 @pytest.mark.slow

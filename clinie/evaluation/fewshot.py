@@ -115,9 +115,10 @@ class CrossValidation:
 
 
 def cross_validate(docs: Sequence[Document], strategies: Sequence[Candidate], build: Build, *, k: int = 5,
-                   loo_below: int = 10, seed: int = 0, max_llm_share: float = 1.0,
-                   progress: bool = False) -> CrossValidation:
-    """Every strategy fitted on each fold's complement and run on the fold (see module doc)."""
+                   loo_below: int = 10, seed: int = 0, max_llm_share: float = 1.0, progress: bool = False,
+                   on_fit: Callable[[int, int], None] | None = None) -> CrossValidation:
+    """Every strategy fitted on each fold's complement and run on the fold (see module doc);
+    ``on_fit(done, total)`` is called after each fit (a caller's progress; it may raise to stop)."""
     if not 0 <= max_llm_share <= 1:
         raise ValueError(f"max_llm_share {max_llm_share} is not a share of sentences (0 to 1)")
     from tqdm.auto import tqdm
@@ -139,6 +140,8 @@ def cross_validate(docs: Sequence[Document], strategies: Sequence[Candidate], bu
                 predictions[strategy.name][i] = doc
             fold_f1[strategy.name].append(evaluate_spans(test, predicted)["strict"].micro.f1)
             steps.update()
+            if on_fit is not None:
+                on_fit(sum(map(len, fold_f1.values())), len(cv.folds) * len(strategies))
     steps.close()
     for strategy in strategies:
         cv.runs[strategy.name] = StrategyRun(strategy, predictions[strategy.name], fold_f1[strategy.name])  # type: ignore[arg-type]
