@@ -18,6 +18,8 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any, get_type_hints
 
+from clinie.embedded import EMBEDDED_LLM_NAME
+
 PREFIX = "CLINIE_"
 #: The longest one request may run before gunicorn kills its worker.
 WORKER_TIMEOUT_SECONDS = 600
@@ -43,6 +45,11 @@ class Settings:
     #: the project; before any selection, its trained encoder once there is one, the LLM
     #: before), ``llm`` or ``encoder``.
     strategy: str = "auto"
+    #: What pre-annotates under ``auto`` before a project's first trained model: ``none`` (no
+    #: regions), ``llm`` (the LLM, zero-shot, then with the annotations as demonstrations),
+    #: ``verified`` (the LLM's spans it confirms on a second look, each scored by that answer);
+    #: ``auto`` = ``none`` with the embedded Gemma 3 270M (its zero-shot spans are noise), else ``llm``.
+    cold_start: str = "auto"
     #: What selection compares after each training, by cross-validation over the project's
     #: annotations: ``encoder``, ``probe`` (a tagger on the frozen local LLM's hidden states),
     #: ``llm`` (``llm_k`` demos), ``llm-kN``, ``rerank`` (filter-then-rerank, bands
@@ -117,6 +124,26 @@ class Settings:
         return self.predict_budget_seconds + 30.0 if self.predict_budget_seconds > 0 else float(WORKER_TIMEOUT_SECONDS)
 
     @property
+    def llm_name(self) -> str:
+        """How model versions name the LLM: its provider and model (a local file by its name)."""
+        if not self.llm_model:
+            model = EMBEDDED_LLM_NAME
+        elif self.llm_provider == "openai":
+            model = self.llm_model
+        else:
+            model = Path(self.llm_model).name.removesuffix(".gguf")
+        return f"{self.llm_provider}-{model}"
+
+    @property
+    def cold_start_policy(self) -> str:
+        """``cold_start`` with ``auto`` resolved: ``none`` when the LLM is the embedded one (by
+        default, or named by its path as in the Docker image)."""
+        if self.cold_start != "auto":
+            return self.cold_start
+        embedded = self.llm_provider != "openai" and self.llm_name == f"{self.llm_provider}-{EMBEDDED_LLM_NAME}"
+        return "none" if embedded else "llm"
+
+    @property
     def store_path(self) -> Path:
         return self.data_dir / "clinie.sqlite3"
 
@@ -145,6 +172,8 @@ class Settings:
     def validate(self) -> None:
         if self.strategy not in ("auto", "llm", "encoder"):
             raise ValueError(f"{PREFIX}STRATEGY must be auto, llm or encoder, not {self.strategy!r}")
+        if self.cold_start not in ("auto", "none", "llm", "verified"):
+            raise ValueError(f"{PREFIX}COLD_START must be auto, none, llm or verified, not {self.cold_start!r}")
         if self.select_strategies:
             from clinie.strategies import parse_strategies
 

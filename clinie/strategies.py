@@ -1,12 +1,13 @@
 """The ways clinie pre-annotates, each registered once: selection, training, serving, the command
 line and the benches all go through this registry.
 
-A *kind* (``encoder``, ``probe``, ``gated``, ``llm``, ``rerank``) says what it is assembled from
+A *kind* (``encoder``, ``probe``, ``gated``, ``llm``, ``verified``, ``rerank``) says what it is assembled from
 (the *parts* it reads: the fine-tuned encoder, the probe on the local LLM's hidden states) and
 whether it sends text to the LLM; a *strategy* is a kind with its parameter, named as on the
 command line and in ``CLINIE_SELECT_STRATEGIES``: ``llm-k5`` (five retrieved demonstrations),
 ``gated-0.80`` (the probe reads the sentences where the encoder's confidence is below 0.80),
-``rerank-0.80`` (the LLM decides those sentences' spans).
+``rerank-0.80`` (the LLM decides those sentences' spans), ``verified-k5`` (the spans of
+``llm-k5`` that the LLM confirms on a second look).
 
 A strategy is built from ``Parts``: in cross-validation and studies the parts fitted on a fold's
 training set (``StrategyBuilder``); when serving, a model version's saved parts and the project's
@@ -38,6 +39,7 @@ from clinie.extractors.llm import LLMTagger
 from clinie.extractors.probe import ProbeTagger
 from clinie.extractors.relation_llm import LLMRelationExtractor
 from clinie.extractors.rerank import FilterThenRerank
+from clinie.extractors.verify import Verified
 from clinie.llm.base import LLM
 from clinie.llm.cache import CallCache
 from clinie.llm.hidden import HiddenStates
@@ -87,6 +89,10 @@ class LLMAccess:
         """The trained ``encoder``, the LLM choosing the spans of the sentences in ``band``."""
         return FilterThenRerank(encoder, self.llm, specs, band=band, embedder=self.embedder, guided=self.guided,
                                 cache=self.cache).fit(demos, refit_encoder=False)
+
+    def verified(self, specs: Sequence[LabelSpec], k: int, demos: Sequence[Document]) -> Verified:
+        """The word/TAG tagger's spans that the LLM confirms on a second look, scored by it."""
+        return Verified(self.tagger(specs, k, demos), self.llm, specs, guided=self.guided, cache=self.cache)
 
     def relations(self, specs: Sequence[RelationSpec], k: int, demos: Sequence[Document], *,
                   listed: bool = False) -> LLMRelationExtractor:
@@ -230,6 +236,9 @@ register(Kind("gated", "band", parts=("encoder", "probe"), reads_llm=False, vers
               build=lambda parts, s: FilterThenProbe(parts.part("encoder"), parts.part("probe"), band=s.band)))
 register(Kind("llm", "k", parts=(), reads_llm=True, relations_by_llm=True, version="clinie-llm-{llm}-k{k}-pool{pool}",
               build=lambda parts, s: parts.llm().tagger(parts.label_specs, s.k, parts.demos)))
+register(Kind("verified", "k", parts=(), reads_llm=True, relations_by_llm=True,
+              version="clinie-llm-{llm}-verified-k{k}-pool{pool}",
+              build=lambda parts, s: parts.llm().verified(parts.label_specs, s.k, parts.demos)))
 register(Kind("rerank", "band", parts=("encoder",), reads_llm=True, version="{model}-{name}-pool{pool}",
               build=lambda parts, s: parts.llm().rerank(parts.part("encoder"), parts.label_specs, s.band, parts.demos)))
 

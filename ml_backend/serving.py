@@ -13,12 +13,10 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, NamedTuple
 
 from clinie import __version__
 from clinie.core import Document, Extractor, LabelSpec, Schema
-from clinie.embedded import EMBEDDED_LLM_NAME
 from clinie.evaluation.calibration import Calibrator, calibrator_from_dict
 from clinie.extractors.base import SpansThenRelations
 from clinie.extractors.relation_encoder import RELATIONS_DIR, RelationClassifier
@@ -68,13 +66,15 @@ class Serving:
 
     def _strategy(self, record: ModelRecord | None) -> Strategy | None:
         """The strategy that serves: under ``auto``, the one selection chose with this model
-        version, else the encoder once trained, else the LLM; otherwise the one configured.
-        None when it needs a trained model and there is none yet."""
-        if self.settings.strategy == "auto":
-            chosen = (record.info.get("selection") or {}).get("strategy") if record is not None else None
-            name = chosen or ("encoder" if record is not None else "llm")
-        else:
+        version, else the encoder once trained, else the cold-start policy's (``llm``,
+        ``verified``, or none); otherwise the one configured. None when nothing may answer
+        before a trained model and there is none yet."""
+        if self.settings.strategy != "auto":
             name = self.settings.strategy
+        elif record is not None:
+            name = (record.info.get("selection") or {}).get("strategy") or "encoder"
+        elif (name := self.settings.cold_start_policy) == "none":
+            return None
         strategy = parse_strategies(name, k=self.settings.llm_k)[0]
         if record is None:
             return None if strategy.kind.needs_training else strategy
@@ -83,16 +83,9 @@ class Serving:
         return strategy
 
     def _version(self, project: str, record: ModelRecord | None, strategy: Strategy) -> str:
-        s = self.settings
-        if not s.llm_model:
-            model = EMBEDDED_LLM_NAME
-        elif s.llm_provider == "openai":
-            model = s.llm_model
-        else:  # a local file or directory: its name
-            model = Path(s.llm_model).name.removesuffix(".gguf")
         pool = self.store.count_training_examples(project) if strategy.kind.reads_llm else 0
-        return model_version(strategy, trained=record.version if record else None,
-                             llm_name=f"{s.llm_provider}-{model}", pool=pool)
+        return model_version(strategy, trained=record.version if record else None, llm_name=self.settings.llm_name,
+                             pool=pool)
 
     def model_version(self, project: str) -> str:
         """The version ``predictor`` would answer as, without loading any model."""

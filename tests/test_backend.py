@@ -220,9 +220,37 @@ def test_predicted_spans_come_back_as_annotations_without_drift(trained):
     assert len(doc.entities) == len(result["results"][0]["result"])
 
 
+@pytest.mark.parametrize("llm_model", ["", "/app/models/gemma-3-270m-q4_k_m.gguf"])  # as the image names it
+def test_a_fresh_project_on_the_embedded_llm_shows_no_regions_until_it_has_a_trained_model(tmp_path, llm_model):
+    # the embedded 270M model's zero-shot spans are noise (docs/results.md, cold start)
+    settings = Settings(data_dir=tmp_path / "cold", train_every=0, llm_model=llm_model)  # strategy, cold start: auto
+    client = create_app(settings, Backend(settings, start_worker=False)).test_client()
+    task = {"id": 1, "data": {"text": "Familial breast cancer and ataxia telangiectasia."}}
+    for i, doc in enumerate(list(read_documents(NCBI_TRAIN))[:3]):
+        client.post("/webhook", json=webhook_event(i + 1, i + 1, doc.text, gold_result(doc)))
+    answer = client.post("/predict", json={"tasks": [task], "project": "1", "label_config": CONFIG}).json
+    assert answer == {"results": [{"result": [], "model_version": NO_MODEL_VERSION}], "model_version": NO_MODEL_VERSION}
+
+
+@pytest.mark.slow
+def test_a_verified_cold_start_shows_only_the_spans_the_llm_confirms_scored_by_its_answer(tmp_path):
+    settings = Settings(data_dir=tmp_path / "verified", train_every=0, cold_start="verified")
+    backend = Backend(settings, start_worker=False)
+    client = create_app(settings, backend).test_client()
+    task = {"id": 1, "data": {"text": "Familial breast cancer and ataxia telangiectasia."}}
+    answer = client.post("/predict", json={"tasks": [task], "project": "1", "label_config": CONFIG}).json
+    assert answer["model_version"] == "clinie-llm-llama.cpp-gemma-3-270m-q4_k_m-verified-k0-pool0"
+    assert_regions_match_tasks([task], answer)
+    verified = backend.serving._assembled["1"][1]
+    questions = verified.questions.usage.calls + verified.questions.usage.cache_hits
+    regions = answer["results"][0]["result"]
+    assert questions >= len(regions)  # one question per proposed span; only the confirmed are shown
+    assert all(0 < r["score"] <= 1 for r in regions)
+
+
 @pytest.mark.slow
 def test_a_fresh_project_is_pre_annotated_by_the_llm_and_new_annotations_join_its_demos(tmp_path):
-    settings = Settings(data_dir=tmp_path / "llm", train_every=0, llm_k=2)  # strategy "auto"
+    settings = Settings(data_dir=tmp_path / "llm", train_every=0, llm_k=2, cold_start="llm")  # strategy "auto"
     client = create_app(settings).test_client()
     docs = list(read_documents(NCBI_TRAIN))
     task = {"id": 500, "data": {"text": docs[90].text}}

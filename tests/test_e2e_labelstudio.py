@@ -56,8 +56,11 @@ def backend(tmp_path_factory):
     # Selection is tested in test_backend.py. A /predict budget no batch can meet: every batch
     # past its first chunk is answered with its first task only, and Label Studio must then ask
     # for each task on its own — the fallback the budget relies on, checked against the real thing.
+    # The LLM pre-annotates at cold start (CLINIE_COLD_START=llm; by default, with the embedded
+    # model, a fresh project shows no regions: test_backend.py), through the real Label Studio.
     settings = {"CLINIE_TRAIN_EVERY": "0", "CLINIE_MIN_ANNOTATIONS": "5", "CLINIE_ENCODER_EPOCHS": "15",
-                "CLINIE_SELECT_STRATEGIES": "", "CLINIE_PREDICT_BUDGET_SECONDS": "0.000001"}
+                "CLINIE_SELECT_STRATEGIES": "", "CLINIE_PREDICT_BUDGET_SECONDS": "0.000001",
+                "CLINIE_COLD_START": "llm"}
     with BackendServer(tmp_path_factory.mktemp("backend"), **settings) as server:
         yield server
 

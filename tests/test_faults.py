@@ -155,7 +155,8 @@ def test_sigterm_lets_the_predictions_in_flight_finish(tmp_path):
             "label_config": DISEASE_CONFIG}
     # No predict budget: on a busy machine the whole batch is answered however long it takes, and
     # SIGTERM then leaves it up to 600 s.
-    with BackendServer(tmp_path / "data", CLINIE_SELECT_STRATEGIES="", CLINIE_PREDICT_BUDGET_SECONDS="0") as server:
+    with BackendServer(tmp_path / "data", CLINIE_SELECT_STRATEGIES="", CLINIE_PREDICT_BUDGET_SECONDS="0",
+                       CLINIE_COLD_START="llm") as server:
         warm_up = {**body, "tasks": [{"id": 9, "data": {"text": texts[0]}}]}  # loads the LLM
         assert requests.post(server.url + "/predict", json=warm_up, timeout=300).status_code == 200
         answers: list[requests.Response | Exception] = []

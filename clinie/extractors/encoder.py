@@ -35,7 +35,7 @@ import numpy as np
 from clinie.core import (Document, Span, Token, bio_labels, bio_to_spans, number_spans, spans_to_bio, tokenize,
                          word_pieces)
 from clinie.embedded import encoder_path
-from clinie.extractors.finetune import fine_tune, read_meta, write_meta
+from clinie.extractors.finetune import STEP_BUDGET, fine_tune, read_meta, write_meta
 
 KIND = "encoder-tagger"
 EPOCHS = 20  # the default number of epochs...
@@ -108,7 +108,8 @@ class EncoderTagger:
     a small training set gets more epochs, so that training takes at least ``MIN_STEPS``
     optimiser steps: at 100 sentences 20 epochs are 260 steps, but at 16 sentences they would be
     40, too few for the new classifier head (cross-validated on 16 NCBI sentences, 8 epochs
-    predicted no span at all). An explicit ``epochs`` is taken as given. Training is AdamW (weight
+    predicted no span at all), and a large one stops at ``STEP_BUDGET`` steps, so that long notes
+    do not multiply the training time. An explicit ``epochs`` is taken as given. Training is AdamW (weight
     decay 0.01), 10 % linear warm-up then linear decay, gradients clipped at 1.
 
     ``max_subwords`` caps a window in sub-words (specials included); the default is the
@@ -242,7 +243,7 @@ class EncoderTagger:
         fine_tune(self._model.parameters(), examples,
                   lambda part: self._model(**self._batch([w for w, _ in part], [lab for _, lab in part])).loss,
                   epochs=self._epochs(len(examples)), learning_rate=hp["learning_rate"], batch_size=hp["batch_size"],
-                  seed=hp["seed"], progress=progress)
+                  seed=hp["seed"], max_steps=None if hp["epochs"] else STEP_BUDGET, progress=progress)
         self._model.eval()
         self.n_train_docs = len(docs)
         return self
