@@ -13,6 +13,7 @@ time this runs. ``tests/test_results_doc.py`` fails when either differs from wha
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import sys
 from collections import Counter
@@ -287,6 +288,31 @@ picked from the same folds with `--max-llm-share 1` (the backend's default): the
 calibration error is the pick's, on the test spans, raw and calibrated on the pool's cross-validated spans."""
 
 
+def cold_start_section(results: Path = RESULTS) -> list[str]:
+    """What a fresh project is shown before its first model (``python -m bench.cold_start``)."""
+    runs = [json.loads(f.read_text()) for f in sorted((results / "cold_start").glob("*.json"))]
+    if not runs:
+        return []
+    lines = ["", "## Cold start: what a fresh project is shown", "",
+             "Before a project's first model, on held-out sentences (the first items of the Chen et al. 2023 "
+             "test sample), with the embedded Gemma 3 270M: strict precision, recall and F1 of the regions each "
+             "option shows, the wrong regions an annotator must find and delete per 100 sentences, how well the "
+             "regions' scores rank right above wrong (AUROC; – where there is nothing to rank), and the time. "
+             "`llm-kN`: the word/TAG tagger with N demonstrations; `verified-kN`: its regions the LLM confirms "
+             "on a second look; with N = 5 the demonstrations come from a project's first few annotations. "
+             "Showing nothing (`CLINIE_COLD_START=none`) shows no wrong region and no right one."]
+    for run in runs:
+        rows = [[name, f"{o['precision']:.3f}", f"{o['recall']:.3f}", f"{o['f1']:.3f}", str(o["regions_shown"]),
+                 f"{o['wrong_per_100_sentences']:.0f}", "–" if o["auroc"] is None else f"{o['auroc']:.2f}",
+                 f"{o['seconds_per_sentence']:.1f}"] for name, o in run["options"].items()]
+        lines += ["", f"### {corpus_name(run['corpus'])}: {run['items']} sentences, {run['gold_regions']} gold "
+                      f"regions, {run['demos']} annotations to retrieve from", "",
+                  f"`{run['command']}` (model `{run['llm']}`):", "",
+                  *table(["option", "precision", "recall", "F1", "regions shown", "wrong / 100 sentences",
+                          "AUROC of scores", "s / sentence"], rows)]
+    return lines
+
+
 def render_results(results: Path = RESULTS) -> str:
     """The whole of docs/results.md."""
     runs = loop_runs(results)
@@ -314,6 +340,7 @@ def render_results(results: Path = RESULTS) -> str:
                   "", "Each run (test F1, CV F1 in brackets, each band's share of the test sentences the LLM read):",
                   "", *run_table(study),
                   "", "Counted from these runs:", "", *findings(study)]
+    lines += cold_start_section(results)
     return "\n".join(lines) + "\n"
 
 

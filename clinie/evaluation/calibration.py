@@ -69,6 +69,22 @@ def expected_calibration_error(scores: Sequence[float], correct: Sequence[int], 
     return sum(b["count"] / total * abs(b["accuracy"] - b["confidence"]) for b in reliability(scores, correct, bins))
 
 
+def auroc(scores: Sequence[float], correct: Sequence[int]) -> float | None:
+    """How well scores rank right spans above wrong ones: the chance a random right span scores
+    higher than a random wrong one (ties count half); None without both kinds. Calibration can
+    be perfect while this is 0.5 (one score for every span sorts nothing).
+
+    >>> auroc([0.9, 0.8, 0.3, 0.3], [1, 0, 1, 0]), auroc([0.5, 0.5], [1, 0]), auroc([0.9], [1])
+    (0.625, 0.5, None)
+    """
+    right = [s for s, c in zip(scores, correct) if c]
+    wrong = [s for s, c in zip(scores, correct) if not c]
+    if not right or not wrong:
+        return None
+    wins = sum((r > w) + 0.5 * (r == w) for r in right for w in wrong)
+    return wins / (len(right) * len(wrong))
+
+
 def _logit(p: np.ndarray) -> np.ndarray:
     p = np.clip(p, _EPS, 1 - _EPS)
     return np.log(p / (1 - p))
