@@ -15,10 +15,12 @@ from pathlib import Path
 
 import pytest
 import requests
+from label_studio_sdk.client import LabelStudio
 
 from clinie.cli import main
 from clinie.core import read_documents, write_documents
 from clinie.labelstudio import document_to_result, parse_label_config
+from clinie.selection import project_documents
 from clinie.store import AnnotationStore
 from tests.support import DATA
 from tests.support.backend_server import BackendServer
@@ -83,10 +85,12 @@ def test_annotations_train_the_encoder_and_predictions_land_in_label_studio(labe
         assert prediction["model_version"].endswith("-k0-pool0")
         assert_regions_valid(prediction["result"], texts[task_id])
 
-    # Annotators submit 30 tasks; each submission reaches clinie by webhook and is stored.
+    # 30 tasks are annotated through Label Studio's SDK, as scripts and imports do it: regions
+    # without ids. Each submission reaches clinie by webhook and is stored.
+    sdk = LabelStudio(base_url=label_studio.url, api_key=api.personal_access_token())
     for task_id, doc in zip(task_ids[:30], docs[:30]):
         result, _ = document_to_result(doc, control)
-        api.create_annotation(task_id, result)
+        sdk.annotations.create(id=task_id, result=[{k: v for k, v in r.items() if k != "id"} for r in result])
     counts = requests.get(backend.url + "/metrics?format=json", timeout=10).json()["store"]["annotations"]
     assert counts == {"submitted": 30}, backend.log_tail()
 
@@ -105,6 +109,10 @@ def test_annotations_train_the_encoder_and_predictions_land_in_label_studio(labe
     versions = wait_for(lambda: requests.get(backend.url + "/versions", timeout=10).json()["versions"],
                         600, "a trained model version")
     assert versions[0].endswith("-n30")
+    # ...trained on every annotated entity: regions without ids are not "no entity"
+    stored = project_documents(AnnotationStore(backend.data_dir / "clinie.sqlite3"), str(project))
+    assert sum(len(d.entities) for d in stored.docs) == sum(len(d.entities) for d in docs[:30])
+    assert not stored.unusable
 
     # "Retrieve predictions" for the 15 unannotated tasks: one batch, over its time budget after
     # 8 tasks; Label Studio then asks task by task and stores a prediction for every one.

@@ -83,6 +83,7 @@ class BackendServer(ServerProcess):
     """``with BackendServer(data_dir, CLINIE_TRAIN_EVERY="0") as b: requests.get(b.url + "/health")``"""
 
     def __init__(self, data_dir: Path, port: int | None = None, **settings: str) -> None:
+        self.data_dir = data_dir
         super().__init__([sys.executable, "-m", "clinie.cli", "serve", "--host", "127.0.0.1", "--port", "{port}"],
                          data_dir / "backend.log", "/health", {"CLINIE_DATA_DIR": str(data_dir), **settings},
                          port=port)
