@@ -90,14 +90,16 @@ def main() -> None:
         print(f"\n{corpus}: strict F1 on the 200 Chen et al. items, mean ± sd over seeds; "
               f"GPT-4 zero-shot {GPT4_ZERO_SHOT[corpus]:.3f}\n")
         names = [*summary["strategies"], *PICKS]
-        print("| pool | seeds | " + " | ".join(names) + " | CV picked | CV picked, no budget | sentences to LLM (selected) |")
-        print("|---" * (len(names) + 5) + "|")
+        print("| pool | seeds | " + " | ".join(names) + " | CV picked | CV picked, no budget | default picked | "
+              "sentences to LLM (selected) |")
+        print("|---" * (len(names) + 6) + "|")
         for size in summary["sizes"]:
             row = summary["by_size"][size]
             cells = [mean_sd_text(row["strategies"][n]["f1"]) for n in names]
             seeds_run = ", ".join(map(str, row["seeds"]))
             print(f"| {size} | {seeds_run} | " + " | ".join(cells) + f" | {', '.join(row['selected'])} | "
-                  f"{', '.join(row['no budget'])} | {row['strategies']['selected']['sentence_share']:.0%} |")
+                  f"{', '.join(row['no budget'])} | {', '.join(row['default'])} | "
+                  f"{row['strategies']['selected']['sentence_share']:.0%} |")
         report = new_report(f"True few-shot learning loop: {corpus}", "fewshot", "python -m bench.loop "
                             f"--corpora {corpus} --sizes {args.sizes} --seeds {args.seeds} "
                             f"--strategies {','.join(summary['strategies'])} --max-llm-share {args.max_llm_share}")

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.loop import GPT4_ZERO_SHOT
-from clinie.evaluation.study import PICKS, best_in_cv, load_run, mean_sd_text, summarise
+from clinie.evaluation.study import PICKS, best_in_cv, default_pick, load_run, mean_sd_text, summarise
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
@@ -171,7 +171,7 @@ def mean_table(study: dict[str, Any]) -> list[str]:
     names = study["strategies"]
     within = f"CV picked within {budget_text(study['budget'])}"
     header = ["corpus", "pool", "seeds", *map(title, names), f"{within} (picks)", "CV picked, no budget (picks)",
-              "GPT-4 zero-shot (published)"]
+              "the backend's default (picks)", "GPT-4 zero-shot (published)"]
     rows = []
     for corpus, runs in study["runs"].items():
         summary = summarise(runs)
@@ -188,7 +188,8 @@ def run_table(study: dict[str, Any]) -> list[str]:
     names = study["strategies"]
     within = f"CV picked within {budget_text(study['budget'])} → test F1"
     header = ["corpus, seed", "pool", *map(title, names), within,
-              "sentences the LLM read", "CV picked, no budget → test F1", "ECE of the pick, raw → calibrated"]
+              "sentences the LLM read", "CV picked, no budget → test F1", "the backend's default → test F1",
+              "ECE of the pick, raw → calibrated"]
     rows = []
     for corpus, runs in study["runs"].items():
         for run in runs:
@@ -202,13 +203,14 @@ def run_table(study: dict[str, Any]) -> list[str]:
             overall = run["test"][picked]["per_label"]["all"]
             test_share = share_of(run, picked) or 0.0
             cv_share = run["cv"]["strategies"][picked].get("llm_share", 0.0)
-            free = best_in_cv(run)
+            free, default = best_in_cv(run), default_pick(run)
             calibration = run["test"][picked].get("calibration", {})
             ece = (f"{calibration['ece_raw']:.2f} → {calibration['ece_calibrated']:.2f}"
                    if "ece_calibrated" in calibration else "–")
             rows.append([f"{corpus_name(corpus)}, {run['seed']}", str(run["size"]), *cells,
                          f"{picked} → **{overall['f1']:.3f} [{overall['f1_low']:.3f}, {overall['f1_high']:.3f}]**",
-                         f"{pct(test_share)} ({pct(cv_share)} in CV)", f"{free} → {f1_of(run, free):.3f}", ece])
+                         f"{pct(test_share)} ({pct(cv_share)} in CV)", f"{free} → {f1_of(run, free):.3f}",
+                         f"{default} → {f1_of(run, default):.3f}", ece])
     return table(header, rows)
 
 
@@ -237,7 +239,8 @@ def findings(study: dict[str, Any]) -> list[str]:
         lines.append(f"- The probe reading every sentence scored above GPT-4 zero-shot's published figure in "
                      f"{won} of {len(above)} runs.")
     lines.append(f"- Picked by cross-validation within {pct(study['budget'])} of the sentences: "
-                 f"{_count(r['selected'] for _, r in runs)}; with no budget: {_count(best_in_cv(r) for _, r in runs)}.")
+                 f"{_count(r['selected'] for _, r in runs)}; with no budget: {_count(best_in_cv(r) for _, r in runs)}; "
+                 f"by the backend's default: {_count(default_pick(r) for _, r in runs)}.")
     picked_llm = [(c, r) for c, r in runs if share_of(r, r["selected"])]
     if picked_llm:
         more = [r for _, r in picked_llm
@@ -359,7 +362,8 @@ def render_summary(results: Path = RESULTS) -> str:
     all_runs = [r for rs in study["runs"].values() for r in rs]
     rows = []
     picks = {"selected": f"picked by CV within {budget_text(study['budget'])} of the sentences",
-             "no budget": "picked by CV, no budget (the default)"}
+             "no budget": "picked by CV, best mean, no budget",
+             "default": "picked by the default: the probe unless beaten by > 1 SE"}
     for name in [*study["strategies"], *PICKS]:
         shares = [share_of(r, name if name not in PICKS else PICKS[name](r)) or 0.0 for r in all_runs]
         f1 = [mean_sd_text(at["strategies"][name]["f1"]) for _, _, at in columns]

@@ -230,7 +230,7 @@ def _report(args: argparse.Namespace) -> int:
     strategies = parse_strategies(args.strategies or settings.select_strategies or "encoder", k=settings.llm_k)
     build = builder(schema, settings, llm=lambda: make_llm(settings))
     cv = cross_validate(docs, strategies, build, k=settings.select_folds, seed=args.seed,
-                        max_llm_share=settings.select_max_llm_share, progress=True)
+                        max_llm_share=settings.select_max_llm_share, prefer=settings.select_prefer, progress=True)
     sizes = sorted({max(1, round(len(docs) * f)) for f in (0.25, 0.5, 0.75)})
     curve = learning_curve(docs, strategies, build, sizes, repeats=args.repeats, seed=args.seed, progress=True) \
         if args.repeats else {}

@@ -110,4 +110,4 @@ def select(docs: Sequence[Document], build: StrategyBuilder, settings: Settings,
     ``on_fit(done, total)`` after each strategy fitted on a fold (progress; it may raise to stop)."""
     strategies = parse_strategies(settings.select_strategies, k=settings.llm_k)
     return cross_validate(docs, strategies, build, k=settings.select_folds, seed=seed,
-                          max_llm_share=settings.select_max_llm_share, on_fit=on_fit)
+                          max_llm_share=settings.select_max_llm_share, prefer=settings.select_prefer, on_fit=on_fit)

@@ -57,6 +57,10 @@ class Settings:
     #: sentences the encoder is unsure of, same bands), ``gated-0.NN``; empty = no selection
     #: (the encoder serves).
     select_strategies: str = "encoder,gated,probe,llm,rerank"
+    #: The strategy selection keeps unless another beats its cross-validated F1 by more than one
+    #: standard error (folds of a few sentences cannot rank close strategies; measured, the probe
+    #: is best at every pool size from 10 to 100); empty = the best mean F1.
+    select_prefer: str = "probe"
     #: Folds of that cross-validation (leave-one-out below 10 annotations).
     select_folds: int = 5
     #: The largest share of sentences the selected strategy may send to the LLM (as measured in

@@ -345,7 +345,8 @@ def train_by_webhook(settings: Settings, docs: list, project: int = 1):
 @pytest.mark.slow
 def test_training_selects_a_strategy_by_cross_validation_and_the_backend_serves_it(tmp_path):
     settings = Settings(data_dir=tmp_path / "select", train_every=0, min_annotations=5, encoder_epochs=10, llm_k=2,
-                        select_strategies="encoder,probe,gated-0.8,llm", select_folds=3)  # strategy "auto"
+                        select_strategies="encoder,probe,gated-0.8,llm", select_folds=3,
+                        select_prefer="")  # strategy "auto"; the best mean F1 wins (the rule: test_fewshot)
     # (filter-then-rerank in cross-validation: test_fewshot; served: the LLM-endpoint tests below)
     docs = list(read_documents(NCBI_TRAIN))
     backend, client = train_by_webhook(settings, docs[:15])

@@ -65,6 +65,15 @@ def test_the_best_mean_f1_is_selected_and_ties_go_to_the_first_listed():
     assert cv.summary()["selected"] == "rerank-0.80" and cv.summary()["scheme"] == "2-fold"
 
 
+def test_the_preferred_strategy_is_kept_while_within_one_standard_error_of_the_best():
+    cv = CrossValidation([], [[0, 1], [2, 3]], prefer="probe")
+    cv.runs["encoder"] = StrategyRun(Strategy("encoder"), [], [0.9, 0.5])  # mean 0.70, standard error 0.20
+    cv.runs["probe"] = StrategyRun(Strategy("probe"), [], [0.6, 0.55])     # 0.575: within it
+    assert cv.selected.name == "probe" and cv.summary()["prefer"] == "probe"
+    cv.runs["probe"] = StrategyRun(Strategy("probe"), [], [0.5, 0.4])      # 0.45: clearly beaten
+    assert cv.selected.name == "encoder"
+
+
 def test_a_strategy_above_the_llm_budget_is_not_selected_however_good():
     def read(to_llm: int) -> list[Document]:  # what a strategy's cross-validated predictions say it cost
         return [Document("a", "x", meta={"llm": {"sentences": 4, "sentences_to_llm": to_llm}})]

@@ -5,7 +5,8 @@ few-shot performance). Over the ``n`` annotated documents, K-fold cross-validati
 out below ``loo_below``) compares strategies — the LLM with ``k`` retrieved demonstrations, the
 fine-tuned encoder, the probe (a tagger on the frozen LLM's hidden states), filter-then-rerank
 and filter-then-probe with several bands — and picks the best by mean F1 over folds (ties go to
-the strategy listed first: list the cheaper first). A budget on the share of sentences the LLM
+the strategy listed first: list the cheaper first; ``prefer`` names one kept while within one
+standard error of the best, see ``pick``). A budget on the share of sentences the LLM
 may see (``max_llm_share``, as measured in the cross-validation) rules out the strategies above
 it. Every fold learns from the other folds only: its documents are in none of the encoder's or
 the probe's training set and the LLM's demonstration pool.
@@ -19,9 +20,10 @@ Folds are seeded:
 
 from __future__ import annotations
 
+import math
 import random
 import statistics
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -91,14 +93,14 @@ class CrossValidation:
     folds: list[list[int]]
     runs: dict[str, StrategyRun] = field(default_factory=dict)
     max_llm_share: float = 1.0
+    prefer: str = ""
 
     @property
     def selected(self) -> Candidate:
-        """The best mean F1 over folds among the strategies within the LLM budget (the first
-        listed among equals); when none is, the one that sends the LLM the fewest sentences."""
-        runs = list(self.runs.values())
-        eligible = [r for r in runs if r.llm_share <= self.max_llm_share] or [min(runs, key=lambda r: r.llm_share)]
-        return max(eligible, key=lambda r: r.mean_f1).strategy  # max keeps the first of equals
+        """The strategy ``pick`` chooses from these figures."""
+        figures = {name: {"mean_f1": r.mean_f1, "sd_f1": r.sd_f1, "fold_f1": r.fold_f1, "llm_share": r.llm_share}
+                   for name, r in self.runs.items()}
+        return self.runs[pick(figures, max_llm_share=self.max_llm_share, prefer=self.prefer)].strategy
 
     def fold_predictions(self, name: str) -> list[tuple[list[Document], list[Document]]]:
         """Per fold, (gold, predicted) documents of strategy ``name``."""
@@ -108,15 +110,40 @@ class CrossValidation:
     def summary(self) -> dict[str, Any]:
         return {"n_documents": len(self.docs), "n_folds": len(self.folds),
                 "scheme": "leave-one-out" if all(len(f) == 1 for f in self.folds) else f"{len(self.folds)}-fold",
-                "selected": self.selected.name, "max_llm_share": self.max_llm_share,
+                "selected": self.selected.name, "max_llm_share": self.max_llm_share, "prefer": self.prefer,
                 "strategies": {name: {"mean_f1": round(r.mean_f1, 4), "sd_f1": round(r.sd_f1, 4),
                                       "fold_f1": [round(f, 4) for f in r.fold_f1], "llm_share": round(r.llm_share, 4)}
                                for name, r in self.runs.items()}}
 
 
+def pick(figures: Mapping[str, Mapping[str, Any]], *, max_llm_share: float = 1.0, prefer: str = "") -> str:
+    """The strategy to serve, from each one's cross-validated ``mean_f1``, ``sd_f1`` (over the
+    folds), ``fold_f1`` and ``llm_share``: the best mean F1 among those within the LLM budget (the
+    first listed among equals; when none is within it, the one that sends the LLM the fewest
+    sentences) — unless ``prefer`` is within the budget and within one standard error of that
+    best mean (``sd_f1 / sqrt(folds)``), then ``prefer``. Folds of a few sentences cannot rank
+    close strategies: the one-standard-error rule keeps the one the measurements favour at every
+    pool size (the probe; docs/results.md) unless another is clearly better.
+
+    >>> figures = {"encoder": {"mean_f1": 0.60, "sd_f1": 0.20, "fold_f1": [0.4, 0.8], "llm_share": 0.0},
+    ...            "probe": {"mean_f1": 0.50, "sd_f1": 0.10, "fold_f1": [0.4, 0.6], "llm_share": 1.0}}
+    >>> pick(figures), pick(figures, prefer="probe"), pick(figures, prefer="probe", max_llm_share=0.5)
+    ('encoder', 'probe', 'encoder')
+    """
+    names = list(figures)
+    eligible = [n for n in names if figures[n]["llm_share"] <= max_llm_share] or \
+        [min(names, key=lambda n: figures[n]["llm_share"])]
+    best = max(eligible, key=lambda n: figures[n]["mean_f1"])  # max keeps the first of equals
+    if prefer in eligible and prefer != best:
+        standard_error = figures[best]["sd_f1"] / math.sqrt(len(figures[best]["fold_f1"]))
+        if figures[prefer]["mean_f1"] >= figures[best]["mean_f1"] - standard_error:
+            return prefer
+    return best
+
+
 def cross_validate(docs: Sequence[Document], strategies: Sequence[Candidate], build: Build, *, k: int = 5,
-                   loo_below: int = 10, seed: int = 0, max_llm_share: float = 1.0, progress: bool = False,
-                   on_fit: Callable[[int, int], None] | None = None) -> CrossValidation:
+                   loo_below: int = 10, seed: int = 0, max_llm_share: float = 1.0, prefer: str = "",
+                   progress: bool = False, on_fit: Callable[[int, int], None] | None = None) -> CrossValidation:
     """Every strategy fitted on each fold's complement and run on the fold (see module doc);
     ``on_fit(done, total)`` is called after each fit (a caller's progress; it may raise to stop)."""
     if not 0 <= max_llm_share <= 1:
@@ -126,7 +153,7 @@ def cross_validate(docs: Sequence[Document], strategies: Sequence[Candidate], bu
     docs = list(docs)
     if len({d.id for d in docs}) != len(docs):
         raise ValueError("document ids repeat: folds could not keep a document out of its own training set")
-    cv = CrossValidation(docs, folds(len(docs), k, loo_below, seed), max_llm_share=max_llm_share)
+    cv = CrossValidation(docs, folds(len(docs), k, loo_below, seed), max_llm_share=max_llm_share, prefer=prefer)
     predictions: dict[str, list[Document | None]] = {s.name: [None] * len(docs) for s in strategies}
     fold_f1: dict[str, list[float]] = {s.name: [] for s in strategies}
     steps = tqdm(total=len(cv.folds) * len(strategies), desc="cross-validation", unit="fit", disable=not progress)

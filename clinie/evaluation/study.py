@@ -23,7 +23,9 @@ from clinie.core import Document
 from clinie.evaluation.analysis import confusion, error_kinds, per_label, worst_documents
 from clinie.evaluation.calibration import (calibrate_documents, cross_fitted, expected_calibration_error,
                                            fit_calibrator, reliability, span_outcomes)
-from clinie.evaluation.fewshot import Build, Candidate, CrossValidation, cross_validate, sentence_share, subsample
+from clinie.evaluation.fewshot import (Build, Candidate, CrossValidation, cross_validate, pick, sentence_share,
+                                      subsample)
+from clinie.settings import Settings
 
 COST_KEYS = ("calls", "cache_hits", "prompt_tokens", "completion_tokens", "sentences", "sentences_to_llm", "seconds")
 
@@ -133,14 +135,18 @@ def mean_sd_text(values: Sequence[float]) -> str:
 
 def best_in_cv(run: dict[str, Any]) -> str:
     """What cross-validation would have picked in ``run`` with no LLM budget: the best mean F1,
-    the first listed among equals (``CrossValidation.selected`` with ``max_llm_share=1``, on the
-    saved figures)."""
-    cv = run["cv"]["strategies"]
-    return max(cv, key=lambda name: cv[name]["mean_f1"])
+    the first listed among equals (``pick`` with no budget, on the saved figures)."""
+    return pick(run["cv"]["strategies"])
+
+
+def default_pick(run: dict[str, Any]) -> str:
+    """What the backend's default selection would have picked in ``run``: no budget, the
+    strategy ``CLINIE_SELECT_PREFER`` names while within one standard error of the best."""
+    return pick(run["cv"]["strategies"], prefer=Settings().select_prefer)
 
 
 #: The rows of a summary that stand, in each run, for the strategy a rule picked.
-PICKS = {"selected": lambda run: run["selected"], "no budget": best_in_cv}
+PICKS = {"selected": lambda run: run["selected"], "no budget": best_in_cv, "default": default_pick}
 
 
 def summarise(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
@@ -164,7 +170,7 @@ def summarise(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
                                        "sentence_share": statistics.fmean(shares)}
             if name not in PICKS:
                 row["strategies"][name]["cv_f1_mean"] = statistics.fmean(r["cv"]["strategies"][name]["mean_f1"] for r in at)
-        row.update({name: [pick(r) for r in at] for name, pick in PICKS.items()})
+        row.update({name: [rule(r) for r in at] for name, rule in PICKS.items()})
         table[size] = row
     return {"sizes": sizes, "strategies": names, "by_size": table}
 
