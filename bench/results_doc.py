@@ -316,6 +316,27 @@ def cold_start_section(results: Path = RESULTS) -> list[str]:
     return lines
 
 
+def first_model_section(results: Path = RESULTS) -> list[str]:
+    """How long a project waits after Start training (``python -m bench.first_model``)."""
+    runs = [json.loads(f.read_text()) for f in sorted((results / "first_model").glob("*.json"))]
+    lines = []
+    for run in runs:
+        rows = [[str(r["annotations"]), f"{r['encoder_served_seconds']:.0f}",
+                 "–" if r["selection_served_seconds"] is None else f"{r['selection_served_seconds']:.0f}",
+                 "–" if not r["selection_served_seconds"] else
+                 f"{r['encoder_served_seconds'] / r['selection_served_seconds']:.2f}", r["selected"] or "–"]
+                for r in run["runs"]]
+        lines += ["", "## Time to a first model", "",
+                  f"After *Start training*, {corpus_name(run['corpus'])} annotations by webhook into a fresh backend on "
+                  f"the embedded models, selection over `{run['strategies']}`: seconds from the start of the "
+                  "training until the encoder served, and until the strategy selection picked served (what a first "
+                  "model cost when selection ran before it); one run each, on 2 cores.", "",
+                  f"`{run['command']}`:", "",
+                  *table(["annotations", "encoder serves (s)", "selected strategy serves (s)",
+                          "ratio", "selected"], rows)]
+    return lines
+
+
 def render_results(results: Path = RESULTS) -> str:
     """The whole of docs/results.md."""
     runs = loop_runs(results)
@@ -343,7 +364,7 @@ def render_results(results: Path = RESULTS) -> str:
                   "", "Each run (test F1, CV F1 in brackets, each band's share of the test sentences the LLM read):",
                   "", *run_table(study),
                   "", "Counted from these runs:", "", *findings(study)]
-    lines += cold_start_section(results)
+    lines += cold_start_section(results) + first_model_section(results)
     return "\n".join(lines) + "\n"
 
 

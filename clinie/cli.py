@@ -243,9 +243,11 @@ def _report(args: argparse.Namespace) -> int:
                          ("relations pointing at a region their annotation lacks (skipped)",
                           annotations.skipped_relations),
                          ("labels", ", ".join(schema.span_labels)),
-                         ("serving model", record.version if record else "none trained yet"),
+                         ("serving model", f"{record.version} (trained in {record.info.get('seconds', '?')} s)"
+                          if record else "none trained yet"),
                          ("strategy selected at the last training",
-                          f"{stored['strategy']} ({stored['created_at']}, over {stored['n_documents']} annotations)"
+                          f"{stored['strategy']} ({stored['created_at']}, over {stored['n_documents']} annotations, "
+                          f"{stored.get('seconds', '?')} s of selection after the encoder served)"
                           if stored.get("strategy") else "none"),
                          ("strategy this cross-validation selects", cv.selected.name)]
     project_report(cv, curve, report, examples=args.examples)
