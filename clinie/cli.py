@@ -81,54 +81,80 @@ def _llm_settings(args: argparse.Namespace) -> Settings:
     return settings
 
 
-def _llm_extractors(args: argparse.Namespace):
-    """The LLM tagger, and the LLM relation extractor when there are relations to predict."""
-    from clinie.core import LabelSpec
-    from clinie.llm import make_llm
-    from clinie.llm.cache import CallCache
-    from clinie.retrieval import Embedder
-    from clinie.strategies import LLMAccess
+class _CommandLineParts:
+    """What a strategy is built from on the command line (``clinie.strategies.Parts``): the
+    model directory ``--model`` (written by ``clinie train``, or a backend's model version), the
+    demonstrations ``--demos``, and the LLM of the ``--provider`` options."""
 
-    demos = list(read_documents(args.demos)) if args.demos else []
-    schema = _schema(args)
-    if schema:
-        labels = [label for control in schema.span_controls for label in control.labels]
-    else:
-        names = args.labels.split(",") if args.labels else sorted({s.label for d in demos for s in d.entities})
-        labels = [LabelSpec(name) for name in names]
-    if not labels:
-        raise ValueError("name the labels: --config label_configs/X.xml, --labels A,B, or --demos with entities")
-    settings = _llm_settings(args)
-    access = LLMAccess(make_llm(settings), Embedder(), CallCache(args.cache) if args.cache else None,
-                       guided=bool(settings.llm_guided))
-    tagger = access.tagger(labels, args.k, demos)
-    specs = _relation_specs(schema, demos)
-    return tagger, access.relations(specs, args.k, demos, listed=args.pairs == "listed") if specs else None
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.demos = list(read_documents(args.demos)) if args.demos else []
+        self.schema = _schema(args)
+        self._llm = None
+
+    @property
+    def label_specs(self) -> list:
+        from clinie.core import LabelSpec
+
+        if self.schema:
+            return [label for control in self.schema.span_controls for label in control.labels]
+        names = self.args.labels.split(",") if self.args.labels else \
+            sorted({s.label for d in self.demos for s in d.entities})
+        if not names:
+            raise ValueError("name the labels: --config label_configs/X.xml, --labels A,B, or --demos with entities")
+        return [LabelSpec(name) for name in names]
+
+    @property
+    def relation_specs(self) -> list:
+        return _relation_specs(self.schema, self.demos)
+
+    def part(self, name: str):
+        from clinie.selection import probe_states
+        from clinie.strategies import PARTS
+
+        if not self.args.model:
+            raise ValueError(f"--model DIR (written by 'clinie train') is needed: the {name} is read from it")
+        part = PARTS[name]
+        return part.load(self.args.model / part.directory, lambda: probe_states(_llm_settings(self.args)))
+
+    def trained_relations(self):
+        from clinie.extractors.relation_encoder import RELATIONS_DIR, RelationClassifier
+
+        found = self.args.model and (self.args.model / RELATIONS_DIR).is_dir()
+        return RelationClassifier.load(self.args.model / RELATIONS_DIR) if found else None
+
+    def llm(self):
+        from clinie.llm import make_llm
+        from clinie.llm.cache import CallCache
+        from clinie.retrieval import Embedder
+        from clinie.strategies import LLMAccess
+
+        if self._llm is None:
+            settings = _llm_settings(self.args)
+            self._llm = LLMAccess(make_llm(settings), Embedder(), CallCache(self.args.cache) if self.args.cache else None,
+                                  guided=bool(settings.llm_guided))
+        return self._llm
 
 
 def _predict(args: argparse.Namespace) -> int:
-    docs = list(read_documents(args.data))
-    spans_given = [d.with_annotations(d.entities) for d in docs]  # gold spans kept, gold relations dropped
-    if args.strategy == "llm":
-        tagger, relations = _llm_extractors(args)
-        predictions = []
-        for doc, given in zip(tqdm(docs, desc="predicting", unit="doc"), spans_given):
-            tagged = given if args.gold_spans else tagger.predict([doc])[0]
-            predictions.append(relations.predict([tagged])[0] if relations else tagged)
-        for name, usage in (("entities", tagger.usage), ("relations", relations and relations.usage)):
-            if usage and usage.calls + usage.cache_hits:
-                print(f"LLM {name}: {usage.calls} calls, {usage.cache_hits} cache hits, {usage.prompt_tokens} prompt "
-                      f"and {usage.completion_tokens} generated tokens", file=sys.stderr)
-    else:
-        from clinie.extractors.encoder import EncoderTagger
-        from clinie.extractors.relation_encoder import RELATIONS_DIR, RelationClassifier
+    from clinie.extractors.base import SpansThenRelations
+    from clinie.strategies import assemble, parse_strategies
 
-        if not args.model:
-            raise ValueError("--model DIR (written by 'clinie train') is needed with --strategy encoder")
-        predictions = spans_given if args.gold_spans else \
-            EncoderTagger.load(args.model).predict(docs, batch_size=args.batch_size, progress=True)
-        if (args.model / RELATIONS_DIR).is_dir():
-            predictions = RelationClassifier.load(args.model / RELATIONS_DIR).predict(predictions)
+    docs = list(read_documents(args.data))
+    strategy = parse_strategies(args.strategy, k=args.k)[0]
+    parts = _CommandLineParts(args)
+    model = assemble(strategy, parts, parts.relation_specs, parts.trained_relations, listed=args.pairs == "listed")
+    spans, relations = (model.spans, model.relations) if isinstance(model, SpansThenRelations) else (model, None)
+    predictions = []
+    for first in tqdm(range(0, len(docs), args.batch_size), desc="predicting", unit="batch"):
+        chunk = docs[first:first + args.batch_size]
+        # --gold-spans: the data's spans kept, its relations dropped
+        tagged = [d.with_annotations(d.entities) for d in chunk] if args.gold_spans else spans.predict(chunk)
+        predictions.extend(relations.predict(tagged) if relations else tagged)
+    for name, extractor in (("entities", spans), ("relations", relations)):
+        if (usage := getattr(extractor, "usage", None)) and usage.calls + usage.cache_hits:
+            print(f"LLM {name}: {usage.calls} calls, {usage.cache_hits} cache hits, {usage.prompt_tokens} prompt "
+                  f"and {usage.completion_tokens} generated tokens", file=sys.stderr)
     if args.out:
         write_documents(predictions, args.out)
     else:
@@ -299,8 +325,10 @@ def build_parser() -> argparse.ArgumentParser:
     predict = commands.add_parser("predict", help="predict entities for a JSONL file")
     predict.add_argument("--data", type=Path, required=True)
     predict.add_argument("--out", type=Path, help="output JSONL (default: stdout)")
-    predict.add_argument("--strategy", choices=("encoder", "llm"), default="encoder")
-    predict.add_argument("--model", type=Path, help="encoder: a directory written by 'clinie train'")
+    predict.add_argument("--strategy", default="encoder",
+                         help=f"{strategy_forms()} (default encoder; llm, verified: --k demos)")
+    predict.add_argument("--model", type=Path, help="a directory written by 'clinie train' or a backend's model "
+                                                    "version (the encoder, and the probe if saved there)")
     predict.add_argument("--batch-size", type=int, default=32)
     _add_llm_arguments(predict)
     predict.add_argument("--demos", type=Path, help="llm: annotated JSONL to retrieve demonstrations from")

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any, Literal, Protocol
 
 from clinie.core import Document, Extractor, LabelSpec, RelationSpec
+from clinie.extractors.base import SpansThenRelations
 from clinie.extractors.encoder import EncoderTagger
 from clinie.extractors.gated import FilterThenProbe
 from clinie.extractors.llm import LLMTagger
@@ -214,6 +215,20 @@ def parse_strategies(text: str, k: int = DEFAULT_K, bands: Sequence[float] = DEF
     if len({s.name for s in out}) != len(out):
         raise ValueError(f"strategies repeat in {text!r}")
     return out
+
+
+def assemble(strategy: Strategy, parts: Parts, relation_specs: Sequence[RelationSpec],
+             trained_relations: Callable[[], Extractor | None], *, listed: bool = False) -> Extractor:
+    """``strategy`` built from ``parts``, followed by what finds relations between its spans: the
+    LLM's questions when the kind asks them of the LLM (and there are relation labels), else the
+    trained relation classifier, if ``trained_relations()`` gives one (``SpansThenRelations``)."""
+    model = strategy.build(parts)
+    if strategy.kind.relations_by_llm:
+        relations = parts.llm().relations(relation_specs, strategy.k, parts.demos, listed=listed) \
+            if relation_specs else None
+    else:
+        relations = trained_relations()
+    return model if relations is None else SpansThenRelations(model, relations)
 
 
 def strategy_forms() -> str:

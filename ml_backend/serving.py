@@ -18,7 +18,6 @@ from typing import Any, NamedTuple
 from clinie import __version__
 from clinie.core import Document, Extractor, LabelSpec, Schema
 from clinie.evaluation.calibration import Calibrator, calibrator_from_dict
-from clinie.extractors.base import SpansThenRelations
 from clinie.extractors.relation_encoder import RELATIONS_DIR, RelationClassifier
 from clinie.llm import make_llm
 from clinie.llm.cache import CallCache
@@ -27,7 +26,7 @@ from clinie.retrieval import Embedder
 from clinie.selection import annotated_documents, probe_states, span_specs
 from clinie.settings import Settings
 from clinie.store import AnnotationStore, ModelRecord
-from clinie.strategies import PARTS, LLMAccess, Strategy, model_version, parse_strategies
+from clinie.strategies import PARTS, LLMAccess, Strategy, assemble, model_version, parse_strategies
 from ml_backend.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -109,8 +108,9 @@ class Serving:
         model = self._assembled_model(project, schema, record, strategy)
         fallback = None
         if record is not None and strategy.kind.beyond_encoder:
-            fallback = Predictor(record.version, self._with_relations(self._part(record, "encoder"), record),
-                                 None, None)
+            encoder = assemble(Strategy("encoder"), _VersionParts(self, record, [], []), (),
+                               lambda: self._relation_classifier(record))
+            fallback = Predictor(record.version, encoder, None, None)
         return Predictor(self._version(project, record, strategy), model, calibrator, fallback,
                          uses_llm=strategy.kind.reads_llm)
 
@@ -125,24 +125,18 @@ class Serving:
             cached = self._assembled.get(project)
         if cached is None or cached[0] != revision:
             demos = annotated_documents(self.store, project, schema).docs if strategy.kind.reads_llm else []
-            parts = _VersionParts(self, record, span_specs(schema), demos)
-            model = strategy.build(parts)
-            if strategy.kind.relations_by_llm:
-                if schema.relation_labels:
-                    model = SpansThenRelations(model, parts.llm().relations(schema.relation_labels, strategy.k, demos))
-            elif record is not None:
-                model = self._with_relations(model, record)
+            model = assemble(strategy, _VersionParts(self, record, span_specs(schema), demos), schema.relation_labels,
+                             lambda: self._relation_classifier(record))
             cached = (revision, model)
             with self._lock:
                 self._assembled[project] = cached
         return cached[1]
 
-    def _with_relations(self, model: Extractor, record: ModelRecord) -> Extractor:
-        """``model`` followed by the version's relation classifier, if it has one."""
-        if not (record.path / RELATIONS_DIR).is_dir():
-            return model
-        return SpansThenRelations(model, self._load(record, RELATIONS_DIR,
-                                                    lambda: RelationClassifier.load(record.path / RELATIONS_DIR)))
+    def _relation_classifier(self, record: ModelRecord | None) -> Extractor | None:
+        """The version's relation classifier, if it has one."""
+        if record is None or not (record.path / RELATIONS_DIR).is_dir():
+            return None
+        return self._load(record, RELATIONS_DIR, lambda: RelationClassifier.load(record.path / RELATIONS_DIR))
 
     def _part(self, record: ModelRecord, name: str) -> Extractor:
         part = PARTS[name]
