@@ -125,9 +125,9 @@ class Kind:
     parts: tuple[str, ...]  # the fitted parts it reads (``PARTS``)
     reads_llm: bool  # sends text to the LLM: served one task at a time, the encoder answering if it fails
     build: Callable[[Parts, Strategy], Extractor]
-    #: the model version Label Studio sees, from ``model`` (the trained version's name, or the
-    #: LLM's), ``name`` (the strategy's), ``k`` and ``pool`` (the annotations, a new one of which
-    #: makes Label Studio ask again when the LLM reads them as demonstrations)
+    #: the model version Label Studio sees, from ``model`` (the trained version's name), ``llm``
+    #: (the LLM's provider and model), ``name`` (the strategy's), ``k`` and ``pool`` (the
+    #: annotations: a new one makes Label Studio ask again when they are the LLM's demonstrations)
     version: str
     relations_by_llm: bool = False  # relations asked of the LLM, not the version's classifier
 

@@ -52,7 +52,7 @@ class Serving:
         self.metrics = metrics
         self._loaded: dict[tuple[str, str], tuple[str, Any]] = {}  # (project, part) -> (version, model)
         self._assembled: dict[str, tuple[str, Extractor]] = {}  # project -> (revision, extractor)
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # re-entered: loading the probe loads the hidden states
         self._llm: LLMAccess | None = None
         self._states: HiddenStates | None = None
         self._llm_cache = CallCache(settings.data_dir / "llm_cache.sqlite3")
@@ -143,16 +143,14 @@ class Serving:
         return self._load(record, name, lambda: part.load(record.path / part.directory, self.states))
 
     def _load(self, record: ModelRecord, name: str, load: Callable[[], Any]) -> Any:
-        """``load()`` once per model version and part."""
+        """``load()`` once per model version and part (concurrent requests wait for the one load)."""
         with self._lock:
             cached = self._loaded.get((record.project, name))
-        if cached is None or cached[0] != record.version:
-            started = time.perf_counter()
-            cached = (record.version, load())
-            self.metrics.observe("model_load", time.perf_counter() - started)
-            with self._lock:
-                self._loaded[(record.project, name)] = cached
-        return cached[1]
+            if cached is None or cached[0] != record.version:
+                started = time.perf_counter()
+                cached = self._loaded[(record.project, name)] = (record.version, load())
+                self.metrics.observe("model_load", time.perf_counter() - started)
+            return cached[1]
 
     # --- the shared models ----------------------------------------------------------------
 
