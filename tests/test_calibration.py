@@ -9,6 +9,7 @@ from clinie.core import Document, Span
 from clinie.evaluation.calibration import (ISOTONIC_FROM, Isotonic, Temperature, calibrate_documents,
                                            calibrator_from_dict, cross_fitted, expected_calibration_error,
                                            fit_calibrator, reliability, span_outcomes)
+from clinie.evaluation.study import evaluation
 
 
 def overconfident(n: int, seed: int = 0) -> tuple[list[float], list[int]]:
@@ -74,3 +75,14 @@ def test_span_outcomes_and_calibrated_documents_keep_offsets():
     [calibrated] = calibrate_documents(pred, Temperature(3.0))
     assert [(s.start, s.end, s.text) for s in calibrated.entities] == [(s.start, s.end, s.text) for s in pred[0].entities]
     assert calibrated.entities[0].score < 0.99 and calibrated.entities[2].score is None
+
+
+def test_an_evaluation_says_how_well_scores_rank_beside_how_calibrated_they_are():
+    text = "asthma and fever and cough"
+    gold = [Document("1", text, (Span.from_text(text, 0, 6, "D"), Span.from_text(text, 11, 16, "D")))]
+    predicted = [gold[0].with_annotations([Span.from_text(text, 0, 6, "D", score=0.9),    # right
+                                           Span.from_text(text, 11, 16, "D", score=0.6),  # right
+                                           Span.from_text(text, 21, 26, "D", score=0.7)])]  # wrong
+    calibration = evaluation(gold, predicted, examples=0)["calibration"]
+    assert calibration["auroc_raw"] == pytest.approx(0.5)  # the wrong span outranks one right one
+    assert calibration["brier_raw"] == pytest.approx((0.1 ** 2 + 0.4 ** 2 + 0.7 ** 2) / 3)

@@ -69,6 +69,15 @@ def expected_calibration_error(scores: Sequence[float], correct: Sequence[int], 
     return sum(b["count"] / total * abs(b["accuracy"] - b["confidence"]) for b in reliability(scores, correct, bins))
 
 
+def brier(scores: Sequence[float], correct: Sequence[int]) -> float:
+    """Mean squared gap between a span's score and whether it is right (0 is perfect).
+
+    >>> brier([1.0, 0.5], [1, 0])
+    0.125
+    """
+    return sum((s - c) ** 2 for s, c in zip(scores, correct)) / len(scores) if scores else 0.0
+
+
 def auroc(scores: Sequence[float], correct: Sequence[int]) -> float | None:
     """How well scores rank right spans above wrong ones: the chance a random right span scores
     higher than a random wrong one (ties count half); None without both kinds. Calibration can

@@ -27,6 +27,10 @@ def new_report(title: str, kind: str, command: str) -> dict[str, Any]:
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
 
 
+def _auroc(value: float | None) -> str:
+    return "–" if value is None else _f(value)
+
+
 def _f(value: float) -> str:
     return f"{value:.3f}"
 
@@ -50,6 +54,11 @@ def _evaluation_blocks(ev: dict[str, Any], of: str) -> Iterator[Block]:
         if "ece_calibrated" in cal:
             text += (f", after {cal['calibrator']['method']} calibration fitted on {cal['fitted_on']} "
                      f"cross-validated spans {_f(cal['ece_calibrated'])}")
+        if "brier_raw" in cal:  # runs saved before it was measured lack it
+            text += f"; Brier score {_f(cal['brier_raw'])}, AUROC {_auroc(cal['auroc_raw'])} (raw"
+            if "brier_calibrated" in cal:
+                text += f"), {_f(cal['brier_calibrated'])} and {_auroc(cal['auroc_calibrated'])} (calibrated"
+            text += "; AUROC: how well the scores rank right spans above wrong ones, 0.5 = not at all)"
         yield ("p", text + ". Bars: accuracy per confidence bin; the diagonal is perfect calibration.")
         yield ("plot", "reliability.svg", reliability_chart(cal["bins_raw"], calibrated=cal.get("bins_calibrated", ()),
                                                             title="reliability diagram"))

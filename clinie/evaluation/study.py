@@ -21,8 +21,8 @@ from typing import Any
 
 from clinie.core import Document
 from clinie.evaluation.analysis import confusion, error_kinds, per_label, worst_documents
-from clinie.evaluation.calibration import (calibrate_documents, cross_fitted, expected_calibration_error,
-                                           fit_calibrator, reliability, span_outcomes)
+from clinie.evaluation.calibration import (auroc, brier, calibrate_documents, cross_fitted,
+                                           expected_calibration_error, fit_calibrator, reliability, span_outcomes)
 from clinie.evaluation.fewshot import (Build, Candidate, CrossValidation, cross_validate, pick, sentence_share,
                                       subsample)
 from clinie.settings import Settings
@@ -51,7 +51,9 @@ def evaluation(gold: Sequence[Document], predicted: Sequence[Document], *, calib
                            "worst_errors": worst_documents(gold, predicted, examples) if examples else []}
     scores, correct = span_outcomes(gold, predicted)
     if scores:
+        # calibrated is not enough: scores must also rank right spans above wrong ones (AUROC)
         calibration: dict[str, Any] = {"spans": len(scores), "ece_raw": expected_calibration_error(scores, correct),
+                                       "brier_raw": brier(scores, correct), "auroc_raw": auroc(scores, correct),
                                        "bins_raw": reliability(scores, correct)}
         fit_scores, fit_correct = span_outcomes(calibration_gold, calibration_from)
         if fit_scores:
@@ -59,6 +61,7 @@ def evaluation(gold: Sequence[Document], predicted: Sequence[Document], *, calib
             calibrated, _ = span_outcomes(gold, calibrate_documents(predicted, calibrator))
             calibration.update(fitted_on=len(fit_scores), calibrator=calibrator.as_dict(),
                                ece_calibrated=expected_calibration_error(calibrated, correct),
+                               brier_calibrated=brier(calibrated, correct), auroc_calibrated=auroc(calibrated, correct),
                                bins_calibrated=reliability(calibrated, correct))
         out["calibration"] = calibration
     if (cost := llm_cost(predicted)) is not None:
