@@ -41,7 +41,7 @@ CONFIG = (ROOT / "label_configs" / "disease_ner.xml").read_text()
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="20,100")
-    parser.add_argument("--strategies", default=Settings().select_strategies, help="CLINIE_SELECT_STRATEGIES")
+    parser.add_argument("--strategies", default=Settings().selection_candidates, help="CLINIE_SELECT_STRATEGIES")
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args()
 

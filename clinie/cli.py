@@ -253,7 +253,7 @@ def _report(args: argparse.Namespace) -> int:
     schema, docs = annotations.schema, annotations.docs
     if len(docs) < 2:
         raise ValueError(f"project {args.project} has {len(docs)} usable annotations: a report needs at least 2")
-    strategies = parse_strategies(args.strategies or settings.select_strategies or "encoder", k=settings.llm_k)
+    strategies = parse_strategies(args.strategies or settings.selection_candidates or "encoder", k=settings.llm_k)
     build = builder(schema, settings, llm=lambda: make_llm(settings))
     cv = cross_validate(docs, strategies, build, k=settings.select_folds, seed=args.seed,
                         max_llm_share=settings.select_max_llm_share, prefer=settings.select_prefer, progress=True)

@@ -108,6 +108,6 @@ def select(docs: Sequence[Document], build: StrategyBuilder, settings: Settings,
            on_fit: Callable[[int, int], None] | None = None) -> CrossValidation:
     """Cross-validate the configured strategies over ``docs`` (see the module docstring);
     ``on_fit(done, total)`` after each strategy fitted on a fold (progress; it may raise to stop)."""
-    strategies = parse_strategies(settings.select_strategies, k=settings.llm_k)
+    strategies = parse_strategies(settings.selection_candidates, k=settings.llm_k)
     return cross_validate(docs, strategies, build, k=settings.select_folds, seed=seed,
                           max_llm_share=settings.select_max_llm_share, prefer=settings.select_prefer, on_fit=on_fit)

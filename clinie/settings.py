@@ -52,11 +52,13 @@ class Settings:
     cold_start: str = "auto"
     #: What selection compares after each training, by cross-validation over the project's
     #: annotations: ``encoder``, ``probe`` (a tagger on the frozen local LLM's hidden states),
-    #: ``llm`` (``llm_k`` demos), ``llm-kN``, ``rerank`` (filter-then-rerank, bands
-    #: 0.7/0.8/0.9), ``rerank-0.NN``, ``gated`` (filter-then-probe: the probe reads only the
-    #: sentences the encoder is unsure of, same bands), ``gated-0.NN``; empty = no selection
-    #: (the encoder serves).
-    select_strategies: str = "encoder,gated,probe,llm,rerank"
+    #: ``llm`` (``llm_k`` demos), ``llm-kN``, ``verified``, ``verified-kN``, ``rerank``
+    #: (filter-then-rerank, bands 0.7/0.8/0.9), ``rerank-0.NN``, ``gated`` (filter-then-probe: the
+    #: probe reads only the sentences the encoder is unsure of, same bands), ``gated-0.NN``; empty =
+    #: no selection (the encoder serves); ``auto`` = ``encoder,gated,probe`` with the embedded LLM
+    #: (its prompted answers never beat the encoder, and cost most of a selection's time), else
+    #: ``encoder,gated,probe,llm,rerank``.
+    select_strategies: str = "auto"
     #: The strategy selection keeps unless another beats its cross-validated F1 by more than one
     #: standard error (folds of a few sentences cannot rank close strategies; measured, the probe
     #: is best at every pool size from 10 to 100); empty = the best mean F1.
@@ -139,13 +141,23 @@ class Settings:
         return f"{self.llm_provider}-{model}"
 
     @property
+    def embedded_llm(self) -> bool:
+        """The LLM is the embedded Gemma 3 270M (by default, or named by its path as in the image)."""
+        return self.llm_provider != "openai" and self.llm_name == f"{self.llm_provider}-{EMBEDDED_LLM_NAME}"
+
+    @property
     def cold_start_policy(self) -> str:
-        """``cold_start`` with ``auto`` resolved: ``none`` when the LLM is the embedded one (by
-        default, or named by its path as in the Docker image)."""
+        """``cold_start`` with ``auto`` resolved: ``none`` with the embedded LLM, else ``llm``."""
         if self.cold_start != "auto":
             return self.cold_start
-        embedded = self.llm_provider != "openai" and self.llm_name == f"{self.llm_provider}-{EMBEDDED_LLM_NAME}"
-        return "none" if embedded else "llm"
+        return "none" if self.embedded_llm else "llm"
+
+    @property
+    def selection_candidates(self) -> str:
+        """``select_strategies`` with ``auto`` resolved (see there)."""
+        if self.select_strategies != "auto":
+            return self.select_strategies
+        return "encoder,gated,probe" if self.embedded_llm else "encoder,gated,probe,llm,rerank"
 
     @property
     def store_path(self) -> Path:
@@ -178,7 +190,7 @@ class Settings:
             raise ValueError(f"{PREFIX}STRATEGY must be auto, llm or encoder, not {self.strategy!r}")
         if self.cold_start not in ("auto", "none", "llm", "verified"):
             raise ValueError(f"{PREFIX}COLD_START must be auto, none, llm or verified, not {self.cold_start!r}")
-        if self.select_strategies:
+        if self.select_strategies not in ("", "auto"):
             from clinie.strategies import parse_strategies
 
             try:

@@ -284,7 +284,7 @@ class Backend:
         self.metrics.count("trainings_succeeded")
         self.metrics.observe("training", time.perf_counter() - started)
         log.info("project %s: now serving %s (%d examples)", project, record.version, record.n_examples)
-        if self.settings.strategy == "auto" and self.settings.select_strategies and len(annotations.docs) >= 2:
+        if self.settings.strategy == "auto" and self.settings.selection_candidates and len(annotations.docs) >= 2:
             try:
                 select_strategy(self.store, self.settings, record, annotations, self.metrics,
                                 superseded=lambda: self.worker is not None and self.worker.is_pending(project),
