@@ -3,7 +3,9 @@
 Label Studio's webhooks must be answered within a second, so a webhook only *requests* a
 training; this worker does it. A new model version is written to a temporary directory,
 renamed into place, and only then registered as the serving version (one SQLite transaction):
-if anything fails before that, the old version keeps serving and the failure is recorded.
+if anything fails before that, the old version keeps serving and the failure is recorded. The
+encoder serves first; the strategy selection picks is recorded with it afterwards
+(``select_strategy``), its extra parts renamed into the version's directory before that.
 """
 
 from __future__ import annotations
