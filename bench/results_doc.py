@@ -303,7 +303,9 @@ def cold_start_section(results: Path = RESULTS) -> list[str]:
              "regions' scores rank right above wrong (AUROC; – where there is nothing to rank), and the time. "
              "`llm-kN`: the word/TAG tagger with N demonstrations; `verified-kN`: its regions the LLM confirms "
              "on a second look; with N = 5 the demonstrations come from a project's first few annotations. "
-             "Showing nothing (`CLINIE_COLD_START=none`) shows no wrong region and no right one."]
+             "Showing nothing (`CLINIE_COLD_START=none`) shows no wrong region and no right one. Times compare "
+             "within a run only; `verified-kN` reuses the run's cached word/TAG answers of `llm-kN`, so its time "
+             "is the second look alone."]
     for run in runs:
         rows = [[name, f"{o['precision']:.3f}", f"{o['recall']:.3f}", f"{o['f1']:.3f}", str(o["regions_shown"]),
                  f"{o['wrong_per_100_sentences']:.0f}", "–" if o["auroc"] is None else f"{o['auroc']:.2f}",

@@ -48,7 +48,8 @@ class Settings:
     #: What pre-annotates under ``auto`` before a project's first trained model: ``none`` (no
     #: regions), ``llm`` (the LLM, zero-shot, then with the annotations as demonstrations),
     #: ``verified`` (the LLM's spans it confirms on a second look, each scored by that answer);
-    #: ``auto`` = ``none`` with the embedded Gemma 3 270M (its zero-shot spans are noise), else ``llm``.
+    #: ``auto`` = with the embedded Gemma 3 270M ``none`` until the project has ``min_annotations``
+    #: (zero-shot, its spans are noise), then ``verified`` (docs/results.md, cold start); else ``llm``.
     cold_start: str = "auto"
     #: What selection compares after each training, by cross-validation over the project's
     #: annotations: ``encoder``, ``probe`` (a tagger on the frozen local LLM's hidden states),
@@ -145,12 +146,14 @@ class Settings:
         """The LLM is the embedded Gemma 3 270M (by default, or named by its path as in the image)."""
         return self.llm_provider != "openai" and self.llm_name == f"{self.llm_provider}-{EMBEDDED_LLM_NAME}"
 
-    @property
-    def cold_start_policy(self) -> str:
-        """``cold_start`` with ``auto`` resolved: ``none`` with the embedded LLM, else ``llm``."""
+    def cold_start_policy(self, annotations: int) -> str:
+        """``cold_start`` for a project with that many annotations, ``auto`` resolved: with the
+        embedded LLM ``none`` below ``min_annotations``, then ``verified``; else ``llm``."""
         if self.cold_start != "auto":
             return self.cold_start
-        return "none" if self.embedded_llm else "llm"
+        if not self.embedded_llm:
+            return "llm"
+        return "verified" if annotations >= max(1, self.min_annotations) else "none"
 
     @property
     def selection_candidates(self) -> str:

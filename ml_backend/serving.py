@@ -63,16 +63,16 @@ class Serving:
         """The trained model version that serves ``project`` under the configured strategy, if any."""
         return self.store.serving_model(project) if self.settings.strategy != "llm" else None
 
-    def _strategy(self, record: ModelRecord | None) -> Strategy | None:
+    def _strategy(self, project: str, record: ModelRecord | None) -> Strategy | None:
         """The strategy that serves: under ``auto``, the one selection chose with this model
-        version, else the encoder once trained, else the cold-start policy's (``llm``,
-        ``verified``, or none); otherwise the one configured. None when nothing may answer
+        version, else the encoder once trained, else the cold-start policy's for the project's
+        annotations so far (``llm``, ``verified``, or none); otherwise the one configured. None when nothing may answer
         before a trained model and there is none yet."""
         if self.settings.strategy != "auto":
             name = self.settings.strategy
         elif record is not None:
             name = (record.info.get("selection") or {}).get("strategy") or "encoder"
-        elif (name := self.settings.cold_start_policy) == "none":
+        elif (name := self.settings.cold_start_policy(self.store.count_training_examples(project))) == "none":
             return None
         strategy = parse_strategies(name, k=self.settings.llm_k)[0]
         if record is None:
@@ -89,7 +89,7 @@ class Serving:
     def model_version(self, project: str) -> str:
         """The version ``predictor`` would answer as, without loading any model."""
         record = self._record(project)
-        strategy = self._strategy(record)
+        strategy = self._strategy(project, record)
         return NO_MODEL_VERSION if strategy is None else self._version(project, record, strategy)
 
     # --- what answers ---------------------------------------------------------------------
@@ -99,7 +99,7 @@ class Serving:
         the calibrator of its span scores (fitted when it was selected), and the trained encoder
         to fall back on when the strategy reads more than the encoder and that fails."""
         record = self._record(project)
-        strategy = self._strategy(record)
+        strategy = self._strategy(project, record)
         if strategy is None:
             return Predictor(NO_MODEL_VERSION, None, None, None)
         selection = (record.info.get("selection") or {}) if record is not None else {}
@@ -177,7 +177,7 @@ class Serving:
         """Load every project's serving parts once, at start, so that the first /predict after a
         restart does not pay for them (Label Studio's opening a task waits on it)."""
         for project in self.store.projects():
-            if (record := self._record(project)) is None or (strategy := self._strategy(record)) is None:
+            if (record := self._record(project)) is None or (strategy := self._strategy(project, record)) is None:
                 continue
             try:
                 for part in dict.fromkeys(("encoder", *strategy.kind.saves)):

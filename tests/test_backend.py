@@ -221,15 +221,21 @@ def test_predicted_spans_come_back_as_annotations_without_drift(trained):
 
 
 @pytest.mark.parametrize("llm_model", ["", "/app/models/gemma-3-270m-q4_k_m.gguf"])  # as the image names it
-def test_a_fresh_project_on_the_embedded_llm_shows_no_regions_until_it_has_a_trained_model(tmp_path, llm_model):
-    # the embedded 270M model's zero-shot spans are noise (docs/results.md, cold start)
-    settings = Settings(data_dir=tmp_path / "cold", train_every=0, llm_model=llm_model)  # strategy, cold start: auto
-    client = create_app(settings, Backend(settings, start_worker=False)).test_client()
+def test_a_fresh_project_on_the_embedded_llm_shows_no_regions_until_it_has_a_few_annotations(tmp_path, llm_model):
+    # zero-shot, the embedded 270M model's spans are noise; with five demonstrations the spans it
+    # confirms are mostly right (docs/results.md, cold start)
+    settings = Settings(data_dir=tmp_path / "cold", train_every=0, min_annotations=5,
+                        llm_model=llm_model)  # strategy, cold start: auto
+    backend = Backend(settings, start_worker=False)
+    client = create_app(settings, backend).test_client()
     task = {"id": 1, "data": {"text": "Familial breast cancer and ataxia telangiectasia."}}
-    for i, doc in enumerate(list(read_documents(NCBI_TRAIN))[:3]):
+    docs = list(read_documents(NCBI_TRAIN))
+    for i, doc in enumerate(docs[:4]):
         client.post("/webhook", json=webhook_event(i + 1, i + 1, doc.text, gold_result(doc)))
     answer = client.post("/predict", json={"tasks": [task], "project": "1", "label_config": CONFIG}).json
     assert answer == {"results": [{"result": [], "model_version": NO_MODEL_VERSION}], "model_version": NO_MODEL_VERSION}
+    client.post("/webhook", json=webhook_event(5, 5, docs[4].text, gold_result(docs[4])))
+    assert backend.model_version("1") == "clinie-llm-llama.cpp-gemma-3-270m-q4_k_m-verified-k5-pool5"
 
 
 @pytest.mark.slow
