@@ -39,9 +39,8 @@ from clinie.evaluation.metrics import evaluate_spans
 from clinie.llm import make_llm
 from clinie.settings import Settings
 from clinie.strategies import StrategyBuilder, parse_strategies
-from tests.support import DATA
+from tests.support import DATA, ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "bench" / "results" / "cold_start"
 
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import time
-from pathlib import Path
 
 from clinie.core import LabelSpec, read_documents
 from clinie.embedded import llm_gguf
@@ -31,9 +30,8 @@ from clinie.extractors.llm import LLMTagger
 from clinie.llm.base import LLM
 from clinie.llm.llamacpp import LlamaCppLLM
 from clinie.retrieval import Embedder
-from tests.support import DATA
+from tests.support import DATA, ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 NCBI = DATA / "ncbi_disease" / "fewshot"
 LABELS = [LabelSpec("Disease", "a disease, disorder, syndrome or abnormal condition")]
 

@@ -36,9 +36,8 @@ from clinie.llm import make_llm
 from clinie.llm.cache import CallCache
 from clinie.settings import Settings
 from clinie.strategies import StrategyBuilder, parse_strategies
-from tests.support import DATA
+from tests.support import DATA, ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 LABELS = {"ncbi_disease": "Disease", "bc5cdr_chem": "Chemical"}
 #: Published, not measured here: Chen et al. 2023 (arXiv 2305.16326), strict entity F1 of GPT-4
 #: zero-shot on the same 200 test items (data/README.md).

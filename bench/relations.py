@@ -22,15 +22,13 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
-from pathlib import Path
 
 from clinie.core import NO_RELATION, Document, Relation, read_documents
 from clinie.evaluation import evaluate_relations, evaluate_spans
 from clinie.labelstudio import parse_label_config
 from clinie.relations import PairTypes, candidate_pairs, labelled_pairs
-from tests.support import DATA
+from tests.support import DATA, ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 DDI = DATA / "ddi"
 TYPES = ("advise", "effect", "int", "mechanism")
 SPECS = parse_label_config((ROOT / "label_configs" / "drug_interactions.xml").read_text()).relation_labels
