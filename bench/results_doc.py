@@ -16,6 +16,7 @@ import argparse
 import json
 import re
 import sys
+from statistics import fmean
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -323,19 +324,61 @@ def first_model_section(results: Path = RESULTS) -> list[str]:
     runs = [json.loads(f.read_text()) for f in sorted((results / "first_model").glob("*.json"))]
     lines = []
     for run in runs:
-        rows = [[str(r["annotations"]), f"{r['encoder_served_seconds']:.0f}",
+        rows = [[str(r["annotations"]), str(r["first_model_steps"] or "the tagger's (300)"),
+                 f"{r['encoder_served_seconds']:.0f}",
+                 "–" if r.get("first_model_f1") is None else f"{r['first_model_f1']:.3f}",
+                 f"`{r['strategies']}`" if r["strategies"] else "none",
                  "–" if r["selection_served_seconds"] is None else f"{r['selection_served_seconds']:.0f}",
-                 "–" if not r["selection_served_seconds"] else
-                 f"{r['encoder_served_seconds'] / r['selection_served_seconds']:.2f}", r["selected"] or "–"]
-                for r in run["runs"]]
+                 r["selected"] or "–", f"`{r['command']}`"] for r in run["runs"]]
         lines += ["", "## Time to a first model", "",
                   f"After *Start training*, {corpus_name(run['corpus'])} annotations by webhook into a fresh backend on "
-                  f"the embedded models, selection over `{run['strategies']}`: seconds from the start of the "
-                  "training until the encoder served, and until the strategy selection picked served (what a first "
-                  "model cost when selection ran before it); one run each, on 2 cores.", "",
-                  f"`{run['command']}`:", "",
-                  *table(["annotations", "encoder serves (s)", "selected strategy serves (s)",
-                          "ratio", "selected"], rows)]
+                  "the embedded models: seconds from the start of the training until the encoder served (trained "
+                  "within the first model's step budget, `CLINIE_FIRST_MODEL_STEPS`), that first model's strict F1 "
+                  "on the 200 Chen et al. 2023 items, and seconds until the strategy selection picked served (what "
+                  "a first model cost when selection ran before it); one run each, alone on 2 cores.", "",
+                  *table(["annotations", "first model's step budget", "encoder serves (s)", "its F1",
+                          "selection over", "selected strategy serves (s)", "selected", "command"], rows)]
+    return lines
+
+
+def active_section(results: Path = RESULTS) -> list[str]:
+    """Annotating in clinie's order against random order (``python -m bench.active``)."""
+    runs = [json.loads(f.read_text()) for f in sorted((results / "active").glob("*.json"))]
+    if not runs:
+        return []
+    lines = ["", "## Active learning: annotating the tasks clinie is least sure of first", "",
+             "Two simulated teams annotate the same pool of unannotated train sentences, both starting with the "
+             "same random sentences; one goes on in random order, the other in clinie's order (the lowest task "
+             "score first, as Label Studio's data manager sorts by *Prediction score* ascending; the task score is "
+             "the encoder's least sure word). At each size the encoder is trained on what is annotated and scored "
+             "on the 200 Chen et al. 2023 test items: strict F1, mean ± sd over the seeds, and the words annotated "
+             "(annotators pay by the word). Then how well the raw scores tell right from wrong on the test items, "
+             "clinie's order: spans (exact span and label) and tasks (every span exact, none missing) — AUROC, "
+             "Brier score, expected calibration error."]
+    for run in runs:
+        seeds = run["runs"]
+        sizes = [point["annotations"] for point in seeds[0]["curves"]["random"]]
+        rows, separation = [], []
+        for i, size in enumerate(sizes):
+            at = {team: [r["curves"][team][i] for r in seeds] for team in ("random", "clinie")}
+            f1 = {team: [p["f1"] for p in points] for team, points in at.items()}
+            rows.append([str(size), mean_sd_text(f1["random"]), mean_sd_text(f1["clinie"]),
+                         f"{fmean(f1['clinie']) - fmean(f1['random']):+.3f}",
+                         f"{sum(b > a for a, b in zip(f1['random'], f1['clinie']))} of {len(seeds)}",
+                         f"{fmean([p['words'] for p in at['random']]):.0f}", f"{fmean([p['words'] for p in at['clinie']]):.0f}"])
+            for kind in ("span_scores", "task_scores"):
+                values = [p[kind] for p in at["clinie"]]
+                aurocs = [v["auroc"] for v in values if v["auroc"] is not None]
+                separation.append([str(size), kind.split("_")[0], "–" if not aurocs else f"{fmean(aurocs):.2f}",
+                                   f"{fmean([v['brier'] for v in values]):.3f}", f"{fmean([v['ece'] for v in values]):.3f}"])
+        commands = sorted({r["command"] for r in seeds})
+        lines += ["", f"### {corpus_name(run['corpus'])}: seeds {', '.join(str(r['seed']) for r in seeds)}, "
+                      f"a pool of {seeds[0]['pool']} train sentences, {seeds[0]['start']} random annotations first", "",
+                  "; ".join(f"`{c}`" for c in commands) + ":", "",
+                  *table(["annotations", "random order F1", "clinie's order F1", "difference",
+                          "seeds where clinie's order is higher", "words annotated, random", "words annotated, clinie"],
+                         rows), "",
+                  *table(["annotations", "scores of", "AUROC", "Brier", "ECE"], separation)]
     return lines
 
 
@@ -366,7 +409,7 @@ def render_results(results: Path = RESULTS) -> str:
                   "", "Each run (test F1, CV F1 in brackets, each band's share of the test sentences the LLM read):",
                   "", *run_table(study),
                   "", "Counted from these runs:", "", *findings(study)]
-    lines += cold_start_section(results) + first_model_section(results)
+    lines += cold_start_section(results) + first_model_section(results) + active_section(results)
     return "\n".join(lines) + "\n"
 
 

@@ -26,7 +26,7 @@ Example:
     ...     [Relation("m", "d", "has_dosage")])
     >>> result, score = document_to_result(doc, control, schema.relation_label_names)
     >>> [item["value"]["text"] for item in result if item["type"] == "labels"], score
-    (['Aspirin', '81 mg'], 0.8)
+    (['Aspirin', '81 mg'], 0.7)
     >>> back = annotation_to_document({"id": 4, "data": {"note": doc.text}}, result, schema)
     >>> [(s.text, s.label) for s in back.entities], [r.label for r in back.relations]
     ([('Aspirin', 'Medication'), ('81 mg', 'Dosage')], ['has_dosage'])
@@ -283,7 +283,7 @@ def document_to_result(
     nothing or the wrong words. With word granularity, spans are widened to whole words, as
     the annotator's own selections would be; spans that become the same region are merged
     (keeping the highest score). Relations name spans by ``Span.id`` and are rewritten to
-    region ids. The task score, which Label Studio sorts tasks by, is the mean region score.
+    region ids. The task score, which Label Studio sorts tasks by, is ``task_score``.
     """
     words = tokenize(doc.text) if control.granularity == "word" and doc.entities else []
     starts, ends = [w.start for w in words], [w.end for w in words]
@@ -317,21 +317,38 @@ def document_to_result(
                                         "direction": "right", "labels": [relation.label] if relation.label else []})
         if relation.score is not None:
             arrow["score"] = max(round(float(relation.score), 4), arrow.get("score", 0.0))
-    scores = [r["score"] for r in regions.values() if "score" in r]
-    task_score = round(sum(scores) / len(scores), 4) if scores else None
-    return [*regions.values(), *arrows.values()], task_score
+    items = [*regions.values(), *arrows.values()]
+    return items, task_score([doc], items)
+
+
+def task_score(docs: Sequence[Document], items: Sequence[dict[str, Any]]) -> float | None:
+    """The score Label Studio's data manager sorts a task by: how sure the model is of its whole
+    reading of the task, so that sorting ascending puts first what annotating would teach it most.
+
+    A tagger that reads every word says it (``meta["confidence"]``, its least sure word's tag
+    probability, "O" included: ``clinie.extractors.encoder.word_confidence``), so a task with
+    no region is scored too; otherwise the least sure region's score. None when neither exists.
+    Raw, not calibrated: the calibrators are fitted on span scores, and a ranking is what it is for.
+
+    >>> task_score([Document("d", "x", meta={"confidence": 0.41})], [{"type": "labels", "score": 0.9}])
+    0.41
+    >>> task_score([Document("d", "x")], [{"type": "labels", "score": 0.9}, {"type": "labels", "score": 0.6}])
+    0.6
+    """
+    confidences = [d.meta["confidence"] for d in docs if d.meta.get("confidence") is not None]
+    scores = confidences or [i["score"] for i in items if i["type"] == "labels" and "score" in i]
+    return round(min(scores), 4) if scores else None
 
 
 def prediction_to_result(docs: Sequence[Document], schema: Schema) -> tuple[list[dict[str, Any]], float | None]:
     """One task's prediction, a document per span control (``schema.span_controls``, in order),
-    as Label Studio ``result`` items and the task score (the mean region score).
+    as Label Studio ``result`` items and the task score (``task_score``).
 
     Each control gets its own labels only, and relations only of the config's labels between
     spans it kept: a label since removed from the config is not resurrected by a model trained
     before it was.
     """
     result: list[dict[str, Any]] = []
-    scores: list[float] = []
     for control, doc in zip(schema.span_controls, docs, strict=True):
         own = [s for s in doc.entities if s.label in control.label_names]
         ids = {s.id for s in own}
@@ -339,8 +356,7 @@ def prediction_to_result(docs: Sequence[Document], schema: Schema) -> tuple[list
                      if r.label in schema.relation_label_names and r.head in ids and r.tail in ids]
         items, _ = document_to_result(doc.with_annotations(own, relations), control, schema.relation_label_names)
         result.extend(items)
-        scores.extend(item["score"] for item in items if item["type"] == "labels" and "score" in item)
-    return result, round(sum(scores) / len(scores), 4) if scores else None
+    return result, task_score(docs, result)
 
 
 # --- Label Studio JSON export -> Documents -------------------------------------------------

@@ -36,6 +36,9 @@ class Settings:
     encoder_model: str = ""
     #: Fine-tuning epochs of the encoder; 0 = the tagger's default.
     encoder_epochs: int = 0
+    #: Optimiser steps of the encoder a training serves first, before strategy selection (see
+    #: docs/learning-loop.md: a model within a minute, better ones after); 0 = the tagger's budget.
+    first_model_steps: int = 100
     #: Retrain a project's encoder after this many new or changed annotations; 0 = only on
     #: Label Studio's "Start training".
     train_every: int = 10

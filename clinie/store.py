@@ -315,14 +315,23 @@ class AnnotationStore:
     def finish_training(self, training_id: int, model: ModelRecord) -> None:
         """Register ``model`` and make it the project's serving version, atomically."""
         with self._write() as db:
-            db.execute("INSERT INTO models VALUES (?, ?, ?, ?, ?, ?, ?)",
-                       (model.version, model.project, model.kind, str(model.path), model.n_examples,
-                        _dump(model.info), model.created_at))
-            db.execute("INSERT INTO serving (project, version, since) VALUES (?, ?, ?) "
-                       "ON CONFLICT (project) DO UPDATE SET version = excluded.version, since = excluded.since",
-                       (model.project, model.version, _now()))
+            self._serve(db, model)
             db.execute("UPDATE trainings SET status = 'succeeded', finished_at = ?, version = ? WHERE id = ?",
                        (_now(), model.version, training_id))
+
+    def serve_model(self, model: ModelRecord) -> None:
+        """Register a version a training made after its first (``finish_training``) and make it serve."""
+        with self._write() as db:
+            self._serve(db, model)
+
+    @staticmethod
+    def _serve(db: sqlite3.Connection, model: ModelRecord) -> None:
+        db.execute("INSERT INTO models VALUES (?, ?, ?, ?, ?, ?, ?)",
+                   (model.version, model.project, model.kind, str(model.path), model.n_examples,
+                    _dump(model.info), model.created_at))
+        db.execute("INSERT INTO serving (project, version, since) VALUES (?, ?, ?) "
+                   "ON CONFLICT (project) DO UPDATE SET version = excluded.version, since = excluded.since",
+                   (model.project, model.version, _now()))
 
     def set_selection(self, version: str, selection: dict[str, Any]) -> None:
         """Record the strategy selected for a registered model version (``info["selection"]``):

@@ -23,7 +23,8 @@ from clinie.store import AnnotationStore, ModelRecord
 from ml_backend.metrics import Metrics
 from ml_backend.serving import Predictor, Serving
 from ml_backend.sync import LabelStudioSync
-from ml_backend.training import NotEnoughAnnotations, Superseded, TrainingWorker, select_strategy, train_project
+from ml_backend.training import (NotEnoughAnnotations, Superseded, TrainingWorker, select_strategy, serve_full_encoder,
+                                 train_project)
 
 log = logging.getLogger(__name__)
 
@@ -293,6 +294,12 @@ class Backend:
             except Superseded as e:
                 self.metrics.count("selections_superseded")
                 log.info("%s", e)
+        elif record.info["cut_short"] and self.settings.strategy != "llm":  # the encoder serves: its full budget
+            try:
+                serve_full_encoder(self.store, self.settings, record, annotations, self.metrics)
+            except Exception:
+                log.exception("project %s: training the encoder to its full budget failed; the first model serves",
+                              project)
         return self.store.serving_model(project)
 
     def health(self) -> dict[str, Any]:

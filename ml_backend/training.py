@@ -3,9 +3,11 @@
 Label Studio's webhooks must be answered within a second, so a webhook only *requests* a
 training; this worker does it. A new model version is written to a temporary directory,
 renamed into place, and only then registered as the serving version (one SQLite transaction):
-if anything fails before that, the old version keeps serving and the failure is recorded. The
-encoder serves first; the strategy selection picks is recorded with it afterwards
-(``select_strategy``), its extra parts renamed into the version's directory before that.
+if anything fails before that, the old version keeps serving and the failure is recorded. An
+encoder trained within ``CLINIE_FIRST_MODEL_STEPS`` serves first; the strategy selection picks is
+recorded with it afterwards (``select_strategy``), its extra parts renamed into the version's
+directory before that — or into a version ``<first>-full`` with the encoder trained to its full
+budget, when the first was cut short and the choice reads it (``full_encoder``).
 """
 
 from __future__ import annotations
@@ -17,8 +19,11 @@ import re
 import shutil
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import replace
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any, Protocol
 
 from clinie.extractors.encoder import EncoderTagger
@@ -63,7 +68,8 @@ def train_project(store: AnnotationStore, settings: Settings, project: str, trai
         raise NotEnoughAnnotations(
             f"project {project} has {len(docs)} usable annotations, {settings.min_annotations} needed")
     options = {"epochs": settings.encoder_epochs} if settings.encoder_epochs else {}
-    tagger = EncoderTagger(list(schema.span_labels), settings.encoder_model or None, **options).fit(docs)
+    budget = {"max_steps": settings.first_model_steps} if settings.first_model_steps else {}
+    tagger = EncoderTagger(list(schema.span_labels), settings.encoder_model or None, **options, **budget).fit(docs)
     relations = None
     if schema.relation_labels and any(d.relations for d in docs):
         progress.training_stage(project, "relations")
@@ -71,21 +77,62 @@ def train_project(store: AnnotationStore, settings: Settings, project: str, trai
 
     version = f"clinie-encoder-p{project}-t{training_id}-n{len(docs)}"
     final = settings.models_dir / re.sub(r"[^\w.-]", "_", project) / version
-    partial = final.with_name(final.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    tagger.save(partial)
-    if relations is not None:
-        relations.save(partial / RELATIONS_DIR)
-    os.replace(partial, final)
+    with _written(final) as partial:
+        tagger.save(partial)
+        if relations is not None:
+            relations.save(partial / RELATIONS_DIR)
     record = ModelRecord(
         version=version, project=project, kind="encoder", path=final, n_examples=len(docs),
         info={"labels": list(schema.span_labels), "base_model": settings.encoder_model or "embedded MiniLM",
               "relations": list(relations.labels) if relations else [],
               "relation_pairs": relations.n_train_pairs if relations else 0, "selection": None,
-              "annotations": annotations.summary(), "seconds": round(time.perf_counter() - started, 1)},
-        created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+              "annotations": annotations.summary(), "cut_short": tagger.cut_short,
+              "seconds": round(time.perf_counter() - started, 1)},
+        created_at=_now())
     store.finish_training(training_id, record)
     return record, annotations
+
+
+def full_encoder(settings: Settings, record: ModelRecord, annotations: Annotations,
+                 progress: Progress) -> ModelRecord:
+    """The encoder of a first model that ``CLINIE_FIRST_MODEL_STEPS`` cut short, trained to its
+    full budget as version ``<first>-full`` (the relation classifier, never cut short, copied
+    beside it). Not registered: the caller serves it once what it serves with is in place."""
+    progress.training_stage(record.project, "encoder, full budget")
+    started = time.perf_counter()
+    options = {"epochs": settings.encoder_epochs} if settings.encoder_epochs else {}
+    tagger = EncoderTagger(list(annotations.schema.span_labels), settings.encoder_model or None,
+                           **options).fit(annotations.docs)
+    final = record.path.with_name(record.version + "-full")
+    with _written(final) as partial:
+        tagger.save(partial)
+        if (record.path / RELATIONS_DIR).is_dir():
+            shutil.copytree(record.path / RELATIONS_DIR, partial / RELATIONS_DIR)
+    return replace(record, version=final.name, path=final, created_at=_now(),
+                   info={**record.info, "cut_short": False, "first_model": record.version,
+                         "seconds": round(time.perf_counter() - started, 1)})
+
+
+def serve_full_encoder(store: AnnotationStore, settings: Settings, record: ModelRecord,
+                       annotations: Annotations, progress: Progress) -> ModelRecord:
+    """What a training serves after a cut-short first model when no selection runs."""
+    full = full_encoder(settings, record, annotations, progress)
+    store.serve_model(full)
+    return full
+
+
+@contextmanager
+def _written(final: Path) -> Iterator[Path]:
+    """A directory to write a model into, renamed to ``final`` once complete: a crash leaves a
+    ``.partial`` directory, never a half-written version."""
+    partial = final.with_name(final.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    yield partial
+    os.replace(partial, final)
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
 def select_strategy(store: AnnotationStore, settings: Settings, record: ModelRecord, annotations: Annotations,
@@ -105,22 +152,26 @@ def select_strategy(store: AnnotationStore, settings: Settings, record: ModelRec
     build = builder(annotations.schema, settings, llm, states=states)
     started = time.perf_counter()
 
-    def fitted(done: int, total: int) -> None:
-        progress.training_step(project, done, total)
+    def check() -> None:
         if superseded():
             raise Superseded(f"project {project}: a newer training supersedes the selection for {record.version}")
 
+    def fitted(done: int, total: int) -> None:
+        progress.training_step(project, done, total)
+        check()
+
+    serving = record
     try:
         progress.training_stage(project, "selection")
         cv = select(docs, build, settings, on_fit=fitted)
         selection, chosen = selection_record(cv), cv.selected
+        if "encoder" in chosen.kind.parts and record.info.get("cut_short"):
+            serving = full_encoder(settings, record, annotations, progress)
+            check()
         progress.training_stage(project, f"fitting {chosen.name}")
         for part in chosen.kind.saves:
-            directory = record.path / PARTS[part].directory
-            partial = directory.with_name(directory.name + ".partial")
-            shutil.rmtree(partial, ignore_errors=True)
-            PARTS[part].fit(build, docs).save(partial)
-            os.replace(partial, directory)
+            with _written(serving.path / PARTS[part].directory) as partial:
+                PARTS[part].fit(build, docs).save(partial)
         selection["seconds"] = round(time.perf_counter() - started, 1)
         log.info("project %s: selected %s (cross-validated F1 %.3f over %d annotations)", project,
                  selection["strategy"], selection["strategies"][selection["strategy"]]["mean_f1"], len(docs))
@@ -128,8 +179,11 @@ def select_strategy(store: AnnotationStore, settings: Settings, record: ModelRec
         raise
     except Exception as e:
         log.exception("project %s: strategy selection failed; the encoder serves", project)
-        selection = {"strategy": None, "error": type(e).__name__}
-    store.set_selection(record.version, selection)
+        selection, serving = {"strategy": None, "error": type(e).__name__}, record
+    if serving is record:
+        store.set_selection(record.version, selection)
+    else:
+        store.serve_model(replace(serving, info={**serving.info, "selection": selection}))
     return selection
 
 

@@ -385,9 +385,9 @@ class RecordedMetrics(Metrics):
 
 
 @pytest.mark.slow
-def test_the_encoder_serves_before_selection_runs_and_a_newer_training_supersedes_the_selection(tmp_path):
-    settings = Settings(data_dir=tmp_path / "first", train_every=0, min_annotations=2, encoder_epochs=1,
-                        select_strategies="encoder", select_folds=2)
+def test_a_quick_encoder_serves_before_selection_then_the_fully_trained_one_and_a_newer_training_supersedes(tmp_path):
+    settings = Settings(data_dir=tmp_path / "first", train_every=0, min_annotations=2, encoder_epochs=2,
+                        first_model_steps=1, select_strategies="encoder", select_folds=2)
     backend = Backend(settings, start_worker=False)
     client = create_app(settings, backend).test_client()
     for i, doc in enumerate(list(read_documents(NCBI_TRAIN))[:10]):
@@ -396,13 +396,31 @@ def test_the_encoder_serves_before_selection_runs_and_a_newer_training_supersede
 
     record, annotations = train_project(backend.store, settings, "1", backend.store.begin_training("1"), metrics)
     assert record.info["selection"] is None and backend.model_version("1") == record.version  # serving already
+    assert record.info["cut_short"]  # 1 step of the 2 epochs' 4
     with pytest.raises(Superseded):
         select_strategy(backend.store, settings, record, annotations, metrics, superseded=lambda: True)
     assert backend.store.serving_model("1").info["selection"] is None
     selection = select_strategy(backend.store, settings, record, annotations, metrics)
-    assert backend.store.serving_model("1").info["selection"] == selection and selection["strategy"] == "encoder"
+    full = backend.store.serving_model("1")  # the encoder selection reads, trained again to its full budget
+    assert full.version == record.version + "-full" and full.info["first_model"] == record.version
+    assert full.info["selection"] == selection and selection["strategy"] == "encoder" and not full.info["cut_short"]
+    assert backend.model_version("1") == full.version and record.path.is_dir() and full.path.is_dir()
     assert [(s["stage"], s["done"], s["total"]) for s in metrics.seen] == [
         ("selection", 1, 2), ("selection", 1, 2), ("selection", 2, 2)]
+
+
+@pytest.mark.slow
+def test_with_no_selection_the_fully_trained_encoder_follows_a_cut_short_first_model(tmp_path):
+    settings = Settings(data_dir=tmp_path / "nosel", train_every=0, min_annotations=2, encoder_epochs=2,
+                        first_model_steps=1, strategy="encoder")
+    backend, client = train_by_webhook(settings, list(read_documents(NCBI_TRAIN))[:10])
+    versions = {m.version: m for m in backend.store.models("1")}
+    [first] = [m for version, m in versions.items() if not version.endswith("-full")]
+    full = versions[first.version + "-full"]
+    assert first.info["cut_short"] and len(versions) == 2
+    assert backend.store.serving_model("1").version == full.version
+    assert client.post("/predict", json={"tasks": [{"id": 1, "data": {"text": "Cancer."}}], "project": "1",
+                                         "label_config": CONFIG}).json["model_version"] == full.version
 
 
 @pytest.mark.slow
@@ -433,7 +451,7 @@ def test_a_selected_probe_is_saved_with_its_model_version_and_serves_after_a_res
 
 @pytest.mark.heavy
 @pytest.mark.slow
-def test_the_score_label_studio_receives_is_the_calibrated_one(tmp_path):
+def test_region_scores_are_calibrated_and_the_task_score_is_the_least_sure_word(tmp_path):
     from clinie.evaluation.calibration import calibrator_from_dict
     from clinie.extractors.encoder import EncoderTagger
 
@@ -456,8 +474,9 @@ def test_the_score_label_studio_receives_is_the_calibrated_one(tmp_path):
         for region, span in zip(regions, doc.entities):
             assert region["score"] == pytest.approx(calibrator([span.score])[0], abs=1e-3)
             compared += 1
-        if regions:
-            assert result["score"] == pytest.approx(sum(r["score"] for r in regions) / len(regions), abs=1e-3)
+        # the task score ranks, it is not a span's chance: the encoder's least sure word, regions or none
+        assert result["score"] == pytest.approx(doc.meta["confidence"], abs=1e-4)
+        assert result["score"] <= min((span.score for span in doc.entities), default=1.0) + 1e-4
     assert compared > 0
 
 

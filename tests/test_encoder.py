@@ -9,6 +9,7 @@ import pytest
 
 from clinie.core import Document, Span, read_documents, tokenize
 from clinie.embedded import encoder_path
+from clinie.evaluation.calibration import auroc
 from clinie.extractors import Extractor
 from clinie.extractors.encoder import EncoderTagger, Window, aggregate_first, postprocess
 from tests.support import DATA
@@ -150,6 +151,22 @@ def test_predict_drops_gold_and_keeps_only_schema_labels(trained, train):
     (predicted,) = trained.predict([noisy])
     assert {s.label for s in predicted.entities} <= {"Disease"}
     assert all(s.id.startswith("T") and s.score is not None for s in predicted.entities)
+
+
+@pytest.mark.slow
+def test_the_task_confidence_is_the_least_sure_word_and_ranks_wrong_readings_first(trained):
+    test = list(read_documents(NCBI / "chen2023_test_sample200.jsonl"))
+    blank = [d.with_annotations(()) for d in test]
+    predicted = trained.predict(blank)
+    for doc, windows in zip(predicted, trained.predict_words(blank)):
+        least_sure = min(float(p.max(axis=1).min()) for _, p in windows)
+        assert doc.meta["confidence"] == pytest.approx(least_sure, abs=1e-6)
+        assert all(doc.meta["confidence"] <= s.score + 1e-6 for s in doc.entities)  # "O" words count too
+    assert any(not d.entities for d in predicted)  # a reading with no span is scored as well
+    right = [int({(s.start, s.end) for s in g.entities} == {(s.start, s.end) for s in p.entities})
+             for g, p in zip(test, predicted)]
+    assert 0 < sum(right) < len(right)
+    assert auroc([d.meta["confidence"] for d in predicted], right) > 0.6  # sorting ascending finds the wrong first
 
 
 @pytest.mark.slow

@@ -105,6 +105,7 @@ def test_filter_then_probe_reads_only_the_sentences_the_encoder_is_unsure_of(enc
     never = FilterThenProbe(encoder, probe, band=(0.0, 0.0)).predict(docs)
     assert [d.entities for d in never] == [d.entities for d in encoder.predict(docs)]
     assert all(d.meta["llm"]["sentences_to_llm"] == 0 == d.meta["llm"]["calls"] for d in never)
+    assert [d.meta["confidence"] for d in never] == [d.meta["confidence"] for d in encoder.predict(docs)]
 
     gated = FilterThenProbe(encoder, probe, band=(0.0, 0.9))
     read_in_all = 0
@@ -119,6 +120,10 @@ def test_filter_then_probe_reads_only_the_sentences_the_encoder_is_unsure_of(enc
             expected += [shift(s, doc.text, a) for s in probe.predict([Document("part", doc.text[a:b])])[0].entities]
         assert sorted((s.start, s.end, s.label) for s in expected) == [(s.start, s.end, s.label) for s in out.entities]
         assert_spans_match_text(doc.text, out.entities)
+        if read:  # how sure the reading is counts the probe's words where the probe read
+            parts = [Document("part", doc.text[a:b]) for a, b in read]
+            probe_least = min(float(p.max(axis=1).min()) for pieces in probe.predict_words(parts) for _, p in pieces)
+            assert out.meta["confidence"] <= probe_least + 1e-6
         read_in_all += len(read)
     assert 0 < read_in_all < sum(len(split_sentences(d.text)) for d in docs)  # a filter, not all or nothing
 

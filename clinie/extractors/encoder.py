@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -97,6 +97,25 @@ def word_spans(text: str, words: Sequence[Token], word_probs: np.ndarray, tags: 
     return bio_to_spans(text, words, [tags[i] for i in best], [float(word_probs[w, i]) for w, i in enumerate(best)])
 
 
+def word_confidence(word_probs: Sequence[np.ndarray]) -> float | None:
+    """How sure a tagger is of its whole reading: the probability of its least sure word's tag,
+    "O" included (a word barely called "O" may be a missed entity). The task score Label Studio
+    sorts by (``clinie.labelstudio.task_score``): the lowest first is what annotating would teach
+    the model most. None for a text with no words.
+
+    >>> word_confidence([np.array([[0.9, 0.1], [0.3, 0.7]]), np.array([[0.6, 0.4]])])
+    0.6
+    """
+    rows = [p for p in word_probs if len(p)]
+    return float(min(p.max(axis=1).min() for p in rows)) if rows else None
+
+
+def with_confidence(doc: Document, word_probs: Sequence[np.ndarray]) -> Document:
+    """``doc`` with ``meta["confidence"]``, the ``word_confidence`` of the words it read."""
+    confidence = word_confidence(word_probs)
+    return doc if confidence is None else replace(doc, meta={**doc.meta, "confidence": round(confidence, 6)})
+
+
 class EncoderTagger:
     """Fine-tunes any Hugging Face encoder (directory or hub name) for word-level BIO tagging.
 
@@ -109,7 +128,8 @@ class EncoderTagger:
     optimiser steps: at 100 sentences 20 epochs are 260 steps, but at 16 sentences they would be
     40, too few for the new classifier head (cross-validated on 16 NCBI sentences, 8 epochs
     predicted no span at all), and a large one stops at ``STEP_BUDGET`` steps, so that long notes
-    do not multiply the training time. An explicit ``epochs`` is taken as given. Training is AdamW (weight
+    do not multiply the training time. An explicit ``epochs`` is taken as given. An explicit
+    ``max_steps`` caps any of these (the backend's quick first model: ``CLINIE_FIRST_MODEL_STEPS``). Training is AdamW (weight
     decay 0.01), 10 % linear warm-up then linear decay, gradients clipped at 1.
 
     ``max_subwords`` caps a window in sub-words (specials included); the default is the
@@ -127,6 +147,7 @@ class EncoderTagger:
         max_words_per_chunk: int = 128,
         max_subwords: int | None = None,
         seed: int = 13,
+        max_steps: int | None = None,
         device: str = "cpu",
     ) -> None:
         from transformers import AutoConfig, AutoTokenizer
@@ -136,9 +157,10 @@ class EncoderTagger:
         self.base_model = str(model or encoder_path())
         self.hyperparameters = {"epochs": epochs, "learning_rate": learning_rate, "batch_size": batch_size,
                                 "max_words_per_chunk": max_words_per_chunk, "max_subwords": max_subwords,
-                                "seed": seed}
+                                "seed": seed, "max_steps": max_steps}
         self.device = device
         self.n_train_docs = 0
+        self.cut_short = False  # whether ``max_steps`` stopped the last fit before its epochs
         self._tokenizer = AutoTokenizer.from_pretrained(self.base_model)
         if not self._tokenizer.is_fast:
             raise ValueError(f"{self.base_model}: a fast tokenizer is needed to map sub-words to words")
@@ -218,6 +240,14 @@ class EncoderTagger:
         batches = math.ceil(n_examples / self.hyperparameters["batch_size"])
         return self.hyperparameters["epochs"] or max(EPOCHS, math.ceil(MIN_STEPS / max(batches, 1)))
 
+    def _step_budget(self) -> int | None:
+        """``max_steps`` when given (it caps explicit epochs too), else ``STEP_BUDGET`` unless the
+        epochs were given."""
+        hp = self.hyperparameters
+        if hp["max_steps"] is not None:
+            return hp["max_steps"]
+        return None if hp["epochs"] else STEP_BUDGET
+
     def fit(self, docs: Sequence[Document], progress: bool = False) -> EncoderTagger:
         """Fine-tune a fresh copy of the base encoder on ``docs`` (their spans in ``labels``).
 
@@ -240,10 +270,10 @@ class EncoderTagger:
             self.base_model, num_labels=len(self.tags), id2label=dict(enumerate(self.tags)),
             label2id={t: i for i, t in enumerate(self.tags)}, ignore_mismatched_sizes=True).to(self.device)
         self._model.train()
-        fine_tune(self._model.parameters(), examples,
+        self.cut_short = fine_tune(self._model.parameters(), examples,
                   lambda part: self._model(**self._batch([w for w, _ in part], [lab for _, lab in part])).loss,
                   epochs=self._epochs(len(examples)), learning_rate=hp["learning_rate"], batch_size=hp["batch_size"],
-                  seed=hp["seed"], max_steps=None if hp["epochs"] else STEP_BUDGET, progress=progress)
+                  seed=hp["seed"], max_steps=self._step_budget(), progress=progress)
         self._model.eval()
         self.n_train_docs = len(docs)
         return self
@@ -273,9 +303,11 @@ class EncoderTagger:
         Gold annotations are dropped; an empty or blank text gets no spans.
         """
         spans: list[list[Span]] = [[] for _ in docs]
+        read: list[list[np.ndarray]] = [[] for _ in docs]
         for window, p in self._forward(docs, batch_size, progress):
             spans[window.doc_index].extend(postprocess(docs[window.doc_index].text, window, p, self.tags))
-        return [number_spans(doc, found) for doc, found in zip(docs, spans)]
+            read[window.doc_index].append(aggregate_first(p, window.word_ids, len(window.words)))
+        return [with_confidence(number_spans(doc, found), probs) for doc, found, probs in zip(docs, spans, read)]
 
     def predict_words(self, docs: Sequence[Document], batch_size: int = 32) -> list[list[tuple[list[Token], np.ndarray]]]:
         """Per document, its windows in text order: the words and each word's tag distribution

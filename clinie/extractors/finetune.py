@@ -23,20 +23,19 @@ Example = TypeVar("Example")
 
 def fine_tune(parameters: Sequence[Any], examples: list[Example], batch_loss: Callable[[list[Example]], Any], *,
               epochs: int, learning_rate: float, batch_size: int, seed: int, max_steps: int | None = None,
-              progress: bool = False, desc: str = "fine-tuning") -> None:
+              progress: bool = False, desc: str = "fine-tuning") -> bool:
     """AdamW (weight decay 0.01), 10 % linear warm-up then linear decay, gradients clipped at 1;
     ``examples`` are reshuffled in place every epoch by a seeded generator, so the same seed
     and data give the same model. ``batch_loss`` returns the loss of a batch of examples.
     ``epochs`` passes over the data, stopping after ``max_steps`` optimiser steps if given (the
-    schedule spans the steps actually taken)."""
+    schedule spans the steps actually taken). True when ``max_steps`` cut the epochs short."""
     import torch
     from tqdm.auto import tqdm
     from transformers import get_linear_schedule_with_warmup
 
     parameters = list(parameters)
-    steps = math.ceil(len(examples) / batch_size) * epochs
-    if max_steps is not None:
-        steps = min(steps, max_steps)
+    planned = math.ceil(len(examples) / batch_size) * epochs
+    steps = planned if max_steps is None else min(planned, max_steps)
     optimizer = torch.optim.AdamW(parameters, lr=learning_rate, weight_decay=0.01)
     schedule = get_linear_schedule_with_warmup(optimizer, int(0.1 * steps), steps)
     shuffler = random.Random(seed)
@@ -56,6 +55,7 @@ def fine_tune(parameters: Sequence[Any], examples: list[Example], batch_loss: Ca
                 optimizer.zero_grad()
                 bar.update()
                 bar.set_postfix(loss=f"{loss.item():.3f}")
+    return steps < planned
 
 
 def write_meta(directory: Path, kind: str, **fields: Any) -> None:

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from clinie.core import Document, Span, Token, bio_labels, number_spans, spans_to_bio, split_sentences, word_pieces
-from clinie.extractors.encoder import word_spans
+from clinie.extractors.encoder import with_confidence, word_spans
 from clinie.extractors.finetune import fine_tune, read_meta, write_meta
 from clinie.llm.hidden import HiddenStates
 
@@ -169,7 +169,8 @@ class ProbeTagger:
             spans: list[Span] = [s for words, p in pieces for s in word_spans(doc.text, words, p, self.tags)]
             sentences = len(split_sentences(doc.text))
             cost = reading_cost(self.states, before, started, sentences=sentences, read=sentences)
-            out.append(replace(number_spans(doc, spans), meta={**doc.meta, "llm": cost}))
+            read = with_confidence(number_spans(doc, spans), [p for _, p in pieces])
+            out.append(replace(read, meta={**read.meta, "llm": cost}))
         return out
 
     # --- persistence ----------------------------------------------------------------------
