@@ -30,7 +30,8 @@ WORKER_TIMEOUT_SECONDS = 600
 class Settings:
     #: Where the annotation store (``clinie.sqlite3``) and the model versions (``models/``) live.
     data_dir: Path = Path("clinie-data")
-    #: Address ``clinie serve`` listens on; the container sets 0.0.0.0.
+    #: Address ``clinie serve`` listens on; the container sets 0.0.0.0. Any but loopback requires
+    #: basic auth (or ``allow_unauthenticated``): see ``validate_serving``.
     host: str = "127.0.0.1"
     port: int = 9090
     #: Encoder to fine-tune: a local directory or a Hugging Face name; empty = embedded MiniLM.

@@ -18,7 +18,7 @@ ACCESS_LOG_FORMAT = '%(h)s %(l)s - %(t)s "%(r)s" %(s)s %(b)s "%(f)s" "%(a)s"'
 def add_command(commands: Any) -> None:
     """Add ``serve`` to the ``clinie`` command line's sub-commands."""
     serve = commands.add_parser("serve", help="run the Label Studio ML backend (gunicorn)")
-    serve.add_argument("--host", help="default: CLINIE_HOST or 127.0.0.1")
+    serve.add_argument("--host", help="default: CLINIE_HOST or 127.0.0.1 (any other address requires basic auth)")
     serve.add_argument("--port", type=int, help="default: CLINIE_PORT or 9090")
     serve.add_argument("--threads", type=int, default=8, help="concurrent requests (default 8)")
     serve.set_defaults(run=serve_command)
