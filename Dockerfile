@@ -4,10 +4,11 @@
 #
 #   docker build -t clinie . && docker run -p 9090:9090 -v clinie-data:/data \
 #       -e CLINIE_BASIC_AUTH_USER=ls -e CLINIE_BASIC_AUTH_PASSWORD=<long random> clinie
+#   docker compose up          # Label Studio and clinie together (docker-compose.yml)
+#
 # It listens on every address, so it refuses to start without those two (or an explicit
 # CLINIE_ALLOW_UNAUTHENTICATED=1 behind a proxy that authenticates); Label Studio then connects
 # at http://ls:<password>@<host>:9090.
-#   docker compose up          # Label Studio and clinie together (docker-compose.yml)
 
 # --- build: compilers for llama.cpp (portable x86-64-v3 flags, .ci/llama-wheel.sh) ------------
 FROM python:3.11-slim AS build
