@@ -2,8 +2,13 @@
 # (tests/test_container.py: the install script, the model assembly, the serve command with
 # these environment variables, the health check), so the image cannot silently rot.
 #
-#   docker build -t clinie . && docker run -p 9090:9090 -v clinie-data:/data clinie
+#   docker build -t clinie . && docker run -p 9090:9090 -v clinie-data:/data \
+#       -e CLINIE_BASIC_AUTH_USER=ls -e CLINIE_BASIC_AUTH_PASSWORD=<long random> clinie
 #   docker compose up          # Label Studio and clinie together (docker-compose.yml)
+#
+# It listens on every address, so it refuses to start without those two (or an explicit
+# CLINIE_ALLOW_UNAUTHENTICATED=1 behind a proxy that authenticates); Label Studio then connects
+# at http://ls:<password>@<host>:9090.
 
 # --- build: compilers for llama.cpp (portable x86-64-v3 flags, .ci/llama-wheel.sh) ------------
 FROM python:3.11-slim AS build
@@ -27,15 +32,20 @@ ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 \
     CLINIE_HOST=0.0.0.0 CLINIE_PORT=9090 CLINIE_DATA_DIR=/data \
     CLINIE_LLM_MODEL=/app/models/gemma-3-270m-q4_k_m.gguf \
     CLINIE_PROBE_MODEL=/app/models/gemma-3-270m-q4_k_m.gguf
-RUN useradd --create-home --uid 1000 clinie && mkdir -p /data && chown clinie /data
+RUN useradd --create-home --uid 1000 clinie && mkdir -p /data && chown clinie /data && chmod 700 /data
 COPY --from=build /app /app
 WORKDIR /app
 USER clinie
-# The store (clinie.sqlite3), the LLM call cache and every model version.
+# The store (clinie.sqlite3), the LLM call cache and every model version: private to the clinie
+# user (directory 0700, files 0600; clinie.private).
 VOLUME ["/data"]
 EXPOSE 9090
+# /health with the container's basic-auth credentials when it has them (it answers 401 without).
 HEALTHCHECK --interval=30s --timeout=5s --start-period=60s \
-    CMD /app/.venv/bin/python -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:9090/health', timeout=4)"
+    CMD /app/.venv/bin/python -c "import base64, os, urllib.request as u; \
+r = u.Request('http://127.0.0.1:9090/health'); user = os.environ.get('CLINIE_BASIC_AUTH_USER', ''); \
+user and r.add_header('Authorization', 'Basic ' + base64.b64encode( \
+(user + ':' + os.environ.get('CLINIE_BASIC_AUTH_PASSWORD', '')).encode()).decode()); u.urlopen(r, timeout=4)"
 # gunicorn, one worker (it owns the models and the training thread), 8 threads; SIGTERM lets
 # requests in flight finish (the predict budget + 30 s: run it with `docker stop -t 100`).
 STOPSIGNAL SIGTERM

@@ -28,6 +28,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from clinie.core import read_documents, write_documents
+from clinie.private import restrict_umask
 from clinie.settings import Settings
 
 
@@ -388,6 +389,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    restrict_umask()  # reports, run files, models and the store hold note text (clinie.private)
     # transformers reports every fine-tuning's fresh classifier head and loading bar: noise in a
     # study that fits dozens of models (CLINIE_LOG_LEVEL=DEBUG keeps them)
     if os.environ.get("CLINIE_LOG_LEVEL", "").upper() != "DEBUG":

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import traceback
 from datetime import datetime, timezone
 
@@ -68,6 +69,16 @@ def redacted_traceback(error: BaseException) -> str:
                      f"<message redacted: {len(str(exc))} chars>")
         exc = exc.__cause__ or (None if exc.__suppress_context__ else exc.__context__)
     return "\n\nThe above led to:\n\n".join(reversed(parts))
+
+
+def without_credentials(url: str) -> str:
+    """``url`` with any ``user:password@`` removed, for showing where clinie connects (``/health``)
+    without the secret that lets it in. Never fails: what is not a URL comes back unchanged.
+
+    >>> without_credentials("http://ls:s3cret@label-studio:8080/x?y=1"), without_credentials("http://llm:8000/v1")
+    ('http://label-studio:8080/x?y=1', 'http://llm:8000/v1')
+    """
+    return re.sub(r"^([A-Za-z][A-Za-z0-9+.-]*://)[^/?#]*@", r"\1", url)
 
 
 def dict_config(level: str, log_format: str = "text") -> dict:

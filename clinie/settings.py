@@ -11,6 +11,7 @@ Example:
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import tomllib
 from collections.abc import Mapping
@@ -29,7 +30,8 @@ WORKER_TIMEOUT_SECONDS = 600
 class Settings:
     #: Where the annotation store (``clinie.sqlite3``) and the model versions (``models/``) live.
     data_dir: Path = Path("clinie-data")
-    #: Address ``clinie serve`` listens on; the container sets 0.0.0.0.
+    #: Address ``clinie serve`` listens on; the container sets 0.0.0.0. Any but loopback requires
+    #: basic auth (or ``allow_unauthenticated``): see ``validate_serving``.
     host: str = "127.0.0.1"
     port: int = 9090
     #: Encoder to fine-tune: a local directory or a Hugging Face name; empty = embedded MiniLM.
@@ -108,9 +110,12 @@ class Settings:
     #: start and on "Start training" only.
     sync_every_minutes: int = 10
     #: Basic auth required on every endpoint when both are set (put them in the backend URL
-    #: that Label Studio calls: http://user:password@host:port).
+    #: that Label Studio calls: http://user:password@host:port); one without the other is refused.
     basic_auth_user: str = ""
     basic_auth_password: str = ""
+    #: Serve on an address other than loopback without basic auth (refused unless this is set:
+    #: every endpoint hands out or takes in patient text).
+    allow_unauthenticated: bool = False
     #: Seconds a /predict batch may take (Label Studio waits 100 s, ``ML_TIMEOUT_PREDICT``): when
     #: spent, the backend answers the first task only and Label Studio asks for the rest one
     #: task per request; 0 = no limit.
@@ -166,6 +171,11 @@ class Settings:
         return "encoder,gated,probe" if self.embedded_llm else "encoder,gated,probe,llm,rerank"
 
     @property
+    def requires_auth(self) -> bool:
+        """Every request must carry the basic-auth credentials (``validate`` refuses half of them)."""
+        return bool(self.basic_auth_user and self.basic_auth_password)
+
+    @property
     def store_path(self) -> Path:
         return self.data_dir / "clinie.sqlite3"
 
@@ -216,9 +226,42 @@ class Settings:
             raise ValueError(f"{PREFIX}LLM_GUIDED must be empty, llama.cpp or vllm, not {self.llm_guided!r}")
         if bool(self.label_studio_url) != bool(self.label_studio_api_key):
             raise ValueError(f"{PREFIX}LABEL_STUDIO_URL and {PREFIX}LABEL_STUDIO_API_KEY go together (re-sync needs both)")
+        if bool(self.basic_auth_user) != bool(self.basic_auth_password):
+            missing = "BASIC_AUTH_PASSWORD" if self.basic_auth_user else "BASIC_AUTH_USER"
+            raise ValueError(f"{PREFIX}{missing} is not set: basic auth needs both {PREFIX}BASIC_AUTH_USER and "
+                             f"{PREFIX}BASIC_AUTH_PASSWORD (with one alone, every endpoint would be open)")
         if self.llm_provider == "openai" and not (self.llm_base_url and self.llm_model):
             raise ValueError(f"{PREFIX}LLM_PROVIDER=openai needs {PREFIX}LLM_BASE_URL and {PREFIX}LLM_MODEL: "
                              "clinie sends note text to no endpoint that was not named explicitly")
+
+    def validate_serving(self) -> None:
+        """Before the backend answers anyone: the settings are valid, and patient text is not
+        served without credentials to any address but this machine's, unless explicitly allowed.
+
+        >>> Settings(host="0.0.0.0").validate_serving()  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ValueError: refusing to serve on 0.0.0.0 without authentication: set CLINIE_BASIC_AUTH_USER and ...
+        """
+        self.validate()
+        if not (self.requires_auth or self.allow_unauthenticated or is_loopback(self.host)):
+            raise ValueError(f"refusing to serve on {self.host or 'every address'} without authentication: set "
+                             f"{PREFIX}BASIC_AUTH_USER and {PREFIX}BASIC_AUTH_PASSWORD (Label Studio then connects "
+                             f"at http://user:password@host:port), or {PREFIX}ALLOW_UNAUTHENTICATED=1 when "
+                             "something in front of clinie authenticates")
+
+
+def is_loopback(host: str) -> bool:
+    """Only this machine can connect to ``host``: ``localhost`` or a loopback address.
+
+    >>> [is_loopback(h) for h in ("127.0.0.1", "[::1]", "localhost", "0.0.0.0", "", "10.0.0.5", "clinie")]
+    [True, True, True, False, False, False, False]
+    """
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:  # a host name other than localhost may resolve to anything
+        return False
 
 
 def _convert(cls: type, name: str, value: Any) -> Any:
@@ -226,6 +269,8 @@ def _convert(cls: type, name: str, value: Any) -> Any:
     try:
         if kind is Path:
             return Path(value)
+        if kind is bool:
+            return _flag(value)
         if kind in (int, float):
             number = kind(value)
             if number < 0:
@@ -234,3 +279,13 @@ def _convert(cls: type, name: str, value: Any) -> Any:
         return str(value)
     except ValueError as e:
         raise ValueError(f"setting {PREFIX}{name.upper()}={value!r}: {e}") from e
+
+
+def _flag(value: Any) -> bool:
+    """``1``/``true``/``yes``/``on`` or ``0``/``false``/``no``/``off``/empty (a TOML boolean too)."""
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError("must be 1 or 0 (true or false)")

@@ -1,4 +1,4 @@
-"""Opening SQLite files that several processes share (the store, the LLM call cache).
+"""Opening SQLite files that several processes share (the store, the LLM call cache), private.
 
 Two processes opening a new file at once (two benches, the backend beside ``clinie fewshot``) can
 each hold a read lock and want the write lock to switch it to WAL or create its tables; SQLite
@@ -16,7 +16,10 @@ from __future__ import annotations
 import sqlite3
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import TypeVar
+
+from clinie.private import private_file
 
 BUSY_S = 60.0
 T = TypeVar("T")
@@ -35,7 +38,15 @@ def until_unlocked(step: Callable[[], T], within_s: float = BUSY_S) -> T:
 
 
 def open_wal(path: str, *, check_same_thread: bool = True) -> sqlite3.Connection:
-    """An autocommit connection to ``path`` in WAL mode, waiting up to ``BUSY_S`` for locks."""
+    """An autocommit connection to ``path`` in WAL mode, waiting up to ``BUSY_S`` for locks.
+
+    The file (and its directory, when missing) is created private before SQLite opens it: the
+    ``-wal`` and ``-shm`` files SQLite adds take its mode (``clinie.private``).
+    """
+    if path != ":memory:":
+        private_file(Path(path))
+        for companion in ("-wal", "-shm"):  # left by an older version, before files were private
+            private_file(Path(path + companion), create=False)
     db = sqlite3.connect(path, timeout=BUSY_S, isolation_level=None, check_same_thread=check_same_thread)
     until_unlocked(lambda: db.execute("PRAGMA journal_mode=WAL"))
     return db

@@ -122,9 +122,7 @@ class AnnotationStore:
     """Thread-safe: each thread gets its own connection; writes are immediate transactions."""
 
     def __init__(self, path: str | Path) -> None:
-        self._path = str(path)
-        if self._path != ":memory:":
-            Path(self._path).parent.mkdir(parents=True, exist_ok=True)
+        self._path = str(path)  # created private, with its directory, by open_wal
         self._local = threading.local()
         self._shared: sqlite3.Connection | None = None
         if self._path == ":memory:":  # one connection, or every thread would see its own empty DB

@@ -7,7 +7,6 @@ that says what is wrong and leaves no trace; errors are JSON, never an HTML page
 from __future__ import annotations
 
 import base64
-import binascii
 import hmac
 import logging
 import time
@@ -17,6 +16,7 @@ from flask import Flask, Response, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from clinie.labelstudio import LabelConfigError
+from clinie.private import restrict_umask
 from clinie.settings import Settings
 from ml_backend.metrics import render_prometheus
 from ml_backend.service import ANNOTATION_ACTIONS, Backend, project_key
@@ -79,7 +79,12 @@ def validate_webhook(body: dict[str, Any]) -> None:
 
 
 def create_app(settings: Settings | None = None, backend: Backend | None = None) -> Flask:
+    """The WSGI app. Refuses settings that would serve patient text to the network without
+    credentials (``Settings.validate_serving``), and makes what the process writes private
+    (``clinie.private``) before the backend opens its store."""
     settings = settings or Settings.load()
+    settings.validate_serving()
+    restrict_umask()
     backend = backend or Backend(settings)
     app = Flask("clinie")
     app.config["MAX_CONTENT_LENGTH"] = settings.max_request_mb * 1024 * 1024
@@ -87,7 +92,7 @@ def create_app(settings: Settings | None = None, backend: Backend | None = None)
 
     @app.before_request
     def authenticate() -> Response | None:
-        if not (settings.basic_auth_user and settings.basic_auth_password):
+        if not settings.requires_auth:
             return None
         if _credentials_ok(request.headers.get("Authorization", ""), settings):
             return None
@@ -173,12 +178,17 @@ def create_app(settings: Settings | None = None, backend: Backend | None = None)
 
 
 def _credentials_ok(header: str, settings: Settings) -> bool:
+    """Whether ``Authorization`` carries the configured user and password. Any header that is not
+    ``Basic base64(user:password)`` — not base64, not UTF-8, no colon, bytes outside ASCII
+    (``b64decode`` refuses those with a ValueError) — is simply not them: a 401, never a 500."""
     scheme, _, encoded = header.partition(" ")
     if scheme.lower() != "basic":
         return False
     try:
-        user, _, password = base64.b64decode(encoded, validate=True).decode("utf-8").partition(":")
-    except (binascii.Error, UnicodeDecodeError):
+        user, colon, password = base64.b64decode(encoded, validate=True).decode("utf-8").partition(":")
+    except ValueError:  # binascii.Error and UnicodeDecodeError included
+        return False
+    if not colon:
         return False
     # Both compared, always: no early exit that would time the user name.
     return hmac.compare_digest(user.encode(), settings.basic_auth_user.encode()) & \

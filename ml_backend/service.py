@@ -18,6 +18,7 @@ from clinie import __version__
 from clinie.core import Document, Schema
 from clinie.evaluation.calibration import calibrate_documents
 from clinie.labelstudio import parse_label_config, prediction_to_result, task_to_document
+from clinie.logs import without_credentials
 from clinie.settings import Settings
 from clinie.store import AnnotationStore, ModelRecord
 from ml_backend.metrics import Metrics
@@ -278,7 +279,7 @@ class Backend:
             log.info("%s", e)
             return None
         except Exception as e:
-            self.store.fail_training(training_id, f"{type(e).__name__}: {e}")
+            self.store.fail_training(training_id, type(e).__name__)  # a message may quote note text
             self.metrics.count("trainings_failed")
             log.exception("project %s: training failed; the previous model keeps serving", project)
             return None
@@ -305,10 +306,10 @@ class Backend:
     def health(self) -> dict[str, Any]:
         """``remote_endpoints``: where note text is sent (an OpenAI-compatible LLM, only when
         configured); ``label_studio``: what annotations are re-synced from (read only)."""
-        remote = [self.settings.llm_base_url] if self.settings.llm_provider == "openai" else []
+        remote = [without_credentials(self.settings.llm_base_url)] if self.settings.llm_provider == "openai" else []
         return {"status": "UP", "model_class": "clinie", "clinie_version": __version__,
                 "strategy": self.settings.strategy, "remote_endpoints": remote,
-                "label_studio": self.settings.label_studio_url or None}
+                "label_studio": without_credentials(self.settings.label_studio_url) or None}
 
     def metrics_snapshot(self) -> dict[str, Any]:
         snapshot = self.metrics.snapshot()

@@ -6,21 +6,27 @@ cannot rot unseen."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import shlex
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
 import requests
 import yaml
+from werkzeug.serving import make_server
 
 from clinie.settings import Settings
+from ml_backend.app import create_app
 from tests.support.backend_server import ServerProcess
 from tests.support.labelstudio_server import LS_VERSION, free_port
 
 ROOT = Path(__file__).resolve().parents[1]
+#: What a deployment sets: the image listens on every address, so it requires them.
+CREDENTIALS = {"CLINIE_BASIC_AUTH_USER": "label-studio", "CLINIE_BASIC_AUTH_PASSWORD": "s3cret:with a colon"}
 
 
 def instructions(dockerfile: Path) -> list[tuple[str, str]]:
@@ -74,22 +80,56 @@ def test_the_image_command_serves_with_the_image_settings_and_its_health_check_p
     port = free_port()
     env = {k: in_checkout(v) for k, v in image_env().items()}
     # CLINIE_COLD_START=llm: the embedded LLM pre-annotates before any model (by default it shows nothing)
-    env |= {"CLINIE_DATA_DIR": str(tmp_path / "data"), "CLINIE_PORT": str(port), "CLINIE_COLD_START": "llm"}
+    env |= {"CLINIE_DATA_DIR": str(tmp_path / "data"), "CLINIE_PORT": str(port), "CLINIE_COLD_START": "llm"} | CREDENTIALS
     assert Path(env["CLINIE_LLM_MODEL"]).read_bytes()[:4] == b"GGUF"
     assert env["CLINIE_PROBE_MODEL"] == env["CLINIE_LLM_MODEL"]  # the probe reads the same assembled file
     [cmd] = [json.loads(args) for op, args in RUNTIME if op == "CMD"]
-    [health] = [args for op, args in RUNTIME if op == "HEALTHCHECK"]
-    with ServerProcess([in_checkout(a) for a in cmd], tmp_path / "serve.log", "/health", env, port=port) as server:
-        probe = in_checkout(health.split(" CMD ", 1)[1]).replace("9090", str(port))
-        assert subprocess.run(probe, shell=True, timeout=30).returncode == 0
+    auth = (CREDENTIALS["CLINIE_BASIC_AUTH_USER"], CREDENTIALS["CLINIE_BASIC_AUTH_PASSWORD"])
+    with ServerProcess([in_checkout(a) for a in cmd], tmp_path / "serve.log", "/health", env, port=port,
+                       auth=auth) as server:
+        probe = in_checkout(health_check()).replace("9090", str(port))
+        assert subprocess.run(probe, shell=True, timeout=30, env=os.environ | env).returncode == 0
         # the embedded LLM, from the path the image sets, pre-annotates a project with no model yet
         config = (ROOT / "label_configs" / "disease_ner.xml").read_text()
-        answer = requests.post(server.url + "/predict", json={
+        answer = requests.post(server.url + "/predict", auth=auth, json={
             "tasks": [{"id": 1, "data": {"text": "Familial breast cancer."}}], "project": "1",
             "label_config": config}, timeout=120).json()
         assert answer["model_version"].startswith("clinie-llm-llama.cpp-gemma-3-270m-q4_k_m-")
-    assert subprocess.run(probe, shell=True, timeout=30, stderr=subprocess.DEVNULL).returncode != 0, \
-        "the health check fails once the backend is down"
+    assert subprocess.run(probe, shell=True, timeout=30, env=os.environ | env,
+                          stderr=subprocess.DEVNULL).returncode != 0, "the health check fails once the backend is down"
+
+
+def health_check() -> str:
+    """The HEALTHCHECK's command (shell form, as Docker runs it)."""
+    [health] = [args for op, args in RUNTIME if op == "HEALTHCHECK"]
+    return health.split(" CMD ", 1)[1]
+
+
+def test_the_image_refuses_to_serve_without_credentials_or_the_explicit_override():
+    """It listens on every address of its network (CLINIE_HOST=0.0.0.0)."""
+    with pytest.raises(ValueError, match="CLINIE_BASIC_AUTH_USER and CLINIE_BASIC_AUTH_PASSWORD"):
+        Settings.load(image_env()).validate_serving()
+    Settings.load(image_env() | CREDENTIALS).validate_serving()
+    Settings.load(image_env() | {"CLINIE_ALLOW_UNAUTHENTICATED": "1"}).validate_serving()
+
+
+def test_the_health_check_sends_the_containers_credentials(tmp_path):
+    """The HEALTHCHECK against the real app with basic auth on: healthy with the container's
+    credentials in its environment, unhealthy without them (a 401)."""
+    settings = Settings.load(CREDENTIALS | {"CLINIE_DATA_DIR": str(tmp_path / "data")})
+    server = make_server("127.0.0.1", 0, create_app(settings), threaded=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        probe = health_check().replace("/app/.venv/bin/python", shlex.quote(sys.executable)) \
+            .replace("9090", str(server.server_port))
+        def run(env: dict[str, str]) -> int:
+            return subprocess.run(probe, shell=True, timeout=60, env=env, stderr=subprocess.DEVNULL).returncode
+        bare = {k: v for k, v in os.environ.items() if not k.startswith("CLINIE_")}
+        assert run(bare | CREDENTIALS) == 0
+        assert run(bare) != 0
+        assert run(bare | CREDENTIALS | {"CLINIE_BASIC_AUTH_PASSWORD": "wrong"}) != 0
+    finally:
+        server.shutdown()
 
 
 def substitute(value: str, variables: dict[str, str]) -> str:
@@ -116,6 +156,11 @@ def test_compose_runs_label_studio_and_clinie_with_the_settings_each_needs():
 
     clinie_env = {k: substitute(v, filled) for k, v in clinie["environment"].items()}
     settings = Settings.load(image_env() | clinie_env)  # valid, as the container will read them
+    settings.validate_serving()
+    for required in ("CLINIE_BASIC_AUTH_USER", "CLINIE_BASIC_AUTH_PASSWORD"):
+        assert required in dot_env, f".env.example names {required}"
+        with pytest.raises(AssertionError, match=f"compose refuses to start without {required}"):
+            substitute(clinie["environment"][required], filled | {required: ""})
     assert settings.label_studio_api_key == ls_env["LABEL_STUDIO_USER_TOKEN"] != ""
     assert settings.label_studio_url == "http://label-studio:8080"
     assert clinie["build"] == "."

@@ -26,6 +26,9 @@ def test_environment_overrides_the_config_file(tmp_path):
     ({"CLINIE_TRAIN_EVERY": "-1"}, "CLINIE_TRAIN_EVERY"),
     ({"CLINIE_LLM_PROVIDER": "torch"}, "CLINIE_LLM_PROVIDER"),
     ({"CLINIE_LLM_GUIDED": "1"}, "CLINIE_LLM_GUIDED"),
+    ({"CLINIE_BASIC_AUTH_USER": "ls"}, "CLINIE_BASIC_AUTH_PASSWORD is not set"),
+    ({"CLINIE_BASIC_AUTH_PASSWORD": "s3cret"}, "CLINIE_BASIC_AUTH_USER is not set"),
+    ({"CLINIE_ALLOW_UNAUTHENTICATED": "maybe"}, "CLINIE_ALLOW_UNAUTHENTICATED"),
 ])
 def test_bad_values_name_the_variable(env, message):
     with pytest.raises(ValueError, match=message):

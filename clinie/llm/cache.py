@@ -25,8 +25,6 @@ from clinie.sqlite_wal import open_wal, until_unlocked
 
 class CallCache:
     def __init__(self, path: str | Path) -> None:
-        if str(path) != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
         self._db = open_wal(str(path), check_same_thread=False)
         until_unlocked(lambda: self._db.execute(
             "CREATE TABLE IF NOT EXISTS calls (key TEXT PRIMARY KEY, value TEXT NOT NULL)"))

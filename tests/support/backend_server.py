@@ -18,11 +18,13 @@ from tests.support.labelstudio_server import free_port
 
 
 class ServerProcess:
-    """Start ``argv`` (with ``{port}`` filled in), wait until ``health_path`` answers 200, stop on exit."""
+    """Start ``argv`` (with ``{port}`` filled in), wait until ``health_path`` answers 200 (to
+    ``auth``, when the server requires basic auth), stop on exit."""
 
     def __init__(self, argv: Sequence[str], log_path: Path, health_path: str, env: dict[str, str] | None = None,
-                 start_timeout: float = 120, port: int | None = None) -> None:
+                 start_timeout: float = 120, port: int | None = None, auth: tuple[str, str] | None = None) -> None:
         self.port = port or free_port()
+        self.auth = auth
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
         self._argv = [a.format(port=self.port) for a in argv]
@@ -41,7 +43,7 @@ class ServerProcess:
             if self._process.poll() is not None:
                 raise RuntimeError(f"{self._argv[:3]} exited with {self._process.returncode}:\n{self.log_tail()}")
             try:
-                if requests.get(self.url + self._health, timeout=2).ok:
+                if requests.get(self.url + self._health, auth=self.auth, timeout=2).ok:
                     return self
             except requests.RequestException:
                 pass
@@ -81,13 +83,16 @@ class ServerProcess:
 
 
 class BackendServer(ServerProcess):
-    """``with BackendServer(data_dir, CLINIE_TRAIN_EVERY="0") as b: requests.get(b.url + "/health")``"""
+    """``with BackendServer(data_dir, CLINIE_TRAIN_EVERY="0") as b: requests.get(b.url + "/health")``
+    (``auth=b.auth`` with ``CLINIE_BASIC_AUTH_USER`` and ``CLINIE_BASIC_AUTH_PASSWORD`` among the settings)."""
 
     def __init__(self, data_dir: Path, port: int | None = None, **settings: str) -> None:
         self.data_dir = data_dir
+        auth = (settings["CLINIE_BASIC_AUTH_USER"], settings["CLINIE_BASIC_AUTH_PASSWORD"]) \
+            if "CLINIE_BASIC_AUTH_USER" in settings else None
         super().__init__([sys.executable, "-m", "clinie.cli", "serve", "--host", "127.0.0.1", "--port", "{port}"],
                          data_dir / "backend.log", "/health", {"CLINIE_DATA_DIR": str(data_dir), **settings},
-                         port=port)
+                         port=port, auth=auth)
 
 
 def smollm2_gguf() -> Path:
