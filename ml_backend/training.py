@@ -13,7 +13,6 @@ from __future__ import annotations
 import logging
 import os
 import queue
-import re
 import shutil
 import threading
 import time
@@ -27,7 +26,7 @@ from clinie.llm.base import LLM
 from clinie.llm.hidden import HiddenStates
 from clinie.selection import Annotations, builder, project_documents, select, selection_record
 from clinie.settings import Settings
-from clinie.store import AnnotationStore, ModelRecord
+from clinie.store import AnnotationStore, ModelRecord, project_models_dir
 from clinie.strategies import PARTS
 
 log = logging.getLogger(__name__)
@@ -70,7 +69,7 @@ def train_project(store: AnnotationStore, settings: Settings, project: str, trai
         relations = RelationClassifier(schema.relation_labels, settings.encoder_model or None, **options).fit(docs)
 
     version = f"clinie-encoder-p{project}-t{training_id}-n{len(docs)}"
-    final = settings.models_dir / re.sub(r"[^\w.-]", "_", project) / version
+    final = project_models_dir(settings.models_dir, project) / version
     partial = final.with_name(final.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
     tagger.save(partial)

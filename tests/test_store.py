@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from clinie.store import AnnotationStore, ModelRecord
+from clinie.store import AnnotationStore, ModelRecord, Purged
 
 
 def annotation(aid: int, result: list | None = None, cancelled: bool = False) -> dict:
@@ -25,23 +25,27 @@ def store(tmp_path: Path) -> AnnotationStore:
     return AnnotationStore(tmp_path / "store.sqlite3")
 
 
-def test_created_updated_cancelled_deleted_are_all_kept(store, tmp_path):
+def test_created_updated_cancelled_are_kept_and_deleted_leaves_only_a_tombstone(store, tmp_path):
     r1 = [{"id": "a", "type": "labels", "value": {"start": 0, "end": 4, "labels": ["X"]}}]
     assert store.record_annotation("1", annotation(10, r1), task(5))
     assert not store.record_annotation("1", annotation(10, r1), task(5))  # re-delivery: no change
     assert store.record_annotation("1", annotation(10, []), task(5), "ANNOTATION_UPDATED")
     assert store.record_annotation("1", annotation(11, cancelled=True), task(6))
-    assert store.delete_annotations("1", [10, 999]) == 1
-    assert store.annotation_counts("1") == {"deleted": 1, "cancelled": 1}
     with sqlite3.connect(tmp_path / "store.sqlite3") as db:  # every version, as stored
         history = db.execute("SELECT version, action, state, result FROM annotation_versions "
                              "WHERE annotation_id = 10 ORDER BY version").fetchall()
-    assert [h[:3] for h in history] == [
-        (1, "ANNOTATION_CREATED", "submitted"), (2, "ANNOTATION_UPDATED", "submitted"),
-        (3, "ANNOTATIONS_DELETED", "deleted")]
+    assert [h[:3] for h in history] == [(1, "ANNOTATION_CREATED", "submitted"), (2, "ANNOTATION_UPDATED", "submitted")]
     assert json.loads(history[0][3]) == r1  # the first version is still there
-    assert store.training_examples("1") == []
 
+    assert store.purge("1", annotations=[10, 999]) == Purged(1)
+    assert store.annotation_counts("1") == {"deleted": 2, "cancelled": 1}  # 999: deleted before it arrived
+    with sqlite3.connect(tmp_path / "store.sqlite3") as db:
+        assert db.execute("SELECT COUNT(*) FROM annotation_versions WHERE annotation_id = 10").fetchone() == (0,)
+        assert db.execute("SELECT COUNT(*) FROM annotations WHERE annotation_id = 10").fetchone() == (0,)
+    assert store.training_examples("1") == []
+    assert not store.record_annotation("1", annotation(10, r1), task(5))  # a late re-delivery: no-op
+    assert not store.record_annotation("1", annotation(999, r1), task(8))
+    assert store.training_examples("1") == []
 
 def test_training_set_is_the_latest_submitted_annotation_per_task(store):
     store.record_annotation("1", annotation(1, [{"v": 1}]), task(7))
@@ -119,7 +123,7 @@ def test_counting_training_examples_agrees_with_reading_them(tmp_path):
     store.record_annotation("p", {"id": 2, "result": [{"x": 1}]}, task)  # a second annotation of task 1
     store.record_annotation("p", {"id": 3, "result": [], "was_cancelled": True}, {"id": 2, "data": {"text": "y"}})
     store.record_annotation("p", {"id": 4, "result": []}, {"id": 3, "data": {"text": "z"}})
-    store.delete_annotations("p", [4])
+    store.purge("p", annotations=[4])
     store.record_annotation("q", {"id": 5, "result": []}, {"id": 9, "data": {"text": "w"}})
     assert store.count_training_examples("p") == len(store.training_examples("p")) == 1
     assert store.count_training_examples("none") == 0
