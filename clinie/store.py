@@ -504,16 +504,21 @@ class AnnotationStore:
                               "error = 'interrupted' WHERE status = 'running'", (_now(),)).rowcount
 
     def finish_training(self, training_id: int, model: ModelRecord) -> None:
-        """Register ``model`` and make it the project's serving version, atomically."""
+        """Register ``model`` and make it the project's serving version, atomically.
+
+        ``LookupError`` when the training is gone: its project was purged while it ran, and
+        a model learned from the purged notes must not serve.
+        """
         with self._write() as db:
+            if not db.execute("UPDATE trainings SET status = 'succeeded', finished_at = ?, version = ? WHERE id = ?",
+                              (_now(), model.version, training_id)).rowcount:
+                raise LookupError(f"training {training_id} no longer exists: project {model.project} was purged")
             db.execute("INSERT INTO models VALUES (?, ?, ?, ?, ?, ?, ?)",
                        (model.version, model.project, model.kind, str(model.path), model.n_examples,
                         _dump(model.info), model.created_at))
             db.execute("INSERT INTO serving (project, version, since) VALUES (?, ?, ?) "
                        "ON CONFLICT (project) DO UPDATE SET version = excluded.version, since = excluded.since",
                        (model.project, model.version, _now()))
-            db.execute("UPDATE trainings SET status = 'succeeded', finished_at = ?, version = ? WHERE id = ?",
-                       (_now(), model.version, training_id))
 
     def set_selection(self, version: str, selection: dict[str, Any]) -> None:
         """Record the strategy selected for a registered model version (``info["selection"]``):

@@ -83,7 +83,11 @@ def train_project(store: AnnotationStore, settings: Settings, project: str, trai
               "relation_pairs": relations.n_train_pairs if relations else 0, "selection": None,
               "annotations": annotations.summary(), "seconds": round(time.perf_counter() - started, 1)},
         created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
-    store.finish_training(training_id, record)
+    try:
+        store.finish_training(training_id, record)
+    except LookupError:  # the project was deleted meanwhile: so is what was learned from it
+        shutil.rmtree(final, ignore_errors=True)
+        raise
     return record, annotations
 
 

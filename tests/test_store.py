@@ -266,3 +266,13 @@ def test_deleted_note_text_is_gone_from_every_file(tmp_path, deletion):
         store.purge_project("1", tmp_path / "models")
     assert_absent(tmp_path / "data", marker.encode())
     assert store.annotation_ids("1") == (set() if deletion == "project" else {2})
+
+
+def test_a_training_of_a_project_purged_meanwhile_registers_nothing(tmp_path):
+    store = AnnotationStore(tmp_path / "s.sqlite3")
+    store.record_annotation("1", annotation(1), task(1))
+    training = store.begin_training("1")
+    store.purge_project("1", tmp_path / "models")
+    with pytest.raises(LookupError, match="purged"):
+        store.finish_training(training, ModelRecord("v1", "1", "encoder", tmp_path / "models" / "1" / "v1", 1, {}, "t"))
+    assert store.models("1") == [] and store.serving_model("1") is None
