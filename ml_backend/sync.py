@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -79,9 +80,30 @@ class LabelStudioSync:
                         stored += self.store.record_annotation(project, annotation, task_dict, "SYNC")
                     except ProjectMismatch:
                         refused += 1
-            purged = self.store.purge(project, tasks=self.store.task_ids(project) - tasks,
-                                      annotations=self.store.annotation_ids(project) - annotations)
-        return SyncResult(project, len(annotations), stored, purged.annotations, refused)
+            deleted = self._purge_gone(project, tasks, annotations)
+        return SyncResult(project, len(annotations), stored, deleted, refused)
+
+    def _purge_gone(self, project: str, listed_tasks: set[int], listed_annotations: set[int]) -> int:
+        """Purge the tasks, then the annotations, the store holds and the listing lacked, each
+        once Label Studio confirms it is gone (404): a listing paged while tasks are deleted
+        can skip one that still exists, and a purge leaves a tombstone that no re-sync undoes."""
+        tasks = {t for t in self.store.task_ids(project) - listed_tasks
+                 if _gone(lambda: self._client.tasks.get(id=str(t)))}
+        purged = self.store.purge(project, tasks=tasks).annotations
+        annotations = {a for a in self.store.annotation_ids(project) - listed_annotations
+                       if _gone(lambda: self._client.annotations.get(id=a))}
+        return purged + self.store.purge(project, annotations=annotations).annotations
+
+
+def _gone(fetch: Callable[[], Any]) -> bool:
+    """Label Studio answers 404 for it; any other failure is raised (and nothing is purged)."""
+    try:
+        fetch()
+    except Exception as e:
+        if getattr(e, "status_code", None) == 404:
+            return True
+        raise
+    return False
 
 
 def _as_dict(value: Any) -> dict[str, Any]:

@@ -216,12 +216,26 @@ def test_an_invalid_label_config_in_a_webhook_is_not_stored(settings):
     assert backend.metrics.snapshot()["counts"]["label_configs_refused"] == 2
 
 
-class _FakeLabelStudio:
-    """What ``LabelStudioSync`` reads of label-studio-sdk's client: a project and its tasks."""
+class _NotFound(Exception):
+    status_code = 404
 
-    def __init__(self, tasks: list[dict]) -> None:
+
+class _FakeLabelStudio:
+    """What ``LabelStudioSync`` reads of label-studio-sdk's client: a project, its tasks (a
+    listing that may miss some) and each task and annotation by id (404 once deleted)."""
+
+    def __init__(self, listed: list[dict], existing: list[dict]) -> None:
+        def get(ids: set):
+            def fetch(_, id):
+                if int(id) not in ids:
+                    raise _NotFound()
+            return fetch
+
+        annotation_ids = {a["id"] for t in existing for a in t["annotations"]}
         self.projects = type("Projects", (), {"get": lambda _, id: type("P", (), {"label_config": CONFIG})()})()
-        self.tasks = type("Tasks", (), {"list": lambda _, **kwargs: tasks})()
+        self.tasks = type("Tasks", (), {"list": lambda _, **kwargs: listed,
+                                        "get": get({t["id"] for t in existing})})()
+        self.annotations = type("Annotations", (), {"get": get(annotation_ids)})()
 
 
 @pytest.mark.usefixtures("marked")
@@ -230,7 +244,11 @@ def test_re_sync_purges_what_label_studio_no_longer_holds(settings):
                       start_worker=False)
     kept = {"id": 5, "data": {"text": "Another note."},
             "annotations": [{"id": 10, "result": [], "was_cancelled": False, "completed_by": 1}]}
-    backend.sync._client = _FakeLabelStudio([kept])  # task 4 and its annotation 9 were deleted meanwhile
+    still = {"id": 4, "annotations": [{"id": 9}]}
+    backend.sync._client = _FakeLabelStudio([kept], [still, kept])  # a listing that missed task 4: kept
+    assert backend.resync("1")
+    assert backend.store.annotation_ids("1") == {9, 10}
+    backend.sync._client = _FakeLabelStudio([kept], [kept])  # task 4 and its annotation 9 were deleted
     assert backend.resync("1")
     assert_marker_gone(settings.data_dir)
     assert backend.store.annotation_ids("1") == {10}
