@@ -258,8 +258,9 @@ class Backend:
         return False, None
 
     def _refused(self, project: str, action: str, reason: str) -> None:
+        """Counted and logged: a second Label Studio on one backend, or a forged event, shows."""
         self.metrics.count("events_refused")
-        log.warning("project %s: %s webhook refused: %s", project, action, reason)
+        log.warning("project %s: %s refused: %s", project, action, reason)
 
     def delete_project(self, project: str) -> Purged:
         """Everything of the project, from the store, the model directory and memory."""
