@@ -446,6 +446,14 @@ class AnnotationStore:
         """The tasks the project's annotations held are of."""
         return {r[0] for r in self._read("SELECT DISTINCT task_id FROM annotations WHERE project = ?", (project,))}
 
+    def task_projects(self, task_ids: Iterable[int]) -> dict[str, set[int]]:
+        """The projects holding annotations of these tasks, and which of the tasks each holds."""
+        held: dict[str, set[int]] = {}
+        for task_id in set(task_ids):
+            for r in self._read("SELECT DISTINCT project FROM annotations WHERE task_id = ?", (task_id,)):
+                held.setdefault(r[0], set()).add(task_id)
+        return held
+
     def revision(self, project: str) -> str:
         """Changes whenever the project's annotations do: a cache key for what derives from them."""
         row = self._read("SELECT COUNT(*), MAX(updated_at), SUM(version) FROM annotations WHERE project = ?",

@@ -57,8 +57,8 @@ def validate_webhook(body: dict[str, Any]) -> None:
     project = body.get("project")
     _require(not isinstance(project, dict) or isinstance(project.get("label_config", ""), str),
              "'project.label_config' must be a string")
-    if action in ANNOTATION_ACTIONS or action in ("ANNOTATIONS_DELETED", "TASKS_DELETED", "PROJECT_DELETED",
-                                                  "START_TRAINING"):
+    if action in ANNOTATION_ACTIONS or action in ("ANNOTATIONS_DELETED", "PROJECT_DELETED", "START_TRAINING") \
+            or (action == "TASKS_DELETED" and project is not None):
         try:
             project_key(body.get("project"))
         except ValueError as e:

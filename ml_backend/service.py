@@ -210,7 +210,8 @@ class Backend:
         try:
             project = project_key(payload.get("project"))
         except ValueError:  # an event clinie does not act on, about no project it can name
-            return {"status": "ok", "action": action, "stored": False}
+            stored = action == "TASKS_DELETED" and self._purge_tasks_anywhere([int(t["id"]) for t in payload["tasks"]])
+            return {"status": "ok", "action": action, "stored": stored}
         answer: dict[str, Any] = {"status": "ok", "action": action}
         if config_refusal := self._store_label_config(project, action, payload):
             answer["label_config_refused"] = config_refusal
@@ -256,6 +257,13 @@ class Backend:
             self.delete_project(project)
             return True, None
         return False, None
+
+    def _purge_tasks_anywhere(self, task_ids: list[int]) -> bool:
+        """Label Studio's "delete all tasks" of a project names no project (and reaches only
+        organization webhooks): each task is purged from the project that holds it."""
+        self.metrics.count("tasks_deleted", len(task_ids))
+        return any([self.store.purge(project, tasks=tasks).annotations > 0
+                    for project, tasks in self.store.task_projects(task_ids).items()])
 
     def _refused(self, project: str, action: str, reason: str) -> None:
         """Counted and logged: a second Label Studio on one backend, or a forged event, shows."""

@@ -176,6 +176,15 @@ def test_tasks_deleted_purges_the_tasks_and_all_their_annotations(marked, settin
     assert client.post("/webhook", json=webhook_event(11, 4, MARKER, [])).json["stored"] is False  # a late one
 
 
+def test_tasks_deleted_naming_no_project_purges_the_tasks_where_they_are(marked, settings):
+    """What Label Studio sends organization webhooks when all a project's tasks are deleted."""
+    backend, client = marked
+    answer = client.post("/webhook", json={"action": "TASKS_DELETED", "tasks": [{"id": 4}, {"id": 77}]})
+    assert answer.status_code == 200 and answer.json["stored"] is True
+    assert_marker_gone(settings.data_dir)
+    assert backend.store.annotation_ids("1") == {10}
+
+
 def test_project_deleted_purges_everything_of_the_project(marked, settings):
     backend, client = marked
     other = webhook_event(20, 30, "A note of project 2.", [], project=2)
