@@ -11,6 +11,7 @@ and ``relations``). Examples::
     clinie predict --strategy llm --demos train.jsonl --k 5 --data test.jsonl --out pred.jsonl
     clinie evaluate --gold test.jsonl --pred pred.jsonl --out reports/test
     clinie report --project 3 --out reports/project3
+    clinie purge --project 3
     clinie fewshot --pool train.jsonl --test test.jsonl --sizes 10,25,50,100 --seeds 3 \
         --strategies encoder,gated,probe,llm,rerank --out reports/fewshot
 """
@@ -282,6 +283,25 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _purge(args: argparse.Namespace) -> int:
+    """As Label Studio's PROJECT_DELETED webhook: for a project deleted while no webhook reached
+    the backend, or whose notes must go while it lives on in Label Studio."""
+    from dataclasses import replace
+
+    from clinie.store import AnnotationStore
+
+    settings = Settings.load()
+    if args.data_dir:
+        settings = replace(settings, data_dir=args.data_dir)
+    if not settings.store_path.exists():
+        raise ValueError(f"no annotation store at {settings.store_path} (CLINIE_DATA_DIR or --data-dir)")
+    store = AnnotationStore(settings.store_path, keep_history_days=settings.keep_history_days)
+    purged = store.purge_project(args.project, settings.models_dir)
+    print(f"project {args.project}: {purged.annotations} annotations, their tasks' text, label config, "
+          "trainings and model versions purged", file=sys.stderr)
+    return 0
+
+
 def _add_llm_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--provider", choices=("llama.cpp", "transformers", "openai"), default="llama.cpp",
                         help="llm: in-process llama.cpp (default) or transformers, or an OpenAI-compatible endpoint")
@@ -362,6 +382,12 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--examples", type=int, default=5, help="documents shown among the worst errors "
                                                                 "(their text is quoted; 0 = none)")
     report.set_defaults(run=_report)
+
+    purge = commands.add_parser("purge", help="delete everything the backend holds of a project (annotations, note "
+                                              "text, model versions), as when Label Studio deletes the project")
+    purge.add_argument("--project", required=True, help="the Label Studio project id")
+    purge.add_argument("--data-dir", type=Path, help="the backend's CLINIE_DATA_DIR (default: the setting)")
+    purge.set_defaults(run=_purge)
 
     fewshot = commands.add_parser("fewshot", help="true few-shot study: CV selection on pools of several sizes, "
                                                   "every strategy scored on a test set; writes a report")

@@ -122,6 +122,10 @@ class Settings:
     predict_budget_seconds: float = 60.0
     #: Largest request body accepted, in megabytes (Label Studio sends whole batches).
     max_request_mb: int = 100
+    #: Days a superseded version of an annotation (its text and result before an update) is
+    #: kept, for audit; 0 = none is kept. Deleted annotations, tasks and projects keep nothing.
+    keep_history_days: int = 30
+
     #: Note text is never logged at INFO; above DEBUG, exception messages are redacted too.
     log_level: str = "INFO"
     #: ``text`` (one line per record) or ``json`` (one JSON object per line, for a log collector).

@@ -1,10 +1,19 @@
 """The annotation store and model registry: one SQLite file in WAL mode.
 
-Every annotation Label Studio sends is written before the webhook is answered, and kept: the
-``annotations`` table holds the latest state of each annotation (submitted, cancelled or
-deleted, never removed), ``annotation_versions`` every distinct state it went through. Writing the
-same event twice changes nothing (idempotent on the annotation id), so re-deliveries and re-syncs
-are safe. A project's training set is derived from it: the latest submitted annotation per task.
+Every annotation Label Studio sends is written before the webhook is answered: the
+``annotations`` table holds the latest state of each annotation (submitted or cancelled),
+``annotation_versions`` the states it went through, superseded ones for ``keep_history_days``.
+Writing the same event twice changes nothing (idempotent on the annotation id), and an event
+older than the state held (Label Studio's ``updated_at``) changes nothing either, so
+re-deliveries, events out of order and re-syncs are safe. An annotation id belongs to the
+project that first sent it: an event naming it under another project is refused
+(``ProjectMismatch``). A project's training set is derived from it: the latest submitted
+annotation per task.
+
+Deleting is purging (``purge``, ``purge_project``): the annotation's text, result and every
+version are removed, and the file is rewritten so that the bytes are gone (``secure_delete``,
+then the WAL checkpointed and truncated). What stays of a deleted annotation or task is a
+tombstone (its id, project and times, no text) that makes a late re-delivery a no-op.
 
 The registry records each trained model version and which one serves each project; switching
 is one transaction, so a reader sees the old version or the new one, never neither.
@@ -17,20 +26,27 @@ Example:
     False
     >>> [(e.task_id, e.annotation_id) for e in store.training_examples("7")]
     [(3, 1)]
+    >>> store.purge("7", annotations=[1]).annotations
+    1
+    >>> store.record_annotation("7", {"id": 1, "result": []}, {"id": 3, "data": {"text": "x"}})
+    False
 """
 
 from __future__ import annotations
 
 import json
+import re
+import shutil
 import sqlite3
 import threading
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
+from clinie.labelstudio import parse_label_config
 from clinie.sqlite_wal import open_wal, until_unlocked
 
 _SCHEMA = """
@@ -46,13 +62,23 @@ CREATE TABLE IF NOT EXISTS annotations (
     task_id INTEGER NOT NULL,
     task_data TEXT NOT NULL,
     result TEXT NOT NULL,
-    state TEXT NOT NULL CHECK (state IN ('submitted', 'cancelled', 'deleted')),
+    state TEXT NOT NULL CHECK (state IN ('submitted', 'cancelled')),
     version INTEGER NOT NULL,
     completed_by INTEGER,
     received_at TEXT NOT NULL,
-    updated_at TEXT NOT NULL
+    updated_at TEXT NOT NULL,
+    source_updated_at TEXT
 );
 CREATE INDEX IF NOT EXISTS annotations_project ON annotations (project, state);
+CREATE INDEX IF NOT EXISTS annotations_task ON annotations (task_id);
+CREATE TABLE IF NOT EXISTS tombstones (
+    kind TEXT NOT NULL CHECK (kind IN ('annotation', 'task')),
+    id INTEGER NOT NULL,
+    project TEXT NOT NULL,
+    updated_at TEXT,
+    deleted_at TEXT NOT NULL,
+    PRIMARY KEY (kind, id)
+);
 CREATE TABLE IF NOT EXISTS annotation_versions (
     annotation_id INTEGER NOT NULL,
     version INTEGER NOT NULL,
@@ -118,24 +144,82 @@ def _dump(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, sort_keys=True, separators=(",", ":"))
 
 
-class AnnotationStore:
-    """Thread-safe: each thread gets its own connection; writes are immediate transactions."""
+def _source_time(value: Any) -> str | None:
+    """Label Studio's ``updated_at`` (an ISO string from a webhook, a datetime from the SDK) as a
+    UTC string that sorts in time order; None when absent or unreadable: then the event is not
+    ordered against the state held, as before Label Studio sent times."""
+    if isinstance(value, str):
+        try:
+            value = datetime.fromisoformat(value)
+        except ValueError:
+            return None
+    if not isinstance(value, datetime):
+        return None
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=timezone.utc)
+    return value.astimezone(timezone.utc).isoformat(timespec="microseconds")
 
-    def __init__(self, path: str | Path) -> None:
+
+def project_models_dir(models_dir: Path, project: str) -> Path:
+    """Where a project's model versions are saved: one directory per project, so that purging
+    the project removes them all (and nothing outside ``models_dir``)."""
+    name = re.sub(r"[^\w.-]", "_", project)
+    if name.strip(".") == "":
+        raise ValueError(f"{project!r} cannot name a project's model directory")
+    return models_dir / name
+
+
+class ProjectMismatch(ValueError):
+    """An event names an annotation or task that the store holds under another project: ids
+    are Label Studio's, global to one instance, so this is a second instance or a forged event."""
+
+
+@dataclass(frozen=True)
+class Purged:
+    """What a purge removed: annotations (with every version), and the ids it refused to touch
+    because another project holds them."""
+
+    annotations: int = 0
+    refused: tuple[int, ...] = ()
+
+
+class AnnotationStore:
+    """Thread-safe: each thread gets its own connection; writes are immediate transactions.
+
+    ``keep_history_days``: how long a superseded annotation version is kept (0: not at all;
+    None: for ever). Pruned on each write of the annotation and at each training start.
+    """
+
+    def __init__(self, path: str | Path, keep_history_days: float | None = None) -> None:
         self._path = str(path)  # created private, with its directory, by open_wal
+        self.keep_history_days = keep_history_days
         self._local = threading.local()
         self._shared: sqlite3.Connection | None = None
         if self._path == ":memory:":  # one connection, or every thread would see its own empty DB
             self._shared = self._connect(check_same_thread=False)
             self._lock = threading.Lock()
         until_unlocked(lambda: self._db().executescript(_SCHEMA))  # executescript commits by itself
+        until_unlocked(self._migrate)
 
     def _connect(self, check_same_thread: bool = True) -> sqlite3.Connection:
         db = open_wal(self._path, check_same_thread=check_same_thread)
         db.row_factory = sqlite3.Row
         db.execute("PRAGMA synchronous=FULL")  # an acknowledged annotation survives power loss
         db.execute("PRAGMA foreign_keys=ON")
+        db.execute("PRAGMA secure_delete=ON")  # deleted note text is overwritten, not left in free pages
         return db
+
+    def _migrate(self) -> None:
+        """Bring a store written by an earlier clinie up to this schema: the column that orders
+        events, and annotations it only marked deleted purged to tombstones."""
+        with self._write() as db:
+            if "source_updated_at" not in {r["name"] for r in db.execute("PRAGMA table_info(annotations)")}:
+                db.execute("ALTER TABLE annotations ADD COLUMN source_updated_at TEXT")
+            marked = db.execute("SELECT project, annotation_id FROM annotations WHERE state = 'deleted'").fetchall()
+            for r in marked:
+                self._purge_rows(db, r["project"], [r["annotation_id"]], ())
+        if marked:
+            self._shrink()
 
     def _db(self) -> sqlite3.Connection:
         if self._shared is not None:
@@ -157,10 +241,13 @@ class AnnotationStore:
         db.execute("BEGIN IMMEDIATE")
         try:
             yield db
+            db.execute("COMMIT")
         except BaseException:
-            db.execute("ROLLBACK")
+            # SQLite has already rolled back on some errors (a full disk): a second ROLLBACK
+            # would raise "no transaction is active" in place of the error that matters
+            if db.in_transaction:
+                db.execute("ROLLBACK")
             raise
-        db.execute("COMMIT")
 
     def _read(self, sql: str, params: Iterable[Any] = ()) -> list[sqlite3.Row]:
         if self._shared is not None:
@@ -168,9 +255,17 @@ class AnnotationStore:
                 return self._shared.execute(sql, tuple(params)).fetchall()
         return self._db().execute(sql, tuple(params)).fetchall()
 
+    def _shrink(self) -> None:
+        """After a purge: copy the WAL (which still holds the purged pages as they were) into
+        the database file and truncate it, so that what was deleted is in no file."""
+        self._read("PRAGMA wal_checkpoint(TRUNCATE)")
+
     # --- projects -------------------------------------------------------------------------
 
     def set_label_config(self, project: str, label_config: str) -> None:
+        """Store the project's labeling config; one clinie cannot use (``LabelConfigError``,
+        as /setup refuses it) is not stored, so the config held stays one that predicts."""
+        parse_label_config(label_config)
         with self._write() as db:
             db.execute(
                 "INSERT INTO projects (project, label_config, updated_at) VALUES (?, ?, ?) "
@@ -198,65 +293,164 @@ class AnnotationStore:
         """Store the latest state of an annotation; True when it is new or changed.
 
         Of the task, its id and data are kept: what else Label Studio sends with it (counters,
-        timestamps) differs between a webhook and a re-sync of the same annotation.
+        timestamps) differs between a webhook and a re-sync of the same annotation. Nothing
+        changes for an annotation or task deleted before, or for an event older than the state
+        held; ``ProjectMismatch`` when another project holds the annotation.
         """
         state = "cancelled" if annotation.get("was_cancelled") else "submitted"
         task_data = _dump({"id": task["id"], "data": task.get("data")})
         return self._upsert(project, int(annotation["id"]), int(task["id"]), task_data,
                             _dump(annotation.get("result") or []), state, action,
-                            annotation.get("completed_by"))
-
-    def delete_annotations(self, project: str, annotation_ids: Iterable[int]) -> int:
-        """Mark annotations deleted (their content is kept); returns how many changed."""
-        changed = 0
-        for annotation_id in annotation_ids:
-            rows = self._read("SELECT task_id, task_data, result, completed_by FROM annotations "
-                              "WHERE annotation_id = ?", (annotation_id,))
-            if rows:
-                r = rows[0]
-                changed += self._upsert(project, annotation_id, r["task_id"], r["task_data"],
-                                        r["result"], "deleted", "ANNOTATIONS_DELETED", r["completed_by"])
-        return changed
+                            annotation.get("completed_by"), _source_time(annotation.get("updated_at")))
 
     def _upsert(self, project: str, annotation_id: int, task_id: int, task_data: str, result: str,
-                state: str, action: str, completed_by: Any) -> bool:
+                state: str, action: str, completed_by: Any, source_updated_at: str | None) -> bool:
         now = _now()
         with self._write() as db:
-            row = db.execute("SELECT task_data, result, state, version FROM annotations "
-                             "WHERE annotation_id = ?", (annotation_id,)).fetchone()
-            if row and (row["task_data"], row["result"], row["state"]) == (task_data, result, state):
+            if self._tombstoned(db, project, annotation_id, task_id):
                 return False
+            row = db.execute("SELECT project, task_data, result, state, version, source_updated_at "
+                             "FROM annotations WHERE annotation_id = ?", (annotation_id,)).fetchone()
+            if row:
+                _same_project(row["project"], project, f"annotation {annotation_id}")
+                if source_updated_at and row["source_updated_at"] and source_updated_at < row["source_updated_at"]:
+                    return False  # a late event: the state held is newer
+                if (row["task_data"], row["result"], row["state"]) == (task_data, result, state):
+                    if source_updated_at:  # the same state, newer: what a later stale event is older than
+                        db.execute("UPDATE annotations SET source_updated_at = ? WHERE annotation_id = ?",
+                                   (source_updated_at, annotation_id))
+                    return False
             version = row["version"] + 1 if row else 1
             db.execute(
                 "INSERT INTO annotations (annotation_id, project, task_id, task_data, result, state, "
-                "version, completed_by, received_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
-                "ON CONFLICT (annotation_id) DO UPDATE SET project = excluded.project, "
+                "version, completed_by, received_at, updated_at, source_updated_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (annotation_id) DO UPDATE SET "
                 "task_id = excluded.task_id, task_data = excluded.task_data, result = excluded.result, "
-                "state = excluded.state, version = excluded.version, "
-                "completed_by = excluded.completed_by, updated_at = excluded.updated_at",
+                "state = excluded.state, version = excluded.version, completed_by = excluded.completed_by, "
+                "updated_at = excluded.updated_at, source_updated_at = excluded.source_updated_at",
                 (annotation_id, project, task_id, task_data, result, state, version,
-                 completed_by if isinstance(completed_by, int) else None, now, now),
+                 completed_by if isinstance(completed_by, int) else None, now, now, source_updated_at),
             )
             db.execute("INSERT INTO annotation_versions VALUES (?, ?, ?, ?, ?, ?, ?)",
                        (annotation_id, version, action, state, task_data, result, now))
-            db.execute(
-                "INSERT INTO projects (project, changes_since_training, updated_at) VALUES (?, 1, ?) "
-                "ON CONFLICT (project) DO UPDATE SET "
-                "changes_since_training = changes_since_training + 1, updated_at = excluded.updated_at",
-                (project, now),
-            )
+            self._prune_history(db, annotation_id)
+            self._count_changes(db, project, 1, now)
         return True
 
-    def annotation_counts(self, project: str | None = None) -> dict[str, int]:
-        """Annotations per state, for one project or all."""
-        where, params = ("WHERE project = ?", (project,)) if project is not None else ("", ())
-        rows = self._read(f"SELECT state, COUNT(*) FROM annotations {where} GROUP BY state", params)
-        return {r[0]: r[1] for r in rows}
+    @staticmethod
+    def _tombstoned(db: sqlite3.Connection, project: str, annotation_id: int, task_id: int) -> bool:
+        """The annotation or its task was deleted (``ProjectMismatch`` if under another project)."""
+        rows = db.execute("SELECT project FROM tombstones WHERE (kind = 'annotation' AND id = ?) "
+                          "OR (kind = 'task' AND id = ?)", (annotation_id, task_id)).fetchall()
+        for r in rows:
+            _same_project(r["project"], project, f"annotation {annotation_id} (task {task_id})")
+        return bool(rows)
 
-    def live_annotation_ids(self, project: str) -> set[int]:
-        """The project's annotations not marked deleted."""
-        return {r[0] for r in self._read("SELECT annotation_id FROM annotations WHERE project = ? "
-                                         "AND state != 'deleted'", (project,))}
+    @staticmethod
+    def _count_changes(db: sqlite3.Connection, project: str, n: int, now: str) -> None:
+        db.execute(
+            "INSERT INTO projects (project, changes_since_training, updated_at) VALUES (?, ?, ?) "
+            "ON CONFLICT (project) DO UPDATE SET "
+            "changes_since_training = changes_since_training + excluded.changes_since_training, "
+            "updated_at = excluded.updated_at",
+            (project, n, now),
+        )
+
+    def _prune_history(self, db: sqlite3.Connection, annotation_id: int | None = None) -> int:
+        """Remove the versions superseded more than ``keep_history_days`` ago (of one annotation,
+        or of all); the current version of each annotation is never superseded."""
+        if self.keep_history_days is None:
+            return 0
+        cutoff = (datetime.now(timezone.utc) - timedelta(days=self.keep_history_days)).isoformat(
+            timespec="milliseconds")
+        return db.execute(
+            "DELETE FROM annotation_versions AS v WHERE (?1 IS NULL OR v.annotation_id = ?1) AND EXISTS ("
+            "SELECT 1 FROM annotation_versions AS later WHERE later.annotation_id = v.annotation_id "
+            "AND later.version > v.version AND later.received_at <= ?2)", (annotation_id, cutoff)).rowcount
+
+    # --- deletion -------------------------------------------------------------------------
+
+    def purge(self, project: str, *, annotations: Iterable[int] = (), tasks: Iterable[int] = ()) -> Purged:
+        """Delete annotations, and tasks with all their annotations, from the project: their
+        text, results and every version, from the files too. Each leaves a tombstone, so that
+        a late event about it changes nothing. Ids another project holds are refused."""
+        with self._write() as db:
+            purged = self._purge_rows(db, project, annotations, tasks)
+        if purged.annotations:
+            self._shrink()
+        return purged
+
+    def purge_project(self, project: str, models_dir: Path) -> Purged:
+        """Delete everything of the project: its annotations and tasks (as ``purge``), label
+        config, trainings, model versions (rows and ``models_dir/<project>``) and serving row."""
+        project_dir = project_models_dir(models_dir, project)
+        with self._write() as db:
+            tasks = [r[0] for r in db.execute("SELECT DISTINCT task_id FROM annotations WHERE project = ?",
+                                              (project,))]
+            purged = self._purge_rows(db, project, (), tasks)
+            paths = [Path(r[0]) for r in db.execute("SELECT path FROM models WHERE project = ?", (project,))]
+            for table in ("serving", "models", "trainings", "projects"):
+                db.execute(f"DELETE FROM {table} WHERE project = ?", (project,))
+        self._shrink()
+        for path in [*paths, project_dir]:
+            shutil.rmtree(path, ignore_errors=True)
+        return purged
+
+    def _purge_rows(self, db: sqlite3.Connection, project: str, annotation_ids: Iterable[int],
+                    task_ids: Iterable[int]) -> Purged:
+        """The one deletion: tombstones first, then the rows (``secure_delete`` zeroes them)."""
+        now = _now()
+        refused: list[int] = []
+        targets: set[int] = set()
+        for task_id in sorted(set(task_ids)):
+            if _owner(db, "task", task_id) not in (None, project):
+                refused.append(task_id)
+                continue
+            db.execute("INSERT OR IGNORE INTO tombstones VALUES ('task', ?, ?, NULL, ?)", (task_id, project, now))
+            targets.update(r[0] for r in db.execute("SELECT annotation_id FROM annotations "
+                                                    "WHERE project = ? AND task_id = ?", (project, task_id)))
+        for annotation_id in set(annotation_ids):
+            if _owner(db, "annotation", annotation_id) not in (None, project):
+                refused.append(annotation_id)
+            else:
+                targets.add(annotation_id)
+        removed = 0
+        for annotation_id in sorted(targets):
+            db.execute("INSERT OR IGNORE INTO tombstones VALUES ('annotation', ?, ?, "
+                       "(SELECT source_updated_at FROM annotations WHERE annotation_id = ?), ?)",
+                       (annotation_id, project, annotation_id, now))
+            db.execute("DELETE FROM annotation_versions WHERE annotation_id = ?", (annotation_id,))
+            removed += db.execute("DELETE FROM annotations WHERE annotation_id = ?", (annotation_id,)).rowcount
+        if removed:
+            self._count_changes(db, project, removed, now)
+        return Purged(removed, tuple(refused))
+
+    # --- reading annotations --------------------------------------------------------------
+
+    def annotation_counts(self, project: str | None = None) -> dict[str, int]:
+        """Annotations per state (``deleted``: the tombstones), for one project or all."""
+        rows = self._read("SELECT state, COUNT(*) FROM annotations WHERE ?1 IS NULL OR project = ?1 "
+                          "GROUP BY state", (project,))
+        [deleted] = self._read("SELECT COUNT(*) FROM tombstones WHERE kind = 'annotation' "
+                               "AND (?1 IS NULL OR project = ?1)", (project,))[0]
+        return {r[0]: r[1] for r in rows} | ({"deleted": deleted} if deleted else {})
+
+    def annotation_ids(self, project: str) -> set[int]:
+        """The project's annotations held (deleted ones are not)."""
+        return {r[0] for r in self._read("SELECT annotation_id FROM annotations WHERE project = ?", (project,))}
+
+    def task_ids(self, project: str) -> set[int]:
+        """The tasks the project's annotations held are of."""
+        return {r[0] for r in self._read("SELECT DISTINCT task_id FROM annotations WHERE project = ?", (project,))}
+
+    def task_projects(self, task_ids: Iterable[int]) -> dict[str, set[int]]:
+        """The projects holding annotations of these tasks, and which of the tasks each holds."""
+        held: dict[str, set[int]] = {}
+        for task_id in set(task_ids):
+            for r in self._read("SELECT DISTINCT project FROM annotations WHERE task_id = ?", (task_id,)):
+                held.setdefault(r[0], set()).add(task_id)
+        return held
 
     def revision(self, project: str) -> str:
         """Changes whenever the project's annotations do: a cache key for what derives from them."""
@@ -290,14 +484,19 @@ class AnnotationStore:
         """Claim the project's training slot; None when a training is already running.
 
         Resets the change counter: annotations arriving during training count for the next one.
+        Prunes the history of every project: versions no new event touches age out here.
         """
         with self._write() as db:
             if db.execute("SELECT 1 FROM trainings WHERE project = ? AND status = 'running'",
                           (project,)).fetchone():
                 return None
             db.execute("UPDATE projects SET changes_since_training = 0 WHERE project = ?", (project,))
-            return db.execute("INSERT INTO trainings (project, status, started_at) VALUES (?, 'running', ?)",
-                              (project, _now())).lastrowid
+            training_id = db.execute("INSERT INTO trainings (project, status, started_at) VALUES (?, 'running', ?)",
+                                     (project, _now())).lastrowid
+            pruned = self._prune_history(db)
+        if pruned:
+            self._shrink()
+        return training_id
 
     def fail_training(self, training_id: int, error: str) -> None:
         with self._write() as db:
@@ -311,11 +510,16 @@ class AnnotationStore:
                               "error = 'interrupted' WHERE status = 'running'", (_now(),)).rowcount
 
     def finish_training(self, training_id: int, model: ModelRecord) -> None:
-        """Register ``model`` and make it the project's serving version, atomically."""
+        """Register ``model`` and make it the project's serving version, atomically.
+
+        ``LookupError`` when the training is gone: its project was purged while it ran, and
+        a model learned from the purged notes must not serve.
+        """
         with self._write() as db:
+            if not db.execute("UPDATE trainings SET status = 'succeeded', finished_at = ?, version = ? WHERE id = ?",
+                              (_now(), model.version, training_id)).rowcount:
+                raise LookupError(f"training {training_id} no longer exists: project {model.project} was purged")
             self._serve(db, model)
-            db.execute("UPDATE trainings SET status = 'succeeded', finished_at = ?, version = ? WHERE id = ?",
-                       (_now(), model.version, training_id))
 
     def serve_model(self, model: ModelRecord) -> None:
         """Register a version a training made after its first (``finish_training``) and make it serve."""
@@ -350,6 +554,20 @@ class AnnotationStore:
     def models(self, project: str | None = None) -> list[ModelRecord]:
         where, params = ("WHERE project = ?", (project,)) if project is not None else ("", ())
         return [_model(r) for r in self._read(f"SELECT * FROM models {where} ORDER BY created_at", params)]
+
+
+def _owner(db: sqlite3.Connection, kind: str, id_: int) -> str | None:
+    """The project holding an annotation or task (live or deleted); None if none does."""
+    column = "annotation_id" if kind == "annotation" else "task_id"
+    row = db.execute(f"SELECT project FROM annotations WHERE {column} = ? "
+                     "UNION ALL SELECT project FROM tombstones WHERE kind = ? AND id = ? LIMIT 1",
+                     (id_, kind, id_)).fetchone()
+    return row[0] if row else None
+
+
+def _same_project(owner: str, project: str, what: str) -> None:
+    if owner != project:
+        raise ProjectMismatch(f"{what} belongs to project {owner}, not {project}: refused")
 
 
 def _model(row: sqlite3.Row) -> ModelRecord:

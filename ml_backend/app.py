@@ -57,7 +57,8 @@ def validate_webhook(body: dict[str, Any]) -> None:
     project = body.get("project")
     _require(not isinstance(project, dict) or isinstance(project.get("label_config", ""), str),
              "'project.label_config' must be a string")
-    if action in ANNOTATION_ACTIONS or action in ("ANNOTATIONS_DELETED", "START_TRAINING"):
+    if action in ANNOTATION_ACTIONS or action in ("ANNOTATIONS_DELETED", "PROJECT_DELETED", "START_TRAINING") \
+            or (action == "TASKS_DELETED" and project is not None):
         try:
             project_key(body.get("project"))
         except ValueError as e:
@@ -76,6 +77,10 @@ def validate_webhook(body: dict[str, Any]) -> None:
         _require(isinstance(annotations, list) and all(isinstance(a, dict) and _is_id(a.get("id"))
                                                        for a in annotations),
                  "'annotations' must be a list of objects with an integer 'id'")
+    elif action == "TASKS_DELETED":
+        tasks = body.get("tasks")
+        _require(isinstance(tasks, list) and all(isinstance(t, dict) and _is_id(t.get("id")) for t in tasks),
+                 "'tasks' must be a list of objects with an integer 'id'")
 
 
 def create_app(settings: Settings | None = None, backend: Backend | None = None) -> Flask:

@@ -17,10 +17,10 @@ from typing import Any
 from clinie import __version__
 from clinie.core import Document, Schema
 from clinie.evaluation.calibration import calibrate_documents
-from clinie.labelstudio import parse_label_config, prediction_to_result, task_to_document
+from clinie.labelstudio import LabelConfigError, parse_label_config, prediction_to_result, task_to_document
 from clinie.logs import without_credentials
 from clinie.settings import Settings
-from clinie.store import AnnotationStore, ModelRecord
+from clinie.store import AnnotationStore, ModelRecord, ProjectMismatch, Purged
 from ml_backend.metrics import Metrics
 from ml_backend.serving import Predictor, Serving
 from ml_backend.sync import LabelStudioSync
@@ -48,6 +48,13 @@ def project_key(project: Any) -> str:
     return key
 
 
+def _purged(purged: Purged) -> tuple[bool, str | None]:
+    """A purge as ``Backend._store_event`` reports it."""
+    refusal = f"ids {', '.join(map(str, purged.refused))} belong to another project: not deleted" \
+        if purged.refused else None
+    return purged.annotations > 0, refusal
+
+
 @lru_cache(maxsize=64)
 def _schema(label_config: str) -> Schema:
     return parse_label_config(label_config)
@@ -56,7 +63,7 @@ def _schema(label_config: str) -> Schema:
 class Backend:
     def __init__(self, settings: Settings, *, start_worker: bool = True) -> None:
         self.settings = settings
-        self.store = AnnotationStore(settings.store_path)
+        self.store = AnnotationStore(settings.store_path, keep_history_days=settings.keep_history_days)
         self.metrics = Metrics()
         self.serving = Serving(settings, self.store, self.metrics)
         if abandoned := self.store.abandon_running_trainings():
@@ -78,8 +85,7 @@ class Backend:
     # --- setup and prediction -------------------------------------------------------------
 
     def setup(self, project: str, label_config: str) -> str:
-        _schema(label_config)  # a config clinie cannot use is refused at connection time
-        self.store.set_label_config(project, label_config)
+        self.store.set_label_config(project, label_config)  # one clinie cannot use is refused (422)
         return self.model_version(project)
 
     def model_version(self, project: str) -> str:
@@ -196,27 +202,83 @@ class Backend:
     # --- annotations and training ---------------------------------------------------------
 
     def webhook(self, payload: dict[str, Any]) -> dict[str, Any]:
-        """Store the event (already validated by the caller) and return at once."""
+        """Store the event (already validated by the caller) and return at once.
+
+        A labeling config clinie cannot use is not stored (the one held stays; the answer says
+        why under ``label_config_refused``) while the rest of the event is; an event about an
+        annotation or task another project holds changes nothing (``refused``). Both counted.
+        """
         action = payload["action"]
         try:
             project = project_key(payload.get("project"))
         except ValueError:  # an event clinie does not act on, about no project it can name
-            return {"status": "ok", "action": action, "stored": False}
-        if isinstance(payload.get("project"), dict) and payload["project"].get("label_config"):
-            self.store.set_label_config(project, payload["project"]["label_config"])
-        changed = False
-        if action in ANNOTATION_ACTIONS:
-            changed = self.store.record_annotation(project, payload["annotation"], payload["task"], action)
-            self.metrics.count("annotations_received")
-        elif action == "ANNOTATIONS_DELETED":
-            changed = bool(self.store.delete_annotations(project, [int(a["id"]) for a in payload["annotations"]]))
-            self.metrics.count("annotations_deleted", len(payload["annotations"]))
+            stored = action == "TASKS_DELETED" and self._purge_tasks_anywhere([int(t["id"]) for t in payload["tasks"]])
+            return {"status": "ok", "action": action, "stored": stored}
+        answer: dict[str, Any] = {"status": "ok", "action": action}
+        if config_refusal := self._store_label_config(project, action, payload):
+            answer["label_config_refused"] = config_refusal
+        changed, refusal = self._store_event(project, action, payload)
+        if refusal:
+            self._refused(project, action, refusal)
+            answer["refused"] = refusal
         if action == "START_TRAINING":
             self.request_training(project)
         elif changed and self.settings.train_every and \
                 self.store.changes_since_training(project) >= self.settings.train_every:
             self.request_training(project)
-        return {"status": "ok", "action": action, "stored": changed}
+        return {**answer, "stored": changed}
+
+    def _store_label_config(self, project: str, action: str, payload: dict[str, Any]) -> str | None:
+        """Keep the labeling config the event carries, if clinie can use it; else why not."""
+        config = payload["project"].get("label_config") if isinstance(payload.get("project"), dict) else None
+        if not config or action == "PROJECT_DELETED":  # storing it would bring the project back
+            return None
+        try:
+            self.store.set_label_config(project, config)
+        except LabelConfigError as e:
+            self.metrics.count("label_configs_refused")
+            log.warning("project %s: %s webhook: labeling config not stored: %s", project, action, e)
+            return str(e)
+        return None
+
+    def _store_event(self, project: str, action: str, payload: dict[str, Any]) -> tuple[bool, str | None]:
+        """What the event changes in the store: whether something did, and what was refused."""
+        if action in ANNOTATION_ACTIONS:
+            self.metrics.count("annotations_received")
+            try:
+                return self.store.record_annotation(project, payload["annotation"], payload["task"], action), None
+            except ProjectMismatch as e:
+                return False, str(e)
+        if action == "ANNOTATIONS_DELETED":
+            self.metrics.count("annotations_deleted", len(payload["annotations"]))
+            return _purged(self.store.purge(project, annotations=[int(a["id"]) for a in payload["annotations"]]))
+        if action == "TASKS_DELETED":
+            self.metrics.count("tasks_deleted", len(payload["tasks"]))
+            return _purged(self.store.purge(project, tasks=[int(t["id"]) for t in payload["tasks"]]))
+        if action == "PROJECT_DELETED":
+            self.delete_project(project)
+            return True, None
+        return False, None
+
+    def _purge_tasks_anywhere(self, task_ids: list[int]) -> bool:
+        """Label Studio's "delete all tasks" of a project names no project (and reaches only
+        organization webhooks): each task is purged from the project that holds it."""
+        self.metrics.count("tasks_deleted", len(task_ids))
+        return any([self.store.purge(project, tasks=tasks).annotations > 0
+                    for project, tasks in self.store.task_projects(task_ids).items()])
+
+    def _refused(self, project: str, action: str, reason: str) -> None:
+        """Counted and logged: a second Label Studio on one backend, or a forged event, shows."""
+        self.metrics.count("events_refused")
+        log.warning("project %s: %s refused: %s", project, action, reason)
+
+    def delete_project(self, project: str) -> Purged:
+        """Everything of the project, from the store, the model directory and memory."""
+        purged = self.store.purge_project(project, self.settings.models_dir)
+        self.serving.forget(project)
+        self.metrics.count("projects_deleted")
+        log.info("project %s deleted: %d annotations and its model versions purged", project, purged.annotations)
+        return purged
 
     def resync(self, project: str) -> bool:
         """Pull the project's annotations from Label Studio; False when that failed (logged,
@@ -233,8 +295,10 @@ class Backend:
         self.metrics.count("syncs")
         self.metrics.count("annotations_recovered_by_sync", result.stored)
         self.metrics.count("annotations_deleted_by_sync", result.deleted)
+        if result.refused:
+            self._refused(project, "re-sync", f"{result.refused} annotations another project holds")
         if result.stored or result.deleted:
-            log.info("project %s: re-sync stored %d annotations webhooks had missed and marked %d deleted",
+            log.info("project %s: re-sync stored %d annotations webhooks had missed and purged %d deleted",
                      project, result.stored, result.deleted)
         return True
 

@@ -86,6 +86,13 @@ class Serving:
         return model_version(strategy, trained=record.version if record else None, llm_name=self.settings.llm_name,
                              pool=pool)
 
+    def forget(self, project: str) -> None:
+        """Drop what is loaded for a deleted project: its models learned from its notes."""
+        with self._lock:
+            self._assembled.pop(project, None)
+            for key in [key for key in self._loaded if key[0] == project]:
+                del self._loaded[key]
+
     def model_version(self, project: str) -> str:
         """The version ``predictor`` would answer as, without loading any model."""
         record = self._record(project)

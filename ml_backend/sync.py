@@ -4,8 +4,8 @@ Label Studio sends each webhook once, with a one-second timeout, and forgets it:
 while the backend was restarting or slow is lost. So the backend also *pulls*: on "Start
 training" and every ``sync_every_minutes``, it lists each known project's tasks with their
 annotations through ``label-studio-sdk`` and writes them to the store — the same idempotent
-write a webhook does, so what was already there changes nothing. Annotations the store holds but
-Label Studio no longer does are marked deleted (kept, as every deletion is).
+write a webhook does, so what was already there changes nothing. Tasks and annotations the store
+holds but Label Studio no longer does are purged, as their deletion webhooks would have.
 
 Authentication is the SDK's: a personal access token (a JWT refresh token, refreshed by the SDK)
 or a legacy API token. Only reads: nothing is written to Label Studio, no note text goes anywhere.
@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from clinie.store import AnnotationStore
+from clinie.labelstudio import LabelConfigError
+from clinie.store import AnnotationStore, ProjectMismatch
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +33,8 @@ class SyncResult:
     project: str
     annotations: int  # what Label Studio holds for the project
     stored: int  # of which new or changed in the store
-    deleted: int  # store annotations Label Studio no longer holds, now marked deleted
+    deleted: int  # store annotations Label Studio no longer holds, now purged
+    refused: int = 0  # annotations another project of the store holds (``ProjectMismatch``)
 
 
 class LabelStudioSync:
@@ -54,23 +57,53 @@ class LabelStudioSync:
         """One project: its label config, every annotation of every task, deletions.
 
         Raises whatever the SDK raises (Label Studio down, wrong key, unknown project) before
-        marking anything deleted: a partial listing never deletes.
+        purging anything: a partial listing never deletes. A label config clinie cannot use
+        is not stored.
         """
         with self._lock:
             ls_project = self._client.projects.get(id=int(project))
             if ls_project.label_config:
-                self.store.set_label_config(project, ls_project.label_config)
-            seen: set[int] = set()
-            stored = 0
+                try:
+                    self.store.set_label_config(project, ls_project.label_config)
+                except LabelConfigError as e:
+                    log.warning("project %s: re-sync: labeling config not stored: %s", project, e)
+            annotations: set[int] = set()
+            tasks: set[int] = set()
+            stored = refused = 0
             for task in self._client.tasks.list(project=int(project), fields="all", page_size=PAGE_SIZE):
                 task_dict = _as_dict(task)
+                tasks.add(int(task_dict["id"]))
                 for annotation in task_dict.get("annotations") or []:
                     annotation = _as_dict(annotation)
-                    seen.add(int(annotation["id"]))
-                    stored += self.store.record_annotation(project, annotation, task_dict, "SYNC")
-            gone = self.store.live_annotation_ids(project) - seen
-            deleted = self.store.delete_annotations(project, sorted(gone)) if gone else 0
-        return SyncResult(project, len(seen), stored, deleted)
+                    annotations.add(int(annotation["id"]))
+                    try:
+                        stored += self.store.record_annotation(project, annotation, task_dict, "SYNC")
+                    except ProjectMismatch:
+                        refused += 1
+            deleted = self._purge_gone(project, tasks, annotations)
+        return SyncResult(project, len(annotations), stored, deleted, refused)
+
+    def _purge_gone(self, project: str, listed_tasks: set[int], listed_annotations: set[int]) -> int:
+        """Purge the tasks, then the annotations, the store holds and the listing lacked, each
+        once Label Studio confirms it is gone (404): a listing paged while tasks are deleted
+        can skip one that still exists, and a purge leaves a tombstone that no re-sync undoes."""
+        tasks = {t for t in self.store.task_ids(project) - listed_tasks
+                 if _gone(lambda: self._client.tasks.get(id=str(t)))}
+        purged = self.store.purge(project, tasks=tasks).annotations
+        annotations = {a for a in self.store.annotation_ids(project) - listed_annotations
+                       if _gone(lambda: self._client.annotations.get(id=a))}
+        return purged + self.store.purge(project, annotations=annotations).annotations
+
+
+def _gone(fetch: Callable[[], Any]) -> bool:
+    """Label Studio answers 404 for it; any other failure is raised (and nothing is purged)."""
+    try:
+        fetch()
+    except Exception as e:
+        if getattr(e, "status_code", None) == 404:
+            return True
+        raise
+    return False
 
 
 def _as_dict(value: Any) -> dict[str, Any]:

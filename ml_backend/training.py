@@ -15,7 +15,6 @@ from __future__ import annotations
 import logging
 import os
 import queue
-import re
 import shutil
 import threading
 import time
@@ -32,7 +31,7 @@ from clinie.llm.base import LLM
 from clinie.llm.hidden import HiddenStates
 from clinie.selection import Annotations, builder, project_documents, select, selection_record
 from clinie.settings import Settings
-from clinie.store import AnnotationStore, ModelRecord
+from clinie.store import AnnotationStore, ModelRecord, project_models_dir
 from clinie.strategies import PARTS
 
 log = logging.getLogger(__name__)
@@ -76,7 +75,7 @@ def train_project(store: AnnotationStore, settings: Settings, project: str, trai
         relations = RelationClassifier(schema.relation_labels, settings.encoder_model or None, **options).fit(docs)
 
     version = f"clinie-encoder-p{project}-t{training_id}-n{len(docs)}"
-    final = settings.models_dir / re.sub(r"[^\w.-]", "_", project) / version
+    final = project_models_dir(settings.models_dir, project) / version
     with _written(final) as partial:
         tagger.save(partial)
         if relations is not None:
@@ -89,7 +88,11 @@ def train_project(store: AnnotationStore, settings: Settings, project: str, trai
               "annotations": annotations.summary(), "cut_short": tagger.cut_short,
               "seconds": round(time.perf_counter() - started, 1)},
         created_at=_now())
-    store.finish_training(training_id, record)
+    try:
+        store.finish_training(training_id, record)
+    except LookupError:  # the project was deleted meanwhile: so is what was learned from it
+        shutil.rmtree(final, ignore_errors=True)
+        raise
     return record, annotations
 
 

@@ -18,6 +18,7 @@ from werkzeug.serving import make_server
 from clinie.core import read_documents
 from clinie.labelstudio import document_to_result, parse_label_config
 from clinie.settings import Settings
+from clinie.store import ModelRecord
 from ml_backend.app import create_app
 from ml_backend.metrics import Metrics
 from ml_backend.service import Backend
@@ -83,6 +84,9 @@ def test_predict_without_a_model_answers_one_empty_result_per_task(client):
                              "annotation": {"id": 5, "result": []}, "task": {"id": 1}}).encode(), 400),
     ("/webhook", json.dumps({"action": "ANNOTATIONS_DELETED", "project": {"id": 1},
                              "annotations": [{"nope": 1}]}).encode(), 400),
+    ("/webhook", json.dumps({"action": "TASKS_DELETED", "project": {"id": 1}, "tasks": [{"id": "x"}]}).encode(), 400),
+    ("/webhook", json.dumps({"action": "TASKS_DELETED", "project": {"id": 1}}).encode(), 400),
+    ("/webhook", json.dumps({"action": "PROJECT_DELETED", "project": {}}).encode(), 400),
 ])
 def test_malformed_requests_get_a_clear_4xx_and_store_nothing(client, path, body, status):
     answer = client.post(path, data=body, content_type="application/json")
@@ -108,7 +112,7 @@ def test_basic_auth_when_configured(settings):
     assert client.post("/webhook", json={"action": "X"}).status_code == 401
 
 
-def test_unknown_webhook_actions_are_acknowledged_and_deletions_kept(client):
+def test_unknown_webhook_actions_are_acknowledged_and_deletions_counted(client):
     assert client.post("/webhook", json={"action": "PROJECT_UPDATED", "project": {"id": 1}}).status_code == 200
     event = webhook_event(9, 4, "a text", [])
     assert client.post("/webhook", json=event).json["stored"] is True
@@ -117,6 +121,147 @@ def test_unknown_webhook_actions_are_acknowledged_and_deletions_kept(client):
     assert client.post("/webhook", json=deleted).status_code == 200
     backend = client.application.extensions["clinie"]
     assert backend.store.annotation_counts("1") == {"deleted": 1}
+
+
+MARKER = "ZEBRA-PATIENT-7731"
+
+
+def assert_marker_gone(data_dir: Path) -> None:
+    """The marker is in no file of the data directory: the store, its WAL and shared memory."""
+    files = [f for f in data_dir.rglob("*") if f.is_file()]
+    assert any(f.name.startswith("clinie.sqlite3") for f in files)
+    assert [f.name for f in files if MARKER.encode() in f.read_bytes()] == []
+
+
+@pytest.fixture
+def marked(settings):
+    """A backend whose store holds task 4 of project 1 with the marker in its text (two
+    versions of annotation 9) beside task 5, and a model version of the project."""
+    backend = Backend(settings, start_worker=False)
+    client = create_app(settings, backend).test_client()
+    text = f"Patient {MARKER} was seen for asthma."
+    assert client.post("/webhook", json=webhook_event(9, 4, text, [])).json["stored"]
+    updated = webhook_event(9, 4, text, [{"id": "r", "from_name": "label", "to_name": "text", "type": "labels",
+                                          "value": {"start": 8, "end": 26, "labels": ["Disease"], "text": MARKER}}],
+                            action="ANNOTATION_UPDATED")
+    assert client.post("/webhook", json=updated).json["stored"]
+    assert client.post("/webhook", json=webhook_event(10, 5, "Another note.", [])).json["stored"]
+    version_dir = settings.models_dir / "1" / "clinie-encoder-p1-t1-n1"
+    version_dir.mkdir(parents=True)
+    (version_dir / "weights.bin").write_bytes(b"weights")
+    training = backend.store.begin_training("1")
+    backend.store.finish_training(training, ModelRecord("clinie-encoder-p1-t1-n1", "1", "encoder", version_dir, 1,
+                                                        {}, "2026-01-01"))
+    assert MARKER.encode() in b"".join(f.read_bytes() for f in settings.data_dir.iterdir() if f.is_file())
+    return backend, client
+
+
+def test_annotations_deleted_purges_the_annotation_and_a_late_re_delivery_is_a_no_op(marked, settings):
+    backend, client = marked
+    deleted = {"action": "ANNOTATIONS_DELETED", "project": {"id": 1, "label_config": CONFIG}, "annotations": [{"id": 9}]}
+    assert client.post("/webhook", json=deleted).json["stored"] is True
+    assert_marker_gone(settings.data_dir)
+    late = webhook_event(9, 4, f"Patient {MARKER} was seen for asthma.", [])
+    assert client.post("/webhook", json=late).json["stored"] is False
+    assert_marker_gone(settings.data_dir)
+    assert backend.store.annotation_counts("1") == {"submitted": 1, "deleted": 1}
+
+
+def test_tasks_deleted_purges_the_tasks_and_all_their_annotations(marked, settings):
+    backend, client = marked
+    deleted = {"action": "TASKS_DELETED", "tasks": [{"id": 4}], "project": {"id": 1, "label_config": CONFIG}}
+    assert client.post("/webhook", json=deleted).json["stored"] is True
+    assert_marker_gone(settings.data_dir)
+    assert [e.task_id for e in backend.store.training_examples("1")] == [5]
+    assert client.post("/webhook", json=webhook_event(11, 4, MARKER, [])).json["stored"] is False  # a late one
+
+
+def test_tasks_deleted_naming_no_project_purges_the_tasks_where_they_are(marked, settings):
+    """What Label Studio sends organization webhooks when all a project's tasks are deleted."""
+    backend, client = marked
+    answer = client.post("/webhook", json={"action": "TASKS_DELETED", "tasks": [{"id": 4}, {"id": 77}]})
+    assert answer.status_code == 200 and answer.json["stored"] is True
+    assert_marker_gone(settings.data_dir)
+    assert backend.store.annotation_ids("1") == {10}
+
+
+def test_project_deleted_purges_everything_of_the_project(marked, settings):
+    backend, client = marked
+    other = webhook_event(20, 30, "A note of project 2.", [], project=2)
+    assert client.post("/webhook", json=other).json["stored"]
+    assert client.post("/webhook", json={"action": "PROJECT_DELETED", "project": {"id": 1}}).json["stored"] is True
+    assert_marker_gone(settings.data_dir)
+    store = backend.store
+    assert (store.annotation_ids("1"), store.label_config("1"), store.serving_model("1"), store.models("1")) == \
+        (set(), None, None, [])
+    assert store.projects() == ["2"] and store.annotation_ids("2") == {20}
+    assert not (settings.models_dir / "1").exists()
+    assert client.post("/predict", json={"tasks": [{"id": 4, "data": {"text": "x"}}], "project": "1.17",
+                                         "label_config": CONFIG}).json["model_version"] == NO_MODEL_VERSION
+
+
+def test_an_event_naming_another_projects_annotation_is_refused_and_counted(marked):
+    backend, client = marked
+    moved = webhook_event(9, 4, "moved", [], project=2)
+    answer = client.post("/webhook", json=moved).json
+    assert answer["stored"] is False and "belongs to project 1" in answer["refused"]
+    deleted = {"action": "ANNOTATIONS_DELETED", "project": {"id": 2}, "annotations": [{"id": 9}]}
+    assert "9" in client.post("/webhook", json=deleted).json["refused"]
+    assert backend.store.annotation_ids("1") == {9, 10} and backend.store.annotation_ids("2") == set()
+    assert backend.metrics.snapshot()["counts"]["events_refused"] == 2
+
+
+def test_an_invalid_label_config_in_a_webhook_is_not_stored(settings):
+    backend = Backend(settings, start_worker=False)
+    client = create_app(settings, backend).test_client()
+    assert client.post("/setup", json={"project": "1.17", "schema": CONFIG}).status_code == 200
+    answer = client.post("/webhook", json={"action": "PROJECT_UPDATED", "project": {"id": 1, "label_config": "<not xml"}})
+    assert answer.status_code == 200 and "label_config_refused" in answer.json
+    event = webhook_event(12, 6, "A new note.", [], label_config="<View><Text name='text' value='$text'/></View>")
+    answer = client.post("/webhook", json=event).json
+    assert answer["stored"] is True and "no <Labels>" in answer["label_config_refused"]  # the annotation is kept
+    assert backend.store.label_config("1") == CONFIG
+    assert client.post("/predict", json={"tasks": [{"id": 6, "data": {"text": "x"}}], "project": "1.17"}).status_code == 200
+    assert backend.metrics.snapshot()["counts"]["label_configs_refused"] == 2
+
+
+class _NotFound(Exception):
+    status_code = 404
+
+
+class _FakeLabelStudio:
+    """What ``LabelStudioSync`` reads of label-studio-sdk's client: a project, its tasks (a
+    listing that may miss some) and each task and annotation by id (404 once deleted)."""
+
+    def __init__(self, listed: list[dict], existing: list[dict]) -> None:
+        def get(ids: set):
+            def fetch(_, id):
+                if int(id) not in ids:
+                    raise _NotFound()
+            return fetch
+
+        annotation_ids = {a["id"] for t in existing for a in t["annotations"]}
+        self.projects = type("Projects", (), {"get": lambda _, id: type("P", (), {"label_config": CONFIG})()})()
+        self.tasks = type("Tasks", (), {"list": lambda _, **kwargs: listed,
+                                        "get": get({t["id"] for t in existing})})()
+        self.annotations = type("Annotations", (), {"get": get(annotation_ids)})()
+
+
+@pytest.mark.usefixtures("marked")
+def test_re_sync_purges_what_label_studio_no_longer_holds(settings):
+    backend = Backend(replace(settings, label_studio_url="http://127.0.0.1:9", label_studio_api_key="k"),
+                      start_worker=False)
+    kept = {"id": 5, "data": {"text": "Another note."},
+            "annotations": [{"id": 10, "result": [], "was_cancelled": False, "completed_by": 1}]}
+    still = {"id": 4, "annotations": [{"id": 9}]}
+    backend.sync._client = _FakeLabelStudio([kept], [still, kept])  # a listing that missed task 4: kept
+    assert backend.resync("1")
+    assert backend.store.annotation_ids("1") == {9, 10}
+    backend.sync._client = _FakeLabelStudio([kept], [kept])  # task 4 and its annotation 9 were deleted
+    assert backend.resync("1")
+    assert_marker_gone(settings.data_dir)
+    assert backend.store.annotation_ids("1") == {10}
+    assert backend.metrics.snapshot()["counts"]["annotations_deleted_by_sync"] == 1
 
 
 def test_a_webhook_flood_of_200_concurrent_events_loses_none(settings):

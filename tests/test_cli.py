@@ -171,3 +171,20 @@ def test_report_of_a_project_from_the_backends_store(tmp_path, monkeypatch, caps
     assert ("strategy selected at the last training", "none") in [tuple(x) for x in report["summary"]]
     assert main(["report", "--project", "4", "--data-dir", str(tmp_path / "data"), "--out", str(out)]) == 2
     assert "no labeling config" in capsys.readouterr().err
+
+
+def test_purge_removes_a_projects_notes_and_model_versions(tmp_path, capsys):
+    from clinie.store import AnnotationStore
+
+    data = tmp_path / "data"
+    store = AnnotationStore(data / "clinie.sqlite3")
+    store.record_annotation("3", {"id": 1, "result": []}, {"id": 1, "data": {"text": "ZEBRA-PATIENT-7731 has asthma"}})
+    store.record_annotation("4", {"id": 2, "result": []}, {"id": 2, "data": {"text": "kept"}})
+    (data / "models" / "3" / "v1").mkdir(parents=True)
+    assert main(["purge", "--project", "3", "--data-dir", str(data)]) == 0
+    assert "project 3: 1 annotations" in capsys.readouterr().err
+    assert not (data / "models" / "3").exists()
+    assert store.projects() == ["4"] and store.annotation_ids("4") == {2}
+    assert not [f for f in data.rglob("*") if f.is_file() and b"ZEBRA-PATIENT-7731" in f.read_bytes()]
+    assert main(["purge", "--project", "..", "--data-dir", str(data)]) == 2  # never a directory above models/
+    assert (data / "clinie.sqlite3").exists()

@@ -14,7 +14,9 @@ from ml_backend.app import create_app
 from tests.support.helpers import DISEASE_CONFIG
 
 REFUSED = {400, 413, 415, 422}
-ACTIONS = ["ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATIONS_DELETED", "START_TRAINING", "PROJECT_UPDATED"]
+ACTIONS = ["ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATIONS_DELETED", "START_TRAINING", "PROJECT_UPDATED",
+           "TASKS_DELETED", "PROJECT_DELETED"]
+DELETIONS = ("ANNOTATIONS_DELETED", "TASKS_DELETED", "PROJECT_DELETED")
 
 scalars = (st.none() | st.booleans() | st.integers(min_value=-(2**70), max_value=2**70)
            | st.floats(allow_nan=True, allow_infinity=True) | st.text(max_size=20))
@@ -40,14 +42,18 @@ webhooks = st.fixed_dictionaries(
     {"action": st.sampled_from(ACTIONS) | json_values},
     optional={"project": projects, "annotation": annotations | json_values, "task": tasks | json_values,
               "annotations": st.lists(st.fixed_dictionaries({}, optional={"id": ids}) | json_values, max_size=3)
+              | json_values,
+              "tasks": st.lists(st.fixed_dictionaries({}, optional={"id": ids}) | json_values, max_size=3)
               | json_values})
 #: Shaped like Label Studio's, every id, text and region drawn: reach the store and its limits.
 near_valid_webhooks = st.builds(
     lambda action, annotation_id, task_id, project, text, result, cancelled: {
         "action": action, "project": {"id": project, "label_config": DISEASE_CONFIG},
         "annotation": {"id": annotation_id, "result": result, "was_cancelled": cancelled, "completed_by": task_id},
-        "task": {"id": task_id, "data": {"text": text}}, "annotations": [{"id": annotation_id}]},
-    st.sampled_from(ACTIONS[:3]), ids, ids, ids, st.text(max_size=200), st.lists(regions, max_size=3), json_values)
+        "task": {"id": task_id, "data": {"text": text}}, "annotations": [{"id": annotation_id}],
+        "tasks": [{"id": task_id}]},
+    st.sampled_from(ACTIONS[:3] + ACTIONS[5:]), ids, ids, ids, st.text(max_size=200), st.lists(regions, max_size=3),
+    json_values)
 predicts = st.fixed_dictionaries(
     {}, optional={"tasks": st.lists(tasks | json_values, max_size=4) | json_values, "project": projects,
                   "label_config": st.just(DISEASE_CONFIG) | st.text(max_size=40) | json_values,
@@ -93,7 +99,7 @@ def test_webhooks(client, body):
         assert store_state(client) == before, "a refused webhook stored something"
     elif answer["stored"]:
         stored_ids = {row[0] for row in store_state(client)[0]}
-        assert body["action"] == "ANNOTATIONS_DELETED" or int(body["annotation"]["id"]) in stored_ids
+        assert body["action"] in DELETIONS or int(body["annotation"]["id"]) in stored_ids
 
 
 @fuzz

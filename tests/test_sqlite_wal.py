@@ -9,6 +9,7 @@ import pytest
 
 from clinie.llm.cache import CallCache
 from clinie.store import AnnotationStore
+from tests.support.helpers import DISEASE_CONFIG
 
 
 def _cache_write(path: str) -> None:
@@ -21,11 +22,11 @@ def _cache_written(path: str) -> bool:
 
 
 def _store_write(path: str) -> None:
-    AnnotationStore(path).set_label_config("1", "<View/>")
+    AnnotationStore(path).set_label_config("1", DISEASE_CONFIG)
 
 
 def _store_written(path: str) -> bool:
-    return AnnotationStore(path).label_config("1") == "<View/>"
+    return AnnotationStore(path).label_config("1") == DISEASE_CONFIG
 
 
 def _open_at_once(write, path: str, barrier, results) -> None:

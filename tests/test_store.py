@@ -9,7 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from clinie.store import AnnotationStore, ModelRecord
+from clinie.labelstudio import LabelConfigError
+from clinie.store import AnnotationStore, ModelRecord, ProjectMismatch, Purged
+from tests.support.helpers import DISEASE_CONFIG
 
 
 def annotation(aid: int, result: list | None = None, cancelled: bool = False) -> dict:
@@ -25,23 +27,27 @@ def store(tmp_path: Path) -> AnnotationStore:
     return AnnotationStore(tmp_path / "store.sqlite3")
 
 
-def test_created_updated_cancelled_deleted_are_all_kept(store, tmp_path):
+def test_created_updated_cancelled_are_kept_and_deleted_leaves_only_a_tombstone(store, tmp_path):
     r1 = [{"id": "a", "type": "labels", "value": {"start": 0, "end": 4, "labels": ["X"]}}]
     assert store.record_annotation("1", annotation(10, r1), task(5))
     assert not store.record_annotation("1", annotation(10, r1), task(5))  # re-delivery: no change
     assert store.record_annotation("1", annotation(10, []), task(5), "ANNOTATION_UPDATED")
     assert store.record_annotation("1", annotation(11, cancelled=True), task(6))
-    assert store.delete_annotations("1", [10, 999]) == 1
-    assert store.annotation_counts("1") == {"deleted": 1, "cancelled": 1}
     with sqlite3.connect(tmp_path / "store.sqlite3") as db:  # every version, as stored
         history = db.execute("SELECT version, action, state, result FROM annotation_versions "
                              "WHERE annotation_id = 10 ORDER BY version").fetchall()
-    assert [h[:3] for h in history] == [
-        (1, "ANNOTATION_CREATED", "submitted"), (2, "ANNOTATION_UPDATED", "submitted"),
-        (3, "ANNOTATIONS_DELETED", "deleted")]
+    assert [h[:3] for h in history] == [(1, "ANNOTATION_CREATED", "submitted"), (2, "ANNOTATION_UPDATED", "submitted")]
     assert json.loads(history[0][3]) == r1  # the first version is still there
-    assert store.training_examples("1") == []
 
+    assert store.purge("1", annotations=[10, 999]) == Purged(1)
+    assert store.annotation_counts("1") == {"deleted": 2, "cancelled": 1}  # 999: deleted before it arrived
+    with sqlite3.connect(tmp_path / "store.sqlite3") as db:
+        assert db.execute("SELECT COUNT(*) FROM annotation_versions WHERE annotation_id = 10").fetchone() == (0,)
+        assert db.execute("SELECT COUNT(*) FROM annotations WHERE annotation_id = 10").fetchone() == (0,)
+    assert store.training_examples("1") == []
+    assert not store.record_annotation("1", annotation(10, r1), task(5))  # a late re-delivery: no-op
+    assert not store.record_annotation("1", annotation(999, r1), task(8))
+    assert store.training_examples("1") == []
 
 def test_training_set_is_the_latest_submitted_annotation_per_task(store):
     store.record_annotation("1", annotation(1, [{"v": 1}]), task(7))
@@ -119,7 +125,154 @@ def test_counting_training_examples_agrees_with_reading_them(tmp_path):
     store.record_annotation("p", {"id": 2, "result": [{"x": 1}]}, task)  # a second annotation of task 1
     store.record_annotation("p", {"id": 3, "result": [], "was_cancelled": True}, {"id": 2, "data": {"text": "y"}})
     store.record_annotation("p", {"id": 4, "result": []}, {"id": 3, "data": {"text": "z"}})
-    store.delete_annotations("p", [4])
+    store.purge("p", annotations=[4])
     store.record_annotation("q", {"id": 5, "result": []}, {"id": 9, "data": {"text": "w"}})
     assert store.count_training_examples("p") == len(store.training_examples("p")) == 1
     assert store.count_training_examples("none") == 0
+
+
+def test_an_event_older_than_the_state_held_changes_nothing(store):
+    def at(aid: int, result: list, updated_at: str) -> dict:
+        return {**annotation(aid, result), "updated_at": updated_at}
+
+    assert store.record_annotation("1", at(1, [{"v": 2}], "2026-05-01T10:00:02.000000Z"), task(1))
+    assert not store.record_annotation("1", at(1, [{"v": 1}], "2026-05-01T10:00:01Z"), task(1))  # late
+    assert store.training_examples("1")[0].result == [{"v": 2}]
+    # the same state delivered again, newer: an event between the two is late too
+    assert not store.record_annotation("1", at(1, [{"v": 2}], "2026-05-01T12:00:05+02:00"), task(1))
+    assert not store.record_annotation("1", at(1, [{"v": 3}], "2026-05-01T10:00:03Z"), task(1))
+    assert store.record_annotation("1", at(1, [{"v": 4}], "2026-05-01T10:00:06Z"), task(1))
+    assert store.training_examples("1")[0].result == [{"v": 4}]
+
+
+def test_an_id_another_project_holds_is_refused_not_moved(store):
+    store.record_annotation("1", annotation(1, [{"v": 1}]), task(1))
+    with pytest.raises(ProjectMismatch, match="annotation 1 belongs to project 1, not 2"):
+        store.record_annotation("2", annotation(1, [{"v": 2}]), task(2))
+    assert store.purge("2", annotations=[1], tasks=[1]) == Purged(0, (1, 1))
+    assert [e.result for e in store.training_examples("1")] == [[{"v": 1}]]
+    assert store.annotation_counts("2") == {}
+    store.purge("1", annotations=[1])
+    with pytest.raises(ProjectMismatch):  # its tombstone is project 1's too
+        store.record_annotation("2", annotation(1, [{"v": 2}]), task(2))
+
+
+def test_deleting_a_task_purges_all_its_annotations_and_a_late_one_stays_out(store):
+    store.record_annotation("1", annotation(1), task(7))
+    store.record_annotation("1", annotation(2), task(7))
+    store.record_annotation("1", annotation(3), task(8))
+    assert store.purge("1", tasks=[7]).annotations == 2
+    assert [e.task_id for e in store.training_examples("1")] == [8]
+    assert not store.record_annotation("1", annotation(4), task(7))  # created before, delivered after
+    assert store.task_ids("1") == {8} and store.annotation_ids("1") == {3}
+
+
+def _age_versions(path: Path, days: float) -> None:
+    with sqlite3.connect(path) as db:
+        db.execute("UPDATE annotation_versions SET received_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now', ?)",
+                   (f"-{days} days",))
+
+
+def test_superseded_versions_are_kept_keep_history_days_then_pruned(tmp_path):
+    path = tmp_path / "s.sqlite3"
+    store = AnnotationStore(path, keep_history_days=30)
+    for n in range(3):
+        store.record_annotation("1", annotation(1, [{"v": n}]), task(1), "ANNOTATION_UPDATED")
+    store.record_annotation("1", annotation(2, [{"v": 0}]), task(2))
+
+    def versions() -> list[tuple[int, int]]:
+        with sqlite3.connect(path) as db:
+            return db.execute("SELECT annotation_id, version FROM annotation_versions ORDER BY 1, 2").fetchall()
+
+    assert versions() == [(1, 1), (1, 2), (1, 3), (2, 1)]
+    store.begin_training("1")
+    assert versions() == [(1, 1), (1, 2), (1, 3), (2, 1)]  # superseded under 30 days ago
+    _age_versions(path, 31)
+    store.begin_training("2")
+    assert versions() == [(1, 3), (2, 1)]  # the current version of each stays
+    assert store.training_examples("1")[0].result == [{"v": 2}]
+
+    none_kept = AnnotationStore(path, keep_history_days=0)
+    none_kept.record_annotation("1", annotation(2, [{"v": 1}]), task(2), "ANNOTATION_UPDATED")
+    assert versions() == [(1, 3), (2, 2)]
+
+
+def test_a_full_disk_says_so(tmp_path):
+    store = AnnotationStore(tmp_path / "s.sqlite3")
+    store.record_annotation("1", annotation(1), task(1))
+    store._db().execute("PRAGMA max_page_count=1")  # this connection may not grow the file
+    with pytest.raises(sqlite3.OperationalError, match="database or disk is full"):
+        store.record_annotation("1", annotation(2), task(2, "x" * 100_000))
+    store._db().execute("PRAGMA max_page_count=1073741823")
+    assert store.record_annotation("1", annotation(3), task(3))  # the connection is usable again
+    assert store.annotation_ids("1") == {1, 3}
+
+
+def test_an_invalid_label_config_is_refused_and_the_valid_one_kept(store):
+    store.set_label_config("1", DISEASE_CONFIG)
+    with pytest.raises(LabelConfigError):
+        store.set_label_config("1", "<not xml")
+    assert store.label_config("1") == DISEASE_CONFIG
+
+
+def test_a_store_that_only_marked_deletions_is_purged_when_opened(tmp_path):
+    path = tmp_path / "old.sqlite3"
+    with sqlite3.connect(path) as db:  # the schema and rows an earlier clinie wrote
+        db.executescript(OLD_SCHEMA)
+        for aid, state in ((1, "submitted"), (2, "deleted")):
+            data = json.dumps({"id": aid, "data": {"text": f"ZEBRA-OLD-{aid}"}})
+            db.execute("INSERT INTO annotations VALUES (?, '1', ?, ?, '[]', ?, 1, 1, 't', 't')", (aid, aid, data, state))
+            db.execute("INSERT INTO annotation_versions VALUES (?, 1, 'X', ?, ?, '[]', 't')", (aid, state, data))
+    store = AnnotationStore(path)
+    assert store.annotation_counts("1") == {"submitted": 1, "deleted": 1}
+    assert store.record_annotation("1", {**annotation(1, [{"v": 1}]), "updated_at": "2026-01-01T00:00:00Z"}, task(1))
+    assert not store.record_annotation("1", annotation(2), task(2))
+    assert_absent(tmp_path, b"ZEBRA-OLD-2")
+
+
+OLD_SCHEMA = """
+CREATE TABLE annotations (annotation_id INTEGER PRIMARY KEY, project TEXT NOT NULL, task_id INTEGER NOT NULL,
+    task_data TEXT NOT NULL, result TEXT NOT NULL,
+    state TEXT NOT NULL CHECK (state IN ('submitted', 'cancelled', 'deleted')), version INTEGER NOT NULL,
+    completed_by INTEGER, received_at TEXT NOT NULL, updated_at TEXT NOT NULL);
+CREATE TABLE annotation_versions (annotation_id INTEGER NOT NULL, version INTEGER NOT NULL, action TEXT NOT NULL,
+    state TEXT NOT NULL, task_data TEXT NOT NULL, result TEXT NOT NULL, received_at TEXT NOT NULL,
+    PRIMARY KEY (annotation_id, version));
+"""
+
+
+def assert_absent(directory: Path, marker: bytes) -> None:
+    """No file under ``directory`` (the database, its WAL and shared memory) holds ``marker``."""
+    files = [f for f in directory.rglob("*") if f.is_file()]
+    assert files
+    holding = [f.name for f in files if marker in f.read_bytes()]
+    assert holding == [], f"{marker!r} is still in {holding}"
+
+
+@pytest.mark.parametrize("deletion", ["annotation", "task", "project"])
+def test_deleted_note_text_is_gone_from_every_file(tmp_path, deletion):
+    store = AnnotationStore(tmp_path / "data" / "s.sqlite3", keep_history_days=30)
+    marker = "ZEBRA-PATIENT-7731"
+    store.set_label_config("1", DISEASE_CONFIG)
+    store.record_annotation("1", annotation(1, [{"note": marker}]), task(1, f"Patient {marker} has asthma."))
+    store.record_annotation("1", annotation(1, []), task(1, f"Patient {marker} has asthma."), "ANNOTATION_UPDATED")
+    store.record_annotation("1", annotation(2), task(2, "Another note, kept."))
+    assert marker.encode() in b"".join(f.read_bytes() for f in (tmp_path / "data").iterdir())
+    if deletion == "annotation":
+        store.purge("1", annotations=[1])
+    elif deletion == "task":
+        store.purge("1", tasks=[1])
+    else:
+        store.purge_project("1", tmp_path / "models")
+    assert_absent(tmp_path / "data", marker.encode())
+    assert store.annotation_ids("1") == (set() if deletion == "project" else {2})
+
+
+def test_a_training_of_a_project_purged_meanwhile_registers_nothing(tmp_path):
+    store = AnnotationStore(tmp_path / "s.sqlite3")
+    store.record_annotation("1", annotation(1), task(1))
+    training = store.begin_training("1")
+    store.purge_project("1", tmp_path / "models")
+    with pytest.raises(LookupError, match="purged"):
+        store.finish_training(training, ModelRecord("v1", "1", "encoder", tmp_path / "models" / "1" / "v1", 1, {}, "t"))
+    assert store.models("1") == [] and store.serving_model("1") is None
