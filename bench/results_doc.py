@@ -329,13 +329,14 @@ def first_model_section(results: Path = RESULTS) -> list[str]:
                  "–" if r.get("first_model_f1") is None else f"{r['first_model_f1']:.3f}",
                  f"`{r['strategies']}`" if r["strategies"] else "none",
                  "–" if r["selection_served_seconds"] is None else f"{r['selection_served_seconds']:.0f}",
-                 r["selected"] or "–", f"`{r['command']}`"] for r in run["runs"]]
+                 r["selected"] or "–", f"`{r['command']}`" + (f" ({r['note']})" if r.get("note") else "")]
+                for r in run["runs"]]
         lines += ["", "## Time to a first model", "",
                   f"After *Start training*, {corpus_name(run['corpus'])} annotations by webhook into a fresh backend on "
                   "the embedded models: seconds from the start of the training until the encoder served (trained "
                   "within the first model's step budget, `CLINIE_FIRST_MODEL_STEPS`), that first model's strict F1 "
                   "on the 200 Chen et al. 2023 items, and seconds until the strategy selection picked served (what "
-                  "a first model cost when selection ran before it); one run each, alone on 2 cores.", "",
+                  "a first model cost when selection ran before it); one run each, alone on 2 cores unless noted.", "",
                   *table(["annotations", "first model's step budget", "encoder serves (s)", "its F1",
                           "selection over", "selected strategy serves (s)", "selected", "command"], rows)]
     return lines

@@ -522,8 +522,13 @@ class AnnotationStore:
             self._serve(db, model)
 
     def serve_model(self, model: ModelRecord) -> None:
-        """Register a version a training made after its first (``finish_training``) and make it serve."""
+        """Register a version a training made after its first (``info["first_model"]``, registered
+        by ``finish_training``) and make it serve. ``LookupError`` when that first version is gone:
+        the project was purged while the training ran."""
         with self._write() as db:
+            if not db.execute("SELECT 1 FROM models WHERE version = ?", (model.info.get("first_model"),)).fetchone():
+                raise LookupError(f"{model.info.get('first_model')} is no longer registered: project "
+                                  f"{model.project} was purged")
             self._serve(db, model)
 
     @staticmethod

@@ -55,10 +55,11 @@ class Progress(Protocol):
 
 def train_project(store: AnnotationStore, settings: Settings, project: str, training_id: int,
                   progress: Progress) -> tuple[ModelRecord, Annotations]:
-    """Fine-tune the encoder tagger (and the relation classifier, when the config has relations
-    and the annotations draw some) on the project's stored annotations and register it as the
-    serving version at once: a project gets a model in the time one fine-tuning takes. Which
-    strategy serves with it is ``select_strategy``'s to say, afterwards."""
+    """Fine-tune the encoder tagger within ``CLINIE_FIRST_MODEL_STEPS`` (and the relation
+    classifier, when the config has relations and the annotations draw some) on the project's
+    stored annotations and register it as the serving version at once: a project gets a model
+    within a minute. Which strategy serves after it, with an encoder trained to its full budget
+    (``full_encoder``), is ``select_strategy``'s to say."""
     progress.training_stage(project, "encoder")
     started = time.perf_counter()
     annotations = project_documents(store, project)
@@ -119,9 +120,16 @@ def full_encoder(settings: Settings, record: ModelRecord, annotations: Annotatio
 def serve_full_encoder(store: AnnotationStore, settings: Settings, record: ModelRecord,
                        annotations: Annotations, progress: Progress) -> ModelRecord:
     """What a training serves after a cut-short first model when no selection runs."""
-    full = full_encoder(settings, record, annotations, progress)
-    store.serve_model(full)
-    return full
+    return _serve(store, full_encoder(settings, record, annotations, progress))
+
+
+def _serve(store: AnnotationStore, model: ModelRecord) -> ModelRecord:
+    try:
+        store.serve_model(model)
+    except LookupError:  # the project was deleted meanwhile: so is what was learned from it
+        shutil.rmtree(model.path, ignore_errors=True)
+        raise
+    return model
 
 
 @contextmanager
@@ -186,7 +194,7 @@ def select_strategy(store: AnnotationStore, settings: Settings, record: ModelRec
     if serving is record:
         store.set_selection(record.version, selection)
     else:
-        store.serve_model(replace(serving, info={**serving.info, "selection": selection}))
+        _serve(store, replace(serving, info={**serving.info, "selection": selection}))
     return selection
 
 
