@@ -24,8 +24,8 @@ from clinie.store import AnnotationStore, ModelRecord, ProjectMismatch, Purged
 from ml_backend.metrics import Metrics
 from ml_backend.serving import Predictor, Serving
 from ml_backend.sync import LabelStudioSync
-from ml_backend.training import (NotEnoughAnnotations, Superseded, TrainingWorker, select_strategy, serve_full_encoder,
-                                 train_project)
+from ml_backend.training import (NotEnoughAnnotations, Superseded, TrainingWorker, prune_versions, remove_partials,
+                                 select_strategy, serve_full_encoder, train_project)
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +68,8 @@ class Backend:
         self.serving = Serving(settings, self.store, self.metrics)
         if abandoned := self.store.abandon_running_trainings():
             log.warning("%d trainings were interrupted by a restart and are marked failed", abandoned)
+        if stale := remove_partials(settings.models_dir):
+            log.warning("removed %d model directories a crash left half-written", len(stale))
         self.sync = LabelStudioSync(self.store, settings.label_studio_url, settings.label_studio_api_key) \
             if settings.label_studio_url else None
         self._stopping = threading.Event()
@@ -331,6 +333,20 @@ class Backend:
             return self._train(project, training_id)
         finally:
             self.metrics.training_ended(project)
+            self.prune_versions(project)
+
+    def prune_versions(self, project: str) -> None:
+        """Keep the project's newest ``keep_models`` versions (``ml_backend.training.prune_versions``)
+        and forget what is loaded of the others. A failure is logged: it never fails a training."""
+        try:
+            pruned = prune_versions(self.store, self.settings, project)
+        except Exception:
+            log.exception("project %s: pruning old model versions failed; they stay on disk", project)
+            return
+        if pruned:
+            self.serving.forget(project, {record.version for record in pruned})
+            log.info("project %s: %d old model versions deleted (CLINIE_KEEP_MODELS=%d)", project, len(pruned),
+                     self.settings.keep_models)
 
     def _train(self, project: str, training_id: int) -> ModelRecord | None:
         self.metrics.count("trainings_started")

@@ -36,6 +36,9 @@ from clinie.strategies import PARTS
 
 log = logging.getLogger(__name__)
 
+#: The suffix of a directory a model is being written into (``_written``).
+PARTIAL = ".partial"
+
 
 class NotEnoughAnnotations(RuntimeError):
     pass
@@ -127,11 +130,46 @@ def serve_full_encoder(store: AnnotationStore, settings: Settings, record: Model
 @contextmanager
 def _written(final: Path) -> Iterator[Path]:
     """A directory to write a model into, renamed to ``final`` once complete: a crash leaves a
-    ``.partial`` directory, never a half-written version."""
-    partial = final.with_name(final.name + ".partial")
+    ``PARTIAL`` directory (removed at the next start, ``remove_partials``), never a half-written
+    version. The rename is made durable before the version is registered: after a power loss
+    the store must not name a version whose directory the file system forgot."""
+    partial = final.with_name(final.name + PARTIAL)
     shutil.rmtree(partial, ignore_errors=True)
     yield partial
     os.replace(partial, final)
+    _fsync_directory(final.parent)
+
+
+def _fsync_directory(directory: Path) -> None:
+    """Flush ``directory``'s entries (a rename in it) to disk."""
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def remove_partials(models_dir: Path) -> list[Path]:
+    """Remove the ``PARTIAL`` directories a crash left under ``models_dir`` (a version, or a
+    part of one, written when the process died): nothing reads them and each can be the size
+    of a model. Only at start-up, when no training of this process can be writing one."""
+    stale = sorted(p for p in models_dir.rglob("*" + PARTIAL) if p.is_dir()) if models_dir.is_dir() else []
+    for path in stale:
+        shutil.rmtree(path, ignore_errors=True)
+    return stale
+
+
+def prune_versions(store: AnnotationStore, settings: Settings, project: str) -> list[ModelRecord]:
+    """Unregister and delete the project's model versions beyond the newest ``keep_models``
+    (never the serving one): each is as large as the encoder, and a version nothing serves is
+    only a way back, which a few recent ones give. The rows go first, so that no request is
+    pointed at a directory being deleted. Returns the versions removed."""
+    if not settings.keep_models:
+        return []
+    pruned = store.prune_models(project, settings.keep_models)
+    for record in pruned:
+        shutil.rmtree(record.path, ignore_errors=True)
+    return pruned
 
 
 def _now() -> str:
