@@ -55,6 +55,10 @@ def _purged(purged: Purged) -> tuple[bool, str | None]:
     return purged.annotations > 0, refusal
 
 
+class TaskTooLong(ValueError):
+    """A task whose text is longer than ``CLINIE_MAX_TASK_CHARS``: it gets an empty result."""
+
+
 @lru_cache(maxsize=64)
 def _schema(label_config: str) -> Schema:
     return parse_label_config(label_config)
@@ -144,7 +148,7 @@ class Backend:
         docs: list[list[Document] | None] = []
         for task in tasks:
             try:
-                docs.append([task_to_document(task, control) for control in schema.span_controls])
+                docs.append(self._task_documents(task, schema))
             except Exception as e:
                 docs.append(None)
                 self._task_error(task, "read", e)
@@ -166,6 +170,15 @@ class Backend:
                 entry["score"] = score
             results.append(entry)
         return results, predictor
+
+    def _task_documents(self, task: Any, schema: Schema) -> list[Document]:
+        """The texts of a task its span controls annotate; ``TaskTooLong`` beyond
+        ``max_task_chars`` (one such note would hold the batch for minutes, or exhaust memory)."""
+        docs = [task_to_document(task, control) for control in schema.span_controls]
+        limit = self.settings.max_task_chars
+        if limit and (chars := sum(len(doc.text) for doc in docs)) > limit:
+            raise TaskTooLong(f"{chars} characters; at most {limit} are predicted (CLINIE_MAX_TASK_CHARS)")
+        return docs
 
     def _run_model(self, predictor: Predictor, tasks: list[Any],
                    docs: list[list[Document] | None]) -> tuple[list[list[Document] | None], Predictor]:
