@@ -131,18 +131,21 @@ def serve_full_encoder(store: AnnotationStore, settings: Settings, record: Model
 def _written(final: Path) -> Iterator[Path]:
     """A directory to write a model into, renamed to ``final`` once complete: a crash leaves a
     ``PARTIAL`` directory (removed at the next start, ``remove_partials``), never a half-written
-    version. The rename is made durable before the version is registered: after a power loss
-    the store must not name a version whose directory the file system forgot."""
+    version. What was written, then the rename, is flushed to disk before the version can be
+    registered: after a power loss the store must not name a version the file system forgot or
+    holds only in part."""
     partial = final.with_name(final.name + PARTIAL)
     shutil.rmtree(partial, ignore_errors=True)
     yield partial
+    for path in [*partial.rglob("*"), partial]:
+        _flush(path)
     os.replace(partial, final)
-    _fsync_directory(final.parent)
+    _flush(final.parent)
 
 
-def _fsync_directory(directory: Path) -> None:
-    """Flush ``directory``'s entries (a rename in it) to disk."""
-    fd = os.open(directory, os.O_RDONLY)
+def _flush(path: Path) -> None:
+    """``fsync`` a file (its content) or a directory (its entries: a file created or renamed in it)."""
+    fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:

@@ -139,7 +139,7 @@ def test_half_written_model_directories_are_removed_when_the_backend_starts(tmp_
 
 
 def test_a_written_version_is_renamed_durably(tmp_path, monkeypatch):
-    """The directory holding the rename is flushed after it, before the version can be registered."""
+    """Its files are flushed before the rename, the directory holding the rename after it."""
     final = tmp_path / "models" / "1" / "v1"
     final.parent.mkdir(parents=True)
     flushed = []
@@ -153,7 +153,8 @@ def test_a_written_version_is_renamed_durably(tmp_path, monkeypatch):
     with training._written(final) as partial:
         partial.mkdir()
         (partial / "config.json").write_text("{}")
-    assert (final.parent.stat().st_ino, True) in flushed
+    config = (final / "config.json").stat().st_ino
+    assert flushed.index((config, False)) < flushed.index((final.parent.stat().st_ino, True))
 
 
 def test_the_llm_call_cache_evicts_the_oldest_calls_beyond_its_bound(tmp_path):
