@@ -7,7 +7,9 @@ if anything fails before that, the old version keeps serving and the failure is 
 encoder trained within ``CLINIE_FIRST_MODEL_STEPS`` serves first; the strategy selection picks is
 recorded with it afterwards (``select_strategy``), its extra parts renamed into the version's
 directory before that — or into a version ``<first>-full`` with the encoder trained to its full
-budget, when the first was cut short and the choice reads it (``full_encoder``).
+budget, when the first was cut short and the choice reads it (``full_encoder``). Disk stays
+bounded: the versions beyond the newest ``CLINIE_KEEP_MODELS`` are deleted after each training
+(``prune_versions``), what a crash left half-written at the next start (``remove_partials``).
 """
 
 from __future__ import annotations
