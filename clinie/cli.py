@@ -221,7 +221,8 @@ def _fewshot(args: argparse.Namespace) -> int:
                             guided=bool(settings and settings.llm_guided),
                             cache=CallCache(args.cache) if args.cache else None)
     runs = run_study(pool, test, sizes, seeds, strategies, build, folds=args.folds, loo_below=args.loo_below,
-                     max_llm_share=args.max_llm_share, runs_dir=args.out / "runs", progress=True)
+                     max_llm_share=args.max_llm_share, runs_dir=args.out / "runs",
+                     examples=KEPT_DOCUMENTS if args.keep_documents else 0, progress=True)
     report = new_report(f"True few-shot study: {args.pool.name} -> {args.test.name}", "fewshot", args.command_line)
     report["summary"] = [("pool", f"{args.pool} ({len(pool)} documents)"), ("test", f"{args.test} ({len(test)} documents)"),
                          ("pool sizes", ", ".join(map(str, sizes))), ("seeds", ", ".join(map(str, seeds))),
@@ -316,6 +317,9 @@ def _add_llm_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cache", type=Path, help="llm: SQLite file caching model calls")
 
 
+#: The worst test documents ``clinie fewshot --keep-documents`` quotes per strategy and run.
+KEPT_DOCUMENTS = 5
+
 PAIRS_HELP = ("relations in the data: 'all' (default) = every unannotated pair of spans is a negative; "
               "'listed' = only the listed pairs are examples, label 'false' a negative (DDI's pair files)")
 
@@ -367,8 +371,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--config", type=Path, help="the labeling config, to read a Label Studio export as gold "
                                                       "(default: the labels its regions use)")
     evaluate.add_argument("--out", type=Path, help="write report.html, report.md and report.json in this directory")
-    evaluate.add_argument("--examples", type=int, default=5, help="report: documents shown among the worst errors "
-                                                                  "(their text is quoted; 0 = none)")
+    evaluate.add_argument("--examples", type=int, default=0, help="report: documents shown among the worst errors, "
+                                                                  "their text quoted (default 0: none)")
     evaluate.set_defaults(run=_evaluate)
 
     report = commands.add_parser("report", help="a project's report from the backend's store: its strategies "
@@ -379,8 +383,8 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--strategies", help="default: CLINIE_SELECT_STRATEGIES")
     report.add_argument("--repeats", type=int, default=2, help="subsamples per learning-curve point (0: no curve)")
     report.add_argument("--seed", type=int, default=0)
-    report.add_argument("--examples", type=int, default=5, help="documents shown among the worst errors "
-                                                                "(their text is quoted; 0 = none)")
+    report.add_argument("--examples", type=int, default=0, help="documents shown among the worst errors, their "
+                                                                "text quoted (default 0: none)")
     report.set_defaults(run=_report)
 
     purge = commands.add_parser("purge", help="delete everything the backend holds of a project (annotations, note "
@@ -409,6 +413,9 @@ def build_parser() -> argparse.ArgumentParser:
     fewshot.add_argument("--model", help="base encoder: HF name or directory (default: embedded MiniLM)")
     fewshot.add_argument("--epochs", type=int, help="encoder fine-tuning epochs (default: the tagger's)")
     fewshot.add_argument("--out", type=Path, required=True, help="report directory (runs/ keeps each run: resumable)")
+    fewshot.add_argument("--keep-documents", action="store_true",
+                         help=f"quote the {KEPT_DOCUMENTS} worst test documents of each strategy in the run files and "
+                              "the report (default: no text, the pools named by document ids)")
     _add_llm_arguments(fewshot)
     fewshot.set_defaults(run=_fewshot)
     return parser

@@ -126,6 +126,20 @@ class Settings:
     #: kept, for audit; 0 = none is kept. Deleted annotations, tasks and projects keep nothing.
     keep_history_days: int = 30
 
+    # --- bounds on disk and on requests (issue 22) ---
+    #: Model versions kept per project after each training, newest first (each is about 90 MB);
+    #: the serving version is always kept. 0 = keep all.
+    keep_models: int = 3
+    #: Size in megabytes the LLM call cache (``data_dir/llm_cache.sqlite3``) is kept under: the
+    #: oldest calls are evicted beyond it. 0 = no bound.
+    llm_cache_mb: int = 100
+    #: Most tasks one /predict may carry; more are refused (413) before anything is predicted.
+    #: 0 = no limit.
+    max_tasks_per_request: int = 1000
+    #: Most characters of one task's text; a longer task gets an empty result (counted as a
+    #: prediction error) while the rest of its batch is predicted. 0 = no limit.
+    max_task_chars: int = 1_000_000
+
     #: Note text is never logged at INFO; above DEBUG, exception messages are redacted too.
     log_level: str = "INFO"
     #: ``text`` (one line per record) or ``json`` (one JSON object per line, for a log collector).

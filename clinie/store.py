@@ -560,6 +560,17 @@ class AnnotationStore:
         where, params = ("WHERE project = ?", (project,)) if project is not None else ("", ())
         return [_model(r) for r in self._read(f"SELECT * FROM models {where} ORDER BY created_at", params)]
 
+    def prune_models(self, project: str, keep: int) -> list[ModelRecord]:
+        """Unregister the project's model versions but the ``keep`` registered last and the
+        serving one; returns them (their directories are the caller's to delete)."""
+        with self._write() as db:
+            rows = db.execute("SELECT * FROM models WHERE project = ? "
+                              "AND version NOT IN (SELECT version FROM serving WHERE project = ?) "
+                              "AND rowid NOT IN (SELECT rowid FROM models WHERE project = ? "
+                              "ORDER BY rowid DESC LIMIT ?)", (project, project, project, keep)).fetchall()
+            db.executemany("DELETE FROM models WHERE version = ?", [(r["version"],) for r in rows])
+        return [_model(r) for r in rows]
+
 
 def _owner(db: sqlite3.Connection, kind: str, id_: int) -> str | None:
     """The project holding an annotation or task (live or deleted); None if none does."""

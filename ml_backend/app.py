@@ -13,7 +13,7 @@ import time
 from typing import Any
 
 from flask import Flask, Response, jsonify, request
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from clinie.labelstudio import LabelConfigError
 from clinie.private import restrict_umask
@@ -83,6 +83,14 @@ def validate_webhook(body: dict[str, Any]) -> None:
                  "'tasks' must be a list of objects with an integer 'id'")
 
 
+def _within_task_limit(count: int, limit: int) -> None:
+    """One /predict holds at most ``limit`` tasks (``CLINIE_MAX_TASKS_PER_REQUEST``): a larger
+    batch would hold a worker thread for longer than anyone waits for its answer."""
+    if limit and count > limit:
+        raise RequestEntityTooLarge(f"{count} tasks in one /predict; at most {limit} are accepted "
+                                    "(CLINIE_MAX_TASKS_PER_REQUEST): send fewer at a time")
+
+
 def create_app(settings: Settings | None = None, backend: Backend | None = None) -> Flask:
     """The WSGI app. Refuses settings that would serve patient text to the network without
     credentials (``Settings.validate_serving``), and makes what the process writes private
@@ -146,6 +154,7 @@ def create_app(settings: Settings | None = None, backend: Backend | None = None)
         body = _json_object()
         tasks = body.get("tasks")
         _require(isinstance(tasks, list), "'tasks' must be a list")
+        _within_task_limit(len(tasks), settings.max_tasks_per_request)
         label_config = body.get("label_config")
         _require(label_config is None or isinstance(label_config, str), "'label_config' must be a string")
         try:

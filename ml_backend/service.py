@@ -24,8 +24,8 @@ from clinie.store import AnnotationStore, ModelRecord, ProjectMismatch, Purged
 from ml_backend.metrics import Metrics
 from ml_backend.serving import Predictor, Serving
 from ml_backend.sync import LabelStudioSync
-from ml_backend.training import (NotEnoughAnnotations, Superseded, TrainingWorker, select_strategy, serve_full_encoder,
-                                 train_project)
+from ml_backend.training import (NotEnoughAnnotations, Superseded, TrainingWorker, prune_versions, remove_partials,
+                                 select_strategy, serve_full_encoder, train_project)
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +55,10 @@ def _purged(purged: Purged) -> tuple[bool, str | None]:
     return purged.annotations > 0, refusal
 
 
+class TaskTooLong(ValueError):
+    """A task whose text is longer than ``CLINIE_MAX_TASK_CHARS``: it gets an empty result."""
+
+
 @lru_cache(maxsize=64)
 def _schema(label_config: str) -> Schema:
     return parse_label_config(label_config)
@@ -68,6 +72,8 @@ class Backend:
         self.serving = Serving(settings, self.store, self.metrics)
         if abandoned := self.store.abandon_running_trainings():
             log.warning("%d trainings were interrupted by a restart and are marked failed", abandoned)
+        if stale := remove_partials(settings.models_dir):
+            log.warning("removed %d model directories a crash left half-written", len(stale))
         self.sync = LabelStudioSync(self.store, settings.label_studio_url, settings.label_studio_api_key) \
             if settings.label_studio_url else None
         self._stopping = threading.Event()
@@ -142,7 +148,7 @@ class Backend:
         docs: list[list[Document] | None] = []
         for task in tasks:
             try:
-                docs.append([task_to_document(task, control) for control in schema.span_controls])
+                docs.append(self._task_documents(task, schema))
             except Exception as e:
                 docs.append(None)
                 self._task_error(task, "read", e)
@@ -164,6 +170,15 @@ class Backend:
                 entry["score"] = score
             results.append(entry)
         return results, predictor
+
+    def _task_documents(self, task: Any, schema: Schema) -> list[Document]:
+        """The texts of a task its span controls annotate; ``TaskTooLong`` beyond
+        ``max_task_chars`` (one such note would hold the batch for minutes, or exhaust memory)."""
+        docs = [task_to_document(task, control) for control in schema.span_controls]
+        limit = self.settings.max_task_chars
+        if limit and (chars := sum(len(doc.text) for doc in docs)) > limit:
+            raise TaskTooLong(f"{chars} characters; at most {limit} are predicted (CLINIE_MAX_TASK_CHARS)")
+        return docs
 
     def _run_model(self, predictor: Predictor, tasks: list[Any],
                    docs: list[list[Document] | None]) -> tuple[list[list[Document] | None], Predictor]:
@@ -331,6 +346,20 @@ class Backend:
             return self._train(project, training_id)
         finally:
             self.metrics.training_ended(project)
+            self.prune_versions(project)
+
+    def prune_versions(self, project: str) -> None:
+        """Keep the project's newest ``keep_models`` versions (``ml_backend.training.prune_versions``)
+        and forget what is loaded of the others. A failure is logged: it never fails a training."""
+        try:
+            pruned = prune_versions(self.store, self.settings, project)
+        except Exception:
+            log.exception("project %s: pruning old model versions failed; they stay on disk", project)
+            return
+        if pruned:
+            self.serving.forget(project, {record.version for record in pruned})
+            log.info("project %s: %d old model versions deleted (CLINIE_KEEP_MODELS=%d)", project, len(pruned),
+                     self.settings.keep_models)
 
     def _train(self, project: str, training_id: int) -> ModelRecord | None:
         self.metrics.count("trainings_started")

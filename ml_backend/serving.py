@@ -4,6 +4,9 @@ One ``Serving`` per process holds what is expensive: every model version's parts
 (``clinie.strategies.PARTS``), the one LLM with its embedder and call cache, the hidden states
 the probe reads, and each project's assembled extractor until its version, strategy or (for the
 strategies that prompt the LLM with the annotations as demonstrations) its annotations change.
+
+A serving version whose files cannot be loaded (a damaged directory) would fail every /predict
+of its project until the next training: the newest registered version before it serves instead.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -31,8 +34,23 @@ from ml_backend.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
+MB = 1_000_000
+
 #: The version Label Studio sees while a project has no trained model: its predictions are empty.
 NO_MODEL_VERSION = f"clinie-{__version__}-no-model-yet"
+
+
+class DamagedVersion(RuntimeError):
+    """A model version's saved files could not be loaded (deleted, truncated, corrupt)."""
+
+    def __init__(self, record: ModelRecord) -> None:
+        super().__init__(f"model version {record.version} cannot be loaded")
+        self.record = record
+
+
+class SharedModelUnavailable(RuntimeError):
+    """A model every version reads (the LLM whose hidden states the probe reads) could not be
+    loaded: no version is damaged by that, so none is skipped for it."""
 
 
 class Predictor(NamedTuple):
@@ -55,13 +73,21 @@ class Serving:
         self._lock = threading.RLock()  # re-entered: loading the probe loads the hidden states
         self._llm: LLMAccess | None = None
         self._states: HiddenStates | None = None
-        self._llm_cache = CallCache(settings.data_dir / "llm_cache.sqlite3")
+        self._llm_cache = CallCache(settings.data_dir / "llm_cache.sqlite3", max_bytes=settings.llm_cache_mb * MB)
+        self._damaged: set[str] = set()  # versions that failed to load: skipped until pruned
 
     # --- which strategy, as which version -------------------------------------------------
 
     def _record(self, project: str) -> ModelRecord | None:
-        """The trained model version that serves ``project`` under the configured strategy, if any."""
-        return self.store.serving_model(project) if self.settings.strategy != "llm" else None
+        """The trained model version that serves ``project`` under the configured strategy, if any:
+        the registered serving one or, once that failed to load, the newest registered one that
+        has not."""
+        if self.settings.strategy == "llm":
+            return None
+        record = self.store.serving_model(project)
+        if record is None or record.version not in self._damaged:
+            return record
+        return next((m for m in reversed(self.store.models(project)) if m.version not in self._damaged), None)
 
     def _strategy(self, project: str, record: ModelRecord | None) -> Strategy | None:
         """The strategy that serves: under ``auto``, the one selection chose with this model
@@ -86,12 +112,19 @@ class Serving:
         return model_version(strategy, trained=record.version if record else None, llm_name=self.settings.llm_name,
                              pool=pool)
 
-    def forget(self, project: str) -> None:
-        """Drop what is loaded for a deleted project: its models learned from its notes."""
+    def forget(self, project: str, versions: Collection[str] | None = None) -> None:
+        """Drop what is loaded for a deleted project (its models learned from its notes), or
+        only of its model ``versions`` that were pruned (their memory; nothing serves them again)."""
+
+        def gone(version: str) -> bool:
+            return versions is None or version in versions
+
         with self._lock:
-            self._assembled.pop(project, None)
-            for key in [key for key in self._loaded if key[0] == project]:
+            if (assembled := self._assembled.get(project)) and gone(assembled[0].split("|", 1)[0]):
+                del self._assembled[project]
+            for key in [key for key, (version, _) in self._loaded.items() if key[0] == project and gone(version)]:
                 del self._loaded[key]
+            self._damaged.difference_update(versions or ())
 
     def model_version(self, project: str) -> str:
         """The version ``predictor`` would answer as, without loading any model."""
@@ -104,8 +137,27 @@ class Serving:
     def predictor(self, project: str, schema: Schema) -> Predictor:
         """The serving strategy's extractor for this project, the model version it answers as,
         the calibrator of its span scores (fitted when it was selected), and the trained encoder
-        to fall back on when the strategy reads more than the encoder and that fails."""
-        record = self._record(project)
+        to fall back on when the strategy reads more than the encoder and that fails. A version
+        that cannot be loaded is set aside (``_damaged``) and the one before it tried."""
+        while True:  # each pass sets aside one more of the project's finitely many versions
+            record = self._record(project)
+            try:
+                return self._predictor(project, schema, record)
+            except DamagedVersion as e:
+                self._set_aside(e)
+
+    def _set_aside(self, damaged: DamagedVersion) -> None:
+        """Serve ``damaged.record``'s project from an earlier version from now on (logged and
+        counted as ``model_fallbacks``: the directory needs looking at, or a new training)."""
+        record = damaged.record
+        with self._lock:
+            self._damaged.add(record.version)
+        self.metrics.count("model_fallbacks")
+        log.warning("project %s: model version %s cannot be loaded (%s in %s); the version registered before it "
+                    "serves until the next training", record.project, record.version,
+                    type(damaged.__cause__).__name__, record.path)
+
+    def _predictor(self, project: str, schema: Schema, record: ModelRecord | None) -> Predictor:
         strategy = self._strategy(project, record)
         if strategy is None:
             return Predictor(NO_MODEL_VERSION, None, None, None)
@@ -147,17 +199,31 @@ class Serving:
 
     def _part(self, record: ModelRecord, name: str) -> Extractor:
         part = PARTS[name]
-        return self._load(record, name, lambda: part.load(record.path / part.directory, self.states))
+        return self._load(record, name, lambda: part.load(record.path / part.directory, self._shared_states))
 
     def _load(self, record: ModelRecord, name: str, load: Callable[[], Any]) -> Any:
-        """``load()`` once per model version and part (concurrent requests wait for the one load)."""
+        """``load()`` once per model version and part (concurrent requests wait for the one load).
+        ``DamagedVersion`` when it fails for want of the version's own files."""
         with self._lock:
             cached = self._loaded.get((record.project, name))
             if cached is None or cached[0] != record.version:
                 started = time.perf_counter()
-                cached = self._loaded[(record.project, name)] = (record.version, load())
+                try:
+                    model = load()
+                except SharedModelUnavailable:
+                    raise
+                except Exception as e:
+                    raise DamagedVersion(record) from e
+                cached = self._loaded[(record.project, name)] = (record.version, model)
                 self.metrics.observe("model_load", time.perf_counter() - started)
             return cached[1]
+
+    def _shared_states(self) -> HiddenStates:
+        """``states()`` for loading a part: when they fail, the LLM is at fault, not the version."""
+        try:
+            return self.states()
+        except Exception as e:
+            raise SharedModelUnavailable(f"the probe's LLM could not be loaded ({type(e).__name__})") from e
 
     # --- the shared models ----------------------------------------------------------------
 
@@ -189,6 +255,8 @@ class Serving:
             try:
                 for part in dict.fromkeys(("encoder", *strategy.kind.saves)):
                     self._part(record, part)
+            except DamagedVersion as e:
+                self._set_aside(e)
             except Exception as e:  # the first /predict will say so again, per task
                 log.warning("project %s: could not load %s: %s", project, record.version, type(e).__name__)
 

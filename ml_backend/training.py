@@ -7,7 +7,9 @@ if anything fails before that, the old version keeps serving and the failure is 
 encoder trained within ``CLINIE_FIRST_MODEL_STEPS`` serves first; the strategy selection picks is
 recorded with it afterwards (``select_strategy``), its extra parts renamed into the version's
 directory before that — or into a version ``<first>-full`` with the encoder trained to its full
-budget, when the first was cut short and the choice reads it (``full_encoder``).
+budget, when the first was cut short and the choice reads it (``full_encoder``). Disk stays
+bounded: the versions beyond the newest ``CLINIE_KEEP_MODELS`` are deleted after each training
+(``prune_versions``), what a crash left half-written at the next start (``remove_partials``).
 """
 
 from __future__ import annotations
@@ -35,6 +37,9 @@ from clinie.store import AnnotationStore, ModelRecord, project_models_dir
 from clinie.strategies import PARTS
 
 log = logging.getLogger(__name__)
+
+#: The suffix of a directory a model is being written into (``_written``).
+PARTIAL = ".partial"
 
 
 class NotEnoughAnnotations(RuntimeError):
@@ -135,11 +140,49 @@ def _serve(store: AnnotationStore, model: ModelRecord) -> ModelRecord:
 @contextmanager
 def _written(final: Path) -> Iterator[Path]:
     """A directory to write a model into, renamed to ``final`` once complete: a crash leaves a
-    ``.partial`` directory, never a half-written version."""
-    partial = final.with_name(final.name + ".partial")
+    ``PARTIAL`` directory (removed at the next start, ``remove_partials``), never a half-written
+    version. What was written, then the rename, is flushed to disk before the version can be
+    registered: after a power loss the store must not name a version the file system forgot or
+    holds only in part."""
+    partial = final.with_name(final.name + PARTIAL)
     shutil.rmtree(partial, ignore_errors=True)
     yield partial
+    for path in [*partial.rglob("*"), partial]:
+        _flush(path)
     os.replace(partial, final)
+    _flush(final.parent)
+
+
+def _flush(path: Path) -> None:
+    """``fsync`` a file (its content) or a directory (its entries: a file created or renamed in it)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def remove_partials(models_dir: Path) -> list[Path]:
+    """Remove the ``PARTIAL`` directories a crash left under ``models_dir`` (a version, or a
+    part of one, written when the process died): nothing reads them and each can be the size
+    of a model. Only at start-up, when no training of this process can be writing one."""
+    stale = sorted(p for p in models_dir.rglob("*" + PARTIAL) if p.is_dir()) if models_dir.is_dir() else []
+    for path in stale:
+        shutil.rmtree(path, ignore_errors=True)
+    return stale
+
+
+def prune_versions(store: AnnotationStore, settings: Settings, project: str) -> list[ModelRecord]:
+    """Unregister and delete the project's model versions beyond the newest ``keep_models``
+    (never the serving one): each is as large as the encoder, and a version nothing serves is
+    only a way back, which a few recent ones give. The rows go first, so that no request is
+    pointed at a directory being deleted. Returns the versions removed."""
+    if not settings.keep_models:
+        return []
+    pruned = store.prune_models(project, settings.keep_models)
+    for record in pruned:
+        shutil.rmtree(record.path, ignore_errors=True)
+    return pruned
 
 
 def _now() -> str:

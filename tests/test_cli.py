@@ -158,7 +158,8 @@ def test_report_of_a_project_from_the_backends_store(tmp_path, monkeypatch, caps
     control = parse_label_config(config).span_controls[0]
     store = AnnotationStore(tmp_path / "data" / "clinie.sqlite3")
     store.set_label_config("3", config)
-    for i, doc in enumerate(list(read_documents(NCBI / "gutierrez_train100_seed42.jsonl"))[:12], 1):
+    docs = list(read_documents(NCBI / "gutierrez_train100_seed42.jsonl"))[:12]
+    for i, doc in enumerate(docs, 1):
         result, _ = document_to_result(doc, control)
         store.record_annotation("3", {"id": i, "result": result}, {"id": i, "data": {"text": doc.text}})
     monkeypatch.setenv("CLINIE_ENCODER_EPOCHS", "4")
@@ -169,6 +170,8 @@ def test_report_of_a_project_from_the_backends_store(tmp_path, monkeypatch, caps
     assert report["cross_validation"]["n_documents"] == 12 and report["cross_validation"]["selected"] == "encoder"
     assert [p["x"] for p in report["learning_curve"]["series"]["encoder"]] == [3, 6, 9]
     assert ("strategy selected at the last training", "none") in [tuple(x) for x in report["summary"]]
+    assert report["evaluation"]["worst_errors"] == []  # no note text unless --examples asks for it
+    assert not [f for f in out.iterdir() if any(d.text.encode() in f.read_bytes() for d in docs)]
     assert main(["report", "--project", "4", "--data-dir", str(tmp_path / "data"), "--out", str(out)]) == 2
     assert "no labeling config" in capsys.readouterr().err
 
@@ -188,3 +191,26 @@ def test_purge_removes_a_projects_notes_and_model_versions(tmp_path, capsys):
     assert not [f for f in data.rglob("*") if f.is_file() and b"ZEBRA-PATIENT-7731" in f.read_bytes()]
     assert main(["purge", "--project", "..", "--data-dir", str(data)]) == 2  # never a directory above models/
     assert (data / "clinie.sqlite3").exists()
+
+
+def quoted(directory: Path, docs: list) -> list[str]:
+    """The files under ``directory`` that hold the text of any of ``docs``."""
+    return sorted(f.relative_to(directory).as_posix() for f in directory.rglob("*") if f.is_file()
+                  and any(d.text.encode() in f.read_bytes() for d in docs))
+
+
+@pytest.mark.slow
+def test_fewshot_writes_no_note_text_unless_asked_to_keep_documents(files, tmp_path):
+    _, train, test = files
+    tests = list(read_documents(test))
+    study = ["fewshot", "--pool", str(train), "--test", str(test), "--sizes", "4", "--seeds", "0,",
+             "--strategies", "encoder", "--epochs", "1", "--folds", "2", "--loo-below", "0"]
+    assert main([*study, "--out", str(tmp_path / "plain")]) == 0
+    run = json.loads((tmp_path / "plain" / "runs" / "size4-seed0.json").read_text())
+    assert run["test"]["encoder"]["worst_errors"] == [] and len(run["pool_ids"]) == 4
+    assert quoted(tmp_path / "plain", tests) == []
+
+    assert main([*study, "--keep-documents", "--out", str(tmp_path / "kept")]) == 0
+    assert quoted(tmp_path / "kept", tests) == ["report.html", "report.json", "report.md", "runs/size4-seed0.json"]
+    assert main([*study, "--out", str(tmp_path / "kept")]) == 0  # resumed without: the report quotes nothing
+    assert quoted(tmp_path / "kept", tests) == ["runs/size4-seed0.json"]

@@ -109,6 +109,15 @@ def test_a_server_that_is_down_gives_a_clear_error_fast():
         llm.complete("hello", max_tokens=1)
 
 
+def test_an_error_names_the_endpoint_without_its_credentials():
+    """Errors are logged and printed: the password in the URL stays out of them."""
+    llm = OpenAICompatibleLLM("x", base_url="http://llm-user:s3cret@127.0.0.1:9/v1", timeout=2, max_retries=0)
+    with pytest.raises(LLMError) as raised:
+        llm.complete("hello", max_tokens=1)
+    assert str(raised.value).startswith("http://127.0.0.1:9/v1: cannot connect")
+    assert "s3cret" not in str(raised.value) and "llm-user" not in str(raised.value)
+
+
 @pytest.fixture(scope="module")
 def gemma_transformers():
     return TransformersLLM(llm_gguf(), device="cpu")  # about 50 s: the GGUF is dequantized

@@ -5,7 +5,8 @@ it alone picks a strategy (``clinie.evaluation.fewshot``), and each strategy is 
 the whole pool and scored on the test set — so the report shows what the selection would have
 chosen without seeing the test set, and how that choice fared on it. Span scores are calibrated
 on the pool's cross-validated predictions and judged on the test set. Each run is a JSON file
-in ``runs_dir``: an interrupted study resumes where it stopped.
+in ``runs_dir``: an interrupted study resumes where it stopped. Only its ``examples`` worst
+documents quote text (``worst_errors``); the pool is named by document ids.
 
 ``evaluation``: P/R/F1 per label with bootstrap intervals, kinds of errors, confusion of labels,
 calibration and LLM cost of one prediction set against its gold.
@@ -70,9 +71,10 @@ def evaluation(gold: Sequence[Document], predicted: Sequence[Document], *, calib
 
 
 def one_run(pool: Sequence[Document], test: Sequence[Document], strategies: Sequence[Candidate], build: Build, *,
-            seed: int, folds: int = 5, loo_below: int = 10, max_llm_share: float = 1.0,
+            seed: int, folds: int = 5, loo_below: int = 10, max_llm_share: float = 1.0, examples: int = 5,
             progress: bool = False) -> dict[str, Any]:
-    """Select by cross-validation on ``pool``; fit every strategy on all of it; score on ``test``."""
+    """Select by cross-validation on ``pool``; fit every strategy on all of it; score on ``test``
+    (with the text of its ``examples`` worst documents per strategy)."""
     cv: CrossValidation = cross_validate(pool, strategies, build, k=folds, loo_below=loo_below, seed=seed,
                                          max_llm_share=max_llm_share, progress=progress)
     results: dict[str, Any] = {}
@@ -80,7 +82,7 @@ def one_run(pool: Sequence[Document], test: Sequence[Document], strategies: Sequ
         predicted = build(strategy, pool).predict(test)
         run = cv.runs[strategy.name]
         results[strategy.name] = evaluation(test, predicted, calibration_from=run.predictions, calibration_gold=pool,
-                                            seed=seed)
+                                            examples=examples, seed=seed)
     return {"size": len(pool), "seed": seed, "pool_ids": [d.id for d in pool], "cv": cv.summary(),
             "selected": cv.selected.name, "test": results}
 
@@ -98,28 +100,37 @@ def load_run(runs_dir: Path, size: int, seed: int) -> dict[str, Any] | None:
 
 def run_study(pool: Sequence[Document], test: Sequence[Document], sizes: Sequence[int], seeds: Sequence[int],
               strategies: Sequence[Candidate], build: Build, *, folds: int = 5, loo_below: int = 10,
-              max_llm_share: float = 1.0, runs_dir: Path | None = None,
+              max_llm_share: float = 1.0, runs_dir: Path | None = None, examples: int = 5,
               progress: bool = False) -> list[dict[str, Any]]:
-    """One run per (size, seed); runs already in ``runs_dir`` with the same strategies and LLM
-    budget are reused."""
+    """One run per (size, seed), quoting ``examples`` worst test documents per strategy; runs
+    already in ``runs_dir`` with the same strategies and LLM budget are reused, with no more
+    quoted documents than that (a study resumed without them reports none)."""
     names = [s.name for s in strategies]
     runs = []
     for size in sizes:
         for seed in seeds:
             saved = load_run(runs_dir, size, seed) if runs_dir else None
             if saved and list(saved["test"]) == names and saved["cv"].get("max_llm_share", 1.0) == max_llm_share:
-                runs.append(saved)
+                runs.append(_quoting(saved, examples))
                 continue
             if progress:
                 print(f"pool of {size}, seed {seed}", flush=True)
             run = one_run(subsample(pool, size, seed), test, strategies, build, seed=seed, folds=folds,
-                          loo_below=loo_below, max_llm_share=max_llm_share, progress=progress)
+                          loo_below=loo_below, max_llm_share=max_llm_share, examples=examples, progress=progress)
             if runs_dir is not None:
                 path = run_path(runs_dir, size, seed)
                 path.parent.mkdir(parents=True, exist_ok=True)
                 path.write_text(json.dumps(run, indent=1, ensure_ascii=False), encoding="utf-8")
             runs.append(run)
     return runs
+
+
+def _quoting(run: dict[str, Any], examples: int) -> dict[str, Any]:
+    """``run`` with at most ``examples`` worst documents quoted per strategy."""
+    for result in run["test"].values():
+        if "worst_errors" in result:
+            result["worst_errors"] = result["worst_errors"][:examples]
+    return run
 
 
 def _mean_sd(values: Sequence[float]) -> tuple[float, float]:

@@ -14,6 +14,7 @@ import threading
 from collections.abc import Sequence
 
 from clinie.llm.base import Completion, LLMError
+from clinie.logs import without_credentials
 
 #: How each kind of server takes a grammar, as extra fields of the request body.
 GRAMMAR_FIELDS = {
@@ -36,6 +37,9 @@ class OpenAICompatibleLLM:
 
         self.model = model
         self.base_url = base_url or "https://api.openai.com/v1"
+        #: How errors name the endpoint: without the ``user:password@`` a URL may carry (errors
+        #: are logged, and shown by the command line).
+        self.endpoint = without_credentials(self.base_url)
         self.chat = chat
         self.logprobs = logprobs
         # The SDK retries connection errors, 408/409/429 and 5xx with exponential backoff.
@@ -68,11 +72,11 @@ class OpenAICompatibleLLM:
                     logprobs = tuple(lp for lp in choice.logprobs.token_logprobs if lp is not None) \
                         if choice.logprobs and choice.logprobs.token_logprobs else None
         except openai.APITimeoutError as e:
-            raise LLMError(f"{self.base_url}: no answer in time ({e.__class__.__name__})") from e
+            raise LLMError(f"{self.endpoint}: no answer in time ({e.__class__.__name__})") from e
         except openai.APIConnectionError as e:
-            raise LLMError(f"{self.base_url}: cannot connect; is the model server running?") from e
+            raise LLMError(f"{self.endpoint}: cannot connect; is the model server running?") from e
         except openai.APIStatusError as e:
-            raise LLMError(f"{self.base_url}: HTTP {e.status_code} for model {self.model!r}") from e
+            raise LLMError(f"{self.endpoint}: HTTP {e.status_code} for model {self.model!r}") from e
         usage = response.usage
         return Completion(text, usage.prompt_tokens if usage else 0, usage.completion_tokens if usage else 0,
                           logprobs)
