@@ -9,8 +9,9 @@ annotation) to each server in turn from ``--senders`` concurrent senders, one ne
 event as Label Studio does. Alternating the servers round by round exposes both to the same
 background load, so the comparison holds on a busy machine; the figures alone do not.
 
-Recorded per configuration: p50/p95/p99/max latency over all rounds, the events answered after
-more than 1.0 s, errors (not a 200: must be 0) and whether the store holds every event sent.
+Recorded per configuration: mean and p50/p95/p99/max latency over all rounds (and p50, p99 and
+max of each round), the events answered after more than 1.0 s, errors (not a 200: must be 0) and
+whether the store holds every event sent.
 
     python -m bench.webhooks                                   # per-event commits against group commit
     python -m bench.webhooks --events 200 --senders 16 --rounds 3 --configs group
@@ -77,7 +78,7 @@ def burst(url: str, events: list[dict], senders: int) -> tuple[list[float], int]
 
 def summary(latencies: list[float], errors: int, stored: int, sent: int) -> dict:
     ms = lambda s: round(s * 1000, 1)  # noqa: E731
-    return {"events": len(latencies), "p50_ms": ms(quantile(latencies, 0.50)), "p95_ms": ms(quantile(latencies, 0.95)),
+    return {"events": len(latencies), "mean_ms": ms(sum(latencies) / len(latencies)), "p50_ms": ms(quantile(latencies, 0.50)), "p95_ms": ms(quantile(latencies, 0.95)),
             "p99_ms": ms(quantile(latencies, 0.99)), "max_ms": ms(max(latencies)),
             "over_1s": sum(t > LABEL_STUDIO_TIMEOUT_S for t in latencies), "errors": errors,
             "stored": stored, "all_stored": stored == sent}
@@ -98,6 +99,7 @@ def main() -> None:
 
     latencies: dict[str, list[float]] = {name: [] for name in names}
     errors = dict.fromkeys(names, 0)
+    rounds: dict[str, list[dict]] = {name: [] for name in names}
     stored: dict[str, int] = {}
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory() as tmp:
@@ -116,9 +118,10 @@ def main() -> None:
                     got, failed = burst(servers[name].url + "/webhook", events, args.senders)
                     latencies[name] += got
                     errors[name] += failed
-                    print(f"round {r + 1} {name}: p50 {quantile(got, 0.5) * 1000:.1f} ms, p99 "
-                          f"{quantile(got, 0.99) * 1000:.1f} ms, max {max(got) * 1000:.1f} ms, errors {failed}",
-                          flush=True)
+                    rounds[name].append({"p50_ms": round(quantile(got, 0.5) * 1000, 1),
+                                         "p99_ms": round(quantile(got, 0.99) * 1000, 1),
+                                         "max_ms": round(max(got) * 1000, 1), "errors": failed})
+                    print(f"round {r + 1} {name}: {rounds[name][-1]}", flush=True)
             for name, server in servers.items():
                 counts = requests.get(server.url + "/metrics?format=json", timeout=30).json()["store"]["annotations"]
                 stored[name] = counts.get("submitted", 0) - 5  # less the warm-up
@@ -126,15 +129,16 @@ def main() -> None:
             for server in servers.values():
                 server.__exit__(None, None, None)
 
-    results = {name: summary(latencies[name], errors[name], stored[name], args.rounds * args.events) for name in names}
+    results = {name: {**summary(latencies[name], errors[name], stored[name], args.rounds * args.events),
+                      "rounds": rounds[name]} for name in names}
     run = {"events": args.events, "senders": args.senders, "rounds": args.rounds, "cpus": os.cpu_count(),
            "load_average_before": [round(x, 2) for x in load_before], "configs": results, "command": command}
     print(f"\n{args.rounds} rounds x {args.events} events, {args.senders} concurrent senders, {os.cpu_count()} CPUs, "
           f"load average before {load_before[0]:.2f}")
-    print("| configuration | p50 | p95 | p99 | max | over 1.0 s | errors | all stored |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| configuration | mean | p50 | p95 | p99 | max | over 1.0 s | errors | all stored |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for name, s in results.items():
-        print(f"| {name} | {s['p50_ms']} ms | {s['p95_ms']} ms | {s['p99_ms']} ms | {s['max_ms']} ms | "
+        print(f"| {name} | {s['mean_ms']} ms | {s['p50_ms']} ms | {s['p95_ms']} ms | {s['p99_ms']} ms | {s['max_ms']} ms | "
               f"{s['over_1s']} | {s['errors']} | {s['all_stored']} |")
 
     out = args.out / "loopback.json"
