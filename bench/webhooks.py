@@ -15,6 +15,7 @@ whether the store holds every event sent.
 
     python -m bench.webhooks                                   # per-event commits against group commit
     python -m bench.webhooks --events 200 --senders 16 --rounds 3 --configs group
+    python -m bench.webhooks --table                           # the run file's runs as tables, run nothing
 
 Configurations: ``per-event`` (``CLINIE_WEBHOOK_GROUP_COMMIT=0``: each event its own transaction,
 committed by the thread answering it, as before) and ``group`` (the default: concurrent events
@@ -91,7 +92,13 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--configs", default="per-event,group", help=f"comma-separated, of {', '.join(CONFIGS)}")
     parser.add_argument("--out", type=Path, default=OUT)
+    parser.add_argument("--table", action="store_true", help="print the runs of the run file as tables; run nothing")
     args = parser.parse_args()
+    out = args.out / "loopback.json"
+    if args.table:
+        for run in json.loads(out.read_text())["runs"]:
+            print(table(run) + "\n")
+        return
     names = args.configs.split(",")
     if unknown := set(names) - set(CONFIGS):
         parser.error(f"unknown configurations: {', '.join(sorted(unknown))}")
@@ -133,20 +140,25 @@ def main() -> None:
                       "rounds": rounds[name]} for name in names}
     run = {"events": args.events, "senders": args.senders, "rounds": args.rounds, "cpus": os.cpu_count(),
            "load_average_before": [round(x, 2) for x in load_before], "configs": results, "command": command}
-    print(f"\n{args.rounds} rounds x {args.events} events, {args.senders} concurrent senders, {os.cpu_count()} CPUs, "
-          f"load average before {load_before[0]:.2f}")
-    print("| configuration | mean | p50 | p95 | p99 | max | over 1.0 s | errors | all stored |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    for name, s in results.items():
-        print(f"| {name} | {s['mean_ms']} ms | {s['p50_ms']} ms | {s['p95_ms']} ms | {s['p99_ms']} ms | {s['max_ms']} ms | "
-              f"{s['over_1s']} | {s['errors']} | {s['all_stored']} |")
+    print("\n" + table(run))
 
-    out = args.out / "loopback.json"
     kept = json.loads(out.read_text())["runs"] if out.exists() else []
     args.out.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"runs": sorted([r for r in kept if key(r) != key(run)] + [run], key=key)},
                               indent=2) + "\n")
     print(f"\nwritten: {out.relative_to(ROOT) if out.is_relative_to(ROOT) else out}")
+
+
+def table(run: dict) -> str:
+    """A run as Markdown: what it sent, on what, the command, a row per configuration."""
+    lines = [f"`{run['command']}`: {run['rounds']} rounds x {run['events']} events, {run['senders']} concurrent "
+             f"senders, {run['cpus']} CPUs, load average {run['load_average_before'][0]:.2f} before", "",
+             "| configuration | mean | p50 | p95 | p99 | max | over 1.0 s | errors | all stored |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for name, s in run["configs"].items():
+        lines.append(f"| {name} | {s['mean_ms']} ms | {s['p50_ms']} ms | {s['p95_ms']} ms | {s['p99_ms']} ms | "
+                     f"{s['max_ms']} ms | {s['over_1s']} | {s['errors']} | {s['all_stored']} |")
+    return "\n".join(lines)
 
 
 def key(run: dict) -> tuple[int, int, int]:
