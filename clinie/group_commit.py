@@ -79,7 +79,7 @@ class GroupCommit:
             if thread is not None:
                 self._queue.put(None)
         if thread is not None and thread is not threading.current_thread():
-            thread.join()
+            thread.join(timeout=60)  # a writer stuck on a lock held elsewhere does not hold up the exit
 
     def _write(self) -> None:
         stopping = False
