@@ -125,6 +125,10 @@ class Settings:
     #: Days a superseded version of an annotation (its text and result before an update) is
     #: kept, for audit; 0 = none is kept. Deleted annotations, tasks and projects keep nothing.
     keep_history_days: int = 30
+    #: Webhooks arriving together are stored in one transaction (one fsync) by one writer thread,
+    #: each answered once its batch is committed; 0 = each in its own transaction, committed by
+    #: the thread answering it (slower under concurrent annotators: bench/webhooks.py).
+    webhook_group_commit: bool = True
 
     # --- bounds on disk and on requests (issue 22) ---
     #: Model versions kept per project after each training, newest first (each is about 90 MB);

@@ -39,12 +39,12 @@ import re
 import shutil
 import sqlite3
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from clinie.labelstudio import parse_label_config
 from clinie.sqlite_wal import open_wal, until_unlocked
@@ -169,6 +169,13 @@ def project_models_dir(models_dir: Path, project: str) -> Path:
     return models_dir / name
 
 
+class Outcome(NamedTuple):
+    """What a step of ``AnnotationStore.write_together`` returned, or the error it raised."""
+
+    result: Any
+    error: Exception | None = None
+
+
 class ProjectMismatch(ValueError):
     """An event names an annotation or task that the store holds under another project: ids
     are Label Studio's, global to one instance, so this is a second instance or a forged event."""
@@ -249,6 +256,42 @@ class AnnotationStore:
                 db.execute("ROLLBACK")
             raise
 
+    def write_together(self, steps: Sequence[Callable[[sqlite3.Connection], Any]]) -> list[Outcome]:
+        """Run ``steps`` (each given the connection, in a transaction) in one transaction: one
+        commit, one fsync, for all. Each step runs in a savepoint: one that raises is undone
+        alone, its error its outcome, and the others are kept. When the transaction itself
+        fails (the commit, or an error after which SQLite rolled it back), each step runs again
+        in a transaction of its own. An outcome is returned only once its step is committed.
+        """
+        try:
+            with self._write() as db:
+                outcomes = [self._savepoint(db, step) for step in steps]
+        except Exception as error:
+            if len(steps) == 1:
+                return [Outcome(None, error)]
+            outcomes = []
+            for step in steps:
+                try:
+                    with self._write() as db:
+                        outcomes.append(Outcome(step(db)))
+                except Exception as e:
+                    outcomes.append(Outcome(None, e))
+        return outcomes
+
+    @staticmethod
+    def _savepoint(db: sqlite3.Connection, step: Callable[[sqlite3.Connection], Any]) -> Outcome:
+        db.execute("SAVEPOINT step")
+        try:
+            result = step(db)
+        except Exception as error:
+            if not db.in_transaction:  # SQLite rolled the whole transaction back: no step stands
+                raise
+            db.execute("ROLLBACK TO step")
+            db.execute("RELEASE step")
+            return Outcome(None, error)
+        db.execute("RELEASE step")
+        return Outcome(result)
+
     def _read(self, sql: str, params: Iterable[Any] = ()) -> list[sqlite3.Row]:
         if self._shared is not None:
             with self._lock:
@@ -267,12 +310,18 @@ class AnnotationStore:
         as /setup refuses it) is not stored, so the config held stays one that predicts."""
         parse_label_config(label_config)
         with self._write() as db:
-            db.execute(
-                "INSERT INTO projects (project, label_config, updated_at) VALUES (?, ?, ?) "
-                "ON CONFLICT (project) DO UPDATE SET label_config = excluded.label_config, "
-                "updated_at = excluded.updated_at WHERE label_config IS NOT excluded.label_config",
-                (project, label_config, _now()),
-            )
+            self.set_label_config_in(db, project, label_config)
+
+    @staticmethod
+    def set_label_config_in(db: sqlite3.Connection, project: str, label_config: str) -> None:
+        """``set_label_config`` as a step of a transaction (``write_together``), the config
+        already parsed by the caller."""
+        db.execute(
+            "INSERT INTO projects (project, label_config, updated_at) VALUES (?, ?, ?) "
+            "ON CONFLICT (project) DO UPDATE SET label_config = excluded.label_config, "
+            "updated_at = excluded.updated_at WHERE label_config IS NOT excluded.label_config",
+            (project, label_config, _now()),
+        )
 
     def projects(self) -> list[str]:
         return [r[0] for r in self._read("SELECT project FROM projects ORDER BY project")]
@@ -297,45 +346,51 @@ class AnnotationStore:
         changes for an annotation or task deleted before, or for an event older than the state
         held; ``ProjectMismatch`` when another project holds the annotation.
         """
+        with self._write() as db:
+            return self.record_annotation_in(db, project, annotation, task, action)
+
+    def record_annotation_in(self, db: sqlite3.Connection, project: str, annotation: dict[str, Any],
+                             task: dict[str, Any], action: str = "ANNOTATION_CREATED") -> bool:
+        """``record_annotation`` as a step of a transaction (``write_together``). A
+        ``ProjectMismatch`` is raised before anything is written."""
         state = "cancelled" if annotation.get("was_cancelled") else "submitted"
         task_data = _dump({"id": task["id"], "data": task.get("data")})
-        return self._upsert(project, int(annotation["id"]), int(task["id"]), task_data,
+        return self._upsert(db, project, int(annotation["id"]), int(task["id"]), task_data,
                             _dump(annotation.get("result") or []), state, action,
                             annotation.get("completed_by"), _source_time(annotation.get("updated_at")))
 
-    def _upsert(self, project: str, annotation_id: int, task_id: int, task_data: str, result: str,
-                state: str, action: str, completed_by: Any, source_updated_at: str | None) -> bool:
+    def _upsert(self, db: sqlite3.Connection, project: str, annotation_id: int, task_id: int, task_data: str,
+                result: str, state: str, action: str, completed_by: Any, source_updated_at: str | None) -> bool:
         now = _now()
-        with self._write() as db:
-            if self._tombstoned(db, project, annotation_id, task_id):
+        if self._tombstoned(db, project, annotation_id, task_id):
+            return False
+        row = db.execute("SELECT project, task_data, result, state, version, source_updated_at "
+                         "FROM annotations WHERE annotation_id = ?", (annotation_id,)).fetchone()
+        if row:
+            _same_project(row["project"], project, f"annotation {annotation_id}")
+            if source_updated_at and row["source_updated_at"] and source_updated_at < row["source_updated_at"]:
+                return False  # a late event: the state held is newer
+            if (row["task_data"], row["result"], row["state"]) == (task_data, result, state):
+                if source_updated_at:  # the same state, newer: what a later stale event is older than
+                    db.execute("UPDATE annotations SET source_updated_at = ? WHERE annotation_id = ?",
+                               (source_updated_at, annotation_id))
                 return False
-            row = db.execute("SELECT project, task_data, result, state, version, source_updated_at "
-                             "FROM annotations WHERE annotation_id = ?", (annotation_id,)).fetchone()
-            if row:
-                _same_project(row["project"], project, f"annotation {annotation_id}")
-                if source_updated_at and row["source_updated_at"] and source_updated_at < row["source_updated_at"]:
-                    return False  # a late event: the state held is newer
-                if (row["task_data"], row["result"], row["state"]) == (task_data, result, state):
-                    if source_updated_at:  # the same state, newer: what a later stale event is older than
-                        db.execute("UPDATE annotations SET source_updated_at = ? WHERE annotation_id = ?",
-                                   (source_updated_at, annotation_id))
-                    return False
-            version = row["version"] + 1 if row else 1
-            db.execute(
-                "INSERT INTO annotations (annotation_id, project, task_id, task_data, result, state, "
-                "version, completed_by, received_at, updated_at, source_updated_at) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
-                "ON CONFLICT (annotation_id) DO UPDATE SET "
-                "task_id = excluded.task_id, task_data = excluded.task_data, result = excluded.result, "
-                "state = excluded.state, version = excluded.version, completed_by = excluded.completed_by, "
-                "updated_at = excluded.updated_at, source_updated_at = excluded.source_updated_at",
-                (annotation_id, project, task_id, task_data, result, state, version,
-                 completed_by if isinstance(completed_by, int) else None, now, now, source_updated_at),
-            )
-            db.execute("INSERT INTO annotation_versions VALUES (?, ?, ?, ?, ?, ?, ?)",
-                       (annotation_id, version, action, state, task_data, result, now))
-            self._prune_history(db, annotation_id)
-            self._count_changes(db, project, 1, now)
+        version = row["version"] + 1 if row else 1
+        db.execute(
+            "INSERT INTO annotations (annotation_id, project, task_id, task_data, result, state, "
+            "version, completed_by, received_at, updated_at, source_updated_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT (annotation_id) DO UPDATE SET "
+            "task_id = excluded.task_id, task_data = excluded.task_data, result = excluded.result, "
+            "state = excluded.state, version = excluded.version, completed_by = excluded.completed_by, "
+            "updated_at = excluded.updated_at, source_updated_at = excluded.source_updated_at",
+            (annotation_id, project, task_id, task_data, result, state, version,
+             completed_by if isinstance(completed_by, int) else None, now, now, source_updated_at),
+        )
+        db.execute("INSERT INTO annotation_versions VALUES (?, ?, ?, ?, ?, ?, ?)",
+                   (annotation_id, version, action, state, task_data, result, now))
+        self._prune_history(db, annotation_id)
+        self._count_changes(db, project, 1, now)
         return True
 
     @staticmethod

@@ -17,6 +17,7 @@ from typing import Any
 from clinie import __version__
 from clinie.core import Document, Schema
 from clinie.evaluation.calibration import calibrate_documents
+from clinie.group_commit import GroupCommit
 from clinie.labelstudio import LabelConfigError, parse_label_config, prediction_to_result, task_to_document
 from clinie.logs import without_credentials
 from clinie.settings import Settings
@@ -69,6 +70,8 @@ class Backend:
         self.settings = settings
         self.store = AnnotationStore(settings.store_path, keep_history_days=settings.keep_history_days)
         self.metrics = Metrics()
+        # annotation webhooks arriving together: one transaction (clinie.group_commit)
+        self.commits = GroupCommit(self.store) if settings.webhook_group_commit else None
         self.serving = Serving(settings, self.store, self.metrics)
         if abandoned := self.store.abandon_running_trainings():
             log.warning("%d trainings were interrupted by a restart and are marked failed", abandoned)
@@ -87,6 +90,8 @@ class Backend:
         """Stop the re-sync schedule (graceful shutdown; a training in flight is left to finish
         or, if the process dies first, is marked failed at the next start)."""
         self._stopping.set()
+        if self.commits is not None:
+            self.commits.close()
 
     # --- setup and prediction -------------------------------------------------------------
 
@@ -230,9 +235,14 @@ class Backend:
             stored = action == "TASKS_DELETED" and self._purge_tasks_anywhere([int(t["id"]) for t in payload["tasks"]])
             return {"status": "ok", "action": action, "stored": stored}
         answer: dict[str, Any] = {"status": "ok", "action": action}
-        if config_refusal := self._store_label_config(project, action, payload):
+        if action in ANNOTATION_ACTIONS and self.commits is not None:
+            config, config_refusal = self._usable_label_config(project, action, payload)
+            changed, refusal = self._store_annotation_together(project, action, payload, config)
+        else:
+            config_refusal = self._store_label_config(project, action, payload)
+            changed, refusal = self._store_event(project, action, payload)
+        if config_refusal:
             answer["label_config_refused"] = config_refusal
-        changed, refusal = self._store_event(project, action, payload)
         if refusal:
             self._refused(project, action, refusal)
             answer["refused"] = refusal
@@ -245,16 +255,40 @@ class Backend:
 
     def _store_label_config(self, project: str, action: str, payload: dict[str, Any]) -> str | None:
         """Keep the labeling config the event carries, if clinie can use it; else why not."""
+        config, refusal = self._usable_label_config(project, action, payload)
+        if config:
+            self.store.set_label_config(project, config)
+        return refusal
+
+    def _usable_label_config(self, project: str, action: str, payload: dict[str, Any]) -> tuple[str | None, str | None]:
+        """The labeling config the event carries, to store when clinie can use it; else why not."""
         config = payload["project"].get("label_config") if isinstance(payload.get("project"), dict) else None
         if not config or action == "PROJECT_DELETED":  # storing it would bring the project back
-            return None
+            return None, None
         try:
-            self.store.set_label_config(project, config)
+            _schema(config)
         except LabelConfigError as e:
             self.metrics.count("label_configs_refused")
             log.warning("project %s: %s webhook: labeling config not stored: %s", project, action, e)
-            return str(e)
-        return None
+            return None, str(e)
+        return config, None
+
+    def _store_annotation_together(self, project: str, action: str, payload: dict[str, Any],
+                                   config: str | None) -> tuple[bool, str | None]:
+        """``_store_event`` of an annotation event (with the config it carries), committed with
+        the events arriving at the same time; returns once committed."""
+        self.metrics.count("annotations_received")
+        annotation, task = payload["annotation"], payload["task"]
+
+        def step(db: Any) -> tuple[bool, str | None]:
+            if config:
+                self.store.set_label_config_in(db, project, config)
+            try:
+                return self.store.record_annotation_in(db, project, annotation, task, action), None
+            except ProjectMismatch as e:  # raised before the annotation wrote anything: the config stays
+                return False, str(e)
+
+        return self.commits.run(step)
 
     def _store_event(self, project: str, action: str, payload: dict[str, Any]) -> tuple[bool, str | None]:
         """What the event changes in the store: whether something did, and what was refused."""

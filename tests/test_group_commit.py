@@ -1,0 +1,214 @@
+"""Group commit (clinie.group_commit) on a real SQLite file: concurrent webhooks are committed
+together, each answered only once committed, and one that fails sinks none of the others."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from clinie.group_commit import GroupCommit
+from clinie.settings import Settings
+from clinie.store import AnnotationStore
+from ml_backend.app import create_app
+from ml_backend.service import Backend
+from tests.support.helpers import webhook_event
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return Settings(data_dir=tmp_path / "data", train_every=0, strategy="encoder")
+
+
+def stored_ids(path: Path) -> set[int]:
+    """What another connection reads from the file: only what was committed."""
+    with sqlite3.connect(path) as db:
+        return {r[0] for r in db.execute("SELECT annotation_id FROM annotations")}
+
+
+def annotation_step(store: AnnotationStore, annotation_id: int):
+    return lambda db: store.record_annotation_in(db, "1", {"id": annotation_id, "result": []},
+                                                 {"id": annotation_id, "data": {"text": f"note {annotation_id}"}})
+
+
+class Gate:
+    """A step that holds the writer until released, so that the steps sent meanwhile wait
+    together and go into its next transaction; records the size of each transaction."""
+
+    def __init__(self, store: AnnotationStore, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.entered, self.release = threading.Event(), threading.Event()
+        self.batches: list[int] = []
+        write_together = store.write_together
+
+        def recording(steps):
+            self.batches.append(len(steps))
+            return write_together(steps)
+
+        monkeypatch.setattr(store, "write_together", recording)
+
+    def step(self, db: sqlite3.Connection) -> str:
+        self.entered.set()
+        assert self.release.wait(30)
+        return "gate"
+
+
+def test_steps_waiting_together_are_committed_in_one_transaction_and_answered_only_once_committed(
+        tmp_path, monkeypatch):
+    store = AnnotationStore(tmp_path / "s.sqlite3")
+    gate = Gate(store, monkeypatch)
+    commits = GroupCommit(store)
+    with ThreadPoolExecutor(max_workers=21) as pool:
+        held = pool.submit(commits.run, gate.step)
+        assert gate.entered.wait(30)
+        waiting = [pool.submit(commits.run, annotation_step(store, i)) for i in range(1, 21)]
+        while commits._queue.qsize() < 20:  # all of them queued behind the gate
+            threading.Event().wait(0.01)
+        assert not any(f.done() for f in waiting) and stored_ids(store._path) == set()
+        gate.release.set()
+        assert held.result(30) == "gate" and [f.result(30) for f in waiting] == [True] * 20
+    assert gate.batches == [1, 20]
+    assert stored_ids(store._path) == set(range(1, 21))
+    commits.close()
+
+
+def test_a_failing_step_is_undone_alone_and_its_error_goes_to_its_caller(tmp_path, monkeypatch):
+    store = AnnotationStore(tmp_path / "s.sqlite3")
+    gate = Gate(store, monkeypatch)
+    commits = GroupCommit(store)
+
+    def half_written_then_fails(db: sqlite3.Connection) -> None:
+        annotation_step(store, 99)(db)
+        raise KeyError("a bad event")
+
+    with ThreadPoolExecutor(max_workers=12) as pool:
+        pool.submit(commits.run, gate.step)
+        assert gate.entered.wait(30)
+        good = [pool.submit(commits.run, annotation_step(store, i)) for i in range(1, 6)]
+        bad = pool.submit(commits.run, half_written_then_fails)
+        good += [pool.submit(commits.run, annotation_step(store, i)) for i in range(6, 11)]
+        while commits._queue.qsize() < 11:
+            threading.Event().wait(0.01)
+        gate.release.set()
+        with pytest.raises(KeyError, match="a bad event"):
+            bad.result(30)
+        assert [f.result(30) for f in good] == [True] * 10
+    assert gate.batches == [1, 11]  # one transaction held the bad step and the good ones
+    assert stored_ids(store._path) == set(range(1, 11))  # 99, half written, was undone
+    assert store.changes_since_training("1") == 10
+    commits.close()
+
+
+def test_when_the_transaction_itself_fails_each_step_is_committed_alone(tmp_path):
+    store = AnnotationStore(tmp_path / "s.sqlite3")
+
+    def ends_the_transaction(db: sqlite3.Connection) -> None:
+        db.execute("ROLLBACK")  # as SQLite does by itself on a full disk or an I/O error
+        raise sqlite3.OperationalError("disk I/O error")
+
+    steps = [annotation_step(store, 1), ends_the_transaction, annotation_step(store, 2)]
+    outcomes = store.write_together(steps)
+    assert [o.result for o in outcomes] == [True, None, True]
+    assert outcomes[0].error is None and isinstance(outcomes[1].error, sqlite3.OperationalError)
+    assert stored_ids(store._path) == {1, 2}
+
+
+def test_after_close_a_step_commits_alone(tmp_path):
+    store = AnnotationStore(tmp_path / "s.sqlite3")
+    commits = GroupCommit(store)
+    assert commits.run(annotation_step(store, 1)) is True
+    commits.close()
+    assert commits.run(annotation_step(store, 2)) is True
+    assert stored_ids(store._path) == {1, 2}
+
+
+@pytest.mark.parametrize("group_commit", [True, False])
+def test_concurrent_annotators_all_get_200_and_every_event_is_stored(settings, group_commit):
+    settings = replace(settings, webhook_group_commit=group_commit)
+    backend = Backend(settings, start_worker=False)
+    client = create_app(settings, backend).test_client()
+    events = [webhook_event(1000 + i, i, f"note {i}: fever, café", []) for i in range(160)]
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        answers = list(pool.map(lambda e: client.post("/webhook", json=e), events))
+    assert [a.status_code for a in answers] == [200] * 160
+    assert all(a.json["stored"] is True for a in answers)
+    assert stored_ids(settings.store_path) == {e["annotation"]["id"] for e in events}
+    assert backend.store.annotation_counts("1") == {"submitted": 160}
+    assert backend.store.changes_since_training("1") == 160
+    # delivered again, concurrently: nothing changes, nothing doubles
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        again = list(pool.map(lambda e: client.post("/webhook", json=e).json["stored"], events))
+    assert again == [False] * 160 and backend.store.changes_since_training("1") == 160
+    backend.close()
+
+
+def test_a_failing_event_among_concurrent_ones_gets_its_error_and_the_others_are_stored(settings, monkeypatch):
+    backend = Backend(settings, start_worker=False)
+    client = create_app(settings, backend).test_client()
+    record = backend.store.record_annotation_in
+
+    def failing_for_13(db, project, annotation, task, action="ANNOTATION_CREATED"):
+        if annotation["id"] == 13:
+            raise sqlite3.IntegrityError("a constraint failed")
+        return record(db, project, annotation, task, action)
+
+    monkeypatch.setattr(backend.store, "record_annotation_in", failing_for_13)
+    gate = Gate(backend.store, monkeypatch)
+    events = [webhook_event(i, i, f"note {i}", []) for i in range(1, 31)]
+    with ThreadPoolExecutor(max_workers=31) as pool:
+        pool.submit(backend.commits.run, gate.step)
+        assert gate.entered.wait(30)
+        answers = [pool.submit(client.post, "/webhook", json=e) for e in events]
+        while backend.commits._queue.qsize() < 30:
+            threading.Event().wait(0.01)
+        gate.release.set()
+        codes = {e["annotation"]["id"]: a.result(30).status_code for e, a in zip(events, answers)}
+    assert gate.batches == [1, 30]
+    assert codes == {i: 500 if i == 13 else 200 for i in range(1, 31)}
+    assert stored_ids(settings.store_path) == set(range(1, 31)) - {13}
+    assert backend.metrics.snapshot()["counts"]["server_errors"] == 1
+    backend.close()
+
+
+def test_group_commit_keeps_refusals_tombstones_ordering_and_the_label_config(settings):
+    backend = Backend(settings, start_worker=False)
+    client = create_app(settings, backend).test_client()
+    first = webhook_event(9, 4, "A note.", [])
+    first["annotation"]["updated_at"] = "2026-01-02T10:00:00Z"
+    assert client.post("/webhook", json=first).json["stored"] is True
+    assert backend.store.label_config("1") == first["project"]["label_config"]
+    # another project naming the annotation: refused, counted; its (valid) config is still kept
+    moved = webhook_event(9, 4, "moved", [], project=2)
+    answer = client.post("/webhook", json=moved).json
+    assert answer["stored"] is False and "belongs to project 1" in answer["refused"]
+    assert backend.store.label_config("2") == moved["project"]["label_config"]
+    # an older state than the one held changes nothing
+    stale = webhook_event(9, 4, "An older note.", [{"x": 1}])
+    stale["annotation"]["updated_at"] = "2026-01-02T09:00:00Z"
+    assert client.post("/webhook", json=stale).json["stored"] is False
+    # a config clinie cannot use is refused while the annotation is stored
+    odd = webhook_event(10, 5, "Another note.", [], label_config="<View><Text name='text' value='$text'/></View>")
+    answer = client.post("/webhook", json=odd).json
+    assert answer["stored"] is True and "no <Labels>" in answer["label_config_refused"]
+    assert backend.store.label_config("1") == first["project"]["label_config"]
+    # deleted: a late re-delivery is a no-op
+    deleted = {"action": "ANNOTATIONS_DELETED", "project": {"id": 1}, "annotations": [{"id": 9}]}
+    assert client.post("/webhook", json=deleted).json["stored"] is True
+    assert client.post("/webhook", json=first).json["stored"] is False
+    assert backend.store.annotation_ids("1") == {10}
+    assert backend.metrics.snapshot()["counts"]["events_refused"] == 1
+    backend.close()
+
+
+def test_every_train_every_changes_a_training_is_requested(settings):
+    backend = Backend(replace(settings, train_every=3), start_worker=False)
+    requested: list[str] = []
+    backend.request_training = requested.append
+    client = create_app(backend.settings, backend).test_client()
+    for i in range(1, 5):
+        assert client.post("/webhook", json=webhook_event(i, i, f"note {i}", [])).status_code == 200
+    assert requested == ["1", "1"]  # at 3 changes, and at 4: the counter is reset by the training itself
+    backend.close()
