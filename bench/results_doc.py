@@ -383,6 +383,30 @@ def active_section(results: Path = RESULTS) -> list[str]:
     return lines
 
 
+def webhooks_section(results: Path = RESULTS) -> list[str]:
+    """Webhook latency under concurrent annotators (``python -m bench.webhooks``)."""
+    path = results / "webhooks" / "loopback.json"
+    if not path.exists():
+        return []
+    lines = ["", "## Webhooks under concurrent annotators", "",
+             "`ANNOTATION_CREATED` events from concurrent senders to a `clinie serve` on loopback, one per "
+             "configuration, each on a fresh store; the servers take turns round by round, so both see the same "
+             "background load (the machine's load average before the run is given: the comparison holds, the "
+             "absolute figures are that machine's under that load). `per-event`: each event its own transaction "
+             "(`CLINIE_WEBHOOK_GROUP_COMMIT=0`); `group`: events arriving together committed at once. Label "
+             "Studio gives up on a webhook after 1.0 s."]
+    for run in json.loads(path.read_text())["runs"]:
+        rows = [[name, *(f"{s[k]} ms" for k in ("mean_ms", "p50_ms", "p95_ms", "p99_ms", "max_ms")),
+                 str(s["over_1s"]), str(s["errors"]), "yes" if s["all_stored"] else "no"]
+                for name, s in run["configs"].items()]
+        lines += ["", f"`{run['command']}`: {run['rounds']} rounds × {run['events']} events, {run['senders']} "
+                      f"concurrent senders, {run['cpus']} CPUs, load average {run['load_average_before'][0]:.2f} "
+                      "before:", "",
+                  *table(["configuration", "mean", "p50", "p95", "p99", "max", "over 1.0 s", "errors",
+                          "all stored"], rows)]
+    return lines
+
+
 def render_results(results: Path = RESULTS) -> str:
     """The whole of docs/results.md."""
     runs = loop_runs(results)
@@ -410,7 +434,8 @@ def render_results(results: Path = RESULTS) -> str:
                   "", "Each run (test F1, CV F1 in brackets, each band's share of the test sentences the LLM read):",
                   "", *run_table(study),
                   "", "Counted from these runs:", "", *findings(study)]
-    lines += cold_start_section(results) + first_model_section(results) + active_section(results)
+    lines += (cold_start_section(results) + first_model_section(results) + active_section(results)
+              + webhooks_section(results))
     return "\n".join(lines) + "\n"
 
 

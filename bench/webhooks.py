@@ -15,13 +15,13 @@ whether the store holds every event sent.
 
     python -m bench.webhooks                                   # per-event commits against group commit
     python -m bench.webhooks --events 200 --senders 16 --rounds 3 --configs group
-    python -m bench.webhooks --table                           # the run file's runs as tables, run nothing
 
 Configurations: ``per-event`` (``CLINIE_WEBHOOK_GROUP_COMMIT=0``: each event its own transaction,
 committed by the thread answering it, as before) and ``group`` (the default: concurrent events
 committed together by one writer thread, each answered once its batch is committed). Writes
 ``bench/results/webhooks/loopback.json`` (kept in git; a run replaces the one of the same events,
-senders and rounds, each with the command that made it).
+senders and rounds, each with the command that made it); ``python -m bench.results_doc`` puts it
+into docs/results.md.
 """
 
 from __future__ import annotations
@@ -92,13 +92,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--configs", default="per-event,group", help=f"comma-separated, of {', '.join(CONFIGS)}")
     parser.add_argument("--out", type=Path, default=OUT)
-    parser.add_argument("--table", action="store_true", help="print the runs of the run file as tables; run nothing")
     args = parser.parse_args()
     out = args.out / "loopback.json"
-    if args.table:
-        for run in json.loads(out.read_text())["runs"]:
-            print(table(run) + "\n")
-        return
     names = args.configs.split(",")
     if unknown := set(names) - set(CONFIGS):
         parser.error(f"unknown configurations: {', '.join(sorted(unknown))}")
@@ -140,25 +135,13 @@ def main() -> None:
                       "rounds": rounds[name]} for name in names}
     run = {"events": args.events, "senders": args.senders, "rounds": args.rounds, "cpus": os.cpu_count(),
            "load_average_before": [round(x, 2) for x in load_before], "configs": results, "command": command}
-    print("\n" + table(run))
+    print(json.dumps(results, indent=1))
 
     kept = json.loads(out.read_text())["runs"] if out.exists() else []
     args.out.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"runs": sorted([r for r in kept if key(r) != key(run)] + [run], key=key)},
                               indent=2) + "\n")
     print(f"\nwritten: {out.relative_to(ROOT) if out.is_relative_to(ROOT) else out}")
-
-
-def table(run: dict) -> str:
-    """A run as Markdown: what it sent, on what, the command, a row per configuration."""
-    lines = [f"`{run['command']}`: {run['rounds']} rounds x {run['events']} events, {run['senders']} concurrent "
-             f"senders, {run['cpus']} CPUs, load average {run['load_average_before'][0]:.2f} before", "",
-             "| configuration | mean | p50 | p95 | p99 | max | over 1.0 s | errors | all stored |",
-             "|---|---|---|---|---|---|---|---|---|"]
-    for name, s in run["configs"].items():
-        lines.append(f"| {name} | {s['mean_ms']} ms | {s['p50_ms']} ms | {s['p95_ms']} ms | {s['p99_ms']} ms | "
-                     f"{s['max_ms']} ms | {s['over_1s']} | {s['errors']} | {s['all_stored']} |")
-    return "\n".join(lines)
 
 
 def key(run: dict) -> tuple[int, int, int]:
