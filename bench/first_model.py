@@ -6,7 +6,8 @@ A backend (``ml_backend.service.Backend``, a fresh store, the embedded models) r
 ``fewshot/gutierrez_train100_seed42.jsonl``), then trains as *Start training* asks: the encoder is
 fine-tuned within ``CLINIE_FIRST_MODEL_STEPS`` optimiser steps and serves, then
 ``CLINIE_SELECT_STRATEGIES`` are cross-validated and the pick serves. Recorded per size and step
-budget: seconds until the encoder served, its strict F1 on the 200 Chen et al. 2023 items, and
+budget: seconds until the encoder served, its strict F1 on the 200 Chen et al. 2023 items (and
+that of the encoder trained to its full budget after it, when the budget cut it short), and
 seconds until the selected strategy served (both from the start of the training) — before
 selection ran after the first model, a project waited for it, so that figure is also what a first
 model used to cost. Run alone: llama.cpp and torch on 2 cores slow each other many-fold.
@@ -73,10 +74,12 @@ def main() -> None:
                 assert record is not None, "the training failed: see the log"
                 latency = backend.metrics.snapshot()["latency_seconds"]
                 encoder, selected = latency["training"]["sum"], latency.get("selection", {}).get("sum")
-                first = EncoderTagger.load(record.path).predict([d.with_annotations(()) for d in test])
+                versions = {m.version: m for m in backend.store.models("1")}
+                [first] = [m for m in versions.values() if "first_model" not in m.info]
+                full = versions.get(first.version + "-full")
                 rows.append({"annotations": size, "first_model_steps": steps, "strategies": args.strategies,
                              "encoder_served_seconds": round(encoder, 1),
-                             "first_model_f1": round(evaluate_spans(test, first)["strict"].micro.f1, 4),
+                             "first_model_f1": f1(first.path, test), "full_encoder_f1": full and f1(full.path, test),
                              "selection_served_seconds": None if selected is None else round(selected, 1),
                              "selected": (record.info.get("selection") or {}).get("strategy"), "command": command})
                 print(rows[-1], flush=True)
@@ -85,6 +88,12 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"corpus": "ncbi_disease", "test_items": len(test), "runs": sorted(
         [r for r in kept if key(r) not in measured] + rows, key=key)}, indent=2) + "\n")
+
+
+def f1(model: Path, test: list) -> float:
+    """Strict entity F1 of the encoder saved at ``model`` on ``test``."""
+    predicted = EncoderTagger.load(model).predict([d.with_annotations(()) for d in test])
+    return round(evaluate_spans(test, predicted)["strict"].micro.f1, 4)
 
 
 def key(row: dict) -> tuple[int, int, str]:

@@ -289,6 +289,7 @@ def _purge(args: argparse.Namespace) -> int:
     the backend, or whose notes must go while it lives on in Label Studio."""
     from dataclasses import replace
 
+    from clinie.llm.cache import CallCache
     from clinie.store import AnnotationStore
 
     settings = Settings.load()
@@ -296,10 +297,12 @@ def _purge(args: argparse.Namespace) -> int:
         settings = replace(settings, data_dir=args.data_dir)
     if not settings.store_path.exists():
         raise ValueError(f"no annotation store at {settings.store_path} (CLINIE_DATA_DIR or --data-dir)")
-    store = AnnotationStore(settings.store_path, keep_history_days=settings.keep_history_days)
+    store = AnnotationStore(settings.store_path, keep_history_days=settings.keep_history)
     purged = store.purge_project(args.project, settings.models_dir)
+    if settings.llm_cache_path.exists():
+        CallCache(settings.llm_cache_path).clear()
     print(f"project {args.project}: {purged.annotations} annotations, their tasks' text, label config, "
-          "trainings and model versions purged", file=sys.stderr)
+          "trainings and model versions purged; the LLM call cache cleared", file=sys.stderr)
     return 0
 
 

@@ -38,8 +38,10 @@ class Settings:
     encoder_model: str = ""
     #: Fine-tuning epochs of the encoder; 0 = the tagger's default.
     encoder_epochs: int = 0
-    #: Optimiser steps of the encoder a training serves first, before strategy selection (see
-    #: docs/learning-loop.md: a model within a minute, better ones after); 0 = the tagger's budget.
+    #: Optimiser steps of a project's first encoder, served before strategy selection and the
+    #: encoder trained to its full budget (docs/learning-loop.md: a model within a minute, better
+    #: ones after); later trainings, a model serving meanwhile, train to the full budget at once.
+    #: 0 = the full budget for the first too.
     first_model_steps: int = 100
     #: Retrain a project's encoder after this many new or changed annotations; 0 = only on
     #: Label Studio's "Start training".
@@ -124,7 +126,7 @@ class Settings:
     max_request_mb: int = 100
     #: Days a superseded version of an annotation (its text and result before an update) is
     #: kept, for audit; 0 = none is kept. Deleted annotations, tasks and projects keep nothing.
-    keep_history_days: int = 30
+    keep_history: int = 30
     #: Webhooks arriving together are stored in one transaction (one fsync) by one writer thread,
     #: each answered once its batch is committed; 0 = each in its own transaction, committed by
     #: the thread answering it (slower under concurrent annotators: bench/webhooks.py).
@@ -196,6 +198,10 @@ class Settings:
     def requires_auth(self) -> bool:
         """Every request must carry the basic-auth credentials (``validate`` refuses half of them)."""
         return bool(self.basic_auth_user and self.basic_auth_password)
+
+    @property
+    def llm_cache_path(self) -> Path:
+        return self.data_dir / "llm_cache.sqlite3"
 
     @property
     def store_path(self) -> Path:

@@ -73,7 +73,7 @@ class Serving:
         self._lock = threading.RLock()  # re-entered: loading the probe loads the hidden states
         self._llm: LLMAccess | None = None
         self._states: HiddenStates | None = None
-        self._llm_cache = CallCache(settings.data_dir / "llm_cache.sqlite3", max_bytes=settings.llm_cache_mb * MB)
+        self.llm_cache = CallCache(settings.llm_cache_path, max_bytes=settings.llm_cache_mb * MB)
         self._damaged: set[str] = set()  # versions that failed to load: skipped until pruned
 
     # --- which strategy, as which version -------------------------------------------------
@@ -232,7 +232,7 @@ class Serving:
         with self._lock:
             if self._llm is None:
                 started = time.perf_counter()
-                self._llm = LLMAccess(make_llm(self.settings), Embedder(), self._llm_cache,
+                self._llm = LLMAccess(make_llm(self.settings), Embedder(), self.llm_cache,
                                       guided=bool(self.settings.llm_guided))
                 self.metrics.observe("model_load", time.perf_counter() - started)
             return self._llm

@@ -60,11 +60,11 @@ class Progress(Protocol):
 
 def train_project(store: AnnotationStore, settings: Settings, project: str, training_id: int,
                   progress: Progress) -> tuple[ModelRecord, Annotations]:
-    """Fine-tune the encoder tagger within ``CLINIE_FIRST_MODEL_STEPS`` (and the relation
-    classifier, when the config has relations and the annotations draw some) on the project's
-    stored annotations and register it as the serving version at once: a project gets a model
-    within a minute. Which strategy serves after it, with an encoder trained to its full budget
-    (``full_encoder``), is ``select_strategy``'s to say."""
+    """Fine-tune the encoder tagger (and the relation classifier, when the config has relations
+    and the annotations draw some) on the project's stored annotations and register it as the
+    serving version at once. A project's first model is trained within ``CLINIE_FIRST_MODEL_STEPS``,
+    so that it gets one within a minute; which strategy serves after it, with an encoder trained
+    to its full budget (``full_encoder``), is ``select_strategy``'s to say."""
     progress.training_stage(project, "encoder")
     started = time.perf_counter()
     annotations = project_documents(store, project)
@@ -73,7 +73,9 @@ def train_project(store: AnnotationStore, settings: Settings, project: str, trai
         raise NotEnoughAnnotations(
             f"project {project} has {len(docs)} usable annotations, {settings.min_annotations} needed")
     options = {"epochs": settings.encoder_epochs} if settings.encoder_epochs else {}
-    budget = {"max_steps": settings.first_model_steps} if settings.first_model_steps else {}
+    # a quick first model only while nothing serves: a version already serving is better than one cut short
+    first = store.serving_model(project) is None
+    budget = {"max_steps": settings.first_model_steps} if settings.first_model_steps and first else {}
     tagger = EncoderTagger(list(schema.span_labels), settings.encoder_model or None, **options, **budget).fit(docs)
     relations = None
     if schema.relation_labels and any(d.relations for d in docs):

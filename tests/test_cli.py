@@ -177,6 +177,7 @@ def test_report_of_a_project_from_the_backends_store(tmp_path, monkeypatch, caps
 
 
 def test_purge_removes_a_projects_notes_and_model_versions(tmp_path, capsys):
+    from clinie.llm.cache import CallCache
     from clinie.store import AnnotationStore
 
     data = tmp_path / "data"
@@ -184,6 +185,7 @@ def test_purge_removes_a_projects_notes_and_model_versions(tmp_path, capsys):
     store.record_annotation("3", {"id": 1, "result": []}, {"id": 1, "data": {"text": "ZEBRA-PATIENT-7731 has asthma"}})
     store.record_annotation("4", {"id": 2, "result": []}, {"id": 2, "data": {"text": "kept"}})
     (data / "models" / "3" / "v1").mkdir(parents=True)
+    CallCache(data / "llm_cache.sqlite3").put("a call", {"text": "ZEBRA-PATIENT-7731/B-Disease"})
     assert main(["purge", "--project", "3", "--data-dir", str(data)]) == 0
     assert "project 3: 1 annotations" in capsys.readouterr().err
     assert not (data / "models" / "3").exists()

@@ -133,6 +133,31 @@ def test_annotations_train_the_encoder_and_predictions_land_in_label_studio(labe
     assert metrics["counts"].get("prediction_errors", 0) == 0
 
 
+def test_a_task_deleted_in_label_studio_is_gone_from_every_file_of_the_backend(label_studio, backend):
+    """The note, annotated and pre-annotated by the LLM (its answer cached), is in the store and
+    the call cache; Label Studio's "Delete tasks" purges it from both, down to the bytes."""
+    api = label_studio.client
+    marker = "ZEBRAPATIENT4417"  # one word: the LLM's answer copies it whole
+    text = f"Patient {marker} has cystic fibrosis."
+    project = api.create_project("Deletion (clinie e2e)", DISEASE_CONFIG)
+    [task] = api.import_tasks(project, [{"text": text}])
+    api.connect_ml_backend(project, backend.url)
+    api.retrieve_predictions(project, [task])  # the LLM, at cold start: its answer quotes the note
+    start = text.index("cystic")
+    api.create_annotation(task, [{"id": "d1", "from_name": "label", "to_name": "text", "type": "labels", "value": {
+        "start": start, "end": len(text) - 1, "text": text[start:-1], "labels": ["Disease"]}}])
+
+    def holding() -> list[str]:
+        return sorted(f.name for f in backend.data_dir.rglob("*") if f.is_file() and marker.encode() in f.read_bytes())
+
+    assert {"clinie.sqlite3", "llm_cache.sqlite3"} <= {name.split("-")[0] for name in wait_for(
+        holding, 30, "the note in the store and the call cache")}, backend.log_tail()
+    api.delete_tasks(project, [task])
+    wait_for(lambda: not holding(), 30, f"the note gone from every file (still in {holding()})")
+    store = AnnotationStore(backend.data_dir / "clinie.sqlite3")
+    assert store.annotation_ids(str(project)) == set() and store.task_projects([task]) == {}
+
+
 DDI_CONFIG = (ROOT / "label_configs" / "drug_interactions.xml").read_text()
 
 

@@ -34,6 +34,7 @@ class CallCache:
     def __init__(self, path: str | Path, *, max_bytes: int = 0) -> None:
         """``max_bytes``: the most the database's pages in use may hold; 0 = no bound."""
         self._db = open_wal(str(path), check_same_thread=False)
+        self._db.execute("PRAGMA secure_delete=ON")  # a cleared answer (it quotes the note) is overwritten
         until_unlocked(lambda: self._db.execute(
             "CREATE TABLE IF NOT EXISTS calls (key TEXT PRIMARY KEY, value TEXT NOT NULL)"))
         self._lock = threading.Lock()
@@ -61,6 +62,14 @@ class CallCache:
             self._db.execute("INSERT OR REPLACE INTO calls VALUES (?, ?)", (key, json.dumps(value)))
             if self.max_bytes:
                 self._evict()
+
+    def clear(self) -> None:
+        """Forget every call, down to the bytes on disk: prompts and answers quote note text, and
+        the cache, keyed by a hash of the prompt, cannot tell which task a call read — so when
+        Label Studio deletes any, all of it goes (a cache only costs its calls again)."""
+        with self._lock:
+            self._db.execute("DELETE FROM calls")
+            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
     def used_bytes(self) -> int:
         """The bytes of the database's pages in use (freed pages are reused before it grows):

@@ -234,6 +234,12 @@ class LabelStudioClient:
                             json={"selectedItems": {"all": False, "included": list(task_ids)}},
                             timeout=max(self.timeout, 600))
 
+    def delete_tasks(self, project: int, task_ids: list[int]) -> dict[str, Any]:
+        """Run the data manager action "Delete tasks": Label Studio deletes the tasks with their
+        annotations and sends the project's webhooks ``TASKS_DELETED`` (no ``ANNOTATIONS_DELETED``)."""
+        return self.request("POST", "/api/dm/actions/", params={"id": "delete_tasks", "project": project},
+                            json={"selectedItems": {"all": False, "included": list(task_ids)}})
+
     def predictions(self, task_id: int) -> list[dict[str, Any]]:
         """``GET /api/predictions/?task=N``: stored predictions (``result``, ``score``, ``model_version``, ...)."""
         return self.request("GET", "/api/predictions/", params={"task": task_id})
