@@ -152,8 +152,10 @@ def marked(settings):
     training = backend.store.begin_training("1")
     backend.store.finish_training(training, ModelRecord("clinie-encoder-p1-t1-n1", "1", "encoder", version_dir, 1,
                                                         {}, "2026-01-01"))
+    # a cached call: the mechanism a deletion clears (a real one holds a hash of a prompt quoting
+    # the note and the answer's tags; this one quotes the note, so that its bytes can be looked for)
     backend.serving.llm_cache.put("a call that read the note", {"text": f"Patient {MARKER}/B-Disease"})
-    for name in ("clinie.sqlite3", "llm_cache.sqlite3"):  # in the store and in the LLM's answers
+    for name in ("clinie.sqlite3", "llm_cache.sqlite3"):
         assert MARKER.encode() in b"".join(f.read_bytes() for f in settings.data_dir.glob(name + "*"))
     return backend, client
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -134,8 +135,9 @@ def test_annotations_train_the_encoder_and_predictions_land_in_label_studio(labe
 
 
 def test_a_task_deleted_in_label_studio_is_gone_from_every_file_of_the_backend(label_studio, backend):
-    """The note, annotated and pre-annotated by the LLM (its answer cached), is in the store and
-    the call cache; Label Studio's "Delete tasks" purges it from both, down to the bytes."""
+    """The note, annotated, is in the store, and the LLM's call that pre-annotated it in the call
+    cache; Label Studio's "Delete tasks" purges the note from every file, down to the bytes, and
+    clears the cache (a call is kept as a hash of its prompt, which quotes the note)."""
     api = label_studio.client
     marker = "ZEBRAPATIENT4417"  # one word: the LLM's answer copies it whole
     text = f"Patient {marker} has cystic fibrosis."
@@ -150,10 +152,16 @@ def test_a_task_deleted_in_label_studio_is_gone_from_every_file_of_the_backend(l
     def holding() -> list[str]:
         return sorted(f.name for f in backend.data_dir.rglob("*") if f.is_file() and marker.encode() in f.read_bytes())
 
-    assert {"clinie.sqlite3", "llm_cache.sqlite3"} <= {name.split("-")[0] for name in wait_for(
-        holding, 30, "the note in the store and the call cache")}, backend.log_tail()
+    def calls() -> int:
+        with sqlite3.connect(backend.data_dir / "llm_cache.sqlite3") as db:
+            return db.execute("SELECT COUNT(*) FROM calls").fetchone()[0]
+
+    assert "clinie.sqlite3" in {name.split("-")[0] for name in wait_for(holding, 30, "the note stored")}, \
+        backend.log_tail()
+    assert calls() > 0
     api.delete_tasks(project, [task])
     wait_for(lambda: not holding(), 30, f"the note gone from every file (still in {holding()})")
+    assert calls() == 0
     store = AnnotationStore(backend.data_dir / "clinie.sqlite3")
     assert store.annotation_ids(str(project)) == set() and store.task_projects([task]) == {}
 

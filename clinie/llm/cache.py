@@ -34,7 +34,7 @@ class CallCache:
     def __init__(self, path: str | Path, *, max_bytes: int = 0) -> None:
         """``max_bytes``: the most the database's pages in use may hold; 0 = no bound."""
         self._db = open_wal(str(path), check_same_thread=False)
-        self._db.execute("PRAGMA secure_delete=ON")  # a cleared answer (it quotes the note) is overwritten
+        self._db.execute("PRAGMA secure_delete=ON")  # a cleared call is overwritten, not left in free pages
         until_unlocked(lambda: self._db.execute(
             "CREATE TABLE IF NOT EXISTS calls (key TEXT PRIMARY KEY, value TEXT NOT NULL)"))
         self._lock = threading.Lock()
@@ -64,9 +64,10 @@ class CallCache:
                 self._evict()
 
     def clear(self) -> None:
-        """Forget every call, down to the bytes on disk: prompts and answers quote note text, and
-        the cache, keyed by a hash of the prompt, cannot tell which task a call read — so when
-        Label Studio deletes any, all of it goes (a cache only costs its calls again)."""
+        """Forget every call, down to the bytes on disk. A call is stored as a hash of its prompt
+        (which quotes a note: the hash could confirm a note one already holds) and the answer (tags,
+        a choice); which task it read, the cache cannot tell — so when Label Studio deletes any
+        note, all of it goes (a cache only costs its calls again)."""
         with self._lock:
             self._db.execute("DELETE FROM calls")
             self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
