@@ -168,4 +168,4 @@ def test_the_llm_call_cache_evicts_the_oldest_calls_beyond_its_bound(tmp_path):
     assert CallCache(path).get(keys[-1]) is not None  # what is kept survives a reopening
 
     settings = Settings(data_dir=tmp_path / "data", llm_cache_mb=7)
-    assert Backend(settings, start_worker=False).serving._llm_cache.max_bytes == 7_000_000
+    assert Backend(settings, start_worker=False).serving.llm_cache.max_bytes == 7_000_000
