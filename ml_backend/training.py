@@ -72,15 +72,16 @@ def train_project(store: AnnotationStore, settings: Settings, project: str, trai
     if len(docs) < max(1, settings.min_annotations):
         raise NotEnoughAnnotations(
             f"project {project} has {len(docs)} usable annotations, {settings.min_annotations} needed")
-    options = {"epochs": settings.encoder_epochs} if settings.encoder_epochs else {}
     # a quick first model only while nothing serves: a version already serving is better than one cut short
     first = store.serving_model(project) is None
     budget = {"max_steps": settings.first_model_steps} if settings.first_model_steps and first else {}
-    tagger = EncoderTagger(list(schema.span_labels), settings.encoder_model or None, **options, **budget).fit(docs)
+    tagger = EncoderTagger(list(schema.span_labels), settings.encoder_model or None, **_epochs(settings),
+                           **budget).fit(docs)
     relations = None
     if schema.relation_labels and any(d.relations for d in docs):
         progress.training_stage(project, "relations")
-        relations = RelationClassifier(schema.relation_labels, settings.encoder_model or None, **options).fit(docs)
+        relations = RelationClassifier(schema.relation_labels, settings.encoder_model or None,
+                                       **_epochs(settings)).fit(docs)
 
     version = f"clinie-encoder-p{project}-t{training_id}-n{len(docs)}"
     final = project_models_dir(settings.models_dir, project) / version
@@ -111,9 +112,8 @@ def full_encoder(settings: Settings, record: ModelRecord, annotations: Annotatio
     beside it). Not registered: the caller serves it once what it serves with is in place."""
     progress.training_stage(record.project, "encoder, full budget")
     started = time.perf_counter()
-    options = {"epochs": settings.encoder_epochs} if settings.encoder_epochs else {}
     tagger = EncoderTagger(list(annotations.schema.span_labels), settings.encoder_model or None,
-                           **options).fit(annotations.docs)
+                           **_epochs(settings)).fit(annotations.docs)
     final = record.path.with_name(record.version + "-full")
     with _written(final) as partial:
         tagger.save(partial)
@@ -185,6 +185,11 @@ def prune_versions(store: AnnotationStore, settings: Settings, project: str) -> 
     for record in pruned:
         shutil.rmtree(record.path, ignore_errors=True)
     return pruned
+
+
+def _epochs(settings: Settings) -> dict[str, int]:
+    """``CLINIE_ENCODER_EPOCHS`` as the encoders' keyword, when set (else their default)."""
+    return {"epochs": settings.encoder_epochs} if settings.encoder_epochs else {}
 
 
 def _now() -> str:
