@@ -88,8 +88,8 @@ class LabelStudioSync:
                         stored += self.store.record_annotation(project, annotation, task_dict, "SYNC")
                     except ProjectMismatch:
                         refused += 1
+            deleted = self._purge_gone(project, tasks, annotations)  # first: what is gone leaves room in the bound
             tasks_stored = self.store.record_tasks(project, unannotated.items())
-            deleted = self._purge_gone(project, tasks, annotations)
         return SyncResult(project, len(annotations), stored, deleted.annotations, refused, tasks_stored, deleted.tasks)
 
     def _purge_gone(self, project: str, listed_tasks: set[int], listed_annotations: set[int]) -> Purged:
