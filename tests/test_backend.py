@@ -299,8 +299,10 @@ def test_predicted_tasks_are_kept_as_the_projects_unannotated_text_until_label_s
 
 def test_a_predicted_task_deleted_with_all_tasks_of_its_project_is_purged(settings):
     """"Delete all tasks" names no project: the task is purged from the project that stored it."""
-    client = create_app(settings).test_client()
+    backend = Backend(settings, start_worker=False)
+    client = create_app(settings, backend).test_client()
     predict_marked_note(client)
+    assert backend.store.unannotated_counts() == {"1": 2}
     answer = client.post("/webhook", json={"action": "TASKS_DELETED", "tasks": [{"id": 4}, {"id": 5}]})
     assert answer.json["stored"] is True
     assert_marker_gone(settings.data_dir)
