@@ -198,7 +198,7 @@ class ProjectMismatch(ValueError):
 @dataclass(frozen=True)
 class Purged:
     """What a purge removed: annotations (with every version), the ids it refused to touch
-    because another project holds them, and the stored data of tasks (annotated or not)."""
+    because another project holds them, and the unannotated tasks whose data was stored."""
 
     annotations: int = 0
     refused: tuple[int, ...] = ()
@@ -454,7 +454,7 @@ class AnnotationStore:
             "SELECT 1 FROM annotation_versions AS later WHERE later.annotation_id = v.annotation_id "
             "AND later.version > v.version AND later.received_at <= ?2)", (annotation_id, cutoff)).rowcount
 
-    # --- the data of tasks, annotated or not ----------------------------------------------
+    # --- the data of unannotated tasks ----------------------------------------------------
 
     @property
     def keeps_tasks(self) -> bool:

@@ -129,6 +129,7 @@ class Backend:
             if label_config is None:
                 raise ValueError("no label_config in the request and none known for this project")
         schema = _schema(label_config)
+        self._keep_tasks(project, tasks)
         predictor = self.serving.predictor(project, schema)
         budget = self.settings.predict_budget_seconds
         chunk_size = 1 if predictor.uses_llm else PREDICT_CHUNK
@@ -152,18 +153,18 @@ class Backend:
                 self.metrics.batch_progress(batch, len(results))
         finally:
             self.metrics.end_batch(batch)
-        self._keep_tasks(project, tasks)
         self.metrics.count("predict_requests")
         self.metrics.count("predicted_tasks", len(results))
         self.metrics.observe("predict_request", time.perf_counter() - started)
         return {"results": results, "model_version": predictor.version}
 
     def _keep_tasks(self, project: str, tasks: list[Any]) -> None:
-        """Store the data of the tasks just predicted: most of a project's text is never
+        """Store the data of the tasks about to be predicted: most of a project's text is never
         annotated, and a student strategy learns from it (``clinie.selection.unannotated_documents``).
-        One write for the batch, committed with the webhooks waiting (group commit) so as not to
-        queue them on the store's lock; a failure costs the pool those tasks, never the
-        prediction: counted (``task_store_failures``) and logged without the text."""
+        Before predicting, so that a batch Label Studio gives up on (or a worker that dies in it)
+        still leaves its text. One write for the batch, committed with the webhooks waiting
+        (group commit) so as not to queue them on the store's lock; a failure costs the pool those
+        tasks, never the prediction: counted (``task_store_failures``) and logged without the text."""
         rows = [(int(task["id"]), task["data"]) for task in tasks
                 if isinstance(task, dict) and is_id(task.get("id")) and isinstance(task.get("data"), dict)]
         if not rows or not self.store.keeps_tasks:
