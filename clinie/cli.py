@@ -242,7 +242,7 @@ def _report(args: argparse.Namespace) -> int:
     from clinie.evaluation.report import new_report, write_report
     from clinie.evaluation.study import project_report
     from clinie.llm import make_llm
-    from clinie.selection import builder, project_documents
+    from clinie.selection import builder, project_documents, unannotated_documents
     from clinie.store import AnnotationStore
     from clinie.strategies import parse_strategies
 
@@ -257,7 +257,8 @@ def _report(args: argparse.Namespace) -> int:
     if len(docs) < 2:
         raise ValueError(f"project {args.project} has {len(docs)} usable annotations: a report needs at least 2")
     strategies = parse_strategies(args.strategies or settings.selection_candidates or "encoder", k=settings.llm_k)
-    build = builder(schema, settings, llm=lambda: make_llm(settings))
+    pool = unannotated_documents(store, args.project, schema, settings.student_pool or None)
+    build = builder(schema, settings, llm=lambda: make_llm(settings), unannotated=pool.docs)
     cv = cross_validate(docs, strategies, build, k=settings.select_folds, seed=args.seed,
                         max_llm_share=settings.select_max_llm_share, prefer=settings.select_prefer, progress=True)
     sizes = sorted({max(1, round(len(docs) * f)) for f in (0.25, 0.5, 0.75)})
@@ -301,8 +302,9 @@ def _purge(args: argparse.Namespace) -> int:
     purged = store.purge_project(args.project, settings.models_dir)
     if settings.llm_cache_path.exists():
         CallCache(settings.llm_cache_path).clear()
-    print(f"project {args.project}: {purged.annotations} annotations, their tasks' text, label config, "
-          "trainings and model versions purged; the LLM call cache cleared", file=sys.stderr)
+    print(f"project {args.project}: {purged.annotations} annotations, their tasks' text, the data of {purged.tasks} "
+          "tasks stored from /predict and re-sync, label config, trainings and model versions purged; the LLM call "
+          "cache cleared", file=sys.stderr)
     return 0
 
 

@@ -21,7 +21,7 @@ from typing import Any
 from clinie.core import Document, LabelSpec, Schema
 from clinie.evaluation.fewshot import CrossValidation, cross_validate
 from clinie.evaluation.study import cross_fitted_calibration
-from clinie.labelstudio import UnusableAnnotation, annotation_to_document, parse_label_config
+from clinie.labelstudio import UnusableAnnotation, annotation_to_document, parse_label_config, task_to_document
 from clinie.llm.base import LLM
 from clinie.llm.hidden import HiddenStates
 from clinie.retrieval import Embedder
@@ -76,12 +76,50 @@ def annotated_documents(store: AnnotationStore, project: str, schema: Schema) ->
     return read
 
 
+@dataclass
+class Unannotated:
+    """A project's unannotated tasks read as documents (empty texts left out): the text a student
+    strategy learns from with its teacher's labels. A task whose data lacks the labelled text
+    (imported before the config changed, say) is skipped and counted, never a failed training."""
+
+    docs: list[Document]
+    skipped: int = 0  # tasks without the text the config labels
+
+    def summary(self) -> dict[str, int]:
+        """What a selection records of them (``ModelRecord.info["selection"]``)."""
+        return {"documents": len(self.docs), "skipped": self.skipped}
+
+
+def unannotated_documents(store: AnnotationStore, project: str, schema: Schema, limit: int | None) -> Unannotated:
+    """The text of the project's stored tasks that have no annotation, newest ``limit`` (None:
+    all; ``CLINIE_STUDENT_POOL`` in a training), read with ``schema`` as ``annotated_documents``
+    reads an annotated task: the text its first span control labels."""
+    read = Unannotated([])
+    control = schema.span_controls[0]
+    for task in store.unannotated_tasks(project, limit):
+        try:
+            doc = task_to_document(task, control)
+        except ValueError:  # the message names the key, never the text
+            read.skipped += 1
+            continue
+        if doc.text:
+            read.docs.append(doc)
+    if read.skipped:
+        log.warning("project %s: %d unannotated tasks lack the text the config labels; not read", project,
+                    read.skipped)
+    return read
+
+
 def span_specs(schema: Schema) -> list[LabelSpec]:
     return list({spec.name: spec for c in schema.span_controls for spec in c.labels}.values())
 
 
 def builder(schema: Schema, settings: Settings, llm: Callable[[], LLM] | None = None,
-            embedder: Embedder | None = None, states: Callable[[], HiddenStates] | None = None) -> StrategyBuilder:
+            embedder: Embedder | None = None, states: Callable[[], HiddenStates] | None = None,
+            unannotated: Sequence[Document] = ()) -> StrategyBuilder:
+    """What fits the strategies of a project with ``schema``; ``unannotated``: the project's
+    unannotated documents (``unannotated_documents``), which the student strategy learns from."""
+    # issue 23: the one call site that passes `unannotated=unannotated` once StrategyBuilder takes it
     return StrategyBuilder(span_specs(schema), llm=llm, embedder=embedder, encoder_model=settings.encoder_model or None,
                            encoder_options={"epochs": settings.encoder_epochs} if settings.encoder_epochs else {},
                            guided=bool(settings.llm_guided), states=states or (lambda: probe_states(settings)))

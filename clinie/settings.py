@@ -146,6 +146,16 @@ class Settings:
     #: prediction error) while the rest of its batch is predicted. 0 = no limit.
     max_task_chars: int = 1_000_000
 
+    # --- the project's unannotated text (issue 23) ---
+    #: Tasks whose data is kept per project, the newest by Label Studio's task id: those sent to
+    #: /predict and, with re-sync, the project's unannotated tasks listed. The text a student
+    #: strategy learns from, kept and deleted as annotated task data is (0600, purged when Label
+    #: Studio deletes the task). 0 = none stored (and those stored are purged at start).
+    unannotated_tasks: int = 5000
+    #: The most unannotated tasks (the newest stored) one training reads for the student
+    #: strategy: its teacher labels each, so this bounds that time. 0 = every stored one.
+    student_pool: int = 2000
+
     #: Note text is never logged at INFO; above DEBUG, exception messages are redacted too.
     log_level: str = "INFO"
     #: ``text`` (one line per record) or ``json`` (one JSON object per line, for a log collector).

@@ -10,10 +10,16 @@ project that first sent it: an event naming it under another project is refused
 (``ProjectMismatch``). A project's training set is derived from it: the latest submitted
 annotation per task.
 
+The ``tasks`` table holds the data of unannotated tasks Label Studio sent to /predict or
+re-sync listed: the project's unannotated text, which a student strategy learns from (issue
+23). It is bounded (``keep_tasks`` per project, the newest by Label Studio's task id) and is
+patient text like the rest: a task id belongs to one project, and deleting the task deletes it.
+
 Deleting is purging (``purge``, ``purge_project``): the annotation's text, result and every
-version are removed, and the file is rewritten so that the bytes are gone (``secure_delete``,
-then the WAL checkpointed and truncated). What stays of a deleted annotation or task is a
-tombstone (its id, project and times, no text) that makes a late re-delivery a no-op.
+version, and a deleted task's stored data, are removed, and the file is rewritten so that the
+bytes are gone (``secure_delete``, then the WAL checkpointed and truncated). What stays of a
+deleted annotation or task is a tombstone (its id, project and times, no text) that makes a
+late re-delivery, or a late /predict of the task, a no-op.
 
 The registry records each trained model version and which one serves each project; switching
 is one transaction, so a reader sees the old version or the new one, never neither.
@@ -79,6 +85,14 @@ CREATE TABLE IF NOT EXISTS tombstones (
     deleted_at TEXT NOT NULL,
     PRIMARY KEY (kind, id)
 );
+CREATE TABLE IF NOT EXISTS tasks (
+    task_id INTEGER PRIMARY KEY,
+    project TEXT NOT NULL,
+    task_data TEXT NOT NULL,
+    received_at TEXT NOT NULL,
+    updated_at TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS tasks_project ON tasks (project, task_id);
 CREATE TABLE IF NOT EXISTS annotation_versions (
     annotation_id INTEGER NOT NULL,
     version INTEGER NOT NULL,
@@ -183,11 +197,17 @@ class ProjectMismatch(ValueError):
 
 @dataclass(frozen=True)
 class Purged:
-    """What a purge removed: annotations (with every version), and the ids it refused to touch
-    because another project holds them."""
+    """What a purge removed: annotations (with every version), the ids it refused to touch
+    because another project holds them, and the unannotated tasks whose data was stored."""
 
     annotations: int = 0
     refused: tuple[int, ...] = ()
+    tasks: int = 0
+
+    @property
+    def removed(self) -> bool:
+        """Note text was removed: the files must be rewritten, Label Studio's event changed something."""
+        return bool(self.annotations or self.tasks)
 
 
 class AnnotationStore:
@@ -195,11 +215,16 @@ class AnnotationStore:
 
     ``keep_history_days``: how long a superseded annotation version is kept (0: not at all;
     None: for ever). Pruned on each write of the annotation and at each training start.
+    ``keep_tasks``: the most unannotated tasks whose data is kept per project (``record_tasks``),
+    the newest by task id (0: none are stored; None: no bound); a lower bound than the file
+    holds applies when the store is opened.
     """
 
-    def __init__(self, path: str | Path, keep_history_days: float | None = None) -> None:
+    def __init__(self, path: str | Path, keep_history_days: float | None = None,
+                 keep_tasks: int | None = None) -> None:
         self._path = str(path)  # created private, with its directory, by open_wal
         self.keep_history_days = keep_history_days
+        self.keep_tasks = keep_tasks
         self._local = threading.local()
         self._shared: sqlite3.Connection | None = None
         if self._path == ":memory:":  # one connection, or every thread would see its own empty DB
@@ -207,6 +232,11 @@ class AnnotationStore:
             self._lock = threading.Lock()
         until_unlocked(lambda: self._db().executescript(_SCHEMA))  # executescript commits by itself
         until_unlocked(self._migrate)
+        if keep_tasks is not None:
+            with self._write() as db:
+                bounded = self._bound_tasks(db, keep_tasks)
+            if bounded:
+                self._shrink()
 
     def _connect(self, check_same_thread: bool = True) -> sqlite3.Connection:
         db = open_wal(self._path, check_same_thread=check_same_thread)
@@ -424,6 +454,65 @@ class AnnotationStore:
             "SELECT 1 FROM annotation_versions AS later WHERE later.annotation_id = v.annotation_id "
             "AND later.version > v.version AND later.received_at <= ?2)", (annotation_id, cutoff)).rowcount
 
+    # --- the data of unannotated tasks ----------------------------------------------------
+
+    @property
+    def keeps_tasks(self) -> bool:
+        """``record_tasks`` stores anything (``keep_tasks`` is not 0)."""
+        return self.keep_tasks != 0
+
+    def record_tasks(self, project: str, tasks: Sequence[tuple[int, Any]]) -> int:
+        """Store the data of the project's unannotated tasks, ``(task id, data)`` each; how many
+        rows were new or changed. Within ``keep_tasks``: beyond it, the tasks with the lowest ids go."""
+        with self._write() as db:
+            return self.record_tasks_in(db, project, tasks)
+
+    def record_tasks_in(self, db: sqlite3.Connection, project: str, tasks: Sequence[tuple[int, Any]]) -> int:
+        """``record_tasks`` as a step of a transaction (``write_together``): one statement for
+        the batch, since /predict waits on it. A task deleted before (tombstoned) is not stored
+        again, nor one another project holds; nor one an annotation held is of: its data is
+        there already. An unchanged task is not rewritten."""
+        if not self.keeps_tasks or not tasks:
+            return 0
+        now = _now()
+        stored = db.executemany(
+            "INSERT INTO tasks (task_id, project, task_data, received_at, updated_at) "
+            "SELECT ?1, ?2, ?3, ?4, ?4 WHERE NOT EXISTS (SELECT 1 FROM annotations WHERE task_id = ?1) "
+            "AND NOT EXISTS (SELECT 1 FROM tombstones WHERE kind = 'task' AND id = ?1) "
+            "ON CONFLICT (task_id) DO UPDATE SET task_data = excluded.task_data, updated_at = excluded.updated_at "
+            "WHERE tasks.project = excluded.project AND tasks.task_data IS NOT excluded.task_data",
+            [(task_id, project, _dump({"id": task_id, "data": data}), now) for task_id, data in tasks]).rowcount
+        if self.keep_tasks is not None:
+            self._bound_tasks(db, self.keep_tasks, project)
+        return stored
+
+    @staticmethod
+    def _bound_tasks(db: sqlite3.Connection, keep: int, project: str | None = None) -> int:
+        """Keep ``project``'s (or each project's) newest ``keep`` unannotated tasks by task id:
+        Label Studio numbers tasks as they are imported, and an order that does not move keeps a
+        re-sync of a project larger than the bound from rewriting it each time. The data of a
+        task annotated since it was stored goes too: its annotations hold it."""
+        annotated = db.execute("DELETE FROM tasks WHERE (?1 IS NULL OR project = ?1) AND EXISTS "
+                               "(SELECT 1 FROM annotations AS a WHERE a.task_id = tasks.task_id)", (project,)).rowcount
+        return annotated + db.execute(
+            "DELETE FROM tasks WHERE task_id IN (SELECT task_id FROM (SELECT task_id, ROW_NUMBER() OVER "
+            "(PARTITION BY project ORDER BY task_id DESC) AS n FROM tasks WHERE ?1 IS NULL OR project = ?1) "
+            "WHERE n > ?2)", (project, keep)).rowcount
+
+    def unannotated_tasks(self, project: str, limit: int | None = None) -> list[dict[str, Any]]:
+        """The stored tasks of the project that no annotation held is of (``{"id", "data"}``
+        each): the newest ``limit`` by task id (None: all), in task id order."""
+        rows = self._read("SELECT task_data FROM tasks AS t WHERE project = ? AND NOT EXISTS "
+                          "(SELECT 1 FROM annotations AS a WHERE a.task_id = t.task_id) ORDER BY task_id DESC LIMIT ?",
+                          (project, -1 if limit is None else limit))
+        return [json.loads(r["task_data"]) for r in reversed(rows)]
+
+    def unannotated_counts(self) -> dict[str, int]:
+        """``len(unannotated_tasks(project))`` of each project that has some."""
+        return {r[0]: r[1] for r in self._read(
+            "SELECT project, COUNT(*) FROM tasks AS t WHERE NOT EXISTS "
+            "(SELECT 1 FROM annotations AS a WHERE a.task_id = t.task_id) GROUP BY project ORDER BY project")}
+
     # --- deletion -------------------------------------------------------------------------
 
     def purge(self, project: str, *, annotations: Iterable[int] = (), tasks: Iterable[int] = ()) -> Purged:
@@ -432,7 +521,7 @@ class AnnotationStore:
         a late event about it changes nothing. Ids another project holds are refused."""
         with self._write() as db:
             purged = self._purge_rows(db, project, annotations, tasks)
-        if purged.annotations:
+        if purged.removed:
             self._shrink()
         return purged
 
@@ -441,8 +530,8 @@ class AnnotationStore:
         config, trainings, model versions (rows and ``models_dir/<project>``) and serving row."""
         project_dir = project_models_dir(models_dir, project)
         with self._write() as db:
-            tasks = [r[0] for r in db.execute("SELECT DISTINCT task_id FROM annotations WHERE project = ?",
-                                              (project,))]
+            tasks = [r[0] for r in db.execute("SELECT task_id FROM annotations WHERE project = ?1 "
+                                              "UNION SELECT task_id FROM tasks WHERE project = ?1", (project,))]
             purged = self._purge_rows(db, project, (), tasks)
             paths = [Path(r[0]) for r in db.execute("SELECT path FROM models WHERE project = ?", (project,))]
             for table in ("serving", "models", "trainings", "projects"):
@@ -458,11 +547,13 @@ class AnnotationStore:
         now = _now()
         refused: list[int] = []
         targets: set[int] = set()
+        tasks_removed = 0
         for task_id in sorted(set(task_ids)):
             if _owner(db, "task", task_id) not in (None, project):
                 refused.append(task_id)
                 continue
             db.execute("INSERT OR IGNORE INTO tombstones VALUES ('task', ?, ?, NULL, ?)", (task_id, project, now))
+            tasks_removed += db.execute("DELETE FROM tasks WHERE task_id = ?", (task_id,)).rowcount
             targets.update(r[0] for r in db.execute("SELECT annotation_id FROM annotations "
                                                     "WHERE project = ? AND task_id = ?", (project, task_id)))
         for annotation_id in set(annotation_ids):
@@ -479,7 +570,7 @@ class AnnotationStore:
             removed += db.execute("DELETE FROM annotations WHERE annotation_id = ?", (annotation_id,)).rowcount
         if removed:
             self._count_changes(db, project, removed, now)
-        return Purged(removed, tuple(refused))
+        return Purged(removed, tuple(refused), tasks_removed)
 
     # --- reading annotations --------------------------------------------------------------
 
@@ -496,14 +587,17 @@ class AnnotationStore:
         return {r[0] for r in self._read("SELECT annotation_id FROM annotations WHERE project = ?", (project,))}
 
     def task_ids(self, project: str) -> set[int]:
-        """The tasks the project's annotations held are of."""
-        return {r[0] for r in self._read("SELECT DISTINCT task_id FROM annotations WHERE project = ?", (project,))}
+        """The project's tasks held: those its annotations are of, and those whose data is stored."""
+        return {r[0] for r in self._read("SELECT task_id FROM annotations WHERE project = ?1 "
+                                         "UNION SELECT task_id FROM tasks WHERE project = ?1", (project,))}
 
     def task_projects(self, task_ids: Iterable[int]) -> dict[str, set[int]]:
-        """The projects holding annotations of these tasks, and which of the tasks each holds."""
+        """The projects holding these tasks (their annotations or their data), and which of the
+        tasks each holds."""
         held: dict[str, set[int]] = {}
         for task_id in set(task_ids):
-            for r in self._read("SELECT DISTINCT project FROM annotations WHERE task_id = ?", (task_id,)):
+            for r in self._read("SELECT project FROM annotations WHERE task_id = ?1 "
+                                "UNION SELECT project FROM tasks WHERE task_id = ?1", (task_id,)):
                 held.setdefault(r[0], set()).add(task_id)
         return held
 
@@ -628,11 +722,12 @@ class AnnotationStore:
 
 
 def _owner(db: sqlite3.Connection, kind: str, id_: int) -> str | None:
-    """The project holding an annotation or task (live or deleted); None if none does."""
+    """The project holding an annotation or task (live, stored unannotated, or deleted); None if none does."""
     column = "annotation_id" if kind == "annotation" else "task_id"
-    row = db.execute(f"SELECT project FROM annotations WHERE {column} = ? "
-                     "UNION ALL SELECT project FROM tombstones WHERE kind = ? AND id = ? LIMIT 1",
-                     (id_, kind, id_)).fetchone()
+    stored = "SELECT project FROM tasks WHERE task_id = ?1 UNION ALL " if kind == "task" else ""
+    row = db.execute(f"{stored}SELECT project FROM annotations WHERE {column} = ?1 "
+                     "UNION ALL SELECT project FROM tombstones WHERE kind = ?2 AND id = ?1 LIMIT 1",
+                     (id_, kind)).fetchone()
     return row[0] if row else None
 
 

@@ -19,7 +19,7 @@ from clinie.labelstudio import LabelConfigError
 from clinie.private import restrict_umask
 from clinie.settings import Settings
 from ml_backend.metrics import render_prometheus
-from ml_backend.service import ANNOTATION_ACTIONS, Backend, project_key
+from ml_backend.service import ANNOTATION_ACTIONS, Backend, is_id, project_key
 
 log = logging.getLogger(__name__)
 
@@ -43,13 +43,6 @@ def _require(condition: bool, message: str) -> None:
         raise BadRequest(message)
 
 
-def _is_id(value: Any) -> bool:
-    """A database id as Label Studio sends it: an int, or ASCII digits, that fits SQLite's INTEGER."""
-    if isinstance(value, str) and value.isascii() and value.isdigit():
-        value = int(value)
-    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**63
-
-
 def validate_webhook(body: dict[str, Any]) -> None:
     """Everything the store will need is present and well-typed, or nothing is stored."""
     action = body.get("action")
@@ -65,21 +58,21 @@ def validate_webhook(body: dict[str, Any]) -> None:
             raise BadRequest(f"'project': {e}") from None
     if action in ANNOTATION_ACTIONS:
         annotation, task = body.get("annotation"), body.get("task")
-        _require(isinstance(annotation, dict) and _is_id(annotation.get("id")),
+        _require(isinstance(annotation, dict) and is_id(annotation.get("id")),
                  "'annotation' must be an object with an integer 'id'")
         _require(isinstance(annotation.get("result", []), list), "'annotation.result' must be a list")
         _require(all(isinstance(r, dict) for r in annotation.get("result") or []),
                  "'annotation.result' items must be objects")
-        _require(isinstance(task, dict) and _is_id(task.get("id")) and isinstance(task.get("data"), dict),
+        _require(isinstance(task, dict) and is_id(task.get("id")) and isinstance(task.get("data"), dict),
                  "'task' must be an object with an integer 'id' and a 'data' object")
     elif action == "ANNOTATIONS_DELETED":
         annotations = body.get("annotations")
-        _require(isinstance(annotations, list) and all(isinstance(a, dict) and _is_id(a.get("id"))
+        _require(isinstance(annotations, list) and all(isinstance(a, dict) and is_id(a.get("id"))
                                                        for a in annotations),
                  "'annotations' must be a list of objects with an integer 'id'")
     elif action == "TASKS_DELETED":
         tasks = body.get("tasks")
-        _require(isinstance(tasks, list) and all(isinstance(t, dict) and _is_id(t.get("id")) for t in tasks),
+        _require(isinstance(tasks, list) and all(isinstance(t, dict) and is_id(t.get("id")) for t in tasks),
                  "'tasks' must be a list of objects with an integer 'id'")
 
 

@@ -153,6 +153,8 @@ def render_prometheus(snapshot: dict[str, Any]) -> str:
         metric("annotations", "gauge", [(f'{{state="{k}"}}', v) for k, v in sorted(store["annotations"].items())])
         metric("trainings", "gauge", [(f'{{status="{k}"}}', v) for k, v in sorted(store["trainings"].items())])
         metric("model_versions", "gauge", [("", store["model_versions"])])
+        metric("unannotated_tasks", "gauge",
+               [(f'{{project="{project}"}}', n) for project, n in sorted(store.get("unannotated_tasks", {}).items())])
         metric("unusable_annotations", "gauge",
                [(f'{{project="{project}",reason="{reason}"}}', n)
                 for project, reasons in sorted(store.get("unusable_annotations", {}).items())

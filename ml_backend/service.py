@@ -2,8 +2,9 @@
 
 ``Backend`` owns the process-wide pieces: the settings, the annotation store, what serves each
 project (``ml_backend.serving``), the metrics, the training worker and the re-sync schedule.
-It runs the /predict loop (chunks, the time budget, one bad task never sinking the batch) and
-stores webhooks. The Flask app in ``ml_backend.app`` only validates requests and calls it.
+It runs the /predict loop (chunks, the time budget, one bad task never sinking the batch),
+keeps the data of the tasks it predicted (the project's unannotated text), and stores webhooks.
+The Flask app in ``ml_backend.app`` only validates requests and calls it.
 """
 
 from __future__ import annotations
@@ -49,11 +50,18 @@ def project_key(project: Any) -> str:
     return key
 
 
+def is_id(value: Any) -> bool:
+    """A database id as Label Studio sends it: an int, or ASCII digits, that fits SQLite's INTEGER."""
+    if isinstance(value, str) and value.isascii() and value.isdigit():
+        value = int(value)
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**63
+
+
 def _purged(purged: Purged) -> tuple[bool, str | None]:
     """A purge as ``Backend._store_event`` reports it."""
     refusal = f"ids {', '.join(map(str, purged.refused))} belong to another project: not deleted" \
         if purged.refused else None
-    return purged.annotations > 0, refusal
+    return purged.removed, refusal
 
 
 class TaskTooLong(ValueError):
@@ -68,7 +76,8 @@ def _schema(label_config: str) -> Schema:
 class Backend:
     def __init__(self, settings: Settings, *, start_worker: bool = True) -> None:
         self.settings = settings
-        self.store = AnnotationStore(settings.store_path, keep_history_days=settings.keep_history)
+        self.store = AnnotationStore(settings.store_path, keep_history_days=settings.keep_history,
+                                     keep_tasks=settings.unannotated_tasks)
         self.metrics = Metrics()
         # annotation webhooks arriving together: one transaction (clinie.group_commit)
         self.commits = GroupCommit(self.store) if settings.webhook_group_commit else None
@@ -120,6 +129,7 @@ class Backend:
             if label_config is None:
                 raise ValueError("no label_config in the request and none known for this project")
         schema = _schema(label_config)
+        self._keep_tasks(project, tasks)
         predictor = self.serving.predictor(project, schema)
         budget = self.settings.predict_budget_seconds
         chunk_size = 1 if predictor.uses_llm else PREDICT_CHUNK
@@ -147,6 +157,28 @@ class Backend:
         self.metrics.count("predicted_tasks", len(results))
         self.metrics.observe("predict_request", time.perf_counter() - started)
         return {"results": results, "model_version": predictor.version}
+
+    def _keep_tasks(self, project: str, tasks: list[Any]) -> None:
+        """Store the data of the tasks about to be predicted: most of a project's text is never
+        annotated, and a student strategy learns from it (``clinie.selection.unannotated_documents``).
+        Before predicting, so that a batch Label Studio gives up on (or a worker that dies in it)
+        still leaves its text. One write for the batch, committed with the webhooks waiting
+        (group commit) so as not to queue them on the store's lock; a failure costs the pool those
+        tasks, never the prediction: counted (``task_store_failures``) and logged without the text."""
+        rows = [(int(task["id"]), task["data"]) for task in tasks
+                if isinstance(task, dict) and is_id(task.get("id")) and isinstance(task.get("data"), dict)]
+        if not rows or not self.store.keeps_tasks:
+            return
+        try:
+            if self.commits is not None:
+                self.commits.run(lambda db: self.store.record_tasks_in(db, project, rows))
+            else:
+                self.store.record_tasks(project, rows)
+        except Exception as e:
+            self.metrics.count("task_store_failures")
+            log.warning("project %s: the data of %d predicted tasks was not stored: %s", project, len(rows),
+                        type(e).__name__)
+            log.debug("storing predicted tasks failed", exc_info=e)
 
     def _predict_chunk(self, tasks: list[Any], schema: Schema,
                        predictor: Predictor) -> tuple[list[dict[str, Any]], Predictor]:
@@ -316,7 +348,7 @@ class Backend:
         organization webhooks): each task is purged from the project that holds it."""
         self.metrics.count("tasks_deleted", len(task_ids))
         self.serving.llm_cache.clear()
-        return any([self.store.purge(project, tasks=tasks).annotations > 0
+        return any([self.store.purge(project, tasks=tasks).removed
                     for project, tasks in self.store.task_projects(task_ids).items()])
 
     def _refused(self, project: str, action: str, reason: str) -> None:
@@ -348,13 +380,14 @@ class Backend:
         self.metrics.count("syncs")
         self.metrics.count("annotations_recovered_by_sync", result.stored)
         self.metrics.count("annotations_deleted_by_sync", result.deleted)
-        if result.deleted:
+        if result.deleted or result.tasks_deleted:
             self.serving.llm_cache.clear()
         if result.refused:
             self._refused(project, "re-sync", f"{result.refused} annotations another project holds")
-        if result.stored or result.deleted:
-            log.info("project %s: re-sync stored %d annotations webhooks had missed and purged %d deleted",
-                     project, result.stored, result.deleted)
+        if result.stored or result.deleted or result.tasks_stored or result.tasks_deleted:
+            log.info("project %s: re-sync stored %d annotations webhooks had missed and the data of %d unannotated "
+                     "tasks, and purged %d deleted annotations and the data of %d deleted tasks", project,
+                     result.stored, result.tasks_stored, result.deleted, result.tasks_deleted)
         return True
 
     def _sync_loop(self) -> None:
@@ -451,6 +484,8 @@ class Backend:
         snapshot["store"] = {"annotations": self.store.annotation_counts(),
                              "trainings": self.store.training_counts(),
                              "model_versions": len(self.store.models()),
+                             # the text a student strategy learns from, per project
+                             "unannotated_tasks": self.store.unannotated_counts(),
                              # what the serving version could not learn from, per project and reason
                              "unusable_annotations": {project: record.info.get("annotations", {}).get("unusable", {})
                                                       for project, record in serving.items()}}

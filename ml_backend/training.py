@@ -31,7 +31,8 @@ from clinie.extractors.encoder import EncoderTagger
 from clinie.extractors.relation_encoder import RELATIONS_DIR, RelationClassifier
 from clinie.llm.base import LLM
 from clinie.llm.hidden import HiddenStates
-from clinie.selection import Annotations, builder, project_documents, select, selection_record
+from clinie.selection import (Annotations, builder, project_documents, select, selection_record,
+                              unannotated_documents)
 from clinie.settings import Settings
 from clinie.store import AnnotationStore, ModelRecord, project_models_dir
 from clinie.strategies import PARTS
@@ -203,14 +204,16 @@ def select_strategy(store: AnnotationStore, settings: Settings, record: ModelRec
     """Cross-validate ``CLINIE_SELECT_STRATEGIES`` over the annotations ``record`` was trained on
     (``clinie.selection``), fit the parts the chosen strategy reads besides the encoder (the
     probe, alone or reading the sentences the encoder is unsure of) on all of them, save them
-    beside it, and record the choice with the version: from then on it serves.
+    beside it, and record the choice with the version: from then on it serves. The project's
+    newest ``CLINIE_STUDENT_POOL`` unannotated tasks are what a student strategy learns from.
 
     Raises ``Superseded`` between two fits once ``superseded()`` (a newer training is waiting).
     A selection that fails otherwise (the LLM cannot be loaded, say) is logged and recorded as
     failed; the encoder keeps serving.
     """
     project, docs = record.project, annotations.docs
-    build = builder(annotations.schema, settings, llm, states=states)
+    pool = unannotated_documents(store, project, annotations.schema, settings.student_pool or None)
+    build = builder(annotations.schema, settings, llm, states=states, unannotated=pool.docs)
     started = time.perf_counter()
 
     def check() -> None:
@@ -225,7 +228,7 @@ def select_strategy(store: AnnotationStore, settings: Settings, record: ModelRec
     try:
         progress.training_stage(project, "selection")
         cv = select(docs, build, settings, on_fit=fitted)
-        selection, chosen = selection_record(cv), cv.selected
+        selection, chosen = {**selection_record(cv), "unannotated": pool.summary()}, cv.selected
         if "encoder" in chosen.kind.parts and record.info.get("cut_short"):
             serving = full_encoder(settings, record, annotations, progress)
             check()

@@ -268,6 +268,85 @@ def test_re_sync_purges_what_label_studio_no_longer_holds(settings):
     assert backend.metrics.snapshot()["counts"]["annotations_deleted_by_sync"] == 1
 
 
+def predict_marked_note(client, more: str = "") -> dict:
+    """/predict of task 4 of project 1, never annotated, whose text holds the marker, and of task 5."""
+    tasks = [{"id": 4, "data": {"text": f"Patient {MARKER} was seen for asthma.{more}"}, "annotations": []},
+             {"id": 5, "data": {"text": "Another note."}, "annotations": []}]
+    answer = client.post("/predict", json={"tasks": tasks, "project": "1.17", "label_config": CONFIG})
+    assert answer.status_code == 200 and len(answer.json["results"]) == 2
+    return answer.json
+
+
+@pytest.mark.parametrize("group_commit", [True, False])
+def test_predicted_tasks_are_kept_as_the_projects_unannotated_text_until_label_studio_deletes_them(settings,
+                                                                                                   group_commit):
+    backend = Backend(replace(settings, webhook_group_commit=group_commit), start_worker=False)
+    client = create_app(settings, backend).test_client()
+    predict_marked_note(client)
+    assert [t["id"] for t in backend.store.unannotated_tasks("1")] == [4, 5]
+    assert MARKER.encode() in b"".join(f.read_bytes() for f in settings.data_dir.glob("clinie.sqlite3*"))
+    assert 'clinie_unannotated_tasks{project="1"} 2' in client.get("/metrics").text.splitlines()
+    assert client.post("/webhook", json=webhook_event(10, 5, "Another note.", [])).json["stored"]  # 5 is annotated
+    assert backend.metrics_snapshot()["store"]["unannotated_tasks"] == {"1": 1}
+
+    deleted = {"action": "TASKS_DELETED", "tasks": [{"id": 4}], "project": {"id": 1, "label_config": CONFIG}}
+    assert client.post("/webhook", json=deleted).json["stored"] is True
+    assert_marker_gone(settings.data_dir)
+    predict_marked_note(client)  # a /predict Label Studio sent before the deletion, arriving after it
+    assert_marker_gone(settings.data_dir)
+    assert backend.store.unannotated_tasks("1") == []
+
+
+def test_a_predicted_task_deleted_with_all_tasks_of_its_project_is_purged(settings):
+    """"Delete all tasks" names no project: the task is purged from the project that stored it."""
+    backend = Backend(settings, start_worker=False)
+    client = create_app(settings, backend).test_client()
+    predict_marked_note(client)
+    assert backend.store.unannotated_counts() == {"1": 2}
+    answer = client.post("/webhook", json={"action": "TASKS_DELETED", "tasks": [{"id": 4}, {"id": 5}]})
+    assert answer.json["stored"] is True
+    assert_marker_gone(settings.data_dir)
+
+
+def test_a_failure_to_store_predicted_tasks_is_counted_and_fails_no_prediction(settings, caplog):
+    backend = Backend(replace(settings, webhook_group_commit=False), start_worker=False)
+    client = create_app(settings, backend).test_client()
+    backend.store._db().execute("PRAGMA max_page_count=1")  # this thread's connection: the disk is full
+    answer = predict_marked_note(client, more=" Stable." * 20_000)
+    assert [r["result"] for r in answer["results"]] == [[], []] and answer["model_version"] == NO_MODEL_VERSION
+    assert backend.metrics.snapshot()["counts"]["task_store_failures"] == 1
+    assert "clinie_task_store_failures_total 1" in client.get("/metrics").text.splitlines()
+    backend.store._db().execute("PRAGMA max_page_count=1073741823")
+    assert backend.store.unannotated_tasks("1") == []
+    assert "not stored: OperationalError" in caplog.text and MARKER not in caplog.text
+
+
+def test_no_task_data_is_stored_when_storing_is_turned_off(settings):
+    backend = Backend(replace(settings, unannotated_tasks=0), start_worker=False)
+    predict_marked_note(create_app(settings, backend).test_client())
+    assert backend.store.unannotated_counts() == {}
+    assert_marker_gone(settings.data_dir)
+
+
+def test_re_sync_keeps_the_newest_unannotated_tasks_and_purges_those_label_studio_deleted(settings):
+    backend = Backend(replace(settings, label_studio_url="http://127.0.0.1:9", label_studio_api_key="k",
+                              unannotated_tasks=2), start_worker=False)
+    annotated = {"id": 5, "data": {"text": "Another note."},
+                 "annotations": [{"id": 10, "result": [], "was_cancelled": False, "completed_by": 1}]}
+    older = {"id": 20, "data": {"text": "An older note."}, "annotations": []}
+    newer = {"id": 21, "data": {"text": "A newer note."}, "annotations": []}
+    marked = {"id": 22, "data": {"text": f"Patient {MARKER} was seen for asthma."}, "annotations": []}
+    tasks = [annotated, older, newer, marked]
+    backend.sync._client = _FakeLabelStudio(tasks, tasks)
+    assert backend.resync("1")
+    assert backend.store.annotation_ids("1") == {10}
+    assert [t["id"] for t in backend.store.unannotated_tasks("1")] == [21, 22]  # the newest two
+    backend.sync._client = _FakeLabelStudio(tasks[:3], tasks[:3])  # task 22 was deleted in Label Studio
+    assert backend.resync("1")
+    assert_marker_gone(settings.data_dir)
+    assert [t["id"] for t in backend.store.unannotated_tasks("1")] == [20, 21]
+
+
 def test_a_webhook_flood_of_200_concurrent_events_loses_none(settings):
     backend = Backend(settings, start_worker=False)
     server = make_server("127.0.0.1", 0, create_app(settings, backend), threaded=True)
@@ -541,6 +620,8 @@ def test_a_quick_encoder_serves_before_selection_then_the_fully_trained_one_and_
     client = create_app(settings, backend).test_client()
     for i, doc in enumerate(list(read_documents(NCBI_TRAIN))[:10]):
         assert client.post("/webhook", json=webhook_event(i + 1, i + 1, doc.text, gold_result(doc))).json["stored"]
+    # the project's unannotated text, as /predict stores it: what a student strategy would learn from
+    backend.store.record_tasks("1", [(50, {"text": "Cancer ."}), (51, {"body": "no $text"}), (1, {"text": "x"})])
     metrics = RecordedMetrics()
 
     record, annotations = train_project(backend.store, settings, "1", backend.store.begin_training("1"), metrics)
@@ -553,6 +634,7 @@ def test_a_quick_encoder_serves_before_selection_then_the_fully_trained_one_and_
     full = backend.store.serving_model("1")  # the encoder selection reads, trained again to its full budget
     assert full.version == record.version + "-full" and full.info["first_model"] == record.version
     assert full.info["selection"] == selection and selection["strategy"] == "encoder" and not full.info["cut_short"]
+    assert selection["unannotated"] == {"documents": 1, "skipped": 1}  # task 1 is annotated
     assert backend.model_version("1") == full.version and record.path.is_dir() and full.path.is_dir()
     assert [(s["stage"], s["done"], s["total"]) for s in metrics.seen] == [
         ("selection", 1, 2), ("selection", 1, 2), ("selection", 2, 2)]

@@ -135,35 +135,40 @@ def test_annotations_train_the_encoder_and_predictions_land_in_label_studio(labe
 
 
 def test_a_task_deleted_in_label_studio_is_gone_from_every_file_of_the_backend(label_studio, backend):
-    """The note, annotated, is in the store, and the LLM's call that pre-annotated it in the call
-    cache; Label Studio's "Delete tasks" purges the note from every file, down to the bytes, and
-    clears the cache (a call is kept as a hash of its prompt, which quotes the note)."""
+    """Two notes: one annotated, in the store as its annotation's task, the other only predicted,
+    in the store as the project's unannotated text; the LLM's calls that pre-annotated them are
+    in the call cache. Label Studio's "Delete tasks" purges both notes from every file, down to
+    the bytes, and clears the cache (a call is kept as a hash of its prompt, which quotes the note)."""
     api = label_studio.client
-    marker = "ZEBRAPATIENT4417"  # one word: the LLM's answer copies it whole
-    text = f"Patient {marker} has cystic fibrosis."
+    annotated, predicted = "ZEBRAPATIENT4417", "ZEBRAPATIENT5120"  # one word each: the LLM's answer copies it whole
+    text = f"Patient {annotated} has cystic fibrosis."
     project = api.create_project("Deletion (clinie e2e)", DISEASE_CONFIG)
-    [task] = api.import_tasks(project, [{"text": text}])
+    tasks = api.import_tasks(project, [{"text": text}, {"text": f"Patient {predicted} has asthma."}])
     api.connect_ml_backend(project, backend.url)
-    api.retrieve_predictions(project, [task])  # the LLM, at cold start: its answer quotes the note
+    api.retrieve_predictions(project, tasks)  # the LLM, at cold start: its answers quote the notes
     start = text.index("cystic")
-    api.create_annotation(task, [{"id": "d1", "from_name": "label", "to_name": "text", "type": "labels", "value": {
+    api.create_annotation(tasks[0], [{"id": "d1", "from_name": "label", "to_name": "text", "type": "labels", "value": {
         "start": start, "end": len(text) - 1, "text": text[start:-1], "labels": ["Disease"]}}])
 
-    def holding() -> list[str]:
+    def holding(marker: str) -> list[str]:
         return sorted(f.name for f in backend.data_dir.rglob("*") if f.is_file() and marker.encode() in f.read_bytes())
 
     def calls() -> int:
         with sqlite3.connect(backend.data_dir / "llm_cache.sqlite3") as db:
             return db.execute("SELECT COUNT(*) FROM calls").fetchone()[0]
 
-    assert "clinie.sqlite3" in {name.split("-")[0] for name in wait_for(holding, 30, "the note stored")}, \
-        backend.log_tail()
-    assert calls() > 0
-    api.delete_tasks(project, [task])
-    wait_for(lambda: not holding(), 30, f"the note gone from every file (still in {holding()})")
-    assert calls() == 0
+    for marker in (annotated, predicted):
+        assert "clinie.sqlite3" in {name.split("-")[0] for name in wait_for(lambda: holding(marker), 30,
+                                                                           f"{marker} stored")}, backend.log_tail()
     store = AnnotationStore(backend.data_dir / "clinie.sqlite3")
-    assert store.annotation_ids(str(project)) == set() and store.task_projects([task]) == {}
+    assert [t["id"] for t in store.unannotated_tasks(str(project))] == tasks[1:]
+    assert calls() > 0
+    api.delete_tasks(project, tasks)
+    for marker in (annotated, predicted):
+        wait_for(lambda: not holding(marker), 30, f"{marker} gone from every file (still in {holding(marker)})")
+    assert calls() == 0
+    assert store.annotation_ids(str(project)) == set() and store.task_projects(tasks) == {}
+    assert store.unannotated_tasks(str(project)) == []
 
 
 DDI_CONFIG = (ROOT / "label_configs" / "drug_interactions.xml").read_text()
@@ -226,7 +231,8 @@ def test_relations_train_and_come_back_as_arrows_between_predicted_regions(label
 def test_webhooks_lost_while_the_backend_was_down_are_recovered_by_re_sync(label_studio, tmp_path):
     """The backend is killed; annotators go on (Label Studio's webhooks fail and are forgotten):
     two new annotations, one changed, one deleted. Restarted, the backend re-syncs from Label
-    Studio with a personal access token, and its store holds what Label Studio holds."""
+    Studio with a personal access token, and its store holds what Label Studio holds: the
+    annotations, and the text of the task left unannotated."""
     api = label_studio.client
     control = parse_label_config(DISEASE_CONFIG).span_controls[0]
     docs = list(read_documents(DATA / "ncbi_disease" / "fewshot" / "gutierrez_train100_seed42.jsonl"))[:4]
@@ -262,3 +268,5 @@ def test_webhooks_lost_while_the_backend_was_down_are_recovered_by_re_sync(label
     by_id = {e.annotation_id: e for e in store.training_examples(str(project))}
     assert sorted(by_id) == sorted([kept, *new])
     assert by_id[kept].result == []
+    # the task whose only annotation was deleted is unannotated now: re-sync's listing keeps its text
+    assert store.unannotated_tasks(str(project)) == [{"id": task_ids[1], "data": {"text": docs[1].text}}]

@@ -69,11 +69,13 @@ def client(tmp_path_factory):
 
 
 def store_state(client) -> tuple:
-    """Every annotation row and every project's label config, read straight from the file."""
+    """Every annotation row, every project's label config and every stored task's data, read
+    straight from the file."""
     with sqlite3.connect(client.application.extensions["clinie"].settings.store_path) as db:
         return (tuple(db.execute("SELECT annotation_id, project, task_id, task_data, result, state, version "
                                  "FROM annotations ORDER BY annotation_id")),
-                tuple(db.execute("SELECT project, label_config FROM projects ORDER BY project")))
+                tuple(db.execute("SELECT project, label_config FROM projects ORDER BY project")),
+                tuple(db.execute("SELECT task_id, project, task_data FROM tasks ORDER BY task_id")))
 
 
 def post(client, path: str, body) -> tuple[int, dict]:
@@ -107,10 +109,16 @@ def test_webhooks(client, body):
 def test_predict(client, body):
     before = store_state(client)
     status, answer = post(client, "/predict", body)
+    after = store_state(client)
     if status == 200:
         assert len(answer["results"]) == len(body["tasks"])
         assert all(r["result"] == [] for r in answer["results"])  # no model: nothing predicted
-    assert store_state(client)[0] == before[0], "/predict never writes an annotation"
+        # what it keeps of its tasks is their id and data: Label Studio's shape, nothing else
+        assert all(json.loads(data) == {"id": task_id, "data": json.loads(data)["data"]}
+                   and isinstance(json.loads(data)["data"], dict) for task_id, _, data in after[2])
+    else:
+        assert after[2] == before[2], "a refused /predict stored a task"
+    assert after[0] == before[0], "/predict never writes an annotation"
 
 
 @fuzz
@@ -129,7 +137,8 @@ def test_setup(client, body):
 def test_raw_bytes_and_deep_nesting(client, path, body):
     before = store_state(client)
     post(client, path, body)
-    assert store_state(client)[0] == before[0]
+    after = store_state(client)
+    assert (after[0], after[2]) == (before[0], before[2])
 
 
 def test_a_body_over_the_limit_is_refused_before_it_is_read(client):

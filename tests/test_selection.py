@@ -2,7 +2,8 @@
 
 from pathlib import Path
 
-from clinie.selection import project_documents
+from clinie.labelstudio import parse_label_config
+from clinie.selection import project_documents, unannotated_documents
 from clinie.store import AnnotationStore
 
 CONFIG = ('<View><Labels name="label" toName="text"><Label value="Disease"/></Labels>'
@@ -38,3 +39,15 @@ def test_annotations_without_region_ids_are_learned_and_unusable_ones_counted_ne
     assert read.skipped_relations == 1
     assert read.summary() == {"unusable": {"label not in the config": 1, "region offsets unusable": 1,
                                            "task without the labelled text": 1}, "skipped_relations": 1}
+
+
+def test_the_unannotated_documents_are_the_newest_stored_tasks_without_an_annotation_read_with_the_config(tmp_path):
+    store = AnnotationStore(tmp_path / "store.sqlite3")
+    store.record_tasks("1", [(1, {"text": "The oldest note ."}), (2, {"body": TEXT}), (3, {"text": ""}),
+                             (4, {"text": "An annotated note ."}), (5, {"text": TEXT})])
+    store.record_annotation("1", {"id": 9, "result": [disease(0, 15)], "completed_by": 1}, {"id": 4, "data": {"text": TEXT}})
+    schema = parse_label_config(CONFIG)
+    read = unannotated_documents(store, "1", schema, limit=None)
+    assert [(d.id, d.text, d.entities) for d in read.docs] == [("1", "The oldest note .", ()), ("5", TEXT, ())]
+    assert read.summary() == {"documents": 2, "skipped": 1}  # task 2 lacks $text; task 3 is empty
+    assert [d.id for d in unannotated_documents(store, "1", schema, limit=2).docs] == ["5"]  # of tasks 3 and 5

@@ -268,6 +268,23 @@ def test_deleted_note_text_is_gone_from_every_file(tmp_path, deletion):
     assert store.annotation_ids("1") == (set() if deletion == "project" else {2})
 
 
+@pytest.mark.parametrize("deletion", ["task", "project", "storing turned off"])
+def test_a_deleted_unannotated_tasks_text_is_gone_from_every_file(tmp_path, deletion):
+    data = tmp_path / "data"
+    store = AnnotationStore(data / "s.sqlite3")
+    marker = "ZEBRA-UNANNOTATED-5120"
+    store.record_tasks("1", [(3, {"text": f"Patient {marker} was seen."}), (4, {"text": "Another note."})])
+    assert marker.encode() in b"".join(f.read_bytes() for f in data.iterdir())
+    if deletion == "task":
+        store.purge("1", tasks=[3])
+    elif deletion == "project":
+        store.purge_project("1", tmp_path / "models")
+    else:
+        store = AnnotationStore(data / "s.sqlite3", keep_tasks=0)  # CLINIE_UNANNOTATED_TASKS=0 at a restart
+    assert_absent(data, marker.encode())
+    assert [t["id"] for t in store.unannotated_tasks("1")] == ([4] if deletion == "task" else [])
+
+
 def test_a_training_of_a_project_purged_meanwhile_registers_nothing(tmp_path):
     store = AnnotationStore(tmp_path / "s.sqlite3")
     store.record_annotation("1", annotation(1), task(1))
@@ -276,3 +293,39 @@ def test_a_training_of_a_project_purged_meanwhile_registers_nothing(tmp_path):
     with pytest.raises(LookupError, match="purged"):
         store.finish_training(training, ModelRecord("v1", "1", "encoder", tmp_path / "models" / "1" / "v1", 1, {}, "t"))
     assert store.models("1") == [] and store.serving_model("1") is None
+
+
+def test_the_data_of_tasks_is_kept_newest_first_within_its_bound_and_annotated_ones_are_not_unannotated(tmp_path):
+    path = tmp_path / "s.sqlite3"
+    store = AnnotationStore(path, keep_tasks=3)
+    store.record_annotation("1", annotation(1), task(2))
+    # task 2 is annotated (its data is held already); tasks 1..6 arrive as /predict sends them
+    assert store.record_tasks("1", [(i, {"text": f"note {i}"}) for i in range(1, 7)]) == 5
+    assert [t["id"] for t in store.unannotated_tasks("1")] == [4, 5, 6]  # the newest 3 by task id
+    assert store.record_tasks("1", [(5, {"text": "note 5"})]) == 0  # unchanged: not rewritten
+    assert store.record_tasks("1", [(5, {"text": "note 5, edited"})]) == 1
+    store.record_annotation("1", annotation(2), task(6))  # annotated after it was stored: no longer unannotated
+    assert store.unannotated_tasks("1") == [{"id": 4, "data": {"text": "note 4"}},
+                                            {"id": 5, "data": {"text": "note 5, edited"}}]
+    assert [t["id"] for t in store.unannotated_tasks("1", limit=1)] == [5]
+    assert store.record_tasks("2", [(5, {"text": "moved"}), (20, {"text": "project 2"})]) == 1  # 5 is project 1's
+    assert store.unannotated_counts() == {"1": 2, "2": 1}
+    assert store.task_ids("1") == {2, 4, 5, 6} and store.task_projects([5, 20]) == {"1": {5}, "2": {20}}
+
+    lowered = AnnotationStore(path, keep_tasks=1)  # a lower bound applies when the store opens
+    assert [t["id"] for t in lowered.unannotated_tasks("1")] == [5]
+    assert lowered.task_ids("1") == {2, 5, 6}  # 6's data is its annotation's now
+    off = AnnotationStore(path, keep_tasks=0)  # none kept, none stored
+    assert off.unannotated_counts() == {} and off.record_tasks("1", [(30, {"text": "x"})]) == 0
+    assert off.task_ids("1") == {2, 6}  # the annotated tasks, through their annotations
+
+
+def test_a_deleted_tasks_data_is_purged_and_a_late_predict_never_stores_it_again(store):
+    store.record_tasks("1", [(7, {"text": "seven"}), (8, {"text": "eight"})])
+    assert store.purge("2", tasks=[7]) == Purged(0, (7,))  # another project's: refused
+    assert store.purge("1", tasks=[7]) == Purged(0, (), 1)
+    assert store.record_tasks("1", [(7, {"text": "seven"})]) == 0  # a /predict sent before the deletion
+    assert store.record_tasks("2", [(7, {"text": "seven"})]) == 0
+    assert [t["id"] for t in store.unannotated_tasks("1")] == [8]
+    assert store.purge_project("1", Path("/nonexistent/models")) == Purged(0, (), 1)
+    assert store.unannotated_counts() == {} and store.task_ids("1") == set()
