@@ -1,12 +1,12 @@
 """The ways clinie pre-annotates, each registered once: selection, training, serving, the command
 line and the benches all go through this registry.
 
-A *kind* (``encoder``, ``probe``, ``gated``, ``llm``, ``verified``, ``rerank``, ``student``) says what it is
-assembled from (the *parts* it reads: the fine-tuned encoder, the probe on the local LLM's hidden
-states, the student) and whether it sends text to the LLM; a *strategy* is a kind with its
-parameter, named as on the command line and in ``CLINIE_SELECT_STRATEGIES``: ``llm-k5`` (five
-retrieved demonstrations), ``gated-0.80`` (the probe reads the sentences where the encoder's
-confidence is below 0.80), ``rerank-0.80`` (the LLM decides those sentences' spans),
+A *kind* (``encoder``, ``probe``, ``gated``, ``llm``, ``verified``, ``rerank``, ``student``) says
+what it is assembled from (the *parts* it reads: the fine-tuned encoder, the probe on the local
+LLM's hidden states, the student) and whether it sends text to the LLM; a *strategy* is a kind
+with its parameter, named as on the command line and in ``CLINIE_SELECT_STRATEGIES``: ``llm-k5``
+(five retrieved demonstrations), ``gated-0.80`` (the probe reads the sentences where the
+encoder's confidence is below 0.80), ``rerank-0.80`` (the LLM decides those sentences' spans),
 ``verified-k5`` (the spans of ``llm-k5`` that the LLM confirms on a second look),
 ``student-0.90`` (an encoder trained on the annotations and on the unannotated sentences the
 probe labels with a confidence of at least 0.90).
@@ -202,7 +202,8 @@ class Strategy:
     def name(self) -> str:
         param = self.kind.param
         return {"": self.kind_name, "k": f"{self.kind_name}-k{self.k}",
-                "band": f"{self.kind_name}-{self.band[1]:.2f}", "threshold": f"{self.kind_name}-{self.threshold:.2f}"}[param]
+                "band": f"{self.kind_name}-{self.band[1]:.2f}",
+                "threshold": f"{self.kind_name}-{self.threshold:.2f}"}[param]
 
     @property
     def uses_llm(self) -> bool:
@@ -305,7 +306,8 @@ class StrategyBuilder:
 
     def __init__(self, label_specs: Sequence[LabelSpec], *, llm: LLM | Callable[[], LLM] | None = None,
                  embedder: Embedder | None = None, encoder_model: str | None = None,
-                 encoder_options: dict[str, Any] | None = None, guided: bool = False,
+                 encoder_options: dict[str, Any] | None = None, probe_options: dict[str, Any] | None = None,
+                 guided: bool = False,
                  cache: CallCache | None = None,
                  states: HiddenStates | Callable[[], HiddenStates] = HiddenStates.shared,
                  unannotated: Sequence[Document] = ()) -> None:
@@ -315,6 +317,7 @@ class StrategyBuilder:
         self._embedder = embedder
         self.encoder_model = encoder_model
         self.encoder_options = encoder_options or {}
+        self.probe_options = probe_options or {}
         self.guided = guided
         self.cache = cache if cache is not None else CallCache(":memory:")
         self._states = states
@@ -353,7 +356,8 @@ class StrategyBuilder:
 
     def probe(self, train: Sequence[Document]) -> ProbeTagger:
         """The probe trained on ``train``."""
-        return self._fitted_on("probe", train, lambda: ProbeTagger(self.labels, lambda: self.states).fit(train))
+        return self._fitted_on("probe", train, lambda: ProbeTagger(self.labels, lambda: self.states,
+                                                                   **self.probe_options).fit(train))
 
     def encoder(self, train: Sequence[Document]) -> EncoderTagger:
         """The encoder fine-tuned on ``train``."""

@@ -11,6 +11,6 @@ from clinie.core.types import NO_RELATION, Document, LabelSpec, Relation, Relati
 __all__ = [
     "NO_RELATION", "Document", "Extractor", "LabelSpec", "Relation", "RelationSpec", "Schema", "Span", "SpanControl", "Token",
     "bio_labels", "bio_to_spans", "chunk", "mark_spans", "number_spans", "split_document", "document_from_dict", "document_to_dict",
-    "read_documents", "sentence_documents", "sentence_of", "spans_to_bio", "split_sentences", "tokenize", "word_pieces", "word_ranges",
-    "write_documents",
+    "read_documents", "sentence_documents", "sentence_of", "spans_to_bio", "split_sentences", "tokenize", "word_pieces",
+    "word_ranges", "write_documents",
 ]
