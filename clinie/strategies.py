@@ -307,8 +307,7 @@ class StrategyBuilder:
     def __init__(self, label_specs: Sequence[LabelSpec], *, llm: LLM | Callable[[], LLM] | None = None,
                  embedder: Embedder | None = None, encoder_model: str | None = None,
                  encoder_options: dict[str, Any] | None = None, probe_options: dict[str, Any] | None = None,
-                 guided: bool = False,
-                 cache: CallCache | None = None,
+                 guided: bool = False, cache: CallCache | None = None,
                  states: HiddenStates | Callable[[], HiddenStates] = HiddenStates.shared,
                  unannotated: Sequence[Document] = ()) -> None:
         self.label_specs = list(label_specs)
@@ -359,10 +358,12 @@ class StrategyBuilder:
         return self._fitted_on("probe", train, lambda: ProbeTagger(self.labels, lambda: self.states,
                                                                    **self.probe_options).fit(train))
 
+    def _new_encoder(self) -> EncoderTagger:
+        return EncoderTagger(self.labels, self.encoder_model, **self.encoder_options)
+
     def encoder(self, train: Sequence[Document]) -> EncoderTagger:
         """The encoder fine-tuned on ``train``."""
-        return self._fitted_on("encoder", train, lambda: EncoderTagger(self.labels, self.encoder_model,
-                                                                       **self.encoder_options).fit(train))
+        return self._fitted_on("encoder", train, lambda: self._new_encoder().fit(train))
 
     def taught(self, train: Sequence[Document]) -> list[Document]:
         """The unannotated sentences as the teacher — the probe trained on ``train``, never on
@@ -382,8 +383,7 @@ class StrategyBuilder:
         kept = [d for d in self.taught(train) if d.meta.get("confidence", -1.0) >= threshold]
         if not kept:
             return self.encoder(train)
-        return self._fitted_on(f"student-{threshold}", train, lambda: EncoderTagger(
-            self.labels, self.encoder_model, **self.encoder_options).fit(train, taught=kept))
+        return self._fitted_on(f"student-{threshold}", train, lambda: self._new_encoder().fit(train, taught=kept))
 
     def llm_access(self) -> LLMAccess:
         return LLMAccess(self.llm, self.embedder, self.cache, self.guided)
