@@ -5,6 +5,7 @@ and ``relations``). Examples::
 
     clinie serve --host 0.0.0.0 --port 9090
     clinie train --data train.jsonl --out models/ncbi
+    clinie train --data train.jsonl --unannotated texts.jsonl --strategy student --out models/ncbi-student
     clinie predict --model models/ncbi --data test.jsonl --out pred.jsonl
     clinie train --data ddi_pairs.jsonl --pairs listed --config label_configs/drug_interactions.xml --out models/ddi
     clinie predict --model models/ddi --gold-spans --data ddi_test.jsonl --out pred.jsonl
@@ -48,11 +49,29 @@ def _relation_specs(schema, docs: list) -> list:
     return [RelationSpec(name) for name in sorted({r.label for d in docs for r in d.relations} - {NO_RELATION})]
 
 
+def _unannotated(args: argparse.Namespace, strategies: list) -> list:
+    """The documents of ``--unannotated`` (their entities are the builder's to drop); refused
+    when none of ``strategies`` would learn from them."""
+    from clinie.strategies import KINDS
+
+    if not args.unannotated:
+        return []
+    if not any(s.kind.learns_from_unannotated for s in strategies):
+        learners = ", ".join(name for name, kind in KINDS.items() if kind.learns_from_unannotated)
+        raise ValueError(f"--unannotated: no strategy asked for learns from unannotated text ({learners} do)")
+    return list(read_documents(args.unannotated))
+
+
 def _train(args: argparse.Namespace) -> int:
+    from clinie.core import LabelSpec
     from clinie.extractors.encoder import EncoderTagger
     from clinie.extractors.relation_encoder import RELATIONS_DIR, RelationClassifier
+    from clinie.selection import probe_states
+    from clinie.strategies import PARTS, Strategy, StrategyBuilder
 
     docs = list(read_documents(args.data))
+    strategy = Strategy.parse(args.strategy)
+    unannotated = _unannotated(args, [strategy])
     schema = _schema(args)
     if args.labels:
         labels = args.labels.split(",")
@@ -64,6 +83,12 @@ def _train(args: argparse.Namespace) -> int:
     tagger = EncoderTagger(labels, args.model, **options).fit(docs, progress=True)
     tagger.save(args.out)
     print(f"trained on {len(docs)} documents, labels {', '.join(labels)}: {args.out}", file=sys.stderr)
+    build = StrategyBuilder([LabelSpec(label) for label in labels], encoder_model=args.model, encoder_options=options,
+                            states=lambda: probe_states(Settings.load()), unannotated=unannotated)
+    for name in strategy.kind.saves:  # what the strategy reads besides the encoder, saved beside it
+        part = PARTS[name]
+        part.fit(build, docs, strategy).save(args.out / part.directory)
+        print(f"{strategy.name}: {name} saved in {args.out / part.directory}", file=sys.stderr)
     if specs := _relation_specs(schema, docs):
         classifier = RelationClassifier(specs, args.model, **options)
         classifier.fit(docs, listed=args.pairs == "listed", progress=True).save(args.out / RELATIONS_DIR)
@@ -219,12 +244,15 @@ def _fewshot(args: argparse.Namespace) -> int:
     build = StrategyBuilder(specs, llm=(lambda: make_llm(settings)) if settings else None,
                             encoder_model=args.model, encoder_options={"epochs": args.epochs} if args.epochs else {},
                             guided=bool(settings and settings.llm_guided),
-                            cache=CallCache(args.cache) if args.cache else None)
+                            cache=CallCache(args.cache) if args.cache else None,
+                            unannotated=_unannotated(args, strategies))
     runs = run_study(pool, test, sizes, seeds, strategies, build, folds=args.folds, loo_below=args.loo_below,
                      max_llm_share=args.max_llm_share, runs_dir=args.out / "runs",
                      examples=KEPT_DOCUMENTS if args.keep_documents else 0, progress=True)
     report = new_report(f"True few-shot study: {args.pool.name} -> {args.test.name}", "fewshot", args.command_line)
     report["summary"] = [("pool", f"{args.pool} ({len(pool)} documents)"), ("test", f"{args.test} ({len(test)} documents)"),
+                         *([("unannotated", f"{args.unannotated} ({len(build.unannotated)} sentences, entities "
+                                             "ignored)")] if args.unannotated else []),
                          ("pool sizes", ", ".join(map(str, sizes))), ("seeds", ", ".join(map(str, seeds))),
                          ("strategies", ", ".join(s.name for s in strategies)),
                          ("model selection", f"{args.folds}-fold cross-validation over each pool "
@@ -325,6 +353,8 @@ def _add_llm_arguments(parser: argparse.ArgumentParser) -> None:
 #: The worst test documents ``clinie fewshot --keep-documents`` quotes per strategy and run.
 KEPT_DOCUMENTS = 5
 
+UNANNOTATED_HELP = ("JSONL texts (their entities, if any, ignored) whose sentences a student learns from, as the "
+                    "probe trained on the annotations labels them")
 PAIRS_HELP = ("relations in the data: 'all' (default) = every unannotated pair of spans is a negative; "
               "'listed' = only the listed pairs are examples, label 'false' a negative (DDI's pair files)")
 
@@ -350,6 +380,10 @@ def build_parser() -> argparse.ArgumentParser:
                                                    "type constraints (default: the labels in the data)")
     train.add_argument("--pairs", choices=("all", "listed"), default="all", help=PAIRS_HELP)
     train.add_argument("--epochs", type=int)
+    train.add_argument("--strategy", default="encoder",
+                       help=f"{strategy_forms()}: what it reads besides the encoder (the probe, the student) is "
+                            "trained too and saved in --out, for 'clinie predict --strategy' (default encoder)")
+    train.add_argument("--unannotated", type=Path, help=UNANNOTATED_HELP)
     train.set_defaults(run=_train)
 
     predict = commands.add_parser("predict", help="predict entities for a JSONL file")
@@ -417,6 +451,7 @@ def build_parser() -> argparse.ArgumentParser:
     fewshot.add_argument("--config", type=Path, help="a labeling config whose label hints describe the labels")
     fewshot.add_argument("--model", help="base encoder: HF name or directory (default: embedded MiniLM)")
     fewshot.add_argument("--epochs", type=int, help="encoder fine-tuning epochs (default: the tagger's)")
+    fewshot.add_argument("--unannotated", type=Path, help=UNANNOTATED_HELP)
     fewshot.add_argument("--out", type=Path, required=True, help="report directory (runs/ keeps each run: resumable)")
     fewshot.add_argument("--keep-documents", action="store_true",
                          help=f"quote the {KEPT_DOCUMENTS} worst test documents of each strategy in the run files and "

@@ -1,13 +1,15 @@
 """The ways clinie pre-annotates, each registered once: selection, training, serving, the command
 line and the benches all go through this registry.
 
-A *kind* (``encoder``, ``probe``, ``gated``, ``llm``, ``verified``, ``rerank``) says what it is assembled from
-(the *parts* it reads: the fine-tuned encoder, the probe on the local LLM's hidden states) and
-whether it sends text to the LLM; a *strategy* is a kind with its parameter, named as on the
-command line and in ``CLINIE_SELECT_STRATEGIES``: ``llm-k5`` (five retrieved demonstrations),
-``gated-0.80`` (the probe reads the sentences where the encoder's confidence is below 0.80),
-``rerank-0.80`` (the LLM decides those sentences' spans), ``verified-k5`` (the spans of
-``llm-k5`` that the LLM confirms on a second look).
+A *kind* (``encoder``, ``probe``, ``gated``, ``llm``, ``verified``, ``rerank``, ``student``) says
+what it is assembled from (the *parts* it reads: the fine-tuned encoder, the probe on the local
+LLM's hidden states, the student) and whether it sends text to the LLM; a *strategy* is a kind
+with its parameter, named as on the command line and in ``CLINIE_SELECT_STRATEGIES``: ``llm-k5``
+(five retrieved demonstrations), ``gated-0.80`` (the probe reads the sentences where the
+encoder's confidence is below 0.80), ``rerank-0.80`` (the LLM decides those sentences' spans),
+``verified-k5`` (the spans of ``llm-k5`` that the LLM confirms on a second look),
+``student-0.90`` (an encoder trained on the annotations and on the unannotated sentences the
+probe labels with a confidence of at least 0.90).
 
 A strategy is built from ``Parts``: in cross-validation and studies the parts fitted on a fold's
 training set (``StrategyBuilder``); when serving, a model version's saved parts and the project's
@@ -22,6 +24,8 @@ and, if it needs one, its extractor; a new part is one entry in ``PARTS``.
     (0.0, 0.85)
     >>> Strategy.parse("gated-0.90").kind.saves
     ('probe',)
+    >>> [(s.name, s.threshold) for s in parse_strategies("student,student-0.50")]
+    [('student-0.90', 0.9), ('student-0.50', 0.5)]
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
-from clinie.core import Document, Extractor, LabelSpec, RelationSpec
+from clinie.core import Document, Extractor, LabelSpec, RelationSpec, sentence_documents
 from clinie.extractors.base import SpansThenRelations
 from clinie.extractors.encoder import EncoderTagger
 from clinie.extractors.gated import FilterThenProbe
@@ -48,25 +52,33 @@ from clinie.retrieval import Embedder
 
 DEFAULT_K = 5
 DEFAULT_BANDS = (0.7, 0.8, 0.9)
+#: The teacher's confidence a sentence needs to teach a student. One default, not a band per
+#: value: every threshold costs an encoder training per fold.
+DEFAULT_THRESHOLD = 0.9
 
 # --- parts: what strategies are assembled from ----------------------------------------------
 
 
 @dataclass(frozen=True)
 class Part:
-    """A model a strategy reads, fitted on the annotations and saved in a model version: in
-    ``directory`` of it (``""``: the version's directory itself, which is the encoder's)."""
+    """A model a strategy reads, fitted on the annotations (and, if ``unannotated``, on the
+    builder's unannotated documents) for a strategy, whose parameter it may take, and saved in a
+    model version: in ``directory`` of it (``""``: the version's directory itself, which is the
+    encoder's)."""
 
     directory: str
-    fit: Callable[[StrategyBuilder, Sequence[Document]], Extractor]
+    fit: Callable[[StrategyBuilder, Sequence[Document], Strategy], Extractor]
     load: Callable[[Path, Callable[[], HiddenStates]], Extractor]
+    unannotated: bool = False
 
 
 PARTS: dict[str, Part] = {
-    "encoder": Part("", fit=lambda build, docs: build.encoder(docs),
+    "encoder": Part("", fit=lambda build, docs, s: build.encoder(docs),
                     load=lambda directory, states: EncoderTagger.load(directory)),
-    "probe": Part("probe", fit=lambda build, docs: build.probe(docs),
+    "probe": Part("probe", fit=lambda build, docs, s: build.probe(docs),
                   load=lambda directory, states: ProbeTagger.load(directory, states())),
+    "student": Part("student", fit=lambda build, docs, s: build.student(docs, s.threshold),
+                    load=lambda directory, states: EncoderTagger.load(directory), unannotated=True),
 }
 
 
@@ -121,7 +133,8 @@ class Kind:
     """A way to pre-annotate, registered once by name."""
 
     name: str
-    param: Literal["", "k", "band"]  # none; ``k`` demonstrations; a ``band`` of the encoder's confidence
+    #: none; ``k`` demonstrations; a ``band`` of the encoder's confidence; a confidence ``threshold``
+    param: Literal["", "k", "band", "threshold"]
     parts: tuple[str, ...]  # the fitted parts it reads (``PARTS``)
     reads_llm: bool  # sends text to the LLM: served one task at a time, the encoder answering if it fails
     build: Callable[[Parts, Strategy], Extractor]
@@ -146,8 +159,14 @@ class Kind:
         """Reads more than the encoder, which then stands by in case that fails."""
         return self.reads_llm or bool(self.saves)
 
+    @property
+    def learns_from_unannotated(self) -> bool:
+        """A part it reads is fitted on unannotated documents too."""
+        return any(PARTS[part].unannotated for part in self.parts)
+
     def forms(self) -> list[str]:
-        return [self.name] + {"": [], "k": [f"{self.name}-kN"], "band": [f"{self.name}-0.NN"]}[self.param]
+        return [self.name] + {"": [], "k": [f"{self.name}-kN"], "band": [f"{self.name}-0.NN"],
+                              "threshold": [f"{self.name}-0.NN"]}[self.param]
 
 
 KINDS: dict[str, Kind] = {}
@@ -162,12 +181,14 @@ def register(kind: Kind) -> Kind:
 
 @dataclass(frozen=True)
 class Strategy:
-    """A kind with its parameter: ``k`` demonstrations, or the ``band`` of the encoder's
-    confidence whose sentences the probe (``gated``) or the LLM (``rerank``) takes over."""
+    """A kind with its parameter: ``k`` demonstrations, the ``band`` of the encoder's
+    confidence whose sentences the probe (``gated``) or the LLM (``rerank``) takes over, or the
+    teacher's confidence ``threshold`` a sentence needs to teach the ``student``."""
 
     kind_name: str
     k: int = 0
     band: tuple[float, float] = (0.0, 0.0)
+    threshold: float = 0.0
 
     def __post_init__(self) -> None:
         if self.kind_name not in KINDS:
@@ -181,7 +202,8 @@ class Strategy:
     def name(self) -> str:
         param = self.kind.param
         return {"": self.kind_name, "k": f"{self.kind_name}-k{self.k}",
-                "band": f"{self.kind_name}-{self.band[1]:.2f}"}[param]
+                "band": f"{self.kind_name}-{self.band[1]:.2f}",
+                "threshold": f"{self.kind_name}-{self.threshold:.2f}"}[param]
 
     @property
     def uses_llm(self) -> bool:
@@ -197,19 +219,24 @@ class Strategy:
         return self.kind.build(parts, self)
 
 
+def _with_value(kind: str, value: float) -> Strategy:
+    """``kind`` with ``value`` as its band's upper bound or its threshold."""
+    return Strategy(kind, band=(0.0, value)) if KINDS[kind].param == "band" else Strategy(kind, threshold=value)
+
+
 def parse_strategies(text: str, k: int = DEFAULT_K, bands: Sequence[float] = DEFAULT_BANDS) -> list[Strategy]:
     """Comma-separated names: a kind alone takes its defaults (``k`` demonstrations; each of
-    ``bands``), ``llm-kN`` and ``gated-0.NN`` name one."""
+    ``bands``; ``DEFAULT_THRESHOLD``), ``llm-kN``, ``gated-0.NN`` and ``student-0.NN`` name one."""
     out: list[Strategy] = []
     for name in (part.strip() for part in text.split(",") if part.strip()):
         if (kind := KINDS.get(name)) is not None:
             out.extend([Strategy(name)] if kind.param == "" else [Strategy(name, k=k)] if kind.param == "k"
-                       else [Strategy(name, band=(0.0, high)) for high in bands])
+                       else [_with_value(name, v) for v in (bands if kind.param == "band" else [DEFAULT_THRESHOLD])])
         elif (m := re.fullmatch(r"([a-z]+)-k(\d+)", name)) and m.group(1) in KINDS and KINDS[m.group(1)].param == "k":
             out.append(Strategy(m.group(1), k=int(m.group(2))))
         elif (m := re.fullmatch(r"([a-z]+)-(0?\.\d+|1(?:\.0+)?)", name)) and m.group(1) in KINDS \
-                and KINDS[m.group(1)].param == "band":
-            out.append(Strategy(m.group(1), band=(0.0, float(m.group(2)))))
+                and KINDS[m.group(1)].param in ("band", "threshold"):
+            out.append(_with_value(m.group(1), float(m.group(2))))
         else:
             raise ValueError(f"unknown strategy {name!r}: use {strategy_forms()}")
     if len({s.name for s in out}) != len(out):
@@ -256,6 +283,8 @@ register(Kind("verified", "k", parts=(), reads_llm=True, relations_by_llm=True,
               build=lambda parts, s: parts.llm().verified(parts.label_specs, s.k, parts.demos)))
 register(Kind("rerank", "band", parts=("encoder",), reads_llm=True, version="{model}-{name}-pool{pool}",
               build=lambda parts, s: parts.llm().rerank(parts.part("encoder"), parts.label_specs, s.band, parts.demos)))
+register(Kind("student", "threshold", parts=("student",), reads_llm=False, version="{model}-{name}",
+              build=lambda parts, s: parts.part("student")))
 
 
 # --- fitting: the parts of one training set --------------------------------------------------
@@ -264,9 +293,10 @@ register(Kind("rerank", "band", parts=("encoder",), reads_llm=True, version="{mo
 class StrategyBuilder:
     """Fits strategies for a whole cross-validation or study: the encoder is fine-tuned once per
     training set and shared by ``encoder`` and every ``rerank`` and ``gated`` band, the probe by
-    ``probe`` and every ``gated`` band; the LLM, the embedder and the hidden states the probe
-    reads are loaded once, on first use; LLM answers go through one call cache, so bands that ask
-    the same question pay for it once.
+    ``probe``, every ``gated`` band and, as their teacher, every ``student`` (which label the
+    ``unannotated`` documents' sentences once per training set); the LLM, the embedder and the
+    hidden states the probe reads are loaded once, on first use; LLM answers go through one call
+    cache, so bands that ask the same question pay for it once.
 
     Example (not run here: it fine-tunes a model):
         build = StrategyBuilder([LabelSpec("Disease")], llm=lambda: make_llm(settings))
@@ -276,18 +306,23 @@ class StrategyBuilder:
 
     def __init__(self, label_specs: Sequence[LabelSpec], *, llm: LLM | Callable[[], LLM] | None = None,
                  embedder: Embedder | None = None, encoder_model: str | None = None,
-                 encoder_options: dict[str, Any] | None = None, guided: bool = False,
-                 cache: CallCache | None = None,
-                 states: HiddenStates | Callable[[], HiddenStates] = HiddenStates.shared) -> None:
+                 encoder_options: dict[str, Any] | None = None, probe_options: dict[str, Any] | None = None,
+                 guided: bool = False, cache: CallCache | None = None,
+                 states: HiddenStates | Callable[[], HiddenStates] = HiddenStates.shared,
+                 unannotated: Sequence[Document] = ()) -> None:
         self.label_specs = list(label_specs)
         self.labels = [spec.name for spec in self.label_specs]
         self._llm = llm
         self._embedder = embedder
         self.encoder_model = encoder_model
         self.encoder_options = encoder_options or {}
+        self.probe_options = probe_options or {}
         self.guided = guided
         self.cache = cache if cache is not None else CallCache(":memory:")
         self._states = states
+        #: what a teacher labels for a student: the sentences of the unannotated documents, any
+        #: spans they came with dropped
+        self.unannotated = [part for doc in unannotated for part in sentence_documents(doc.with_annotations(()))]
         self._fitted: dict[str, tuple[tuple[str, ...], Any]] = {}  # per part, the last training set's
 
     @property
@@ -320,33 +355,57 @@ class StrategyBuilder:
 
     def probe(self, train: Sequence[Document]) -> ProbeTagger:
         """The probe trained on ``train``."""
-        return self._fitted_on("probe", train, lambda: ProbeTagger(self.labels, lambda: self.states).fit(train))
+        return self._fitted_on("probe", train, lambda: ProbeTagger(self.labels, lambda: self.states,
+                                                                   **self.probe_options).fit(train))
+
+    def _new_encoder(self) -> EncoderTagger:
+        return EncoderTagger(self.labels, self.encoder_model, **self.encoder_options)
 
     def encoder(self, train: Sequence[Document]) -> EncoderTagger:
         """The encoder fine-tuned on ``train``."""
-        return self._fitted_on("encoder", train, lambda: EncoderTagger(self.labels, self.encoder_model,
-                                                                       **self.encoder_options).fit(train))
+        return self._fitted_on("encoder", train, lambda: self._new_encoder().fit(train))
+
+    def taught(self, train: Sequence[Document]) -> list[Document]:
+        """The unannotated sentences as the teacher — the probe trained on ``train``, never on
+        an annotation it holds out — labels them, each with its confidence (``meta["confidence"]``,
+        the least sure word's tag probability) and reading cost (``meta["llm"]``); once per
+        training set, for every threshold."""
+        return self._fitted_on("teacher", train,
+                               lambda: self.probe(train).predict(self.unannotated) if self.unannotated else [])
+
+    def student(self, train: Sequence[Document], threshold: float) -> EncoderTagger:
+        """The encoder fine-tuned on ``train`` and on the sentences its teacher labels with a
+        confidence of at least ``threshold`` (``taught``), the annotations kept at least half of
+        every epoch (``EncoderTagger.fit``). A sentence the teacher is unsure of is left out
+        rather than learnt with its errors; the student serves at the encoder's speed what the
+        probe reads at the LLM's. With no sentence to learn from (no unannotated documents, or
+        none that sure), it is the encoder trained on ``train``."""
+        kept = [d for d in self.taught(train) if d.meta.get("confidence", -1.0) >= threshold]
+        if not kept:
+            return self.encoder(train)
+        return self._fitted_on(f"student-{threshold}", train, lambda: self._new_encoder().fit(train, taught=kept))
 
     def llm_access(self) -> LLMAccess:
         return LLMAccess(self.llm, self.embedder, self.cache, self.guided)
 
     def __call__(self, strategy: Strategy, train: Sequence[Document]) -> Extractor:
-        return strategy.build(_Fitted(self, train))
+        return strategy.build(_Fitted(self, train, strategy))
 
 
 @dataclass
 class _Fitted:
-    """The parts of one training set, fitted on first use (``Parts``)."""
+    """The parts of one training set for ``strategy``, fitted on first use (``Parts``)."""
 
     builder: StrategyBuilder
     demos: Sequence[Document]
+    strategy: Strategy
 
     @property
     def label_specs(self) -> Sequence[LabelSpec]:
         return self.builder.label_specs
 
     def part(self, name: str) -> Any:
-        return PARTS[name].fit(self.builder, self.demos)
+        return PARTS[name].fit(self.builder, self.demos, self.strategy)
 
     def llm(self) -> LLMAccess:
         return self.builder.llm_access()

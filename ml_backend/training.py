@@ -235,7 +235,7 @@ def select_strategy(store: AnnotationStore, settings: Settings, record: ModelRec
         progress.training_stage(project, f"fitting {chosen.name}")
         for part in chosen.kind.saves:
             with _written(serving.path / PARTS[part].directory) as partial:
-                PARTS[part].fit(build, docs).save(partial)
+                PARTS[part].fit(build, docs, chosen).save(partial)
         selection["seconds"] = round(time.perf_counter() - started, 1)
         log.info("project %s: selected %s (cross-validated F1 %.3f over %d annotations)", project,
                  selection["strategy"], selection["strategies"][selection["strategy"]]["mean_f1"], len(docs))

@@ -103,8 +103,22 @@ def split_document(doc: Document, max_words: int) -> list[Document]:
     A span that crosses a chunk boundary belongs to no chunk and is left out. Each chunk's
     ``meta["offset"]`` is where its text starts in the original.
     """
+    return _parts(doc, chunk(doc.text, max_words))
+
+
+def sentence_documents(doc: Document) -> list[Document]:
+    """Each sentence of ``doc`` as a document of its own (``split_sentences``; otherwise as
+    ``split_document``): what a teacher labels, and a student keeps or drops, one at a time.
+
+    >>> [(d.id, d.text, d.meta["offset"]) for d in sentence_documents(Document("n", "Pain. Fever!"))]
+    [('n#0', 'Pain.', 0), ('n#1', 'Fever!', 6)]
+    """
+    return _parts(doc, split_sentences(doc.text))
+
+
+def _parts(doc: Document, intervals: Sequence[tuple[int, int]]) -> list[Document]:
     parts = []
-    for n, (start, end) in enumerate(chunk(doc.text, max_words)):
+    for n, (start, end) in enumerate(intervals):
         spans = tuple(Span(s.start - start, s.end - start, s.label, s.text, s.id, s.score)
                       for s in doc.entities if start <= s.start and s.end <= end)
         parts.append(Document(f"{doc.id}#{n}", doc.text[start:end], spans, meta={"offset": start, "parent": doc.id}))

@@ -41,6 +41,9 @@ KIND = "encoder-tagger"
 EPOCHS = 20  # the default number of epochs...
 MIN_STEPS = 100  # ...raised for small training sets until training takes this many optimiser steps
 IGNORE = -100  # the label the loss skips: later sub-words of a word, special tokens, padding
+#: The share of a student's training examples that are annotations when a teacher's sentences
+#: outnumber them (``annotated_repeats``).
+ANNOTATED_SHARE = 0.5
 
 
 @dataclass(frozen=True)
@@ -95,6 +98,17 @@ def word_spans(text: str, words: Sequence[Token], word_probs: np.ndarray, tags: 
     probability; a span's score is the mean over its words (what every tagger here returns)."""
     best = word_probs.argmax(axis=1)
     return bio_to_spans(text, words, [tags[i] for i in best], [float(word_probs[w, i]) for w, i in enumerate(best)])
+
+
+def annotated_repeats(annotated: int, taught: int, share: float = ANNOTATED_SHARE) -> int:
+    """How many times each of ``annotated`` examples enters a student's epoch beside ``taught``
+    teacher-labelled ones, so that the annotations make at least ``share`` of it (once when they
+    already do).
+
+    >>> annotated_repeats(100, 2000), annotated_repeats(100, 40), annotated_repeats(10, 0)
+    (20, 1, 1)
+    """
+    return max(1, math.ceil(share / (1 - share) * taught / max(annotated, 1)))
 
 
 def word_confidence(word_probs: Sequence[np.ndarray]) -> float | None:
@@ -160,6 +174,7 @@ class EncoderTagger:
                                 "seed": seed, "max_steps": max_steps}
         self.device = device
         self.n_train_docs = 0
+        self.n_taught_docs = 0  # teacher-labelled documents the last fit learnt from beside them
         self.cut_short = False  # whether ``max_steps`` stopped the last fit before its epochs
         self._tokenizer = AutoTokenizer.from_pretrained(self.base_model)
         if not self._tokenizer.is_fast:
@@ -248,11 +263,29 @@ class EncoderTagger:
             return hp["max_steps"]
         return None if hp["epochs"] else STEP_BUDGET
 
-    def fit(self, docs: Sequence[Document], progress: bool = False) -> EncoderTagger:
+    def _examples(self, docs: Sequence[Document]) -> list[tuple[Window, list[int]]]:
+        """Every window of ``docs`` with its sub-word targets, from the spans in ``labels``."""
+        examples = []
+        for window in self._windows(docs):
+            wanted = [s for s in docs[window.doc_index].entities if s.label in self.labels]
+            examples.append((window, self._subword_labels(window, spans_to_bio(window.words, wanted))))
+        return examples
+
+    def fit(self, docs: Sequence[Document], progress: bool = False, *,
+            taught: Sequence[Document] = ()) -> EncoderTagger:
         """Fine-tune a fresh copy of the base encoder on ``docs`` (their spans in ``labels``).
 
         Spans with other labels are ignored; documents with empty text are skipped. The same
         seed, documents and hyper-parameters give the same model.
+
+        ``taught``: documents a teacher labelled (a student, ``clinie.strategies``), learnt from
+        beside ``docs``. Thousands of them would drown a hundred annotations, and teach the
+        student the teacher's errors more than the annotators' reading: each annotation enters an
+        epoch ``annotated_repeats`` times, so that they stay at least ``ANNOTATED_SHARE`` of it;
+        and the epochs are those ``docs`` alone would get, divided by those repeats — the
+        annotations are seen as often as the encoder would see them, and the teacher's sentences
+        fill as many steps again at most: about twice the encoder's training time, and never more
+        than ``STEP_BUDGET`` steps by default (then the mix, not the count, is kept).
         """
         import torch
         from transformers import AutoModelForTokenClassification
@@ -260,11 +293,11 @@ class EncoderTagger:
         docs = [d for d in docs if d.text]
         if not docs:
             raise ValueError("no documents with text to train on")
+        taught = [d for d in taught if d.text]
         hp = self.hyperparameters
-        examples = []
-        for window in self._windows(docs):
-            wanted = [s for s in docs[window.doc_index].entities if s.label in self.labels]
-            examples.append((window, self._subword_labels(window, spans_to_bio(window.words, wanted))))
+        annotated, extra = self._examples(docs), self._examples(taught)
+        repeats = annotated_repeats(len(annotated), len(extra))
+        examples = annotated * repeats + extra
         torch.manual_seed(hp["seed"])
         self._model = AutoModelForTokenClassification.from_pretrained(
             self.base_model, num_labels=len(self.tags), id2label=dict(enumerate(self.tags)),
@@ -272,10 +305,10 @@ class EncoderTagger:
         self._model.train()
         self.cut_short = fine_tune(self._model.parameters(), examples,
                   lambda part: self._model(**self._batch([w for w, _ in part], [lab for _, lab in part])).loss,
-                  epochs=self._epochs(len(examples)), learning_rate=hp["learning_rate"], batch_size=hp["batch_size"],
-                  seed=hp["seed"], max_steps=self._step_budget(), progress=progress)
+                  epochs=math.ceil(self._epochs(len(annotated)) / repeats), learning_rate=hp["learning_rate"],
+                  batch_size=hp["batch_size"], seed=hp["seed"], max_steps=self._step_budget(), progress=progress)
         self._model.eval()
-        self.n_train_docs = len(docs)
+        self.n_train_docs, self.n_taught_docs = len(docs), len(taught)
         return self
 
     def _forward(self, docs: Sequence[Document], batch_size: int, progress: bool) -> list[tuple[Window, np.ndarray]]:
@@ -328,7 +361,8 @@ class EncoderTagger:
         self._model.save_pretrained(directory)
         self._tokenizer.save_pretrained(directory)
         write_meta(directory, KIND, labels=list(self.labels), tags=self.tags, base_model=self.base_model,
-                   hyperparameters=self.hyperparameters, n_train_docs=self.n_train_docs)
+                   hyperparameters=self.hyperparameters, n_train_docs=self.n_train_docs,
+                   n_taught_docs=self.n_taught_docs)
         return directory
 
     @classmethod
@@ -343,5 +377,6 @@ class EncoderTagger:
             raise ValueError(f"{directory}: tag set does not match its labels")
         tagger.base_model = meta["base_model"]
         tagger.n_train_docs = meta["n_train_docs"]
+        tagger.n_taught_docs = meta.get("n_taught_docs", 0)  # saved before students existed: none
         tagger._model = AutoModelForTokenClassification.from_pretrained(directory).to(device).eval()
         return tagger
