@@ -474,8 +474,8 @@ def render_summary(results: Path = RESULTS) -> str:
         return f"{START}\nNo run files under `bench/results/loop/` yet.\n{END}"
     study = studies(runs)[0]
     names = study["strategies"]
-    header = ["pool", "corpus", "encoder alone", "probe, every sentence", "best single strategy (on the test items)",
-              "the default's pick (picks)", "default − best", "GPT-4 zero-shot (published)"]
+    header = ["pool (seeds)", "corpus", "encoder", "probe (every sentence)", "best single strategy",
+              "the default's pick", "default − best", "GPT-4 zero-shot (published)"]
     rows = []
     for corpus, corpus_runs in study["runs"].items():
         summary = summarise(corpus_runs)
@@ -483,16 +483,14 @@ def render_summary(results: Path = RESULTS) -> str:
             at = summary["by_size"][size]
             best = best_single(at["strategies"], names)
             gap = at["strategies"]["default"]["f1_mean"] - at["strategies"][best]["f1_mean"]
-            rows.append([str(size), corpus_name(corpus), *(mean_sd_text(at["strategies"][n]["f1"]) if n in names
-                                                          else "–" for n in ("encoder", "probe")),
-                         f"{row_title(best)}: {mean_sd_text(at['strategies'][best]['f1'])}",
-                         f"{mean_sd_text(at['strategies']['default']['f1'])} ({_count(at['default'])})",
+            rows.append([f"{size} ({', '.join(map(str, at['seeds']))})", corpus_name(corpus),
+                         *(mean_sd_text(at["strategies"][n]["f1"]) if n in names else "–" for n in ("encoder", "probe")),
+                         best, f"{mean_sd_text(at['strategies']['default']['f1'])}: {_count(at['default'])}",
                          f"{gap:+.3f}", f"{GPT4_ZERO_SHOT[corpus]:.3f}" if corpus in GPT4_ZERO_SHOT else "–"])
-    rows.sort(key=lambda row: int(row[0]))
+    rows.sort(key=lambda row: int(row[0].split()[0]))
     all_runs = [r for rs in study["runs"].values() for r in rs]
-    seeds = ", ".join(map(str, _ordered((r["seed"] for r in all_runs), descending=True)))
     lines = [START, "", *table(header, rows), "",
-             f"Strict entity F1, mean ± sd over seeds {seeds}; pool: annotated sentences; test: the 200 items of "
+             f"Strict entity F1, mean ± sd over the seeds; pool: annotated sentences; test: the 200 items of "
              f"Chen et al. 2023. From {len(all_runs)} run files — every strategy, each run, and the command that "
              "made them, in [docs/results.md](docs/results.md).", "", END]
     return "\n".join(lines)

@@ -119,10 +119,10 @@ def builder(schema: Schema, settings: Settings, llm: Callable[[], LLM] | None = 
             unannotated: Sequence[Document] = ()) -> StrategyBuilder:
     """What fits the strategies of a project with ``schema``; ``unannotated``: the project's
     unannotated documents (``unannotated_documents``), which the student strategy learns from."""
-    # issue 23: the one call site that passes `unannotated=unannotated` once StrategyBuilder takes it
     return StrategyBuilder(span_specs(schema), llm=llm, embedder=embedder, encoder_model=settings.encoder_model or None,
                            encoder_options={"epochs": settings.encoder_epochs} if settings.encoder_epochs else {},
-                           guided=bool(settings.llm_guided), states=states or (lambda: probe_states(settings)))
+                           guided=bool(settings.llm_guided), states=states or (lambda: probe_states(settings)),
+                           unannotated=unannotated)
 
 
 def probe_states(settings: Settings) -> HiddenStates:

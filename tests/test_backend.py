@@ -654,6 +654,43 @@ def test_with_no_selection_the_fully_trained_encoder_follows_a_cut_short_first_m
                                          "label_config": CONFIG}).json["model_version"] == full.version
 
 
+@pytest.mark.heavy
+@pytest.mark.slow
+def test_a_student_learns_from_the_projects_predicted_tasks_serves_when_selected_and_forgets_a_deleted_one(tmp_path):
+    """The project's unannotated tasks, stored as /predict saw them, are what the student's teacher
+    labels in the background training; the selected student serves from its version directory;
+    a deleted unannotated task leaves no byte of its text in the data directory."""
+    settings = Settings(data_dir=tmp_path / "student", train_every=0, min_annotations=5, encoder_epochs=2,
+                        select_strategies="student-0.00", select_folds=2)
+    docs = list(read_documents(NCBI_TRAIN))
+    backend = Backend(settings)
+    client = create_app(settings, backend).test_client()
+    texts = [d.text for d in docs[40:52]] + [f"Patient {MARKER} was seen for asthma."]
+    tasks = [{"id": 500 + i, "data": {"text": text}} for i, text in enumerate(texts)]
+    assert client.post("/predict", json={"tasks": tasks, "project": "1", "label_config": CONFIG}).status_code == 200
+    for i, doc in enumerate(docs[:8]):
+        assert client.post("/webhook", json=webhook_event(i + 1, i + 1, doc.text, gold_result(doc))).status_code == 200
+    assert client.post("/webhook", json={"action": "START_TRAINING", "project": {"id": 1}}).status_code == 200
+    assert backend.worker.wait_idle(timeout=900)
+
+    record = backend.store.serving_model("1")
+    assert record.info["selection"]["strategy"] == "student-0.00"
+    assert record.info["selection"]["unannotated"] == {"documents": len(texts), "skipped": 0}
+    student = json.loads((record.path / "student" / "clinie.json").read_text())
+    assert (student["n_train_docs"], student["n_taught_docs"]) == (8, len(texts))  # every sentence, at 0.00
+    answer = client.post("/predict", json={"tasks": tasks[:3], "project": "1", "label_config": CONFIG}).json
+    assert answer["model_version"] == f"{record.version}-student-0.00" == backend.model_version("1")
+    for task, result in zip(tasks[:3], answer["results"]):
+        for region in result["result"]:
+            value = region["value"]
+            assert task["data"]["text"][value["start"]:value["end"]] == value["text"]
+
+    deleted = {"action": "TASKS_DELETED", "tasks": [{"id": tasks[-1]["id"]}], "project": {"id": 1}}
+    assert client.post("/webhook", json=deleted).json["stored"] is True
+    assert_marker_gone(settings.data_dir)
+    assert len(backend.store.unannotated_tasks("1")) == len(texts) - 1
+
+
 @pytest.mark.slow
 def test_a_selected_probe_is_saved_with_its_model_version_and_serves_after_a_restart(tmp_path):
     """Filter-then-probe is selected and trained; after a restart it serves the same answer from
