@@ -332,11 +332,11 @@ class Backend:
                 return False, str(e)
         if action == "ANNOTATIONS_DELETED":
             self.metrics.count("annotations_deleted", len(payload["annotations"]))
-            self.serving.llm_cache.clear()
+            self.serving.forget_read_text()
             return _purged(self.store.purge(project, annotations=[int(a["id"]) for a in payload["annotations"]]))
         if action == "TASKS_DELETED":
             self.metrics.count("tasks_deleted", len(payload["tasks"]))
-            self.serving.llm_cache.clear()  # a task predicted by the LLM but never annotated is in it too
+            self.serving.forget_read_text()  # a task predicted by the LLM but never annotated is in it too
             return _purged(self.store.purge(project, tasks=[int(t["id"]) for t in payload["tasks"]]))
         if action == "PROJECT_DELETED":
             self.delete_project(project)
@@ -347,7 +347,7 @@ class Backend:
         """Label Studio's "delete all tasks" of a project names no project (and reaches only
         organization webhooks): each task is purged from the project that holds it."""
         self.metrics.count("tasks_deleted", len(task_ids))
-        self.serving.llm_cache.clear()
+        self.serving.forget_read_text()
         return any([self.store.purge(project, tasks=tasks).removed
                     for project, tasks in self.store.task_projects(task_ids).items()])
 
@@ -360,7 +360,7 @@ class Backend:
         """Everything of the project, from the store, the model directory and memory."""
         purged = self.store.purge_project(project, self.settings.models_dir)
         self.serving.forget(project)
-        self.serving.llm_cache.clear()
+        self.serving.forget_read_text()
         self.metrics.count("projects_deleted")
         log.info("project %s deleted: %d annotations and its model versions purged", project, purged.annotations)
         return purged
@@ -381,7 +381,7 @@ class Backend:
         self.metrics.count("annotations_recovered_by_sync", result.stored)
         self.metrics.count("annotations_deleted_by_sync", result.deleted)
         if result.deleted or result.tasks_deleted:
-            self.serving.llm_cache.clear()
+            self.serving.forget_read_text()
         if result.refused:
             self._refused(project, "re-sync", f"{result.refused} annotations another project holds")
         if result.stored or result.deleted or result.tasks_stored or result.tasks_deleted:

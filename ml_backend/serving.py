@@ -112,6 +112,12 @@ class Serving:
         return model_version(strategy, trained=record.version if record else None, llm_name=self.settings.llm_name,
                              pool=pool)
 
+    def forget_read_text(self) -> None:
+        """After a deletion: clear what holds traces of any note read — the LLM call cache (it
+        cannot say which task a call read) and the probe's cached hidden states."""
+        self.llm_cache.clear()
+        HiddenStates.forget_all()
+
     def forget(self, project: str, versions: Collection[str] | None = None) -> None:
         """Drop what is loaded for a deleted project (its models learned from its notes), or
         only of its model ``versions`` that were pruned (their memory; nothing serves them again)."""

@@ -17,6 +17,7 @@ from werkzeug.serving import make_server
 
 from clinie.core import read_documents
 from clinie.labelstudio import document_to_result, parse_label_config
+from clinie.llm.hidden import HiddenStates
 from clinie.settings import Settings
 from clinie.store import ModelRecord
 from ml_backend.app import create_app
@@ -689,6 +690,8 @@ def test_a_student_learns_from_the_projects_predicted_tasks_serves_when_selected
     assert client.post("/webhook", json=deleted).json["stored"] is True
     assert_marker_gone(settings.data_dir)
     assert len(backend.store.unannotated_tasks("1")) == len(texts) - 1
+    # the teacher read the note: its hidden states, cached in memory, go with it
+    assert not any(MARKER in text for states in HiddenStates._instances.values() for text, _ in states._cache)
 
 
 @pytest.mark.slow

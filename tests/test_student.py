@@ -84,6 +84,9 @@ def test_a_student_learns_the_teachers_sure_sentences_and_serves_from_its_versio
     for doc in predicted:
         assert_spans_match_text(doc.text, doc.entities)
         assert {s.label for s in doc.entities} <= {"Disease"}
+    assert HiddenStates.shared()._cache  # the teacher's reading of the unannotated text, kept for the next fold
+    HiddenStates.forget_all()  # what the backend does when Label Studio deletes anything
+    assert not HiddenStates.shared()._cache
 
 
 @pytest.mark.slow

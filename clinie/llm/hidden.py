@@ -84,6 +84,21 @@ class HiddenStates:
         self.lock = threading.Lock()
         self.usage = {"calls": 0, "cache_hits": 0, "prompt_tokens": 0}  # forward passes, as an LLM's calls
 
+    def forget(self) -> None:
+        """Drop every cached feature: they are read from note text (a project's unannotated tasks
+        among them), which a deletion must not leave behind, in memory either."""
+        with self.lock:
+            self._cache.clear()
+            self._cached_bytes = 0
+
+    @classmethod
+    def forget_all(cls) -> None:
+        """``forget`` in every shared instance."""
+        with cls._instances_lock:
+            instances = list(cls._instances.values())
+        for states in instances:
+            states.forget()
+
     def words(self, text: str, words: Sequence[Token]) -> np.ndarray:
         """A row per word of ``text`` (offsets into ``text``): its echo features, ``(len(words), dim)``."""
         if not words:
