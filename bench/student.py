@@ -30,6 +30,7 @@ unannotated sentences are computed once for its three pools (``--feature-cache-g
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import random
 import statistics
@@ -77,12 +78,12 @@ def per_second(predict: Callable[[Document], Any], docs: Sequence[Document]) -> 
 
 
 def speeds(build: StrategyBuilder, pool: Sequence[Document], test: Sequence[Document], timed: Sequence[Document],
-           students: Sequence[Strategy], cold: HiddenStates) -> dict[str, Any]:
+           students: Sequence[Strategy], cold: Callable[[], HiddenStates]) -> dict[str, Any]:
     """The teacher's labelling time and the serving speeds of the models fitted on ``pool`` (the
-    study's last fits: cached in ``build``); the probe reads through ``cold``, which keeps no
+    study's last fits: cached in ``build``); the probe reads through ``cold()``, which keeps no
     features, as it reads new text."""
     with tempfile.TemporaryDirectory() as tmp:
-        probe = ProbeTagger.load(build.probe(pool).save(Path(tmp) / "probe"), cold)
+        probe = ProbeTagger.load(build.probe(pool).save(Path(tmp) / "probe"), cold())
     started = time.perf_counter()
     probe.predict(list(timed))
     teacher = (time.perf_counter() - started) / len(timed) * 1000
@@ -106,7 +107,8 @@ def print_tables(corpus: str, runs: Sequence[dict[str, Any]]) -> None:
     for size in summary["sizes"]:
         row = summary["by_size"][size]
         cells = [mean_sd_text(row["strategies"][n]["f1"]) for n in names]
-        print(f"| {size} | {', '.join(map(str, row['seeds']))} | " + " | ".join(cells) + f" | {', '.join(row['selected'])} |")
+        seeds_run, picked = ", ".join(map(str, row["seeds"])), ", ".join(row["selected"])
+        print(f"| {size} | {seeds_run} | " + " | ".join(cells) + f" | {picked} |")
     timed = [r for r in runs if "speed" in r]
     if not timed:
         return
@@ -127,7 +129,7 @@ def print_tables(corpus: str, runs: Sequence[dict[str, Any]]) -> None:
 
 
 def run_seed(corpus: str, seed: int, sizes: Sequence[int], strategies: Sequence[Strategy], args: argparse.Namespace,
-             states: HiddenStates, cold: HiddenStates) -> list[dict[str, Any]]:
+             states: Callable[[], HiddenStates], cold: Callable[[], HiddenStates]) -> list[dict[str, Any]]:
     """The runs of one corpus and seed, largest pool first, each saved with its speeds."""
     fewshot = DATA / corpus / "fewshot"
     test = list(read_documents(fewshot / "chen2023_test_sample200.jsonl"))
@@ -175,8 +177,9 @@ def main() -> None:
     corpora, seeds = args.corpora.split(","), [int(s) for s in args.seeds.split(",")]
     sizes = sorted((int(s) for s in args.sizes.split(",")), reverse=True)
     strategies = parse_strategies(args.strategies)
-    if not args.saved:  # the LLM twice: features kept for the study, none for timing
-        states, cold = HiddenStates(cache_bytes=int(args.feature_cache_gb * 2**30)), HiddenStates(cache_bytes=0)
+    # the LLM twice, each loaded when first read: features kept for the study, none for timing
+    states = functools.cache(lambda: HiddenStates(cache_bytes=int(args.feature_cache_gb * 2**30)))
+    cold = functools.cache(lambda: HiddenStates(cache_bytes=0))
     for corpus in corpora:
         if args.saved:
             saved = (load_run(args.out / corpus / "runs", size, seed) for seed in seeds for size in sizes)
