@@ -27,7 +27,7 @@ from clinie.llm.hidden import HiddenStates
 from clinie.retrieval import Embedder
 from clinie.settings import Settings
 from clinie.store import AnnotationStore
-from clinie.strategies import StrategyBuilder, parse_strategies
+from clinie.strategies import Strategy, StrategyBuilder, parse_strategies
 
 log = logging.getLogger(__name__)
 
@@ -127,7 +127,8 @@ def builder(schema: Schema, settings: Settings, llm: Callable[[], LLM] | None = 
 
 def probe_states(settings: Settings) -> HiddenStates:
     """The hidden states the probe strategy reads (``CLINIE_PROBE_MODEL``, on ``CLINIE_LLM_DEVICE``)."""
-    return HiddenStates.shared(settings.probe_model or None, device=settings.llm_device or None)
+    return HiddenStates.shared(settings.probe_model or None, device=settings.llm_device or None,
+                               cache_bytes=settings.feature_cache_mb * 2**20)
 
 
 def selection_record(cv: CrossValidation) -> dict[str, Any]:
@@ -142,10 +143,14 @@ def selection_record(cv: CrossValidation) -> dict[str, Any]:
     return record
 
 
+def candidates(settings: Settings) -> list[Strategy]:
+    """The strategies selection cross-validates (``CLINIE_SELECT_STRATEGIES``)."""
+    return parse_strategies(settings.selection_candidates, k=settings.llm_k)
+
+
 def select(docs: Sequence[Document], build: StrategyBuilder, settings: Settings, *, seed: int = 0,
            on_fit: Callable[[int, int], None] | None = None) -> CrossValidation:
     """Cross-validate the configured strategies over ``docs`` (see the module docstring);
     ``on_fit(done, total)`` after each strategy fitted on a fold (progress; it may raise to stop)."""
-    strategies = parse_strategies(settings.selection_candidates, k=settings.llm_k)
-    return cross_validate(docs, strategies, build, k=settings.select_folds, seed=seed,
+    return cross_validate(docs, candidates(settings), build, k=settings.select_folds, seed=seed,
                           max_llm_share=settings.select_max_llm_share, prefer=settings.select_prefer, on_fit=on_fit)

@@ -155,6 +155,10 @@ class Settings:
     #: The most unannotated tasks (the newest stored) one training reads for the student
     #: strategy: its teacher labels each, so this bounds that time. 0 = every stored one.
     student_pool: int = 2000
+    #: Megabytes of the LLM's hidden states the probe keeps in memory (about 10 KB a word): a
+    #: training reads each sentence once, when this holds the student pool's and the annotations'
+    #: (each fold's teacher then labels from memory, and the next training reads only new tasks).
+    feature_cache_mb: int = 1024
 
     #: Note text is never logged at INFO; above DEBUG, exception messages are redacted too.
     log_level: str = "INFO"

@@ -373,6 +373,14 @@ class StrategyBuilder:
         return self._fitted_on("teacher", train,
                                lambda: self.probe(train).predict(self.unannotated) if self.unannotated else [])
 
+    def read_unannotated(self, on_read: Callable[[int, int], None] | None = None) -> None:
+        """The teacher's reading of the unannotated sentences (an LLM forward pass each), done
+        before any teacher labels them: every fold's teacher then labels from the feature cache
+        (when it holds them all), sentences an earlier training read cost nothing, and what is a
+        training's longest stage reports progress and may stop between two sentences
+        (``ProbeTagger.read``)."""
+        ProbeTagger(self.labels, lambda: self.states, **self.probe_options).read(self.unannotated, on_read)
+
     def student(self, train: Sequence[Document], threshold: float) -> EncoderTagger:
         """The encoder fine-tuned on ``train`` and on the sentences its teacher labels with a
         confidence of at least ``threshold`` (``taught``), the annotations kept at least half of

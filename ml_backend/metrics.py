@@ -75,7 +75,7 @@ class Metrics:
             self._batches.pop(batch, None)
 
     def training_stage(self, project: str, stage: str) -> None:
-        """A project's training entered ``stage`` (``encoder``, ``relations``, ``selection``, …)."""
+        """A project's training entered ``stage`` (``encoder``, ``relations``, ``teacher``, ``selection``, …)."""
         with self._lock:
             started = self._trainings.get(project, {}).get("started", time.time())
             self._trainings[project] = {"stage": stage, "done": 0, "total": 0, "started": started}
@@ -104,8 +104,9 @@ class Metrics:
                 for name, v in latencies.items() if v},
             "predict_batches": [{"id": b["id"], "tasks": int(b["tasks"]), "done": int(b["done"]),
                                  "seconds": round(time.time() - b["started"], 3)} for b in batches],
-            # per project training: its stage, the fits of that stage done of total (selection's
-            # folds × strategies), and the seconds since the training started
+            # per project training: its stage, how far that stage has got (selection: fits done of
+            # folds × strategies; teacher: unannotated sentences read), and the seconds since the
+            # training started
             "trainings_in_flight": [{"project": t["project"], "stage": t["stage"], "done": t["done"],
                                      "total": t["total"], "seconds": round(time.time() - t["started"], 1)}
                                     for t in trainings],

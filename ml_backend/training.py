@@ -31,7 +31,7 @@ from clinie.extractors.encoder import EncoderTagger
 from clinie.extractors.relation_encoder import RELATIONS_DIR, RelationClassifier
 from clinie.llm.base import LLM
 from clinie.llm.hidden import HiddenStates
-from clinie.selection import (Annotations, builder, project_documents, select, selection_record,
+from clinie.selection import (Annotations, builder, candidates, project_documents, select, selection_record,
                               unannotated_documents)
 from clinie.settings import Settings
 from clinie.store import AnnotationStore, ModelRecord, project_models_dir
@@ -205,7 +205,8 @@ def select_strategy(store: AnnotationStore, settings: Settings, record: ModelRec
     (``clinie.selection``), fit the parts the chosen strategy reads besides the encoder (the
     probe, alone or reading the sentences the encoder is unsure of) on all of them, save them
     beside it, and record the choice with the version: from then on it serves. The project's
-    newest ``CLINIE_STUDENT_POOL`` unannotated tasks are what a student strategy learns from.
+    newest ``CLINIE_STUDENT_POOL`` unannotated tasks are what a student strategy learns from:
+    when one is a candidate, the teacher reads them first, a stage of its own (``teacher``).
 
     Raises ``Superseded`` between two fits once ``superseded()`` (a newer training is waiting).
     A selection that fails otherwise (the LLM cannot be loaded, say) is logged and recorded as
@@ -226,6 +227,9 @@ def select_strategy(store: AnnotationStore, settings: Settings, record: ModelRec
 
     serving = record
     try:
+        if build.unannotated and any(s.kind.learns_from_unannotated for s in candidates(settings)):
+            progress.training_stage(project, "teacher")  # reading the unannotated sentences
+            build.read_unannotated(fitted)
         progress.training_stage(project, "selection")
         cv = select(docs, build, settings, on_fit=fitted)
         selection, chosen = {**selection_record(cv), "unannotated": pool.summary()}, cv.selected

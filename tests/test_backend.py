@@ -671,9 +671,17 @@ def test_a_student_learns_from_the_projects_predicted_tasks_serves_when_selected
     assert client.post("/predict", json={"tasks": tasks, "project": "1", "label_config": CONFIG}).status_code == 200
     for i, doc in enumerate(docs[:8]):
         assert client.post("/webhook", json=webhook_event(i + 1, i + 1, doc.text, gold_result(doc))).status_code == 200
+    stages: list[tuple[str, int, int]] = []  # what /metrics showed, in order
+    stage, step = backend.metrics.training_stage, backend.metrics.training_step
+    backend.metrics.training_stage = lambda project, name: stages.append((name, 0, 0)) or stage(project, name)
+    backend.metrics.training_step = lambda project, done, total: (stages.append((stages[-1][0], done, total))
+                                                                  or step(project, done, total))
     assert client.post("/webhook", json={"action": "START_TRAINING", "project": {"id": 1}}).status_code == 200
     assert backend.worker.wait_idle(timeout=900)
 
+    teacher = [(done, total) for name, done, total in stages if name == "teacher"]
+    assert teacher[-1][0] == teacher[-1][1] >= len(texts)  # every unannotated sentence read, counted
+    assert [name for name, _, _ in stages].index("teacher") < [name for name, _, _ in stages].index("selection")
     record = backend.store.serving_model("1")
     assert record.info["selection"]["strategy"] == "student-0.00"
     assert record.info["selection"]["unannotated"] == {"documents": len(texts), "skipped": 0}

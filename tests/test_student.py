@@ -61,6 +61,12 @@ def test_a_student_learns_the_teachers_sure_sentences_and_serves_from_its_versio
     assert len(build.unannotated) == sum(len(split_sentences(d.text)) for d in unannotated)
     assert [d.meta["parent"] for d in build.unannotated].count("note") >= 2  # read a sentence at a time
     assert not any(d.entities for d in build.unannotated)  # gold spans of unannotated text are never read
+    read: list[tuple[int, int]] = []
+    build.read_unannotated(lambda done, total: read.append((done, total)))  # a backend's "teacher" stage
+    assert read == [(i, len(build.unannotated)) for i in range(1, len(build.unannotated) + 1)]
+    calls = build.states.usage["calls"]
+    build.read_unannotated()  # as a later training would: what the cache holds costs no forward pass
+    assert build.states.usage["calls"] == calls
     taught = build.taught(annotated)
     teacher = build.probe(annotated)
     assert [d.entities for d in taught] == [d.entities for d in teacher.predict(build.unannotated)]

@@ -32,8 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from clinie.core import (Document, Span, Token, bio_labels, bio_to_spans, number_spans, spans_to_bio, tokenize,
-                         word_pieces)
+from clinie.core import (Document, Span, Token, bio_labels, bio_to_spans, number_spans, spans_to_bio, word_pieces)
 from clinie.embedded import encoder_path
 from clinie.extractors.finetune import STEP_BUDGET, fine_tune, read_meta, write_meta
 

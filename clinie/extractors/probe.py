@@ -102,6 +102,16 @@ class ProbeTagger:
         return [(i, words, self.states.words(docs[i].text, words))
                 for i, words in word_pieces([d.text for d in docs], self.hyperparameters["max_words_per_chunk"])]
 
+    def read(self, docs: Sequence[Document], on_read: Callable[[int, int], None] | None = None) -> None:
+        """Read the features of ``docs`` into the LLM's feature cache, a document at a time (what
+        ``fit`` and ``predict`` would read first), calling ``on_read(done, total)`` after each: a
+        long reading reports how far it has got and may be stopped (``on_read`` raising)
+        between two documents."""
+        for done, doc in enumerate(docs, 1):
+            self._pieces([doc])
+            if on_read is not None:
+                on_read(done, len(docs))
+
     # --- forward --------------------------------------------------------------------------
 
     def _tensor(self, features: np.ndarray) -> Any:

@@ -52,6 +52,10 @@ def last_token_in(offsets: Sequence[tuple[int, int]], start: int, end: int) -> i
     return best
 
 
+#: The feature cache's default bound (``CLINIE_FEATURE_CACHE_MB`` in a backend).
+DEFAULT_CACHE_BYTES = 512 * 2**20
+
+
 class HiddenStates:
     """One loaded causal LM; calls are serialised. Features of a text are cached (bounded in bytes:
     a sentence of 25 words holds 256 KB), since cross-validation asks for the same sentences once
@@ -61,17 +65,19 @@ class HiddenStates:
     _instances_lock = threading.Lock()
 
     @classmethod
-    def shared(cls, model: str | Path | None = None, *, device: str | None = None) -> HiddenStates:
+    def shared(cls, model: str | Path | None = None, *, device: str | None = None,
+               cache_bytes: int = DEFAULT_CACHE_BYTES) -> HiddenStates:
         """The process's one instance per model and device: every training, selection and
-        ``/predict`` of a backend reads the same copy of the model and the same feature cache."""
+        ``/predict`` of a backend reads the same copy of the model and the same feature cache
+        (bounded by the ``cache_bytes`` it was first asked with)."""
         with cls._instances_lock:
             key = (str(model or ""), device)
             if key not in cls._instances:
-                cls._instances[key] = cls(model, device=device)
+                cls._instances[key] = cls(model, device=device, cache_bytes=cache_bytes)
             return cls._instances[key]
 
     def __init__(self, model: str | Path | None = None, *, device: str | None = None,
-                 cache_bytes: int = 512 * 2**20) -> None:
+                 cache_bytes: int = DEFAULT_CACHE_BYTES) -> None:
         import torch
 
         self.model, self.device, self._tokenizer, self._lm = load_causal_lm(model, device)
