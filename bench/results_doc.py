@@ -392,6 +392,30 @@ def active_section(results: Path = RESULTS) -> list[str]:
     return lines
 
 
+def student_section(results: Path = RESULTS) -> list[str]:
+    """Teacher -> student (``python -m bench.student``), per corpus."""
+    from bench.student import tables
+
+    runs = {corpus: [json.loads(f.read_text()) for f in sorted((results / "student" / corpus / "runs").glob("*.json"))]
+            for corpus in CORPORA}
+    if not any(runs.values()):
+        return []
+    lines = ["", "## Teacher → student: the probe teaches the encoder on unannotated text", "",
+             "Pools of annotated sentences drawn from `fewshot/gutierrez_train100_seed<seed>.jsonl`; the unannotated "
+             "text is train-split sentences drawn with the seed, none of them a sentence of that file or of the test "
+             "items, their gold spans dropped. The teacher is the probe fitted on the same annotations (in "
+             "cross-validation, on the fold's alone); `student-0.NN` is an encoder trained on the annotations and on "
+             "the sentences the teacher labels at least 0.NN sure (`student-0.00`: all of them). Cross-validation "
+             "over the pool picks among the strategies, each then fitted on the whole pool and scored on the test "
+             "items."]
+    for corpus, saved in runs.items():
+        if saved:
+            commands = sorted({run["command"] for run in saved if "command" in run})
+            lines += ["", f"### {corpus_name(corpus)}", "", "Runs made by " + "; ".join(f"`{c}`" for c in commands)
+                      + f" (resumable), read from `bench/results/student/{corpus}/runs/`.", "", *tables(corpus, saved)]
+    return lines
+
+
 def webhooks_section(results: Path = RESULTS) -> list[str]:
     """Webhook latency under concurrent annotators (``python -m bench.webhooks``)."""
     path = results / "webhooks" / "loopback.json"
@@ -444,7 +468,7 @@ def render_results(results: Path = RESULTS) -> str:
                   "", *run_table(study),
                   "", "Counted from these runs:", "", *findings(study)]
     lines += (cold_start_section(results) + first_model_section(results) + active_section(results)
-              + webhooks_section(results))
+              + student_section(results) + webhooks_section(results))
     return "\n".join(lines) + "\n"
 
 

@@ -145,7 +145,8 @@ def cross_validate(docs: Sequence[Document], strategies: Sequence[Candidate], bu
                    loo_below: int = 10, seed: int = 0, max_llm_share: float = 1.0, prefer: str = "",
                    progress: bool = False, on_fit: Callable[[int, int], None] | None = None) -> CrossValidation:
     """Every strategy fitted on each fold's complement and run on the fold (see module doc);
-    ``on_fit(done, total)`` is called after each fit (a caller's progress; it may raise to stop)."""
+    ``on_fit(done, total)`` is called before the first fit and after each (a caller's progress:
+    how many there will be is known at once; it may raise to stop)."""
     if not 0 <= max_llm_share <= 1:
         raise ValueError(f"max_llm_share {max_llm_share} is not a share of sentences (0 to 1)")
     from tqdm.auto import tqdm
@@ -157,6 +158,8 @@ def cross_validate(docs: Sequence[Document], strategies: Sequence[Candidate], bu
     predictions: dict[str, list[Document | None]] = {s.name: [None] * len(docs) for s in strategies}
     fold_f1: dict[str, list[float]] = {s.name: [] for s in strategies}
     steps = tqdm(total=len(cv.folds) * len(strategies), desc="cross-validation", unit="fit", disable=not progress)
+    if on_fit is not None:
+        on_fit(0, len(cv.folds) * len(strategies))
     for fold in cv.folds:
         held = set(fold)
         train = [d for i, d in enumerate(docs) if i not in held]
