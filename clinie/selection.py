@@ -151,6 +151,7 @@ def candidates(settings: Settings) -> list[Strategy]:
 def select(docs: Sequence[Document], build: StrategyBuilder, settings: Settings, *, seed: int = 0,
            on_fit: Callable[[int, int], None] | None = None) -> CrossValidation:
     """Cross-validate the configured strategies over ``docs`` (see the module docstring);
-    ``on_fit(done, total)`` after each strategy fitted on a fold (progress; it may raise to stop)."""
+    ``on_fit(done, total)`` before the first fit and after each strategy fitted on a fold
+    (progress; it may raise to stop)."""
     return cross_validate(docs, candidates(settings), build, k=settings.select_folds, seed=seed,
                           max_llm_share=settings.select_max_llm_share, prefer=settings.select_prefer, on_fit=on_fit)

@@ -208,7 +208,8 @@ def select_strategy(store: AnnotationStore, settings: Settings, record: ModelRec
     newest ``CLINIE_STUDENT_POOL`` unannotated tasks are what a student strategy learns from:
     when one is a candidate, the teacher reads them first, a stage of its own (``teacher``).
 
-    Raises ``Superseded`` between two fits once ``superseded()`` (a newer training is waiting).
+    Raises ``Superseded`` between two fits (or two sentences the teacher reads) once
+    ``superseded()`` (a newer training is waiting).
     A selection that fails otherwise (the LLM cannot be loaded, say) is logged and recorded as
     failed; the encoder keeps serving.
     """
