@@ -1,38 +1,65 @@
-"""Relations on DDI: the encoder relation classifier and the LLM (multiple choice), true few-shot.
+"""Relations on DDI: the encoder relation classifier and the LLM (multiple choice), true few-shot,
+and where the end-to-end figure is lost.
 
 Training pairs and demonstrations only from ``ddi/fewshot/gutierrez_train100_balanced_seed*.jsonl``
-(100 listed pairs, 20 per label). Two settings:
+(100 listed pairs, 20 per label); no test sentence is trained or tuned on. Measured per seed:
 
-1. **Gold entities given** (pair level): each of the 200 pairs of ``chen2023_test_sample200.jsonl``
-   is classified; macro F1 over the four interaction types, as Chen et al. 2023 report for
-   GPT-3.5 / GPT-4 on the same items. Encoder: every seed; LLM (Gemma 3 270M in llama.cpp,
-   k retrieved demonstrations, letters scored from the logits): seed 42, as GPT-3 was run.
-2. **End to end** on the full DDI test set (1299 sentences): the encoder tagger (trained on the
-   same 100 sentences' entities) finds the drugs, candidate pairs are built between them, the
-   relation classifier labels them; strict relation F1 (both spans exact, label right). The
-   ceiling that candidate generation leaves (share of gold relations whose pair is a candidate
-   given gold spans) is printed too.
+1. **Gold entities given, listed pairs**: each of the 200 pairs of ``chen2023_test_sample200.jsonl``
+   is classified as trained (``classify``); macro F1 over the four interaction types, as Chen et
+   al. 2023 report for GPT-3.5 / GPT-4 on the same items. Encoder: every seed; LLM (Gemma 3 270M
+   in llama.cpp, k retrieved demonstrations, letters scored from the logits): seed 42, as GPT-3 was run.
+2. **The loss breakdown** on the full DDI test set (1299 sentences), strict relation F1 (both
+   spans exact, label right), each step changing one thing:
 
-    python -m bench.relations --seeds 42,33,21
+   - *gold entities, every candidate pair, as trained*: candidate pairs and the class prior of
+     the balanced training sample, no entity error;
+   - *gold entities, priors adapted*: the same posteriors under the class priors that EM estimates
+     on these unlabelled pairs (``clinie.relations.priors``: the sample is 20 % ``false``, real
+     candidate pairs about 83 %);
+   - *candidate ceiling*: the share of gold relations whose pair is a candidate with gold spans,
+     under the type constraints the classifier learnt (and under the declared ones: none);
+   - *tagger entities, as trained*: the encoder tagger (trained on the same 100 sentences'
+     entities) finds the drugs; the figure this bench reported before the priors were adapted;
+   - *tagger entities, priors adapted*: what ``RelationClassifier.predict`` does.
+
+   Per step: predicted relations against gold ones (over-prediction shows as predicted >> gold and
+   low precision), micro precision and recall, macro F1; per seed the priors EM estimated beside
+   the true ones of the gold-span candidates (read only, never used).
+
+Writes ``bench/results/relations/ddi.json`` (kept in git; a run replaces the rows it measured again
+with the same settings and keeps the others, each row with the command that made it).
+
+    python -m bench.relations --seeds 42,33,21       # all of it: about 50 min on 2 idle cores
     python -m bench.relations --seeds 42 --llm-n 200 --skip-e2e
+    python -m bench.relations --seeds 42 --llm-n 0 --train-limit 10 --test-limit 30 --epochs 1 \\
+        --tagger-steps 2 --out /tmp/relations-smoke    # smoke: that it runs, no figure to read
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import shlex
 import statistics
+import sys
 import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
 
 from clinie.core import NO_RELATION, Document, Relation, read_documents
 from clinie.evaluation import evaluate_relations, evaluate_spans
 from clinie.labelstudio import parse_label_config
-from clinie.relations import PairTypes, candidate_pairs, labelled_pairs
+from clinie.relations import Pair, PairTypes, candidate_pairs, labelled_pairs
 from tests.support import DATA, ROOT
 
 DDI = DATA / "ddi"
+OUT = ROOT / "bench" / "results" / "relations"
 TYPES = ("advise", "effect", "int", "mechanism")
 SPECS = parse_label_config((ROOT / "label_configs" / "drug_interactions.xml").read_text()).relation_labels
 PUBLISHED = {"GPT-3.5 0-shot": 0.3349, "GPT-3.5 1-shot": 0.3440, "GPT-4 0-shot": 0.6325, "GPT-4 1-shot": 0.6558}
+STEPS = ("gold entities, every candidate pair, as trained", "gold entities, every candidate pair, priors adapted",
+         "tagger entities, as trained", "tagger entities, priors adapted (predict)")
 
 
 def macro_f1(gold: list[Document], pred: list[Document], mode: str) -> float:
@@ -40,7 +67,7 @@ def macro_f1(gold: list[Document], pred: list[Document], mode: str) -> float:
     return statistics.mean(scores.per_label[t].f1 if t in scores.per_label else 0.0 for t in TYPES)
 
 
-def classify_listed(test: list[Document], classify) -> list[Document]:
+def classify_listed(test: list[Document], classify: Callable[[Document, Pair], tuple[str, float | None]]) -> list[Document]:
     """Each test document with a prediction for its one listed pair (gold spans given)."""
     out = []
     for doc in test:
@@ -51,75 +78,162 @@ def classify_listed(test: list[Document], classify) -> list[Document]:
     return out
 
 
+def outcome(gold: list[Document], pred: list[Document]) -> dict[str, Any]:
+    """Strict macro F1 over the four types, and whether the errors are relations too many
+    (predicted > gold, low precision) or too few."""
+    strict = evaluate_relations(gold, pred)["strict"]
+    return {"macro_f1": round(macro_f1(gold, pred, "strict"), 4), "micro_f1": round(strict.micro.f1, 4),
+            "precision": round(strict.micro.precision, 4), "recall": round(strict.micro.recall, 4),
+            "predicted": strict.micro.tp + strict.micro.fp, "gold": strict.micro.tp + strict.micro.fn,
+            "predicted_by_label": {label: s.tp + s.fp for label, s in sorted(strict.per_label.items())}}
+
+
+def ceiling(docs: Sequence[Document], types: PairTypes) -> dict[str, Any]:
+    """How many gold relations are candidate pairs (either direction) that may carry their label,
+    with gold spans."""
+    reachable = total = 0
+    for doc in docs:
+        allowed = {(p.head.id, p.tail.id, label) for p in candidate_pairs(doc, types) for label in p.labels}
+        total += len(doc.relations)
+        reachable += sum((r.head, r.tail, r.label) in allowed or (r.tail, r.head, r.label) in allowed
+                         for r in doc.relations)
+    return {"reachable": reachable, "gold": total, "share": round(reachable / total, 4) if total else None}
+
+
+def true_priors(docs: Sequence[Document], types: PairTypes, classes: Sequence[str]) -> list[float]:
+    """The share of each class among the gold-span candidate pairs: what EM should find (read, never used)."""
+    labels = [label for doc in docs for _, label in labelled_pairs(doc, types)]
+    return [round(labels.count(c) / max(len(labels), 1), 4) for c in classes]
+
+
+def breakdown(classifier: Any, test: list[Document], tagged: list[Document]) -> dict[str, Any]:
+    """The steps from gold entities to the tagger's, each scored once as trained and once under
+    the priors EM estimates on the pairs themselves (one forward pass per candidate pair)."""
+    steps, priors, seconds = {}, {}, {}
+    for entities, docs, (raw, adapted) in (("gold", [d.with_annotations(d.entities) for d in test], STEPS[:2]),
+                                           ("tagger", tagged, STEPS[2:])):
+        started = time.perf_counter()
+        scored = classifier.score(docs)
+        seconds[f"{entities} entities scored"] = round(time.perf_counter() - started, 1)
+        estimated = classifier.pair_priors(scored)
+        steps[raw] = outcome(test, classifier.label(scored))
+        steps[adapted] = outcome(test, classifier.label(scored, estimated))
+        steps[raw]["candidate_pairs"] = steps[adapted]["candidate_pairs"] = sum(len(s.pairs) for s in scored)
+        priors[f"{entities} entities, estimated"] = [round(float(p), 4) for p in estimated]
+    priors["gold entities, true"] = true_priors(test, classifier.types, classifier.classes)
+    priors["trained"] = [round(float(p), 4) for p in classifier.train_priors]
+    return {"steps": steps, "priors": priors, "seconds": seconds}
+
+
+def key(row: dict[str, Any]) -> tuple:
+    """What a row measured: a later run with the same settings replaces it."""
+    return tuple(row["settings"][k] for k in sorted(row["settings"]))
+
+
+def write(out: Path, rows: list[dict[str, Any]]) -> Path:
+    """Merge ``rows`` into the run file under ``out``: rows of other settings are kept."""
+    path = out / "ddi.json"
+    kept = json.loads(path.read_text())["runs"] if path.exists() else []
+    measured = {key(r) for r in rows}
+    out.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"corpus": "ddi", "runs": sorted([r for r in kept if key(r) not in measured] + rows,
+                                                                key=key)}, indent=2) + "\n")
+    return path
+
+
+def table(rows: list[dict[str, Any]]) -> list[str]:
+    """The rows as a markdown table, seeds as columns, then the mean and sd."""
+    seeds = [r["settings"]["seed"] for r in rows]
+    lines = ["| DDI, macro F1 over the 4 interaction types | " + " | ".join(f"seed {s}" for s in seeds) + " | mean ± sd |",
+             "|---|" + "---|" * (len(seeds) + 1)]
+    figures = {"encoder, gold entities (200 listed pairs)": [r["gold_200_macro_f1"] for r in rows]}
+    if all("steps" in r for r in rows):
+        figures["tagger entity F1 (full test)"] = [r["tagger_entity_f1"] for r in rows]
+        for step in STEPS:
+            figures[step] = [r["steps"][step]["macro_f1"] for r in rows]
+            figures[f"{step}: predicted / gold relations"] = [r["steps"][step]["predicted"] / r["steps"][step]["gold"]
+                                                             for r in rows]
+        figures["candidate ceiling, gold spans, learnt types"] = [r["ceiling"]["learnt types"]["share"] for r in rows]
+    for name, values in figures.items():
+        sd = statistics.stdev(values) if len(values) > 1 else 0.0
+        lines.append(f"| {name} | " + " | ".join(f"{v:.3f}" for v in values) + f" | {statistics.mean(values):.3f} ± {sd:.3f} |")
+    return lines
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", default="42,33,21")
     parser.add_argument("--llm-n", type=int, default=200, help="test pairs for the LLM (0: skip it)")
     parser.add_argument("--k", type=int, default=5, help="LLM demonstrations per pair")
-    parser.add_argument("--skip-e2e", action="store_true")
+    parser.add_argument("--skip-e2e", action="store_true", help="the 200 listed pairs only, no breakdown")
+    parser.add_argument("--train-limit", type=int, default=0, help="the first N training pairs only (0: all 100)")
+    parser.add_argument("--test-limit", type=int, default=0,
+                        help="the first N test sentences and listed pairs only (0: all)")
+    parser.add_argument("--epochs", type=int, default=20, help="relation classifier epochs (its default: 20)")
+    parser.add_argument("--tagger-steps", type=int, default=0, help="the tagger's max optimiser steps (0: its budget)")
+    parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args()
 
     from clinie.extractors.encoder import EncoderTagger
     from clinie.extractors.relation_encoder import RelationClassifier
 
-    test200 = list(read_documents(DDI / "fewshot" / "chen2023_test_sample200.jsonl"))
-    full_test = list(read_documents(DDI / "test.jsonl"))
+    command = "python -m bench.relations " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    limit = args.test_limit or None
+    test200 = list(read_documents(DDI / "fewshot" / "chen2023_test_sample200.jsonl"))[:limit]
+    full_test = list(read_documents(DDI / "test.jsonl"))[:limit]
     seeds = [int(s) for s in args.seeds.split(",")]
-    rows: dict[str, list[float]] = {"encoder, gold entities (200 pairs)": [], "encoder, end to end (full test)": [],
-                                    "tagger entity F1 (full test)": []}
-    llm_row = None
+    rows = []
     for seed in seeds:
         train = list(read_documents(DDI / "fewshot" / f"gutierrez_train100_balanced_seed{seed}.jsonl"))
+        train = train[: args.train_limit or None]
+        row: dict[str, Any] = {"settings": {"seed": seed, "train_pairs": len(train), "test_limit": args.test_limit,
+                                            "epochs": args.epochs, "tagger_steps": args.tagger_steps,
+                                            "breakdown": not args.skip_e2e,
+                                            "llm_pairs": min(args.llm_n, len(test200)) if seed == seeds[0] else 0},
+                               "test_sentences": len(full_test), "listed_test_pairs": len(test200), "command": command}
         started = time.perf_counter()
-        classifier = RelationClassifier(SPECS).fit(train, listed=True)
-        fit_seconds = time.perf_counter() - started
-        started = time.perf_counter()
+        classifier = RelationClassifier(SPECS, epochs=args.epochs).fit(train, listed=True)
+        row["seconds"] = {"relation fit": round(time.perf_counter() - started, 1)}
         pred = classify_listed(test200, lambda doc, pair: classifier.classify(doc, [pair])[0])
-        rows["encoder, gold entities (200 pairs)"].append(macro_f1(test200, pred, "pairs"))
-        print(f"seed {seed}: encoder relation classifier fitted on {classifier.n_train_pairs} pairs in "
-              f"{fit_seconds:.0f} s; 200 pairs in {time.perf_counter() - started:.1f} s; "
-              f"macro F1 {rows['encoder, gold entities (200 pairs)'][-1]:.3f}", flush=True)
-        if seed == seeds[0] and args.llm_n:
-            llm_row = run_llm(train, test200[: args.llm_n], args.k)
-        if args.skip_e2e:
-            continue
-        sentences = list({d.text: Document(d.id, d.text, d.entities) for d in train}.values())
-        tagger = EncoderTagger(["drug", "drug_n", "brand", "group"]).fit(sentences)
-        started = time.perf_counter()
-        tagged = tagger.predict(full_test)
-        predicted = classifier.predict(tagged)
-        seconds = time.perf_counter() - started
-        rows["tagger entity F1 (full test)"].append(evaluate_spans(full_test, tagged)["strict"].micro.f1)
-        strict = evaluate_relations(full_test, predicted)["strict"]
-        rows["encoder, end to end (full test)"].append(macro_f1(full_test, predicted, "strict"))
-        print(f"seed {seed}: end to end on {len(full_test)} sentences in {seconds:.0f} s: entity F1 "
-              f"{rows['tagger entity F1 (full test)'][-1]:.3f}, relation micro F1 {strict.micro.f1:.3f}, "
-              f"macro F1 {rows['encoder, end to end (full test)'][-1]:.3f}", flush=True)
+        row["gold_200_macro_f1"] = round(macro_f1(test200, pred, "pairs"), 4)
+        print(f"seed {seed}: relation classifier fitted on {classifier.n_train_pairs} pairs in "
+              f"{row['seconds']['relation fit']:.0f} s; {len(test200)} listed pairs: macro F1 "
+              f"{row['gold_200_macro_f1']:.3f}", flush=True)
+        if row["settings"]["llm_pairs"]:
+            row["llm"] = run_llm(train, test200[: args.llm_n], args.k)
+        if not args.skip_e2e:
+            sentences = list({d.text: Document(d.id, d.text, d.entities) for d in train}.values())
+            started = time.perf_counter()
+            tagger = EncoderTagger(["drug", "drug_n", "brand", "group"],
+                                   max_steps=args.tagger_steps or None).fit(sentences)
+            tagged = tagger.predict(full_test)
+            row["seconds"]["tagger fit and predict"] = round(time.perf_counter() - started, 1)
+            row["tagger_entity_f1"] = round(evaluate_spans(full_test, tagged)["strict"].micro.f1, 4)
+            row["ceiling"] = {"learnt types": ceiling(full_test, classifier.types),
+                              "declared types": ceiling(full_test, PairTypes(SPECS))}
+            found = breakdown(classifier, full_test, tagged)
+            row["seconds"].update(found.pop("seconds"))
+            row.update(found)
+            print(f"seed {seed}: tagger entity F1 {row['tagger_entity_f1']:.3f}; candidate ceiling "
+                  f"{row['ceiling']['learnt types']['share']}", flush=True)
+            for step, o in row["steps"].items():
+                print(f"  {step}: macro F1 {o['macro_f1']:.3f}, {o['predicted']} predicted / {o['gold']} gold "
+                      f"relations, P {o['precision']:.3f} R {o['recall']:.3f}", flush=True)
+            print(f"  priors ({', '.join(classifier.classes)}): " +
+                  "; ".join(f"{name} {values}" for name, values in row["priors"].items()), flush=True)
+        rows.append(row)
 
-    if not args.skip_e2e:
-        types = PairTypes(SPECS)
-        reachable = total = 0
-        for doc in full_test:
-            pairs = {(p.head.id, p.tail.id) for p in candidate_pairs(doc, types)}
-            total += len(doc.relations)
-            reachable += sum((r.head, r.tail) in pairs or (r.tail, r.head) in pairs for r in doc.relations)
-        print(f"candidate ceiling with gold spans: {reachable}/{total} gold relations are candidates "
-              f"({reachable / total:.3f})")
-
-    print("\n| DDI, macro F1 over the 4 interaction types | " + " | ".join(f"seed {s}" for s in seeds) + " | mean ± sd |")
-    print("|---|" + "---|" * (len(seeds) + 1))
-    for name, values in rows.items():
-        if values:
-            sd = statistics.stdev(values) if len(values) > 1 else 0.0
-            print(f"| {name} | " + " | ".join(f"{v:.3f}" for v in values) + f" | {statistics.mean(values):.3f} ± {sd:.3f} |")
-    if llm_row:
-        print(f"| {llm_row[0]} | {llm_row[1]:.3f} |" + " |" * len(seeds))
+    print(f"\nwritten: {write(args.out, rows)}\n")
+    print("\n".join(table(rows)))
+    if "llm" in rows[0]:
+        llm = rows[0]["llm"]
+        print(f"| LLM Gemma 3 270M, k={llm['k']}, gold entities ({llm['pairs']} listed pairs, seed {seeds[0]}) | "
+              f"{llm['macro_f1']:.3f} |" + " |" * len(seeds))
     for name, value in PUBLISHED.items():
         print(f"| {name} (Chen et al. 2023, same 200 pairs) | {value:.3f} |" + " |" * len(seeds))
 
 
-def run_llm(train: list[Document], test: list[Document], k: int) -> tuple[str, float]:
+def run_llm(train: list[Document], test: list[Document], k: int) -> dict[str, Any]:
     from clinie.llm.llamacpp import LlamaCppLLM
     from clinie.retrieval import Embedder
     from clinie.strategies import LLMAccess
@@ -132,7 +246,8 @@ def run_llm(train: list[Document], test: list[Document], k: int) -> tuple[str, f
     usage = extractor.usage
     print(f"LLM (Gemma 3 270M, k={k}): {len(test)} pairs, {seconds:.2f} s/pair, "
           f"{usage.prompt_tokens / len(test):.0f} prompt tokens/pair; macro F1 {score:.3f}", flush=True)
-    return f"LLM Gemma 3 270M, k={k}, gold entities ({len(test)} pairs, seed 42)", score
+    return {"k": k, "pairs": len(test), "macro_f1": round(score, 4), "seconds_per_pair": round(seconds, 2),
+            "prompt_tokens_per_pair": round(usage.prompt_tokens / len(test))}
 
 
 if __name__ == "__main__":

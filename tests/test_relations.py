@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
@@ -21,6 +22,7 @@ from clinie.llm.openai_compat import OpenAICompatibleLLM
 from clinie.prompting.choice import grammar, parse_response
 from clinie.prompting.relation_mc import generate_prompt, option_texts
 from clinie.relations import Pair, PairTypes, candidate_pairs, labelled_pairs, mark
+from clinie.relations.priors import adjust_to_priors, estimate_priors, label_frequencies
 from clinie.retrieval import Embedder
 from tests.support import DATA
 from tests.support.backend_server import LlamaServer
@@ -136,6 +138,38 @@ def test_a_config_naming_unknown_span_labels_or_a_bad_template_is_refused():
     assert spec.heads == ("Medication",) and spec.tails == ()
 
 
+# --- class priors -------------------------------------------------------------------------
+
+
+def test_em_recovers_the_priors_of_unlabelled_pairs_from_a_balanced_classifier():
+    # a calibrated classifier learnt on a balanced sample (1/3 each) meets pairs that are 80 %
+    # negative: its posteriors, exact by Bayes' rule, over-predict relations until the prior is adapted
+    rng = np.random.default_rng(0)
+    true_priors, trained = np.array([0.8, 0.15, 0.05]), np.full(3, 1 / 3)
+    classes = rng.choice(3, size=4000, p=true_priors)
+    means = np.array([[0.0, 0.0], [2.0, 0.0], [0.0, 2.0]])
+    x = means[classes] + rng.normal(size=(4000, 2))
+    likelihood = np.exp(-0.5 * ((x[:, None, :] - means[None]) ** 2).sum(-1))
+    posteriors = likelihood * trained / (likelihood * trained).sum(1, keepdims=True)
+    assert (posteriors.argmax(1) != 0).mean() > 0.35  # as trained: twice the 20 % that are relations
+    priors = estimate_priors(posteriors, trained)
+    assert np.allclose(priors, true_priors, atol=0.03) and np.isclose(priors.sum(), 1)
+    adapted = adjust_to_priors(posteriors, trained, priors)
+    assert (adapted.argmax(1) == classes).mean() > (posteriors.argmax(1) == classes).mean()
+    assert estimate_priors(np.zeros((0, 3)), trained).tolist() == trained.tolist()  # no pairs: as trained
+
+
+def test_adapting_priors_keeps_masked_labels_out_and_unseen_labels_as_they_are():
+    trained = label_frequencies(["false", "effect", "false", "effect"], ("false", "effect", "int"))
+    assert trained.tolist() == [0.5, 0.5, 0.0]
+    posteriors = np.array([[0.5, 0.5, 0.0], [0.2, 0.0, 0.8]])  # pair 2 may not be an effect
+    assert np.allclose(adjust_to_priors(posteriors, trained, trained), posteriors)  # same priors: unchanged
+    adapted = adjust_to_priors(posteriors, trained, np.array([0.9, 0.1, 0.0]))
+    assert np.allclose(adapted.sum(1), 1) and adapted[1, 1] == 0
+    assert np.allclose(adapted[0], [0.9, 0.1, 0.0])
+    assert adapted[1, 0] > 0.2 and adapted[1, 2] > 0  # int, never trained, is weighted 1: not erased
+
+
 # --- metrics ------------------------------------------------------------------------------
 
 
@@ -174,6 +208,15 @@ def test_the_encoder_classifier_learns_pairs_and_round_trips(ddi, tmp_path):
         assert_relations_join_spans(doc)
         assert all(r.label in classifier.labels and 0 < r.score <= 1 for r in doc.relations)
     assert sum(len(d.relations) for d in predicted) > 0
+    # listed pairs, 20 per label: predict labels under the priors EM finds on the pairs it is given
+    assert classifier.listed and np.allclose(classifier.train_priors, 0.2)
+    scored = classifier.score(docs)
+    priors = classifier.pair_priors(scored)
+    assert np.isclose(priors.sum(), 1) and [d.relations for d in classifier.label(scored, priors)] == \
+        [d.relations for d in predicted]
+    as_trained = classifier.label(scored)
+    assert [(r.label, r.score) for r in as_trained[0].relations] == \
+        [c for c in classifier.classify(docs[0], scored[0].pairs) if c[0] != NO_RELATION]
     again = RelationClassifier.load(classifier.save(tmp_path / "relations")).predict(docs)
     assert [[(r.head, r.tail, r.label) for r in d.relations] for d in again] == \
         [[(r.head, r.tail, r.label) for r in d.relations] for d in predicted]

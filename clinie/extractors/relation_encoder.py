@@ -7,8 +7,15 @@
 - **postprocess**: labels the pair's span types do not allow are masked, the argmax wins, and
   a relation is kept when it is not ``NO_RELATION``, scored by its probability.
 
-Negatives are the unannotated candidate pairs (``clinie.relations.labelled_pairs``). It works
-on whatever spans a document has: gold ones, or the encoder tagger's predictions.
+Negatives are the unannotated candidate pairs (``clinie.relations.labelled_pairs``), so the
+classifier learns the real share of pairs that are relations. Trained on listed pairs instead (a
+pair-level file sampled by label, ``fit(listed=True)``), it learns the sample's share: DDI's
+few-shot file is 20 % negative, real candidate pairs 83 %, and labelling every candidate pair of a
+sentence as trained predicts several times more relations than there are. ``predict`` then
+re-estimates the class priors on the unlabelled pairs it is given and labels under them
+(``clinie.relations.priors``; ``bench/relations.py`` measures what that recovers); ``classify``, for
+listed pairs whose sample's priors are unknown, labels as trained. It works on whatever spans a
+document has: gold ones, or the encoder tagger's predictions.
 
 Example (not run here: it fine-tunes a model):
     classifier = RelationClassifier(schema.relation_labels).fit(train_docs)
@@ -18,20 +25,32 @@ Example (not run here: it fine-tunes a model):
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from clinie.core import NO_RELATION, Document, Relation, RelationSpec, split_sentences
 from clinie.embedded import encoder_path
 from clinie.extractors.finetune import fine_tune, read_meta, write_meta
 from clinie.relations import ENTITY_MARKERS, Pair, PairTypes, candidate_pairs, labelled_pairs, mark
+from clinie.relations.priors import adjust_to_priors, estimate_priors, label_frequencies
 
 MARKERS = ENTITY_MARKERS
 HEAD_FILE = "relation_head.pt"
 KIND = "relation-classifier"
 #: Where a trained model directory (the encoder tagger's) keeps its relation classifier.
 RELATIONS_DIR = "relations"
+
+
+@dataclass(frozen=True)
+class Scored:
+    """A document's candidate pairs and their posteriors as trained (``RelationClassifier.posteriors``)."""
+
+    doc: Document
+    pairs: list[Pair]
+    posteriors: np.ndarray
 
 
 class RelationClassifier:
@@ -57,6 +76,8 @@ class RelationClassifier:
         self.device = device
         self.types = PairTypes(self.specs)
         self.n_train_pairs = 0
+        self.listed = False  # trained on listed pairs: their priors are the sample's, not the text's
+        self.train_priors = label_frequencies((), self.classes)
         self._tokenizer = AutoTokenizer.from_pretrained(self.base_model)
         self._tokenizer.add_special_tokens({"additional_special_tokens": list(MARKERS)})
         self._marker_ids = self._tokenizer.convert_tokens_to_ids(["[E1]", "[E2]"])
@@ -123,39 +144,73 @@ class RelationClassifier:
         self._encoder.eval()
         self._head.eval()
         self.n_train_pairs = len(examples)
+        self.listed = listed
+        self.train_priors = label_frequencies([self.classes[label] for _, label in examples], self.classes)
         return self
 
     # --- postprocess ----------------------------------------------------------------------
 
-    def classify(self, doc: Document, pairs: Sequence[Pair], batch_size: int = 32) -> list[tuple[str, float]]:
-        """The label and its probability for each pair; labels a pair's types forbid are masked."""
+    def posteriors(self, doc: Document, pairs: Sequence[Pair], batch_size: int = 32) -> np.ndarray:
+        """P(class | pair) as trained, a row per pair and a column per ``classes``; a label the
+        pair's types forbid has probability 0."""
         import torch
 
         if self._encoder is None:
             raise RuntimeError("the relation classifier is not trained: call fit() or load()")
-        out: list[tuple[str, float]] = []
+        rows = []
         sentences = split_sentences(doc.text)
         with torch.inference_mode():
             for b in range(0, len(pairs), batch_size):
                 part = pairs[b : b + batch_size]
                 logits = self._forward([mark(doc.text, p, sentences=sentences) for p in part]).float()
-                for row, pair in zip(logits, part):
-                    allowed = torch.tensor([c == NO_RELATION or c in pair.labels for c in self.classes],
-                                           device=row.device)
-                    p = torch.softmax(row.masked_fill(~allowed, float("-inf")), dim=-1)
-                    best = int(p.argmax())
-                    out.append((self.classes[best], float(p[best])))
-        return out
+                allowed = torch.tensor([[c == NO_RELATION or c in p.labels for c in self.classes] for p in part],
+                                       device=logits.device)
+                rows.append(torch.softmax(logits.masked_fill(~allowed, float("-inf")), dim=-1).cpu().numpy())
+        return np.concatenate(rows) if rows else np.zeros((0, len(self.classes)))
 
-    def predict(self, docs: Sequence[Document]) -> list[Document]:
-        """Each document with its spans kept and its relations predicted between them."""
+    def classify(self, doc: Document, pairs: Sequence[Pair], batch_size: int = 32) -> list[tuple[str, float]]:
+        """The label and its probability for each pair, as trained (listed pairs: their sample's
+        priors are unknown, so none are assumed); labels a pair's types forbid are masked."""
+        probabilities = self.posteriors(doc, pairs, batch_size)
+        return [(self.classes[best], float(row[best])) for row, best in zip(probabilities, probabilities.argmax(axis=1))]
+
+    def score(self, docs: Sequence[Document]) -> list[Scored]:
+        """Each document's candidate pairs with their posteriors as trained."""
         out = []
         for doc in docs:
             pairs = candidate_pairs(doc, self.types, self.hyperparameters["window"])
-            relations = [Relation(p.head.id, p.tail.id, label, score)
-                         for p, (label, score) in zip(pairs, self.classify(doc, pairs)) if label != NO_RELATION]
-            out.append(doc.with_annotations(doc.entities, relations))
+            out.append(Scored(doc, pairs, self.posteriors(doc, pairs)))
         return out
+
+    def pair_priors(self, scored: Sequence[Scored]) -> np.ndarray | None:
+        """The class priors of the candidate pairs in ``scored`` when they differ from the
+        training ones, else None. Trained on listed pairs (sampled by label, see
+        ``clinie.relations.priors``), they are estimated by EM from the posteriors of these
+        very pairs, no label used; trained on every candidate pair of its documents, the
+        classifier learnt the real priors already."""
+        if not self.listed:
+            return None
+        rows = [s.posteriors for s in scored]
+        return estimate_priors(np.concatenate(rows) if rows else np.zeros((0, len(self.classes))), self.train_priors)
+
+    def label(self, scored: Sequence[Scored], priors: np.ndarray | None = None) -> list[Document]:
+        """Each scored document with its spans kept and a relation for each pair whose most
+        probable class (under ``priors``, if given) is not ``NO_RELATION``."""
+        out = []
+        for s in scored:
+            probabilities = s.posteriors if priors is None else \
+                adjust_to_priors(s.posteriors, self.train_priors, priors)
+            relations = [Relation(pair.head.id, pair.tail.id, self.classes[best], float(row[best]))
+                         for pair, row, best in zip(s.pairs, probabilities, probabilities.argmax(axis=1))
+                         if self.classes[best] != NO_RELATION]
+            out.append(s.doc.with_annotations(s.doc.entities, relations))
+        return out
+
+    def predict(self, docs: Sequence[Document]) -> list[Document]:
+        """Each document with its spans kept and its relations predicted between them, under the
+        class priors of the candidate pairs of ``docs`` (``pair_priors``): give a corpus in one call."""
+        scored = self.score(docs)
+        return self.label(scored, self.pair_priors(scored))
 
     # --- persistence ----------------------------------------------------------------------
 
@@ -171,7 +226,7 @@ class RelationClassifier:
         torch.save(self._head.state_dict(), directory / HEAD_FILE)
         write_meta(directory, KIND, specs=[asdict(s) for s in self.specs], classes=self.classes,
                    types=self.types.as_dict(), base_model=self.base_model, hyperparameters=self.hyperparameters,
-                   n_train_pairs=self.n_train_pairs)
+                   n_train_pairs=self.n_train_pairs, listed=self.listed, train_priors=self.train_priors.tolist())
         return directory
 
     @classmethod
@@ -187,6 +242,9 @@ class RelationClassifier:
         classifier.base_model = meta["base_model"]
         classifier.types = PairTypes.from_dict(classifier.specs, meta["types"])
         classifier.n_train_pairs = meta["n_train_pairs"]
+        # saved before clinie adapted priors: labelled as trained, as then
+        classifier.listed = meta.get("listed", False)
+        classifier.train_priors = np.asarray(meta.get("train_priors", classifier.train_priors))
         classifier._encoder = AutoModel.from_pretrained(directory).to(device).eval()
         classifier._head = classifier._new_head(classifier._encoder.config.hidden_size)
         classifier._head.load_state_dict(torch.load(directory / HEAD_FILE, map_location=device))
