@@ -122,7 +122,7 @@ def breakdown(classifier: Any, test: list[Document], tagged: list[Document]) -> 
         priors[f"{entities} entities, estimated"] = [round(float(p), 4) for p in estimated]
     priors["gold entities, true"] = true_priors(test, classifier.types, classifier.classes)
     priors["trained"] = [round(float(p), 4) for p in classifier.train_priors]
-    return {"steps": steps, "priors": priors, "seconds": seconds}
+    return {"steps": steps, "classes": list(classifier.classes), "priors": priors, "seconds": seconds}
 
 
 def key(row: dict[str, Any]) -> tuple:

@@ -416,6 +416,39 @@ def student_section(results: Path = RESULTS) -> list[str]:
     return lines
 
 
+def relations_section(results: Path = RESULTS) -> list[str]:
+    """DDI relations and where the end-to-end figure is lost (``python -m bench.relations``)."""
+    from bench.relations import PUBLISHED, table
+
+    path = results / "relations" / "ddi.json"
+    if not path.exists():
+        return []
+    runs = [r for r in json.loads(path.read_text())["runs"] if not r["settings"]["test_limit"]]
+    if not runs:
+        return []
+    lines = ["", "## Relations (DDI): where the end-to-end figure is lost", "",
+             "The relation classifier (MiniLM, entity markers) is fitted on the 100 listed pairs of "
+             "`ddi/fewshot/gutierrez_train100_balanced_seed<seed>.jsonl` (20 per label), the encoder tagger on the "
+             "same sentences' entities. *Listed pairs*: the 200 pairs of Chen et al. 2023, gold spans given. The "
+             "other rows score every candidate pair of the full DDI test set (strict: both spans exact, label "
+             "right), one change at a time: gold or tagger entities, labelled as trained (the sample's 20 % "
+             "`false`) or under the class priors EM estimates on the unlabelled candidate pairs themselves "
+             "(`clinie.relations.priors`, what `RelationClassifier.predict` does). *Predicted / gold relations* "
+             "above 1 is over-prediction.",
+             "", "Runs made by " + "; ".join(sorted({f"`{r['command']}`" for r in runs})) + ", read from "
+             "`bench/results/relations/ddi.json`.", "", *table(runs)]
+    lines += [f"| {name} (Chen et al. 2023, same 200 pairs; published) | {value:.3f} |" + " |" * len(runs)
+              for name, value in PUBLISHED.items()]
+    with_priors = [r for r in runs if "priors" in r]
+    if with_priors:
+        lines += ["", "Class priors of the candidate pairs (" + ", ".join(with_priors[0]["classes"]) + "): as trained, "
+                  "as EM estimates them (no label read), and the true ones of the gold-span candidates (read for this "
+                  "table only):", ""]
+        lines += [f"- seed {r['settings']['seed']}: " + "; ".join(f"{k} {v}" for k, v in r["priors"].items())
+                  for r in with_priors]
+    return lines
+
+
 def webhooks_section(results: Path = RESULTS) -> list[str]:
     """Webhook latency under concurrent annotators (``python -m bench.webhooks``)."""
     path = results / "webhooks" / "loopback.json"
@@ -468,7 +501,7 @@ def render_results(results: Path = RESULTS) -> str:
                   "", *run_table(study),
                   "", "Counted from these runs:", "", *findings(study)]
     lines += (cold_start_section(results) + first_model_section(results) + active_section(results)
-              + student_section(results) + webhooks_section(results))
+              + student_section(results) + relations_section(results) + webhooks_section(results))
     return "\n".join(lines) + "\n"
 
 
