@@ -82,6 +82,7 @@ def postprocess(text: str, window: Window, probabilities: np.ndarray, tags: Sequ
     Each word's tag is the argmax of its first sub-word's distribution, its score that
     probability; a span's score is the mean over its words.
 
+    >>> from clinie.core import tokenize
     >>> text = "neuroblastoma in kids"
     >>> words = tokenize(text)
     >>> window = Window(0, words, [101, 1, 2, 3, 4, 102], [None, 0, 0, 1, 2, None])
