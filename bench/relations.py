@@ -19,8 +19,8 @@ Training pairs and demonstrations only from ``ddi/fewshot/gutierrez_train100_bal
    - *candidate ceiling*: the share of gold relations whose pair is a candidate with gold spans,
      under the type constraints the classifier learnt (and under the declared ones: none);
    - *tagger entities, as trained*: the encoder tagger (trained on the same 100 sentences'
-     entities) finds the drugs; the figure this bench reported before the priors were adapted;
-   - *tagger entities, priors adapted*: what ``RelationClassifier.predict`` does.
+     entities) finds the drugs; what ``RelationClassifier.predict`` does;
+   - *tagger entities, priors adapted*: the same under the priors EM estimates.
 
    Per step: predicted relations against gold ones (over-prediction shows as predicted >> gold and
    low precision), micro precision and recall, macro F1; per seed the priors EM estimated beside
@@ -59,7 +59,7 @@ TYPES = ("advise", "effect", "int", "mechanism")
 SPECS = parse_label_config((ROOT / "label_configs" / "drug_interactions.xml").read_text()).relation_labels
 PUBLISHED = {"GPT-3.5 0-shot": 0.3349, "GPT-3.5 1-shot": 0.3440, "GPT-4 0-shot": 0.6325, "GPT-4 1-shot": 0.6558}
 STEPS = ("gold entities, every candidate pair, as trained", "gold entities, every candidate pair, priors adapted",
-         "tagger entities, as trained", "tagger entities, priors adapted (predict)")
+         "tagger entities, as trained (predict)", "tagger entities, priors adapted")
 
 
 def macro_f1(gold: list[Document], pred: list[Document], mode: str) -> float:

@@ -433,7 +433,7 @@ def relations_section(results: Path = RESULTS) -> list[str]:
              "other rows score every candidate pair of the full DDI test set (strict: both spans exact, label "
              "right), one change at a time: gold or tagger entities, labelled as trained (the sample's 20 % "
              "`false`) or under the class priors EM estimates on the unlabelled candidate pairs themselves "
-             "(`clinie.relations.priors`, what `RelationClassifier.predict` does). *Predicted / gold relations* "
+             "(`clinie.relations.priors`; `RelationClassifier.predict` labels as trained). *Predicted / gold relations* "
              "above 1 is over-prediction.",
              "", "Runs made by " + "; ".join(sorted({f"`{r['command']}`" for r in runs})) + ", read from "
              "`bench/results/relations/ddi.json`.", "", *table(runs)]

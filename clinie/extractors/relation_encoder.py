@@ -11,11 +11,11 @@ Negatives are the unannotated candidate pairs (``clinie.relations.labelled_pairs
 classifier learns the real share of pairs that are relations. Trained on listed pairs instead (a
 pair-level file sampled by label, ``fit(listed=True)``), it learns the sample's share: DDI's
 few-shot file is 20 % negative, real candidate pairs 83 %, and labelling every candidate pair of a
-sentence as trained predicts several times more relations than there are. ``predict`` then
-re-estimates the class priors on the unlabelled pairs it is given and labels under them
-(``clinie.relations.priors``; ``bench/relations.py`` measures what that recovers); ``classify``, for
-listed pairs whose sample's priors are unknown, labels as trained. It works on whatever spans a
-document has: gold ones, or the encoder tagger's predictions.
+sentence as trained predicts several times more relations than there are. ``pair_priors``
+re-estimates the class priors on the unlabelled pairs it is given and ``label`` labels under them
+(``clinie.relations.priors``); ``bench/relations.py`` measures what that recovers, and ``predict``
+labels as trained until it does. It works on whatever spans a document has: gold ones, or the
+encoder tagger's predictions.
 
 Example (not run here: it fine-tunes a model):
     classifier = RelationClassifier(schema.relation_labels).fit(train_docs)
@@ -207,10 +207,10 @@ class RelationClassifier:
         return out
 
     def predict(self, docs: Sequence[Document]) -> list[Document]:
-        """Each document with its spans kept and its relations predicted between them, under the
-        class priors of the candidate pairs of ``docs`` (``pair_priors``): give a corpus in one call."""
-        scored = self.score(docs)
-        return self.label(scored, self.pair_priors(scored))
+        """Each document with its spans kept and its relations predicted between them, labelled
+        as trained. Not under the priors ``pair_priors`` estimates: on DDI, EM drove a few-shot
+        classifier's estimate to all ``NO_RELATION`` (``bench/relations.py`` reports both)."""
+        return self.label(self.score(docs))
 
     # --- persistence ----------------------------------------------------------------------
 
