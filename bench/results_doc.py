@@ -435,17 +435,25 @@ def relations_section(results: Path = RESULTS) -> list[str]:
              "`false`) or under the class priors EM estimates on the unlabelled candidate pairs themselves "
              "(`clinie.relations.priors`; `RelationClassifier.predict` labels as trained). *Predicted / gold relations* "
              "above 1 is over-prediction.",
-             "", "Runs made by " + "; ".join(sorted({f"`{r['command']}`" for r in runs})) + ", read from "
-             "`bench/results/relations/ddi.json`.", "", *table(runs)]
-    lines += [f"| {name} (Chen et al. 2023, same 200 pairs; published) | {value:.3f} |" + " |" * len(runs)
-              for name, value in PUBLISHED.items()]
-    with_priors = [r for r in runs if "priors" in r]
-    if with_priors:
-        lines += ["", "Class priors of the candidate pairs (" + ", ".join(with_priors[0]["classes"]) + "): as trained, "
-                  "as EM estimates them (no label read), and the true ones of the gold-span candidates (read for this "
-                  "table only):", ""]
-        lines += [f"- seed {r['settings']['seed']}: " + "; ".join(f"{k} {v}" for k, v in r["priors"].items())
-                  for r in with_priors]
+             "", "Read from `bench/results/relations/ddi.json`; one table per configuration, each with the runs "
+             "that made it."]
+    configurations: dict[tuple, list[dict]] = {}
+    for run in runs:
+        settings = {k: v for k, v in run["settings"].items() if k not in ("seed", "llm_pairs")}
+        configurations.setdefault(tuple(sorted(settings.items())), []).append(run)
+    for configuration, group in configurations.items():
+        folds = dict(configuration).get("calibration_folds", 0)
+        title = f"Posteriors calibrated by {folds}-fold cross-validation" if folds else "Posteriors as trained"
+        lines += ["", f"### {title}", "", "Runs made by " + "; ".join(sorted({f"`{r['command']}`" for r in group})) + ".", "", *table(group)]
+        lines += [f"| {name} (Chen et al. 2023, same 200 pairs; published) | {value:.3f} |" + " |" * len(group)
+                  for name, value in PUBLISHED.items()]
+        with_priors = [r for r in group if "priors" in r]
+        if with_priors:
+            lines += ["", "Class priors of the candidate pairs (" + ", ".join(with_priors[0]["classes"]) + "): as "
+                      "trained, as EM estimates them (no label read), and the true ones of the gold-span candidates "
+                      "(read for this table only):", ""]
+            lines += [f"- seed {r['settings']['seed']}: " + "; ".join(f"{k} {v}" for k, v in r["priors"].items())
+                      for r in with_priors]
     return lines
 
 

@@ -22,7 +22,7 @@ from clinie.llm.openai_compat import OpenAICompatibleLLM
 from clinie.prompting.choice import grammar, parse_response
 from clinie.prompting.relation_mc import generate_prompt, option_texts
 from clinie.relations import Pair, PairTypes, candidate_pairs, labelled_pairs, mark
-from clinie.relations.priors import adjust_to_priors, estimate_priors, label_frequencies
+from clinie.relations.priors import Calibration, adjust_to_priors, estimate_priors, fit_calibration, label_frequencies
 from clinie.retrieval import Embedder
 from tests.support import DATA
 from tests.support.backend_server import LlamaServer
@@ -169,6 +169,30 @@ def test_adapting_priors_keeps_masked_labels_out_and_unseen_labels_as_they_are()
     assert np.allclose(adapted[0], [0.9, 0.1, 0.0])
     assert adapted[1, 0] > 0.2 and adapted[1, 2] > 0  # int, never trained, is weighted 1: not erased
 
+
+
+def test_calibration_lets_em_find_the_priors_an_overconfident_classifier_hides():
+    # the same pairs, seen by a classifier sure of every answer (posteriors sharpened 8-fold): EM
+    # then stays near the share it predicts; calibrated on held-out labelled pairs, it finds the priors
+    rng = np.random.default_rng(1)
+    trained = np.full(3, 1 / 3)
+    means = np.array([[0.0, 0.0], [2.0, 0.0], [0.0, 2.0]])
+
+    def pairs(priors: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+        classes = rng.choice(3, size=n, p=priors)
+        x = means[classes] + rng.normal(size=(n, 2))
+        sharp = np.exp(-4.0 * ((x[:, None, :] - means[None]) ** 2).sum(-1))
+        return sharp / sharp.sum(1, keepdims=True), classes
+
+    held_out, labels = pairs(trained, 600)  # cross-validation folds of the balanced training sample
+    calibration = fit_calibration(held_out, labels)
+    assert 0 < calibration.scale < 0.3
+    posteriors, _ = pairs(np.array([0.8, 0.15, 0.05]), 4000)
+    assert estimate_priors(posteriors, trained)[0] < 0.75
+    assert np.allclose(estimate_priors(calibration.apply(posteriors), trained), [0.8, 0.15, 0.05], atol=0.04)
+    masked = np.array([[0.3, 0.0, 0.7]])
+    assert calibration.apply(masked)[0, 1] == 0 and Calibration().apply(masked).tolist() == masked.tolist()
+    assert fit_calibration(np.zeros((0, 3)), []) == Calibration()
 
 # --- metrics ------------------------------------------------------------------------------
 

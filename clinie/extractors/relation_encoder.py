@@ -35,7 +35,8 @@ from clinie.core import NO_RELATION, Document, Relation, RelationSpec, split_sen
 from clinie.embedded import encoder_path
 from clinie.extractors.finetune import fine_tune, read_meta, write_meta
 from clinie.relations import ENTITY_MARKERS, Pair, PairTypes, candidate_pairs, labelled_pairs, mark
-from clinie.relations.priors import adjust_to_priors, estimate_priors, label_frequencies
+from clinie.relations.priors import (Calibration, adjust_to_priors, estimate_priors, fit_calibration,
+                                     label_frequencies)
 
 MARKERS = ENTITY_MARKERS
 HEAD_FILE = "relation_head.pt"
@@ -78,6 +79,7 @@ class RelationClassifier:
         self.n_train_pairs = 0
         self.listed = False  # trained on listed pairs: their priors are the sample's, not the text's
         self.train_priors = label_frequencies((), self.classes)
+        self.calibration = Calibration()
         self._tokenizer = AutoTokenizer.from_pretrained(self.base_model)
         self._tokenizer.add_special_tokens({"additional_special_tokens": list(MARKERS)})
         self._marker_ids = self._tokenizer.convert_tokens_to_ids(["[E1]", "[E2]"])
@@ -107,26 +109,54 @@ class RelationClassifier:
 
         return torch.nn.Sequential(torch.nn.Dropout(0.1), torch.nn.Linear(2 * hidden_size, len(self.classes))).to(self.device)
 
-    def fit(self, docs: Sequence[Document], *, listed: bool = False, progress: bool = False) -> RelationClassifier:
+    def fit(self, docs: Sequence[Document], *, listed: bool = False, calibration_folds: int = 0,
+            progress: bool = False) -> RelationClassifier:
         """Fine-tune a fresh copy of the base encoder on the labelled pairs of ``docs``.
 
         ``listed=True`` for pair-level files (see ``labelled_pairs``). Type constraints of the
         relations the config does not declare are learned from ``docs`` here.
+        ``calibration_folds`` (0: none) first fine-tunes that many copies, each with one fold of
+        the pairs held out, and fits a ``Calibration`` to the held-out posteriors: the
+        posteriors are then calibrated, which estimating the pairs' priors needs (``pair_priors``),
+        at that many more fits' cost.
         """
-        import torch
-        from transformers import AutoModel
-
         hp = self.hyperparameters
         self.types = PairTypes.learn(self.specs, docs)
         index = {c: i for i, c in enumerate(self.classes)}
         examples = []
         for doc in docs:
             sentences = split_sentences(doc.text)
-            examples.extend((mark(doc.text, pair, sentences=sentences), index[label])
+            examples.extend((mark(doc.text, pair, sentences=sentences), index[label], self._allowed(pair))
                             for pair, label in labelled_pairs(doc, self.types, hp["window"], listed=listed)
                             if label in index)
         if not examples:
             raise ValueError("no candidate pairs to learn relations from")
+        self.calibration = Calibration()
+        if calibration_folds > 1:
+            order = np.random.default_rng(hp["seed"]).permutation(len(examples))
+            held_out, labels = [], []
+            for fold in range(calibration_folds):
+                out = set(order[fold::calibration_folds].tolist())
+                self._train([e for i, e in enumerate(examples) if i not in out], progress)
+                part = [examples[i] for i in sorted(out)]
+                held_out.append(self._probabilities([t for t, _, _ in part], [a for _, _, a in part]))
+                labels.extend(label for _, label, _ in part)
+            self.calibration = fit_calibration(np.concatenate(held_out), labels)
+        self._train(examples, progress)
+        self.n_train_pairs = len(examples)
+        self.listed = listed
+        self.train_priors = label_frequencies([self.classes[label] for _, label, _ in examples], self.classes)
+        return self
+
+    def _allowed(self, pair: Pair) -> list[bool]:
+        """Which ``classes`` the pair's span types allow."""
+        return [c == NO_RELATION or c in pair.labels for c in self.classes]
+
+    def _train(self, examples: list[tuple[str, int, list[bool]]], progress: bool) -> None:
+        import torch
+        from transformers import AutoModel
+
+        hp = self.hyperparameters
         torch.manual_seed(hp["seed"])
         self._encoder = AutoModel.from_pretrained(self.base_model).to(self.device)
         self._encoder.resize_token_embeddings(len(self._tokenizer))
@@ -134,39 +164,38 @@ class RelationClassifier:
         self._encoder.train()
         self._head.train()
 
-        def batch_loss(part: list[tuple[str, int]]):
-            target = torch.tensor([label for _, label in part], device=self.device)
-            return torch.nn.functional.cross_entropy(self._forward([text for text, _ in part]), target)
+        def batch_loss(part: list[tuple[str, int, list[bool]]]):
+            target = torch.tensor([label for _, label, _ in part], device=self.device)
+            return torch.nn.functional.cross_entropy(self._forward([text for text, _, _ in part]), target)
 
-        fine_tune([*self._encoder.parameters(), *self._head.parameters()], examples, batch_loss,
+        fine_tune([*self._encoder.parameters(), *self._head.parameters()], list(examples), batch_loss,
                   epochs=hp["epochs"], learning_rate=hp["learning_rate"], batch_size=hp["batch_size"],
                   seed=hp["seed"], progress=progress, desc="fine-tuning relations")
         self._encoder.eval()
         self._head.eval()
-        self.n_train_pairs = len(examples)
-        self.listed = listed
-        self.train_priors = label_frequencies([self.classes[label] for _, label in examples], self.classes)
-        return self
+
+    def _probabilities(self, texts: Sequence[str], allowed: Sequence[list[bool]], batch_size: int = 32) -> np.ndarray:
+        """Uncalibrated P(class | marked text), labels not ``allowed`` masked to 0."""
+        import torch
+
+        rows = []
+        with torch.inference_mode():
+            for b in range(0, len(texts), batch_size):
+                logits = self._forward(texts[b : b + batch_size]).float()
+                mask = torch.tensor(allowed[b : b + batch_size], device=logits.device)
+                rows.append(torch.softmax(logits.masked_fill(~mask, float("-inf")), dim=-1).cpu().numpy())
+        return np.concatenate(rows) if rows else np.zeros((0, len(self.classes)))
 
     # --- postprocess ----------------------------------------------------------------------
 
     def posteriors(self, doc: Document, pairs: Sequence[Pair], batch_size: int = 32) -> np.ndarray:
-        """P(class | pair) as trained, a row per pair and a column per ``classes``; a label the
-        pair's types forbid has probability 0."""
-        import torch
-
+        """P(class | pair) as trained (calibrated, if fitted so), a row per pair and a column per
+        ``classes``; a label the pair's types forbid has probability 0."""
         if self._encoder is None:
             raise RuntimeError("the relation classifier is not trained: call fit() or load()")
-        rows = []
         sentences = split_sentences(doc.text)
-        with torch.inference_mode():
-            for b in range(0, len(pairs), batch_size):
-                part = pairs[b : b + batch_size]
-                logits = self._forward([mark(doc.text, p, sentences=sentences) for p in part]).float()
-                allowed = torch.tensor([[c == NO_RELATION or c in p.labels for c in self.classes] for p in part],
-                                       device=logits.device)
-                rows.append(torch.softmax(logits.masked_fill(~allowed, float("-inf")), dim=-1).cpu().numpy())
-        return np.concatenate(rows) if rows else np.zeros((0, len(self.classes)))
+        texts = [mark(doc.text, p, sentences=sentences) for p in pairs]
+        return self.calibration.apply(self._probabilities(texts, [self._allowed(p) for p in pairs], batch_size))
 
     def classify(self, doc: Document, pairs: Sequence[Pair], batch_size: int = 32) -> list[tuple[str, float]]:
         """The label and its probability for each pair, as trained (listed pairs: their sample's
@@ -226,7 +255,8 @@ class RelationClassifier:
         torch.save(self._head.state_dict(), directory / HEAD_FILE)
         write_meta(directory, KIND, specs=[asdict(s) for s in self.specs], classes=self.classes,
                    types=self.types.as_dict(), base_model=self.base_model, hyperparameters=self.hyperparameters,
-                   n_train_pairs=self.n_train_pairs, listed=self.listed, train_priors=self.train_priors.tolist())
+                   n_train_pairs=self.n_train_pairs, listed=self.listed, train_priors=self.train_priors.tolist(),
+                   calibration=asdict(self.calibration))
         return directory
 
     @classmethod
@@ -245,6 +275,8 @@ class RelationClassifier:
         # saved before clinie adapted priors: labelled as trained, as then
         classifier.listed = meta.get("listed", False)
         classifier.train_priors = np.asarray(meta.get("train_priors", classifier.train_priors))
+        calibration = meta.get("calibration", {})
+        classifier.calibration = Calibration(calibration.get("scale", 1.0), tuple(calibration.get("bias", ())))
         classifier._encoder = AutoModel.from_pretrained(directory).to(device).eval()
         classifier._head = classifier._new_head(classifier._encoder.config.hidden_size)
         classifier._head.load_state_dict(torch.load(directory / HEAD_FILE, map_location=device))
