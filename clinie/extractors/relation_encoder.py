@@ -13,8 +13,9 @@ pair-level file sampled by label, ``fit(listed=True)``), it learns the sample's 
 few-shot file is 20 % negative, real candidate pairs 83 %, and labelling every candidate pair of a
 sentence as trained predicts several times more relations than there are. ``pair_priors``
 re-estimates the class priors on the unlabelled pairs it is given and ``label`` labels under them
-(``clinie.relations.priors``); ``bench/relations.py`` measures what that recovers, and ``predict``
-labels as trained until it does. It works on whatever spans a document has: gold ones, or the
+(``clinie.relations.priors``). On DDI that recovers little (docs/results.md, "Relations"): most
+of the extra relations are negatives of kinds the listed sample lacks, which no prior corrects,
+so ``predict`` labels as trained. It works on whatever spans a document has: gold ones, or the
 encoder tagger's predictions.
 
 Example (not run here: it fine-tunes a model):
@@ -237,8 +238,9 @@ class RelationClassifier:
 
     def predict(self, docs: Sequence[Document]) -> list[Document]:
         """Each document with its spans kept and its relations predicted between them, labelled
-        as trained. Not under the priors ``pair_priors`` estimates: on DDI, EM drove a few-shot
-        classifier's estimate to all ``NO_RELATION`` (``bench/relations.py`` reports both)."""
+        as trained. Not under the priors ``pair_priors`` estimates: on DDI they gained little,
+        lost once the posteriors were calibrated, and a weakly trained classifier's estimate
+        went to all ``NO_RELATION`` (``bench/relations.py`` measures both)."""
         return self.label(self.score(docs))
 
     # --- persistence ----------------------------------------------------------------------
