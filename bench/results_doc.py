@@ -444,7 +444,8 @@ def relations_section(results: Path = RESULTS) -> list[str]:
     for configuration, group in configurations.items():
         folds = dict(configuration).get("calibration_folds", 0)
         title = f"Posteriors calibrated by {folds}-fold cross-validation" if folds else "Posteriors as trained"
-        lines += ["", f"### {title}", "", "Runs made by " + "; ".join(sorted({f"`{r['command']}`" for r in group})) + ".", "", *table(group)]
+        commands = "; ".join(sorted({f"`{r['command']}`" for r in group}))
+        lines += ["", f"### {title}", "", f"Runs made by {commands}.", "", *table(group)]
         lines += [f"| {name} (Chen et al. 2023, same 200 pairs; published) | {value:.3f} |" + " |" * len(group)
                   for name, value in PUBLISHED.items()]
         with_priors = [r for r in group if "priors" in r]
