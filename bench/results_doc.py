@@ -442,8 +442,9 @@ def relations_section(results: Path = RESULTS) -> list[str]:
         settings = {k: v for k, v in run["settings"].items() if k not in ("seed", "llm_pairs")}
         configurations.setdefault(tuple(sorted(settings.items())), []).append(run)
     for configuration, group in configurations.items():
-        folds = dict(configuration).get("calibration_folds", 0)
+        folds, negatives = dict(configuration).get("calibration_folds", 0), dict(configuration).get("negatives", 0)
         title = f"Posteriors calibrated by {folds}-fold cross-validation" if folds else "Posteriors as trained"
+        title += f", {negatives} unlisted pairs learnt as `false`" if negatives else ", listed pairs only"
         commands = "; ".join(sorted({f"`{r['command']}`" for r in group}))
         lines += ["", f"### {title}", "", f"Runs made by {commands}.", "", *table(group)]
         lines += [f"| {name} (Chen et al. 2023, same 200 pairs; published) | {value:.3f} |" + " |" * len(group)

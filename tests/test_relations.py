@@ -21,7 +21,7 @@ from clinie.llm.llamacpp import LlamaCppLLM
 from clinie.llm.openai_compat import OpenAICompatibleLLM
 from clinie.prompting.choice import grammar, parse_response
 from clinie.prompting.relation_mc import generate_prompt, option_texts
-from clinie.relations import Pair, PairTypes, candidate_pairs, labelled_pairs, mark
+from clinie.relations import Pair, PairTypes, candidate_pairs, labelled_pairs, mark, unlisted_pairs
 from clinie.relations.priors import Calibration, adjust_to_priors, estimate_priors, fit_calibration, label_frequencies
 from clinie.retrieval import Embedder
 from tests.support import DATA
@@ -91,6 +91,22 @@ def test_listed_pairs_are_the_only_examples_of_a_pair_file():
     assert labels.count(NO_RELATION) == 20 and all(labels.count(t) == 20 for t in ("advise", "effect", "int", "mechanism"))
     exhaustive = labelled_pairs(docs[0], PairTypes(SPECS))
     assert len(exhaustive) >= 1
+
+
+def test_unlisted_pairs_are_every_candidate_no_row_of_a_pair_file_lists():
+    docs = list(read_documents(DDI / "fewshot" / "gutierrez_train100_balanced_seed42.jsonl"))
+    types = PairTypes.learn(SPECS, docs)
+    unlisted = unlisted_pairs(docs, types)
+    texts = {d.text for d in docs}
+    assert {doc.text for doc, _ in unlisted} <= texts and len({doc.id for doc, _ in unlisted}) <= len(texts)
+    listed = {(d.text, frozenset(((p.head.start, p.head.end), (p.tail.start, p.tail.end))))
+              for d in docs for p, _ in labelled_pairs(d, types, listed=True)}
+    every = {(d.text, frozenset(((p.head.start, p.head.end), (p.tail.start, p.tail.end))))
+             for d in {d.text: d for d in docs}.values() for p in candidate_pairs(d, types)}
+    got = [(doc.text, frozenset(((p.head.start, p.head.end), (p.tail.start, p.tail.end)))) for doc, p in unlisted]
+    assert len(got) == len(set(got)) and set(got) == every - listed and len(got) > 10 * len(docs)
+    with pytest.raises(ValueError, match="exhaustive"):
+        RelationClassifier(SPECS).fit(docs, negatives=10)
 
 
 @given(st.text(alphabet=st.sampled_from("ab \t\r\n.é"), min_size=4, max_size=40), st.data())

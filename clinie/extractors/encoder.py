@@ -34,15 +34,12 @@ import numpy as np
 
 from clinie.core import (Document, Span, Token, bio_labels, bio_to_spans, number_spans, spans_to_bio, word_pieces)
 from clinie.embedded import encoder_path
-from clinie.extractors.finetune import STEP_BUDGET, fine_tune, read_meta, write_meta
+from clinie.extractors.finetune import STEP_BUDGET, annotated_repeats, fine_tune, read_meta, write_meta
 
 KIND = "encoder-tagger"
 EPOCHS = 20  # the default number of epochs...
 MIN_STEPS = 100  # ...raised for small training sets until training takes this many optimiser steps
 IGNORE = -100  # the label the loss skips: later sub-words of a word, special tokens, padding
-#: The share of a student's training examples that are annotations when a teacher's sentences
-#: outnumber them (``annotated_repeats``).
-ANNOTATED_SHARE = 0.5
 
 
 @dataclass(frozen=True)
@@ -98,17 +95,6 @@ def word_spans(text: str, words: Sequence[Token], word_probs: np.ndarray, tags: 
     probability; a span's score is the mean over its words (what every tagger here returns)."""
     best = word_probs.argmax(axis=1)
     return bio_to_spans(text, words, [tags[i] for i in best], [float(word_probs[w, i]) for w, i in enumerate(best)])
-
-
-def annotated_repeats(annotated: int, taught: int, share: float = ANNOTATED_SHARE) -> int:
-    """How many times each of ``annotated`` examples enters a student's epoch beside ``taught``
-    teacher-labelled ones, so that the annotations make at least ``share`` of it (once when they
-    already do).
-
-    >>> annotated_repeats(100, 2000), annotated_repeats(100, 40), annotated_repeats(10, 0)
-    (20, 1, 1)
-    """
-    return max(1, math.ceil(share / (1 - share) * taught / max(annotated, 1)))
 
 
 def word_confidence(word_probs: Sequence[np.ndarray]) -> float | None:
@@ -281,7 +267,7 @@ class EncoderTagger:
         ``taught``: documents a teacher labelled (a student, ``clinie.strategies``), learnt from
         beside ``docs``. Thousands of them would drown a hundred annotations, and teach the
         student the teacher's errors more than the annotators' reading: each annotation enters an
-        epoch ``annotated_repeats`` times, so that they stay at least ``ANNOTATED_SHARE`` of it;
+        epoch ``annotated_repeats`` times, so that they stay at least half of it;
         and the epochs are those ``docs`` alone would get, divided by those repeats — the
         annotations are seen as often as the encoder would see them, and the teacher's sentences
         fill as many steps again at most: about twice the encoder's training time, and never more

@@ -1,5 +1,5 @@
 """What the fine-tuned encoders (the tagger and the relation classifier) share: the training
-loop and the metadata file of a saved model directory."""
+loop, how annotations mix with extra examples, and the metadata file of a saved model directory."""
 
 from __future__ import annotations
 
@@ -18,7 +18,22 @@ CONFIG_FILE = "clinie.json"
 #: sentences are 260 steps (batch 8), but 40 long case reports would be 2,820 (about 50 minutes
 #: on 2 cores); past this budget, more text means fewer epochs, not more time.
 STEP_BUDGET = 300
+#: The share of an epoch the annotations keep when extra examples (a teacher's sentences, a
+#: sample of the pairs a listed file leaves out) outnumber them (``annotated_repeats``).
+ANNOTATED_SHARE = 0.5
 Example = TypeVar("Example")
+
+
+def annotated_repeats(annotated: int, extra: int, share: float = ANNOTATED_SHARE) -> int:
+    """How many times each of ``annotated`` examples enters an epoch beside ``extra`` ones that
+    are not annotations (a teacher's labels, presumed negatives), so that the annotations make
+    at least ``share`` of it (once when they already do): thousands of extra examples would
+    otherwise drown a hundred annotations.
+
+    >>> annotated_repeats(100, 2000), annotated_repeats(100, 40), annotated_repeats(10, 0)
+    (20, 1, 1)
+    """
+    return max(1, math.ceil(share / (1 - share) * extra / max(annotated, 1)))
 
 
 def fine_tune(parameters: Sequence[Any], examples: list[Example], batch_loss: Callable[[list[Example]], Any], *,

@@ -25,6 +25,8 @@ Example (not run here: it fine-tunes a model):
 
 from __future__ import annotations
 
+import math
+import random
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -34,8 +36,8 @@ import numpy as np
 
 from clinie.core import NO_RELATION, Document, Relation, RelationSpec, split_sentences
 from clinie.embedded import encoder_path
-from clinie.extractors.finetune import fine_tune, read_meta, write_meta
-from clinie.relations import ENTITY_MARKERS, Pair, PairTypes, candidate_pairs, labelled_pairs, mark
+from clinie.extractors.finetune import annotated_repeats, fine_tune, read_meta, write_meta
+from clinie.relations import ENTITY_MARKERS, Pair, PairTypes, candidate_pairs, labelled_pairs, mark, unlisted_pairs
 from clinie.relations.priors import (Calibration, adjust_to_priors, estimate_priors, fit_calibration,
                                      label_frequencies)
 
@@ -78,6 +80,7 @@ class RelationClassifier:
         self.device = device
         self.types = PairTypes(self.specs)
         self.n_train_pairs = 0
+        self.n_negative_pairs = 0  # unlisted pairs learnt as NO_RELATION beside listed ones (``fit``)
         self.listed = False  # trained on listed pairs: their priors are the sample's, not the text's
         self.train_priors = label_frequencies((), self.classes)
         self.calibration = Calibration()
@@ -110,18 +113,25 @@ class RelationClassifier:
 
         return torch.nn.Sequential(torch.nn.Dropout(0.1), torch.nn.Linear(2 * hidden_size, len(self.classes))).to(self.device)
 
-    def fit(self, docs: Sequence[Document], *, listed: bool = False, calibration_folds: int = 0,
+    def fit(self, docs: Sequence[Document], *, listed: bool = False, negatives: int = 0, calibration_folds: int = 0,
             progress: bool = False) -> RelationClassifier:
         """Fine-tune a fresh copy of the base encoder on the labelled pairs of ``docs``.
 
         ``listed=True`` for pair-level files (see ``labelled_pairs``). Type constraints of the
         relations the config does not declare are learned from ``docs`` here.
+        ``negatives`` (listed pairs only): that many of the candidate pairs the file leaves
+        unlisted (``unlisted_pairs``, drawn with the seed) are learnt as ``NO_RELATION`` beside
+        the listed ones, which keep half of every epoch (``annotated_repeats``): a sample drawn
+        by label holds few negatives, and none of the kinds most candidate pairs are.
         ``calibration_folds`` (0: none) first fine-tunes that many copies, each with one fold of
-        the pairs held out, and fits a ``Calibration`` to the held-out posteriors: the
+        the listed pairs held out, and fits a ``Calibration`` to the held-out posteriors: the
         posteriors are then calibrated, which estimating the pairs' priors needs (``pair_priors``),
         at that many more fits' cost.
         """
         hp = self.hyperparameters
+        if negatives and not listed:
+            raise ValueError("negatives are drawn from the pairs a listed file leaves out; "
+                             "an exhaustive annotation's unlabelled pairs are all negatives already")
         self.types = PairTypes.learn(self.specs, docs)
         index = {c: i for i, c in enumerate(self.classes)}
         examples = []
@@ -132,28 +142,36 @@ class RelationClassifier:
                             if label in index)
         if not examples:
             raise ValueError("no candidate pairs to learn relations from")
+        unlisted = unlisted_pairs(docs, self.types, hp["window"]) if negatives else []
+        extra = [(mark(doc.text, pair), index[NO_RELATION], self._allowed(pair))
+                 for doc, pair in random.Random(hp["seed"]).sample(unlisted, min(negatives, len(unlisted)))]
         self.calibration = Calibration()
         if calibration_folds > 1:
             order = np.random.default_rng(hp["seed"]).permutation(len(examples))
             held_out, labels = [], []
             for fold in range(calibration_folds):
                 out = set(order[fold::calibration_folds].tolist())
-                self._train([e for i, e in enumerate(examples) if i not in out], progress)
+                self._train([e for i, e in enumerate(examples) if i not in out], extra, progress)
                 part = [examples[i] for i in sorted(out)]
                 held_out.append(self._probabilities([t for t, _, _ in part], [a for _, _, a in part]))
                 labels.extend(label for _, label, _ in part)
             self.calibration = fit_calibration(np.concatenate(held_out), labels)
-        self._train(examples, progress)
-        self.n_train_pairs = len(examples)
+        self._train(examples, extra, progress)
+        self.n_train_pairs, self.n_negative_pairs = len(examples), len(extra)
         self.listed = listed
-        self.train_priors = label_frequencies([self.classes[label] for _, label, _ in examples], self.classes)
+        repeats = annotated_repeats(len(examples), len(extra))
+        self.train_priors = label_frequencies([self.classes[label] for _, label, _ in examples * repeats + extra],
+                                              self.classes)
         return self
 
     def _allowed(self, pair: Pair) -> list[bool]:
         """Which ``classes`` the pair's span types allow."""
         return [c == NO_RELATION or c in pair.labels for c in self.classes]
 
-    def _train(self, examples: list[tuple[str, int, list[bool]]], progress: bool) -> None:
+    def _train(self, examples: list[tuple[str, int, list[bool]]], extra: list[tuple[str, int, list[bool]]],
+               progress: bool) -> None:
+        """Fine-tune a fresh copy on ``examples`` and the ``extra`` presumed negatives, the examples
+        repeated to keep half of every epoch and seen as often as they would be alone."""
         import torch
         from transformers import AutoModel
 
@@ -169,8 +187,9 @@ class RelationClassifier:
             target = torch.tensor([label for _, label, _ in part], device=self.device)
             return torch.nn.functional.cross_entropy(self._forward([text for text, _, _ in part]), target)
 
-        fine_tune([*self._encoder.parameters(), *self._head.parameters()], list(examples), batch_loss,
-                  epochs=hp["epochs"], learning_rate=hp["learning_rate"], batch_size=hp["batch_size"],
+        repeats = annotated_repeats(len(examples), len(extra))
+        fine_tune([*self._encoder.parameters(), *self._head.parameters()], examples * repeats + extra, batch_loss,
+                  epochs=math.ceil(hp["epochs"] / repeats), learning_rate=hp["learning_rate"], batch_size=hp["batch_size"],
                   seed=hp["seed"], progress=progress, desc="fine-tuning relations")
         self._encoder.eval()
         self._head.eval()
@@ -257,7 +276,7 @@ class RelationClassifier:
         torch.save(self._head.state_dict(), directory / HEAD_FILE)
         write_meta(directory, KIND, specs=[asdict(s) for s in self.specs], classes=self.classes,
                    types=self.types.as_dict(), base_model=self.base_model, hyperparameters=self.hyperparameters,
-                   n_train_pairs=self.n_train_pairs, listed=self.listed, train_priors=self.train_priors.tolist(),
+                   n_train_pairs=self.n_train_pairs, n_negative_pairs=self.n_negative_pairs, listed=self.listed, train_priors=self.train_priors.tolist(),
                    calibration=asdict(self.calibration))
         return directory
 
@@ -274,6 +293,7 @@ class RelationClassifier:
         classifier.base_model = meta["base_model"]
         classifier.types = PairTypes.from_dict(classifier.specs, meta["types"])
         classifier.n_train_pairs = meta["n_train_pairs"]
+        classifier.n_negative_pairs = meta.get("n_negative_pairs", 0)
         # saved before clinie adapted priors: labelled as trained, as then
         classifier.listed = meta.get("listed", False)
         classifier.train_priors = np.asarray(meta.get("train_priors", classifier.train_priors))

@@ -1,6 +1,7 @@
 """Relation extraction stages that know no model: candidate pairs, their training labels, and
 the marked text a model reads for a pair."""
 
-from clinie.relations.candidates import ENTITY_MARKERS, Pair, PairTypes, candidate_pairs, labelled_pairs, mark
+from clinie.relations.candidates import (ENTITY_MARKERS, Pair, PairTypes, candidate_pairs, labelled_pairs, mark,
+                                       unlisted_pairs)
 
-__all__ = ["ENTITY_MARKERS", "Pair", "PairTypes", "candidate_pairs", "labelled_pairs", "mark"]
+__all__ = ["ENTITY_MARKERS", "Pair", "PairTypes", "candidate_pairs", "labelled_pairs", "mark", "unlisted_pairs"]
