@@ -416,6 +416,33 @@ def student_section(results: Path = RESULTS) -> list[str]:
     return lines
 
 
+def adapt_section(results: Path = RESULTS) -> list[str]:
+    """Masked-language-model domain adaptation of the encoder (``python -m bench.adapt``), per corpus."""
+    from bench.adapt import table
+
+    saved = {corpus: json.loads(path.read_text())["runs"] for corpus in CORPORA
+             if (path := results / "adapt" / f"{corpus}.json").exists()}
+    if not saved:
+        return []
+    lines = ["", "## Domain adaptation: MiniLM pretrained further on the project's text", "",
+             "All-MiniLM-L6-v2 pretrained further by masked-language modelling on the 100 annotated sentences of "
+             "`fewshot/gutierrez_train100_seed<seed>.jsonl` and the unannotated train-split sentences "
+             "`bench.student` draws with the seed, then fine-tuned as the encoder tagger on the 100 annotations; "
+             "against the encoder fine-tuned from MiniLM itself in the same run. Strict F1 on the 200 Chen et al. "
+             "items; read from `bench/results/adapt/<corpus>.json`."]
+    for corpus, runs in saved.items():
+        configurations: dict[tuple, list[dict]] = {}
+        for run in runs:
+            settings = {k: v for k, v in run["settings"].items() if k != "seed"}
+            configurations.setdefault(tuple(sorted(settings.items())), []).append(run)
+        for configuration, group in configurations.items():
+            commands = "; ".join(sorted({f"`{r['command']}`" for r in group}))
+            described = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in configuration)
+            lines += ["", f"### {corpus_name(corpus)}: {described}", "", f"Runs made by {commands}.", "",
+                      *table(group)]
+    return lines
+
+
 def relations_section(results: Path = RESULTS) -> list[str]:
     """DDI relations and where the end-to-end figure is lost (``python -m bench.relations``)."""
     from bench.relations import PUBLISHED, table
@@ -511,7 +538,8 @@ def render_results(results: Path = RESULTS) -> str:
                   "", *run_table(study),
                   "", "Counted from these runs:", "", *findings(study)]
     lines += (cold_start_section(results) + first_model_section(results) + active_section(results)
-              + student_section(results) + relations_section(results) + webhooks_section(results))
+              + student_section(results) + adapt_section(results) + relations_section(results)
+              + webhooks_section(results))
     return "\n".join(lines) + "\n"
 
 
