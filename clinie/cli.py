@@ -91,8 +91,10 @@ def _train(args: argparse.Namespace) -> int:
         print(f"{strategy.name}: {name} saved in {args.out / part.directory}", file=sys.stderr)
     if specs := _relation_specs(schema, docs):
         classifier = RelationClassifier(specs, args.model, **options)
-        classifier.fit(docs, listed=args.pairs == "listed", progress=True).save(args.out / RELATIONS_DIR)
-        print(f"relation classifier on {classifier.n_train_pairs} pairs, labels {', '.join(classifier.labels)}: "
+        classifier.fit(docs, listed=args.pairs == "listed", negatives=args.negatives,
+                       progress=True).save(args.out / RELATIONS_DIR)
+        print(f"relation classifier on {classifier.n_train_pairs} pairs and {classifier.n_negative_pairs} unlisted "
+              f"ones, labels {', '.join(classifier.labels)}: "
               f"{args.out / RELATIONS_DIR}", file=sys.stderr)
     return 0
 
@@ -379,6 +381,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--config", type=Path, help="a labeling config: its labels, and its relations with their "
                                                    "type constraints (default: the labels in the data)")
     train.add_argument("--pairs", choices=("all", "listed"), default="all", help=PAIRS_HELP)
+    train.add_argument("--negatives", type=int, default=0,
+                       help="with --pairs listed: learn this many of the texts' unlisted candidate pairs as no "
+                            "relation (most candidate pairs are none; a sample drawn by label lacks them)")
     train.add_argument("--epochs", type=int)
     train.add_argument("--strategy", default="encoder",
                        help=f"{strategy_forms()}: what it reads besides the encoder (the probe, the student) is "

@@ -100,8 +100,9 @@ def test_llm_strategy_refuses_an_implicit_remote_endpoint(files, capsys):
 @pytest.mark.heavy
 @pytest.mark.slow
 def test_relations_train_predict_on_gold_spans_and_evaluate(tmp_path, capsys):
-    """DDI's pair-level files: train the tagger and the relation classifier, predict relations
-    between the given spans, and score them per listed pair."""
+    """DDI's pair-level files: train the tagger and the relation classifier (the listed pairs and
+    a sample of the unlisted ones as negatives), predict relations between the given spans, and
+    score them per listed pair."""
     from tests.support.helpers import assert_relations_join_spans
 
     ddi = DATA / "ddi" / "fewshot"
@@ -112,9 +113,9 @@ def test_relations_train_predict_on_gold_spans_and_evaluate(tmp_path, capsys):
     model, pred = tmp_path / "model", tmp_path / "pred.jsonl"
     config = Path(__file__).resolve().parents[1] / "label_configs" / "drug_interactions.xml"
     assert main(["train", "--data", str(train), "--out", str(model), "--config", str(config),
-                 "--pairs", "listed", "--epochs", "2"]) == 0
+                 "--pairs", "listed", "--negatives", "20", "--epochs", "2"]) == 0
     assert (model / "relations" / "clinie.json").exists()
-    assert "relation classifier on 30 pairs" in capsys.readouterr().err
+    assert "relation classifier on 30 pairs and 20 unlisted ones" in capsys.readouterr().err
     assert main(["predict", "--model", str(model), "--gold-spans", "--data", str(test), "--out", str(pred)]) == 0
     gold, predicted = list(read_documents(test)), list(read_documents(pred))
     for g, p in zip(gold, predicted):
