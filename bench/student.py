@@ -14,8 +14,9 @@ entity F1, as ``bench.loop``.
 In the same run, with the models fitted on the whole pool: the teacher's labelling time (the
 probe reading ``--timed`` unannotated sentences, one forward pass of the LLM each, per 1,000
 sentences), and the sentences per second each of the encoder, the students and the probe serves,
-predicting the test items one sentence per call (as one /predict task each). The probe is timed
-on a copy of the LLM that keeps no features, so that it reads as it would a new task.
+predicting the test items one sentence per call (as one /predict task each), the models taking
+turns sentence by sentence (their ratios hold under a changing load). The probe is timed on a copy
+of the LLM that keeps no features, so that it reads as it would a new task.
 
 Each (corpus, size, seed) run is saved as it finishes (``--out/<corpus>/runs``, kept in git for
 the default ``--out``), speeds included: an interrupted bench resumes where it stopped. Runs go
@@ -68,13 +69,19 @@ def unannotated_sentences(train: Sequence[Document], excluded: Sequence[Document
     return random.Random(seed).sample(kept, min(n, len(kept)))
 
 
-def per_second(predict: Callable[[Document], Any], docs: Sequence[Document]) -> float:
-    """Sentences per second of ``predict`` called on each of ``docs`` alone, after one warm-up call."""
-    predict(docs[0])
-    started = time.perf_counter()
+def per_second(models: dict[str, Extractor], docs: Sequence[Document]) -> dict[str, float]:
+    """Sentences per second of each model predicting each of ``docs`` alone (one /predict task
+    of one sentence), after one warm-up call each. They take turns sentence by sentence, so that
+    a change of load on the machine falls on all of them alike and their ratios hold."""
+    for model in models.values():
+        model.predict([docs[0]])
+    spent = dict.fromkeys(models, 0.0)
     for doc in docs:
-        predict(doc)
-    return len(docs) / (time.perf_counter() - started)
+        for name, model in models.items():
+            started = time.perf_counter()
+            model.predict([doc])
+            spent[name] += time.perf_counter() - started
+    return {name: round(len(docs) / seconds, 2) for name, seconds in spent.items()}
 
 
 def speeds(build: StrategyBuilder, pool: Sequence[Document], test: Sequence[Document], timed: Sequence[Document],
@@ -90,8 +97,7 @@ def speeds(build: StrategyBuilder, pool: Sequence[Document], test: Sequence[Docu
     served: dict[str, Extractor] = {"encoder": build(Strategy("encoder"), pool), "probe": probe}
     served.update({s.name: build(s, pool) for s in students})
     return {"teacher_seconds_per_1000_sentences": round(teacher, 1), "teacher_sentences_timed": len(timed),
-            "served_sentences_per_second": {name: round(per_second(lambda d: model.predict([d]), test), 2)
-                                            for name, model in served.items()},
+            "served_sentences_per_second": per_second(served, test),
             "unannotated_sentences": len(build.unannotated),
             "taught_sentences": {s.name: build(s, pool).n_taught_docs for s in students}}
 
