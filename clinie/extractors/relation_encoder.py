@@ -11,7 +11,9 @@ Negatives are the unannotated candidate pairs (``clinie.relations.labelled_pairs
 classifier learns the real share of pairs that are relations. Trained on listed pairs instead (a
 pair-level file sampled by label, ``fit(listed=True)``), it learns the sample's share: DDI's
 few-shot file is 20 % negative, real candidate pairs 83 %, and labelling every candidate pair of a
-sentence as trained predicts several times more relations than there are. ``pair_priors``
+sentence as trained predicts several times more relations than there are. ``fit(negatives=N)``
+also learns N of the candidate pairs the file leaves unlisted as negatives (a few are relations
+nobody listed): the kinds of negatives the sample lacks. ``pair_priors``
 re-estimates the class priors on the unlabelled pairs it is given and ``label`` labels under them
 (``clinie.relations.priors``). On DDI that recovers little (docs/results.md, "Relations"): most
 of the extra relations are negatives of kinds the listed sample lacks, which no prior corrects,
@@ -113,8 +115,8 @@ class RelationClassifier:
 
         return torch.nn.Sequential(torch.nn.Dropout(0.1), torch.nn.Linear(2 * hidden_size, len(self.classes))).to(self.device)
 
-    def fit(self, docs: Sequence[Document], *, listed: bool = False, negatives: int = 0, calibration_folds: int = 0,
-            progress: bool = False) -> RelationClassifier:
+    def fit(self, docs: Sequence[Document], *, listed: bool = False, negatives: int = 0,
+            calibration_folds: int = 0, progress: bool = False) -> RelationClassifier:
         """Fine-tune a fresh copy of the base encoder on the labelled pairs of ``docs``.
 
         ``listed=True`` for pair-level files (see ``labelled_pairs``). Type constraints of the
@@ -189,8 +191,8 @@ class RelationClassifier:
 
         repeats = annotated_repeats(len(examples), len(extra))
         fine_tune([*self._encoder.parameters(), *self._head.parameters()], examples * repeats + extra, batch_loss,
-                  epochs=math.ceil(hp["epochs"] / repeats), learning_rate=hp["learning_rate"], batch_size=hp["batch_size"],
-                  seed=hp["seed"], progress=progress, desc="fine-tuning relations")
+                  epochs=math.ceil(hp["epochs"] / repeats), learning_rate=hp["learning_rate"],
+                  batch_size=hp["batch_size"], seed=hp["seed"], progress=progress, desc="fine-tuning relations")
         self._encoder.eval()
         self._head.eval()
 
@@ -276,8 +278,8 @@ class RelationClassifier:
         torch.save(self._head.state_dict(), directory / HEAD_FILE)
         write_meta(directory, KIND, specs=[asdict(s) for s in self.specs], classes=self.classes,
                    types=self.types.as_dict(), base_model=self.base_model, hyperparameters=self.hyperparameters,
-                   n_train_pairs=self.n_train_pairs, n_negative_pairs=self.n_negative_pairs, listed=self.listed, train_priors=self.train_priors.tolist(),
-                   calibration=asdict(self.calibration))
+                   n_train_pairs=self.n_train_pairs, n_negative_pairs=self.n_negative_pairs, listed=self.listed,
+                   train_priors=self.train_priors.tolist(), calibration=asdict(self.calibration))
         return directory
 
     @classmethod
