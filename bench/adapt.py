@@ -90,16 +90,14 @@ def run_seed(corpus: str, seed: int, args: argparse.Namespace) -> dict[str, Any]
 
 def table(rows: Sequence[dict[str, Any]]) -> list[str]:
     """Markdown: both taggers' F1 seed by seed, mean ± sd, and the adaptation's time."""
-    def cell(values: list[float]) -> str:
-        return f"{statistics.fmean(values):.3f} ± {statistics.stdev(values) if len(values) > 1 else 0.0:.3f}"
-
     seeds = [r["settings"]["seed"] for r in rows]
     lines = ["| | " + " | ".join(f"seed {s}" for s in seeds) + " | mean ± sd |", "|---" * (len(seeds) + 2) + "|"]
-    for name, key in (("encoder from MiniLM", "encoder_f1"), ("encoder from MiniLM adapted", "adapted_f1"),
-                      ("adapted − MiniLM", None), ("adaptation seconds", "adapt_seconds")):
+    for name, key, digits in (("encoder from MiniLM", "encoder_f1", 3), ("encoder from MiniLM adapted", "adapted_f1", 3),
+                              ("adapted − MiniLM", None, 3), ("adaptation seconds", "adapt_seconds", 0)):
         values = [r[key] if key else r["adapted_f1"] - r["encoder_f1"] for r in rows]
-        lines.append(f"| {name} | " + " | ".join(f"{v:.3f}" if key != "adapt_seconds" else f"{v:.0f}"
-                                                 for v in values) + f" | {cell(values)} |")
+        sd = statistics.stdev(values) if len(values) > 1 else 0.0
+        lines.append(f"| {name} | " + " | ".join(f"{v:.{digits}f}" for v in values)
+                     + f" | {statistics.fmean(values):.{digits}f} ± {sd:.{digits}f} |")
     return lines
 
 
