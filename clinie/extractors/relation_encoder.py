@@ -12,8 +12,9 @@ classifier learns the real share of pairs that are relations. Trained on listed 
 pair-level file sampled by label, ``fit(listed=True)``), it learns the sample's share: DDI's
 few-shot file is 20 % negative, real candidate pairs 83 %, and labelling every candidate pair of a
 sentence as trained predicts several times more relations than there are. ``fit(negatives=N)``
-also learns N of the candidate pairs the file leaves unlisted as negatives (a few are relations
-nobody listed): the kinds of negatives the sample lacks. ``pair_priors``
+also learns N of the candidate pairs the file leaves unlisted as negatives, the kinds the sample
+lacks: on DDI that cut the over-prediction and raised the end-to-end figure, but lowered the
+listed pairs' (some unlisted pairs are relations nobody listed; docs/results.md). ``pair_priors``
 re-estimates the class priors on the unlabelled pairs it is given and ``label`` labels under them
 (``clinie.relations.priors``). On DDI that recovers little (docs/results.md, "Relations"): most
 of the extra relations are negatives of kinds the listed sample lacks, which no prior corrects,
