@@ -28,6 +28,7 @@ Example (not run here: it fine-tunes a model):
 
 from __future__ import annotations
 
+import functools
 import math
 import random
 from collections.abc import Sequence
@@ -137,16 +138,16 @@ class RelationClassifier:
                              "an exhaustive annotation's unlabelled pairs are all negatives already")
         self.types = PairTypes.learn(self.specs, docs)
         index = {c: i for i, c in enumerate(self.classes)}
+        split = functools.cache(split_sentences)  # each text split once, however many pairs it holds
         examples = []
         for doc in docs:
-            sentences = split_sentences(doc.text)
-            examples.extend((mark(doc.text, pair, sentences=sentences), index[label], self._allowed(pair))
+            examples.extend((mark(doc.text, pair, sentences=split(doc.text)), index[label], self._allowed(pair))
                             for pair, label in labelled_pairs(doc, self.types, hp["window"], listed=listed)
                             if label in index)
         if not examples:
             raise ValueError("no candidate pairs to learn relations from")
         unlisted = unlisted_pairs(docs, self.types, hp["window"]) if negatives else []
-        extra = [(mark(doc.text, pair), index[NO_RELATION], self._allowed(pair))
+        extra = [(mark(doc.text, pair, sentences=split(doc.text)), index[NO_RELATION], self._allowed(pair))
                  for doc, pair in random.Random(hp["seed"]).sample(unlisted, min(negatives, len(unlisted)))]
         self.calibration = Calibration()
         if calibration_folds > 1:
