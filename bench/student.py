@@ -7,8 +7,10 @@ For each corpus and seed, pools of 25, 50 and 100 annotated sentences are drawn 
 sentences (2,000) drawn with the seed from the corpus's *train* split, none of them a sentence of
 that few-shot file or of the test items, their gold spans dropped. Over each pool, cross-validation
 picks among the strategies (``encoder``, ``probe``, and ``student`` at each threshold asked for:
-a fold's teacher is the probe fitted on that fold's annotations alone); each is then fitted on the
-whole pool and scored on the 200 items of ``fewshot/chen2023_test_sample200.jsonl`` — strict
+a fold's teacher is the probe fitted on that fold's annotations alone), and ``distilled``
+(every unannotated sentence, each word learnt as the teacher's distribution over the tags: soft
+labels, where the students learn the spans of the sentences it is sure enough of); each is then
+fitted on the whole pool and scored on the 200 items of ``fewshot/chen2023_test_sample200.jsonl`` — strict
 entity F1, as ``bench.loop``.
 
 In the same run, with the models fitted on the whole pool: the teacher's labelling time (the
@@ -19,7 +21,9 @@ turns sentence by sentence (their ratios hold under a changing load). The probe 
 of the LLM that keeps no features, so that it reads as it would a new task.
 
 Each (corpus, size, seed) run is saved as it finishes (``--out/<corpus>/runs``, kept in git for
-the default ``--out``), speeds included: an interrupted bench resumes where it stopped. Runs go
+the default ``--out``), speeds included: an interrupted bench resumes where it stopped, and a
+strategy added to ``--strategies`` is run alone and added to the saved runs (their speeds timed
+again, all models in turn). Runs go
 corpus by corpus, seed by seed, largest pool first: the teacher's features of one seed's
 unannotated sentences are computed once for its three pools (``--feature-cache-gb``).
 
@@ -177,7 +181,7 @@ def main() -> None:
     parser.add_argument("--corpora", default="ncbi_disease,bc5cdr_chem")
     parser.add_argument("--sizes", default="25,50,100")
     parser.add_argument("--seeds", default="42,33,21")
-    parser.add_argument("--strategies", default="encoder,probe,student,student-0.00")
+    parser.add_argument("--strategies", default="encoder,probe,student,student-0.00,distilled")
     parser.add_argument("--unannotated", type=int, default=2000, help="unannotated train-split sentences per seed")
     parser.add_argument("--timed", type=int, default=200, help="unannotated sentences the teacher is timed on")
     parser.add_argument("--folds", type=int, default=5)

@@ -1,15 +1,17 @@
 """The ways clinie pre-annotates, each registered once: selection, training, serving, the command
 line and the benches all go through this registry.
 
-A *kind* (``encoder``, ``probe``, ``gated``, ``llm``, ``verified``, ``rerank``, ``student``) says
-what it is assembled from (the *parts* it reads: the fine-tuned encoder, the probe on the local
-LLM's hidden states, the student) and whether it sends text to the LLM; a *strategy* is a kind
+A *kind* (``encoder``, ``probe``, ``gated``, ``llm``, ``verified``, ``rerank``, ``student``,
+``distilled``) says what it is assembled from (the *parts* it reads: the fine-tuned encoder, the
+probe on the local LLM's hidden states, the students) and whether it sends text to the LLM; a *strategy* is a kind
 with its parameter, named as on the command line and in ``CLINIE_SELECT_STRATEGIES``: ``llm-k5``
 (five retrieved demonstrations), ``gated-0.80`` (the probe reads the sentences where the
 encoder's confidence is below 0.80), ``rerank-0.80`` (the LLM decides those sentences' spans),
 ``verified-k5`` (the spans of ``llm-k5`` that the LLM confirms on a second look),
 ``student-0.90`` (an encoder trained on the annotations and on the unannotated sentences the
-probe labels with a confidence of at least 0.90).
+probe labels with a confidence of at least 0.90), ``distilled`` (an encoder trained on the
+annotations and on every unannotated sentence as the probe reads it: each word's distribution of
+tags, its doubts included).
 
 A strategy is built from ``Parts``: in cross-validation and studies the parts fitted on a fold's
 training set (``StrategyBuilder``); when serving, a model version's saved parts and the project's
@@ -79,6 +81,8 @@ PARTS: dict[str, Part] = {
                   load=lambda directory, states: ProbeTagger.load(directory, states())),
     "student": Part("student", fit=lambda build, docs, s: build.student(docs, s.threshold),
                     load=lambda directory, states: EncoderTagger.load(directory), unannotated=True),
+    "distilled": Part("distilled", fit=lambda build, docs, s: build.distilled(docs),
+                      load=lambda directory, states: EncoderTagger.load(directory), unannotated=True),
 }
 
 
@@ -285,6 +289,8 @@ register(Kind("rerank", "band", parts=("encoder",), reads_llm=True, version="{mo
               build=lambda parts, s: parts.llm().rerank(parts.part("encoder"), parts.label_specs, s.band, parts.demos)))
 register(Kind("student", "threshold", parts=("student",), reads_llm=False, version="{model}-{name}",
               build=lambda parts, s: parts.part("student")))
+register(Kind("distilled", "", parts=("distilled",), reads_llm=False, version="{model}-{name}",
+              build=lambda parts, s: parts.part("distilled")))
 
 
 # --- fitting: the parts of one training set --------------------------------------------------
@@ -293,10 +299,10 @@ register(Kind("student", "threshold", parts=("student",), reads_llm=False, versi
 class StrategyBuilder:
     """Fits strategies for a whole cross-validation or study: the encoder is fine-tuned once per
     training set and shared by ``encoder`` and every ``rerank`` and ``gated`` band, the probe by
-    ``probe``, every ``gated`` band and, as their teacher, every ``student`` (which label the
-    ``unannotated`` documents' sentences once per training set); the LLM, the embedder and the
-    hidden states the probe reads are loaded once, on first use; LLM answers go through one call
-    cache, so bands that ask the same question pay for it once.
+    ``probe``, every ``gated`` band and, as their teacher, every ``student`` and ``distilled``
+    (it labels the ``unannotated`` documents' sentences once per training set); the LLM, the
+    embedder and the hidden states the probe reads are loaded once, on first use; LLM answers go
+    through one call cache, so bands that ask the same question pay for it once.
 
     Example (not run here: it fine-tunes a model):
         build = StrategyBuilder([LabelSpec("Disease")], llm=lambda: make_llm(settings))
@@ -392,6 +398,22 @@ class StrategyBuilder:
         if not kept:
             return self.encoder(train)
         return self._fitted_on(f"student-{threshold}", train, lambda: self._new_encoder().fit(train, taught=kept))
+
+    def distilled(self, train: Sequence[Document]) -> EncoderTagger:
+        """The encoder fine-tuned on ``train`` and on every unannotated sentence, each word
+        learnt as the teacher (the probe trained on ``train``) reads it: its distribution over
+        the tags, not the spans of their argmax (``EncoderTagger.fit``'s ``soft``). No sentence
+        is dropped and no doubt is stated as sure; the annotations keep at least half of every
+        epoch, as for ``student``. With no unannotated documents, it is the encoder."""
+        if not self.unannotated:
+            return self.encoder(train)
+
+        def fit() -> EncoderTagger:
+            read = self.probe(train).predict_words(self.unannotated)
+            soft = [{word.start: row for words, rows in pieces for word, row in zip(words, rows)} for pieces in read]
+            return self._new_encoder().fit(train, taught=self.unannotated, soft=soft)
+
+        return self._fitted_on("distilled", train, fit)
 
     def llm_access(self) -> LLMAccess:
         return LLMAccess(self.llm, self.embedder, self.cache, self.guided)

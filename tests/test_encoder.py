@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from clinie.core import Document, Span, read_documents, tokenize
+from clinie.core import Document, Span, read_documents, spans_to_bio, tokenize
 from clinie.embedded import encoder_path
 from clinie.evaluation.calibration import auroc
 from clinie.extractors import Extractor
@@ -192,6 +192,42 @@ def test_fine_tuning_is_deterministic_given_the_seed(train):
     first = weights(7)
     assert np.array_equal(first, weights(7))
     assert not np.array_equal(first, weights(8))
+
+
+def test_soft_targets_are_each_words_distribution_on_its_first_subword(train):
+    tagger = EncoderTagger(["Disease"])
+    docs = train[:6]
+    one_hot = np.eye(len(tagger.tags), dtype=np.float32)
+    index = {tag: i for i, tag in enumerate(tagger.tags)}
+    # the spans said as distributions are the spans themselves
+    said = [{w.start: one_hot[index[tag]] for w, tag in zip(tokenize(d.text), spans_to_bio(tokenize(d.text),
+                                                                                            d.entities))}
+            for d in docs]
+    for (window, hard), (same, soft) in zip(tagger._examples(docs), tagger._examples(docs, said), strict=True):
+        assert window == same and np.array_equal(hard, soft)
+    # a teacher's doubt stays a doubt: every word's row, on its first sub-word only
+    doubt = np.array([0.5, 0.3, 0.2], dtype=np.float32)
+    [(window, rows)] = tagger._examples([Document("d", "neuroblastoma in kids")], [dict.fromkeys((0, 14, 17), doubt)])
+    firsts = {window.word_ids.index(w) for w in range(3)}
+    assert all(np.array_equal(rows[n], doubt if n in firsts else np.zeros(3)) for n in range(len(rows)))
+    with pytest.raises(ValueError, match="soft targets"):
+        tagger.fit(docs, taught=docs, soft=said[:2])
+
+
+@pytest.mark.slow
+def test_the_loss_on_one_hot_targets_is_the_token_classifiers_own(train):
+    import torch
+
+    tagger = EncoderTagger(["Disease"], max_steps=1, seed=3).fit(train[:4])
+    examples = tagger._examples(train[:4])
+    width = max(len(w.input_ids) for w, _ in examples)
+    labels = torch.full((len(examples), width), -100)
+    for i, (_, rows) in enumerate(examples):
+        learnt = rows.sum(axis=1) > 0
+        labels[i, : len(rows)] = torch.where(torch.from_numpy(learnt), torch.from_numpy(rows.argmax(axis=1)), -100)
+    with torch.no_grad():
+        own = tagger._model(**tagger._batch([w for w, _ in examples]), labels=labels).loss
+        assert torch.isclose(tagger._loss(examples), own, rtol=1e-5)
 
 
 def test_a_small_training_set_gets_epochs_enough_for_a_hundred_steps_unless_epochs_are_given():

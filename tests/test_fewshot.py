@@ -2,14 +2,26 @@
 
 from __future__ import annotations
 
+import functools
 import json
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
 
 from clinie.cli import main
 from clinie.core import Document, LabelSpec, Span, read_documents
-from clinie.evaluation.fewshot import CrossValidation, StrategyRun, cross_validate, folds, label_specs, subsample
+from clinie.evaluation.fewshot import (
+    CrossValidation,
+    StrategyRun,
+    cross_validate,
+    folds,
+    label_specs,
+    subsample,
+)
+from clinie.evaluation.study import load_run, run_study
 from clinie.extractors.gated import FilterThenProbe
 from clinie.extractors.llm import LLMTagger
 from clinie.extractors.rerank import FilterThenRerank
@@ -106,6 +118,60 @@ def test_pools_are_seeded_subsamples_and_labels_keep_their_descriptions(pool):
 def test_repeated_document_ids_are_refused(pool):
     with pytest.raises(ValueError, match="ids repeat"):
         cross_validate([pool[0], pool[0]], [Strategy("encoder")], lambda s, t: None)
+
+
+@dataclass(frozen=True)
+class Lookup:
+    """A candidate that tags each surface form of at least ``shortest`` characters its training
+    spans had: a real reader, pure and instant, for what a study keeps of its runs."""
+
+    shortest: int
+    forms: tuple[str, ...] = ()  # longest first
+    labels = ("Disease",)
+
+    @property
+    def name(self) -> str:
+        return f"lookup-{self.shortest}"
+
+    def fit(self, train: Sequence[Document]) -> Lookup:
+        forms = {s.text for d in train for s in d.entities if len(s.text) >= self.shortest}
+        return replace(self, forms=tuple(sorted(forms, key=len, reverse=True)))
+
+    def predict(self, docs: Sequence[Document]) -> list[Document]:
+        out = []
+        for doc in docs:
+            spans: list[Span] = []
+            for form in self.forms:
+                for m in re.finditer(re.escape(form), doc.text):
+                    found = Span.from_text(doc.text, m.start(), m.end(), "Disease")
+                    if not any(found.overlaps(s) for s in spans):
+                        spans.append(found)
+            out.append(doc.with_annotations(sorted(spans, key=lambda s: s.start)))
+        return out
+
+
+def test_a_study_given_one_more_strategy_runs_that_one_alone_and_picks_again(pool, tmp_path):
+    fitted: list[str] = []
+
+    def build(candidate: Lookup, train: Sequence[Document]) -> Lookup:
+        fitted.append(candidate.name)
+        return candidate.fit(train)
+
+    study = functools.partial(run_study, pool[:50], pool[60:70], [20], [1], build=build, folds=4)
+    [nothing] = study([Lookup(999)], runs_dir=tmp_path)  # no form that long: F1 0
+    fitted.clear()
+    [both] = study([Lookup(3), Lookup(999)], runs_dir=tmp_path)
+    assert set(fitted) == {"lookup-3"}  # the saved strategy is not fitted again
+    assert list(both["test"]) == list(both["cv"]["strategies"]) == ["lookup-3", "lookup-999"]
+    assert both["cv"]["strategies"]["lookup-999"] == nothing["cv"]["strategies"]["lookup-999"]
+    assert both["selected"] == both["cv"]["selected"] == "lookup-3" != nothing["selected"]
+    as_saved = json.loads(json.dumps(both))
+    assert load_run(tmp_path, 20, 1) == as_saved
+    [fresh] = study([Lookup(3), Lookup(999)], runs_dir=None)
+    assert json.loads(json.dumps(fresh)) == as_saved  # as if both had been run together
+    fitted.clear()
+    study([Lookup(999)], runs_dir=tmp_path)  # a saved run with a strategy not asked for is run again
+    assert fitted == ["lookup-999"] * 5
 
 
 # --- on real models -----------------------------------------------------------------------

@@ -1,6 +1,7 @@
-"""The student: an encoder trained on the annotations and on the unannotated sentences its teacher
-(the probe fitted on the same annotations) labels surely enough — real MiniLM, real Gemma states,
-real NCBI sentences, a few optimiser steps."""
+"""The students: an encoder trained on the annotations and on the unannotated sentences its teacher
+(the probe fitted on the same annotations) labels surely enough, or on every word's distribution
+as the teacher reads it (``distilled``) — real MiniLM, real Gemma states, real NCBI sentences, a
+few optimiser steps."""
 
 from __future__ import annotations
 
@@ -29,6 +30,10 @@ def test_student_names_take_one_default_threshold_and_round_trip():
     student = KINDS["student"]
     assert (student.saves, student.reads_llm, student.learns_from_unannotated) == (("student",), False, True)
     assert not any(KINDS[name].learns_from_unannotated for name in ("encoder", "probe", "gated", "llm"))
+    distilled = Strategy.parse("distilled")
+    assert (distilled.name, distilled.kind.saves, distilled.uses_llm) == ("distilled", ("distilled",), False)
+    assert distilled.kind.learns_from_unannotated
+    assert model_version(distilled, trained="v1", llm_name="x", pool=3) == "v1-distilled"
     assert model_version(Strategy.parse("student-0.8"), trained="v1", llm_name="x", pool=3) == "v1-student-0.80"
     assert "student-0.NN" in strategy_forms()
     with pytest.raises(ValueError, match="unknown strategy"):
@@ -90,6 +95,15 @@ def test_a_student_learns_the_teachers_sure_sentences_and_serves_from_its_versio
     for doc in predicted:
         assert_spans_match_text(doc.text, doc.entities)
         assert {s.label for s in doc.entities} <= {"Disease"}
+
+    # distilled: every sentence, each word as the same teacher reads it, its doubts included
+    calls = build.states.usage["calls"]
+    distilled = build(Strategy.parse("distilled"), annotated)
+    assert build.states.usage["calls"] == calls  # the teacher read the unannotated text once, for both
+    assert (distilled.n_train_docs, distilled.n_taught_docs) == (len(annotated), len(build.unannotated))
+    assert distilled not in (every, sure, build.encoder(annotated))
+    loaded = PARTS["distilled"].load(distilled.save(version / "distilled"), HiddenStates.shared)
+    assert [d.entities for d in loaded.predict(test)] == [d.entities for d in distilled.predict(test)]
     assert HiddenStates.shared()._cache  # the teacher's reading of the unannotated text, kept for the next fold
     HiddenStates.forget_all()  # what the backend does when Label Studio deletes anything
     assert not HiddenStates.shared()._cache
@@ -99,6 +113,7 @@ def test_a_student_learns_the_teachers_sure_sentences_and_serves_from_its_versio
 def test_with_nothing_unannotated_the_student_is_the_encoder(annotated):
     build = StrategyBuilder([LabelSpec("Disease")], encoder_options={"max_steps": 4})
     assert build(Strategy.parse("student"), annotated) is build.encoder(annotated)
+    assert build(Strategy.parse("distilled"), annotated) is build.encoder(annotated)
     assert build.taught(annotated) == []
 
 

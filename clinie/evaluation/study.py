@@ -104,25 +104,59 @@ def run_study(pool: Sequence[Document], test: Sequence[Document], sizes: Sequenc
               progress: bool = False) -> list[dict[str, Any]]:
     """One run per (size, seed), quoting ``examples`` worst test documents per strategy; runs
     already in ``runs_dir`` with the same strategies and LLM budget are reused, with no more
-    quoted documents than that (a study resumed without them reports none)."""
+    quoted documents than that (a study resumed without them reports none). A saved run that
+    lacks some of ``strategies`` (and has no other) gets only those run, on the same folds, and
+    its pick made again among all (``extended``): adding a strategy to a study costs that
+    strategy alone."""
     names = [s.name for s in strategies]
     runs = []
     for size in sizes:
         for seed in seeds:
             saved = load_run(runs_dir, size, seed) if runs_dir else None
-            if saved and list(saved["test"]) == names and saved["cv"].get("max_llm_share", 1.0) == max_llm_share:
+            if not (saved and set(saved["test"]) <= set(names)
+                    and saved["cv"].get("max_llm_share", 1.0) == max_llm_share):
+                saved = None
+            elif list(saved["test"]) == names:
                 runs.append(_quoting(saved, examples))
                 continue
+            missing = [s for s in strategies if not saved or s.name not in saved["test"]]
             if progress:
-                print(f"pool of {size}, seed {seed}", flush=True)
-            run = one_run(subsample(pool, size, seed), test, strategies, build, seed=seed, folds=folds,
+                print(f"pool of {size}, seed {seed}: {', '.join(s.name for s in missing)}", flush=True)
+            run = one_run(subsample(pool, size, seed), test, missing, build, seed=seed, folds=folds,
                           loo_below=loo_below, max_llm_share=max_llm_share, examples=examples, progress=progress)
+            if saved:
+                run = extended(_quoting(saved, examples), run, names)
             if runs_dir is not None:
                 path = run_path(runs_dir, size, seed)
                 path.parent.mkdir(parents=True, exist_ok=True)
                 path.write_text(json.dumps(run, indent=1, ensure_ascii=False), encoding="utf-8")
             runs.append(run)
     return runs
+
+
+def extended(saved: dict[str, Any], added: dict[str, Any], names: Sequence[str]) -> dict[str, Any]:
+    """``saved`` with the strategies of ``added`` (a run of the same pool, seed and folds), in
+    the order of ``names``, and cross-validation's pick made again among them all (``pick``,
+    under the saved run's LLM budget and preference). What only the saved run measured (a
+    bench's speeds of its models) is left out: it did not measure the added ones.
+
+    >>> figures = lambda f1: {"mean_f1": f1, "sd_f1": 0.0, "fold_f1": [f1], "llm_share": 0.0}
+    >>> run = lambda fs: {"size": 2, "seed": 1, "pool_ids": ["a", "b"], "selected": max(fs, key=fs.get),
+    ...                   "cv": {"n_folds": 2, "max_llm_share": 1.0, "prefer": "", "selected": max(fs, key=fs.get),
+    ...                          "strategies": {n: figures(f) for n, f in fs.items()}},
+    ...                   "test": {n: {} for n in fs}, "speed": {}}
+    >>> both = extended(run({"encoder": 0.5}), run({"probe": 0.6}), ["probe", "encoder"])
+    >>> both["selected"], list(both["cv"]["strategies"]), list(both["test"]), "speed" in both
+    ('probe', ['probe', 'encoder'], ['probe', 'encoder'], False)
+    """
+    if (saved["pool_ids"], saved["cv"]["n_folds"]) != (added["pool_ids"], added["cv"]["n_folds"]):
+        raise ValueError("the added strategies were not run on the saved run's pool and folds")
+    figures = {**saved["cv"]["strategies"], **added["cv"]["strategies"]}
+    tested = {**saved["test"], **added["test"]}
+    cv = {**saved["cv"], "strategies": {name: figures[name] for name in names}}
+    cv["selected"] = pick(cv["strategies"], max_llm_share=cv["max_llm_share"], prefer=cv["prefer"])
+    return {**{key: saved[key] for key in ("size", "seed", "pool_ids")}, "cv": cv, "selected": cv["selected"],
+            "test": {name: tested[name] for name in names}}
 
 
 def _quoting(run: dict[str, Any], examples: int) -> dict[str, Any]:

@@ -25,7 +25,7 @@ Example (not run here: it fine-tunes a model):
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -39,7 +39,6 @@ from clinie.extractors.finetune import STEP_BUDGET, annotated_repeats, fine_tune
 KIND = "encoder-tagger"
 EPOCHS = 20  # the default number of epochs...
 MIN_STEPS = 100  # ...raised for small training sets until training takes this many optimiser steps
-IGNORE = -100  # the label the loss skips: later sub-words of a word, special tokens, padding
 
 
 @dataclass(frozen=True)
@@ -210,7 +209,7 @@ class EncoderTagger:
 
     # --- forward --------------------------------------------------------------------------
 
-    def _batch(self, windows: Sequence[Window], labels: Sequence[list[int]] | None = None) -> dict[str, Any]:
+    def _batch(self, windows: Sequence[Window]) -> dict[str, Any]:
         import torch
 
         width = max(len(w.input_ids) for w in windows)
@@ -219,20 +218,31 @@ class EncoderTagger:
         for i, w in enumerate(windows):
             ids[i, : len(w.input_ids)] = torch.tensor(w.input_ids)
             mask[i, : len(w.input_ids)] = 1
-        batch = {"input_ids": ids.to(self.device), "attention_mask": mask.to(self.device)}
-        if labels is not None:
-            target = torch.full((len(windows), width), IGNORE, dtype=torch.long)
-            for i, row in enumerate(labels):
-                target[i, : len(row)] = torch.tensor(row)
-            batch["labels"] = target.to(self.device)
-        return batch
+        return {"input_ids": ids.to(self.device), "attention_mask": mask.to(self.device)}
 
-    def _subword_labels(self, window: Window, word_tags: list[str]) -> list[int]:
-        """Train on each word's first sub-word only; later sub-words and specials are ignored."""
-        index = {tag: i for i, tag in enumerate(self.tags)}
-        out, previous = [], None
-        for word in window.word_ids:
-            out.append(IGNORE if word is None or word == previous else index[word_tags[word]])
+    def _loss(self, examples: Sequence[tuple[Window, np.ndarray]]) -> Any:
+        """Cross-entropy of each learnt sub-word's predicted tags against its target distribution,
+        averaged over the learnt sub-words of the batch: with one-hot targets, exactly the token
+        classifier's usual loss; with a teacher's distributions, distillation on soft labels."""
+        import torch
+
+        logits = self._model(**self._batch([w for w, _ in examples])).logits
+        target = torch.zeros(logits.shape, dtype=torch.float32)
+        for i, (_, rows) in enumerate(examples):
+            target[i, : len(rows)] = torch.from_numpy(rows)
+        target = target.to(self.device)
+        learnt = target.sum(dim=-1) > 0
+        return -(target * torch.log_softmax(logits.float(), dim=-1)).sum(dim=-1)[learnt].mean()
+
+    def _subword_targets(self, window: Window, word_rows: np.ndarray) -> np.ndarray:
+        """Each word's tag distribution (``word_rows``, a row per word in ``self.tags`` order) on
+        its first sub-word, the one it is trained and read on; later sub-words and specials get
+        a row of zeros: not learnt."""
+        out = np.zeros((len(window.word_ids), len(self.tags)), dtype=np.float32)
+        previous = None
+        for n, word in enumerate(window.word_ids):
+            if word is not None and word != previous:
+                out[n] = word_rows[word]
             previous = word
         return out
 
@@ -249,16 +259,25 @@ class EncoderTagger:
             return hp["max_steps"]
         return None if hp["epochs"] else STEP_BUDGET
 
-    def _examples(self, docs: Sequence[Document]) -> list[tuple[Window, list[int]]]:
-        """Every window of ``docs`` with its sub-word targets, from the spans in ``labels``."""
+    def _examples(self, docs: Sequence[Document],
+                  soft: Sequence[Mapping[int, np.ndarray]] | None = None) -> list[tuple[Window, np.ndarray]]:
+        """Every window of ``docs`` with its sub-word targets: one-hot, from the spans in
+        ``labels``; or, with ``soft``, each document's distribution per word (keyed by the word's
+        start offset), its spans unread."""
+        one_hot = np.eye(len(self.tags), dtype=np.float32)
+        index = {tag: i for i, tag in enumerate(self.tags)}
         examples = []
         for window in self._windows(docs):
-            wanted = [s for s in docs[window.doc_index].entities if s.label in self.labels]
-            examples.append((window, self._subword_labels(window, spans_to_bio(window.words, wanted))))
+            if soft is None:
+                wanted = [s for s in docs[window.doc_index].entities if s.label in self.labels]
+                rows = one_hot[[index[tag] for tag in spans_to_bio(window.words, wanted)]]
+            else:
+                rows = np.stack([soft[window.doc_index][word.start] for word in window.words]).astype(np.float32)
+            examples.append((window, self._subword_targets(window, rows)))
         return examples
 
-    def fit(self, docs: Sequence[Document], progress: bool = False, *,
-            taught: Sequence[Document] = ()) -> EncoderTagger:
+    def fit(self, docs: Sequence[Document], progress: bool = False, *, taught: Sequence[Document] = (),
+            soft: Sequence[Mapping[int, np.ndarray]] | None = None) -> EncoderTagger:
         """Fine-tune a fresh copy of the base encoder on ``docs`` (their spans in ``labels``).
 
         Spans with other labels are ignored; documents with empty text are skipped. The same
@@ -272,6 +291,11 @@ class EncoderTagger:
         annotations are seen as often as the encoder would see them, and the teacher's sentences
         fill as many steps again at most: about twice the encoder's training time, and never more
         than ``STEP_BUDGET`` steps by default (then the mix, not the count, is kept).
+
+        ``soft``: per taught document, the teacher's tag distribution of each of its words (start
+        offset to a row in ``self.tags`` order, as ``predict_words`` gives them), learnt instead
+        of its spans: what the teacher doubts stays a doubt (distillation), where spans would
+        state it as surely as an annotation.
         """
         import torch
         from transformers import AutoModelForTokenClassification
@@ -279,9 +303,13 @@ class EncoderTagger:
         docs = [d for d in docs if d.text]
         if not docs:
             raise ValueError("no documents with text to train on")
-        taught = [d for d in taught if d.text]
+        if soft is not None and len(soft) != len(taught):
+            raise ValueError(f"{len(soft)} soft targets for {len(taught)} taught documents")
+        kept = [n for n, d in enumerate(taught) if d.text]
+        taught = [taught[n] for n in kept]
         hp = self.hyperparameters
-        annotated, extra = self._examples(docs), self._examples(taught)
+        annotated = self._examples(docs)
+        extra = self._examples(taught, None if soft is None else [soft[n] for n in kept])
         repeats = annotated_repeats(len(annotated), len(extra))
         examples = annotated * repeats + extra
         torch.manual_seed(hp["seed"])
@@ -289,8 +317,7 @@ class EncoderTagger:
             self.base_model, num_labels=len(self.tags), id2label=dict(enumerate(self.tags)),
             label2id={t: i for i, t in enumerate(self.tags)}, ignore_mismatched_sizes=True).to(self.device)
         self._model.train()
-        self.cut_short = fine_tune(self._model.parameters(), examples,
-                  lambda part: self._model(**self._batch([w for w, _ in part], [lab for _, lab in part])).loss,
+        self.cut_short = fine_tune(self._model.parameters(), examples, self._loss,
                   epochs=math.ceil(self._epochs(len(annotated)) / repeats), learning_rate=hp["learning_rate"],
                   batch_size=hp["batch_size"], seed=hp["seed"], max_steps=self._step_budget(), progress=progress)
         self._model.eval()
