@@ -405,8 +405,9 @@ def student_section(results: Path = RESULTS) -> list[str]:
              "text is train-split sentences drawn with the seed, none of them a sentence of that file or of the test "
              "items, their gold spans dropped. The teacher is the probe fitted on the same annotations (in "
              "cross-validation, on the fold's alone); `student-0.NN` is an encoder trained on the annotations and on "
-             "the sentences the teacher labels at least 0.NN sure (`student-0.00`: all of them). Cross-validation "
-             "over the pool picks among the strategies, each then fitted on the whole pool and scored on the test "
+             "the sentences the teacher labels at least 0.NN sure (`student-0.00`: all of them); `distilled` is an "
+             "encoder trained on the annotations and on every unannotated sentence, each word learnt as the "
+             "teacher's distribution over the tags (soft labels). Cross-validation over the pool picks among the strategies, each then fitted on the whole pool and scored on the test "
              "items."]
     for corpus, saved in runs.items():
         if saved:
