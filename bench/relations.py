@@ -25,7 +25,15 @@ Training pairs and demonstrations only from ``ddi/fewshot/gutierrez_train100_bal
    With ``--negatives N`` the classifier also learns N of the training sentences' unlisted
    candidate pairs as ``false`` (``RelationClassifier.fit(negatives=N)``; the listed pairs keep
    half of every epoch): the negatives a sample drawn by label lacks, a few of them relations
-   nobody listed. With ``--calibration-folds N`` the classifier's posteriors are first calibrated by N-fold
+   nobody listed. With ``--unannotated N``, **teacher -> student**: N sentences of DDI's train split
+   (none of the few-shot file's or the test's, their gold annotations dropped) get their drugs from
+   the tagger, the classifier (the teacher, as configured) reads their candidate pairs, and a
+   student is fitted like it on the same listed pairs (and negatives) and on those pairs, each
+   learnt as the teacher's posterior row (soft labels; ``RelationClassifier.fit(taught=...)``):
+   under the class priors EM estimates on these pairs (``--teacher-priors adapted``, the default:
+   the listed sample's 20 % ``false`` is not the text's) or as trained. The student also learns
+   relations on spans a tagger found, which is what it is applied to end to end. Teacher and
+   student are measured in the same run, one row each. With ``--calibration-folds N`` the classifier's posteriors are first calibrated by N-fold
    cross-validation over the 100 training pairs (``clinie.relations.priors.Calibration``; N more
    fits): every step then reads calibrated posteriors, which EM needs.
 
@@ -37,6 +45,7 @@ Writes ``bench/results/relations/ddi.json`` (kept in git; a run replaces the row
 with the same settings and keeps the others, each row with the command that made it).
 
     python -m bench.relations --seeds 42,33,21       # all of it: about 50 min on 2 idle cores
+    python -m bench.relations --seeds 42 --llm-n 0 --negatives 400 --unannotated 2000   # and a student
     python -m bench.relations --seeds 42 --llm-n 200 --skip-e2e
     python -m bench.relations --seeds 42 --llm-n 0 --train-limit 10 --test-limit 30 --epochs 1 \\
         --tagger-steps 2 --out /tmp/relations-smoke    # smoke: that it runs, no figure to read
@@ -54,6 +63,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from bench.student import unannotated_sentences
 from clinie.core import NO_RELATION, Document, Relation, read_documents
 from clinie.evaluation import evaluate_relations, evaluate_spans
 from clinie.labelstudio import parse_label_config
@@ -137,6 +147,15 @@ def key(row: dict[str, Any]) -> tuple:
     return tuple(sorted(row["settings"].items()))
 
 
+def configurations(rows: Sequence[dict[str, Any]]) -> dict[tuple, list[dict[str, Any]]]:
+    """The rows grouped by what they measured but the seed (and the LLM's pairs, run on one seed)."""
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for row in rows:
+        settings = {k: v for k, v in row["settings"].items() if k not in ("seed", "llm_pairs")}
+        groups.setdefault(tuple(sorted(settings.items())), []).append(row)
+    return groups
+
+
 def write(out: Path, rows: list[dict[str, Any]]) -> Path:
     """Merge ``rows`` into the run file under ``out``: rows of other settings are kept."""
     path = out / "ddi.json"
@@ -182,6 +201,10 @@ def main() -> None:
                         help="unlisted candidate pairs of the training sentences learnt as false (0: none)")
     parser.add_argument("--calibration-folds", type=int, default=0,
                         help="calibrate the posteriors by cross-validation over the training pairs (0: not)")
+    parser.add_argument("--unannotated", type=int, default=0,
+                        help="train-split sentences whose tagged pairs the classifier teaches a student (0: none)")
+    parser.add_argument("--teacher-priors", choices=("adapted", "trained"), default="adapted",
+                        help="the teacher's posteriors under the priors EM estimates on those pairs, or as trained")
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args()
 
@@ -197,55 +220,97 @@ def main() -> None:
     for seed in seeds:
         train = list(read_documents(DDI / "fewshot" / f"gutierrez_train100_balanced_seed{seed}.jsonl"))
         train = train[: args.train_limit or None]
-        row: dict[str, Any] = {"settings": {"seed": seed, "train_pairs": len(train), "test_limit": args.test_limit,
-                                            "epochs": args.epochs, "tagger_steps": args.tagger_steps,
-                                            "calibration_folds": args.calibration_folds,
-                                            **({"negatives": args.negatives} if args.negatives else {}),
-                                            "breakdown": not args.skip_e2e,
-                                            "llm_pairs": min(args.llm_n, len(test200)) if seed == seeds[0] else 0},
-                               "test_sentences": len(full_test), "listed_test_pairs": len(test200), "command": command}
+        settings = {"seed": seed, "train_pairs": len(train), "test_limit": args.test_limit, "epochs": args.epochs,
+                    "tagger_steps": args.tagger_steps, "calibration_folds": args.calibration_folds,
+                    **({"negatives": args.negatives} if args.negatives else {}), "breakdown": not args.skip_e2e}
+        row: dict[str, Any] = {"settings": {**settings, "llm_pairs": min(args.llm_n, len(test200)) if seed == seeds[0]
+                                            else 0}, "command": command, "seconds": {}}
         started = time.perf_counter()
         classifier = RelationClassifier(SPECS, epochs=args.epochs).fit(train, listed=True, negatives=args.negatives,
                                                                        calibration_folds=args.calibration_folds)
-        row["seconds"] = {"relation fit": round(time.perf_counter() - started, 1)}
-        pred = classify_listed(test200, lambda doc, pair: classifier.classify(doc, [pair])[0])
-        row["gold_200_macro_f1"] = round(macro_f1(test200, pred, "pairs"), 4)
-        print(f"seed {seed}: relation classifier fitted on {classifier.n_train_pairs} listed pairs and "
-              f"{classifier.n_negative_pairs} unlisted ones in "
-              f"{row['seconds']['relation fit']:.0f} s; {len(test200)} listed pairs: macro F1 "
-              f"{row['gold_200_macro_f1']:.3f}", flush=True)
-        if row["settings"]["llm_pairs"]:
-            row["llm"] = run_llm(train, test200[: args.llm_n], args.k)
-        if not args.skip_e2e:
+        row["seconds"]["relation fit"] = round(time.perf_counter() - started, 1)
+        tagger, tagged = None, None
+        if args.unannotated or not args.skip_e2e:
             sentences = list({d.text: Document(d.id, d.text, d.entities) for d in train}.values())
             started = time.perf_counter()
             tagger = EncoderTagger(["drug", "drug_n", "brand", "group"],
                                    max_steps=args.tagger_steps or None).fit(sentences)
             tagged = tagger.predict(full_test)
             row["seconds"]["tagger fit and predict"] = round(time.perf_counter() - started, 1)
-            row["tagger_entity_f1"] = round(evaluate_spans(full_test, tagged)["strict"].micro.f1, 4)
-            row["ceiling"] = {"learnt types": ceiling(full_test, classifier.types),
-                              "declared types": ceiling(full_test, PairTypes(SPECS))}
-            found = breakdown(classifier, full_test, tagged)
-            row["seconds"].update(found.pop("seconds"))
-            row.update(found)
-            print(f"seed {seed}: tagger entity F1 {row['tagger_entity_f1']:.3f}; candidate ceiling "
-                  f"{row['ceiling']['learnt types']['share']}", flush=True)
-            for step, o in row["steps"].items():
-                print(f"  {step}: macro F1 {o['macro_f1']:.3f}, {o['predicted']} predicted / {o['gold']} gold "
-                      f"relations, P {o['precision']:.3f} R {o['recall']:.3f}", flush=True)
-            print(f"  priors ({', '.join(classifier.classes)}): " +
-                  "; ".join(f"{name} {values}" for name, values in row["priors"].items()), flush=True)
-        rows.append(row)
+        if row["settings"]["llm_pairs"]:
+            row["llm"] = run_llm(train, test200[: args.llm_n], args.k)
+        rows.append(measure(classifier, row, test200, full_test, tagged))
+        if args.unannotated:
+            student, taught = teach(classifier, tagger, train, seed, args)
+            rows.append(measure(student, {"settings": {**settings, "llm_pairs": 0, "unannotated": args.unannotated,
+                                                       "teacher_priors": args.teacher_priors},
+                                          "command": command, "teacher": taught}, test200, full_test, tagged))
 
     print(f"\nwritten: {write(args.out, rows)}\n")
-    print("\n".join(table(rows)))
+    for group in configurations(rows).values():
+        print("\n".join(table(group)))
     if "llm" in rows[0]:
         llm = rows[0]["llm"]
         print(f"| LLM Gemma 3 270M, k={llm['k']}, gold entities ({llm['pairs']} listed pairs, seed {seeds[0]}) | "
               f"{llm['macro_f1']:.3f} |" + " |" * len(seeds))
     for name, value in PUBLISHED.items():
         print(f"| {name} (Chen et al. 2023, same 200 pairs) | {value:.3f} |" + " |" * len(seeds))
+
+
+def measure(classifier: Any, row: dict[str, Any], test200: list[Document], full_test: list[Document],
+            tagged: list[Document] | None) -> dict[str, Any]:
+    """``row`` with the classifier's figures: the 200 listed pairs, then (unless the row's settings
+    skip it) the breakdown on the full test set, entities from gold and the tagger's (``tagged``)."""
+    seed = row["settings"]["seed"]
+    name = "student" if "unannotated" in row["settings"] else "classifier"
+    row.update(test_sentences=len(full_test), listed_test_pairs=len(test200))
+    pred = classify_listed(test200, lambda doc, pair: classifier.classify(doc, [pair])[0])
+    row["gold_200_macro_f1"] = round(macro_f1(test200, pred, "pairs"), 4)
+    print(f"seed {seed}: relation {name} fitted on {classifier.n_train_pairs} listed pairs, "
+          f"{classifier.n_negative_pairs} unlisted ones and {classifier.n_taught_pairs} a teacher read; "
+          f"{len(test200)} listed pairs: macro F1 {row['gold_200_macro_f1']:.3f}", flush=True)
+    if not row["settings"]["breakdown"]:
+        return row
+    assert tagged is not None
+    row["tagger_entity_f1"] = round(evaluate_spans(full_test, tagged)["strict"].micro.f1, 4)
+    row["ceiling"] = {"learnt types": ceiling(full_test, classifier.types),
+                      "declared types": ceiling(full_test, PairTypes(SPECS))}
+    found = breakdown(classifier, full_test, tagged)
+    row.setdefault("seconds", {}).update(found.pop("seconds"))
+    row.update(found)
+    print(f"seed {seed}: tagger entity F1 {row['tagger_entity_f1']:.3f}; candidate ceiling "
+          f"{row['ceiling']['learnt types']['share']}", flush=True)
+    for step, o in row["steps"].items():
+        print(f"  {step}: macro F1 {o['macro_f1']:.3f}, {o['predicted']} predicted / {o['gold']} gold "
+              f"relations, P {o['precision']:.3f} R {o['recall']:.3f}", flush=True)
+    print(f"  priors ({', '.join(classifier.classes)}): " +
+          "; ".join(f"{name} {values}" for name, values in row["priors"].items()), flush=True)
+    return row
+
+
+def teach(teacher: Any, tagger: Any, train: list[Document], seed: int, args: argparse.Namespace) -> tuple[Any, dict]:
+    """A student fitted as ``teacher`` was, and on the candidate pairs of ``args.unannotated``
+    train-split sentences (none of the few-shot file's or the test's) between the spans ``tagger``
+    finds, each learnt as the teacher reads it; with what the teaching took."""
+    from clinie.extractors.relation_encoder import RelationClassifier, Scored
+    from clinie.relations.priors import adjust_to_priors
+
+    excluded = [*read_documents(DDI / "test.jsonl"),
+                *read_documents(DDI / "fewshot" / f"gutierrez_train100_balanced_seed{seed}.jsonl")]
+    texts = unannotated_sentences(list(read_documents(DDI / "train.jsonl")), excluded, args.unannotated, seed)
+    started = time.perf_counter()
+    scored = teacher.score(tagger.predict(texts))
+    read = time.perf_counter() - started
+    priors = teacher.pair_priors(scored) if args.teacher_priors == "adapted" else None
+    if priors is not None:
+        scored = [Scored(s.doc, s.pairs, adjust_to_priors(s.posteriors, teacher.train_priors, priors)) for s in scored]
+    started = time.perf_counter()
+    student = RelationClassifier(SPECS, epochs=args.epochs).fit(train, listed=True, negatives=args.negatives,
+                                                                taught=scored, calibration_folds=args.calibration_folds)
+    return student, {"sentences": len(texts), "pairs": student.n_taught_pairs,
+                     "priors": None if priors is None else [round(float(p), 4) for p in priors],
+                     "seconds": {"tagging and reading the pairs": round(read, 1),
+                                 "student fit": round(time.perf_counter() - started, 1)}}
 
 
 def run_llm(train: list[Document], test: list[Document], k: int) -> dict[str, Any]:

@@ -446,7 +446,7 @@ def adapt_section(results: Path = RESULTS) -> list[str]:
 
 def relations_section(results: Path = RESULTS) -> list[str]:
     """DDI relations and where the end-to-end figure is lost (``python -m bench.relations``)."""
-    from bench.relations import PUBLISHED, table
+    from bench.relations import PUBLISHED, configurations, table
 
     path = results / "relations" / "ddi.json"
     if not path.exists():
@@ -465,14 +465,15 @@ def relations_section(results: Path = RESULTS) -> list[str]:
              "above 1 is over-prediction.",
              "", "Read from `bench/results/relations/ddi.json`; one table per configuration, each with the runs "
              "that made it."]
-    configurations: dict[tuple, list[dict]] = {}
-    for run in runs:
-        settings = {k: v for k, v in run["settings"].items() if k not in ("seed", "llm_pairs")}
-        configurations.setdefault(tuple(sorted(settings.items())), []).append(run)
-    for configuration, group in configurations.items():
-        folds, negatives = dict(configuration).get("calibration_folds", 0), dict(configuration).get("negatives", 0)
+    for configuration, group in configurations(runs).items():
+        settings = dict(configuration)
+        folds, negatives = settings.get("calibration_folds", 0), settings.get("negatives", 0)
         title = f"Posteriors calibrated by {folds}-fold cross-validation" if folds else "Posteriors as trained"
         title += f", {negatives} unlisted pairs learnt as `false`" if negatives else ", listed pairs only"
+        if settings.get("unannotated"):
+            priors = "under the priors EM estimates on them" if settings["teacher_priors"] == "adapted" else "as trained"
+            title += (f"; its student, also taught the pairs between the tagger's spans in {settings['unannotated']} "
+                      f"unannotated train sentences as the classifier reads them ({priors})")
         commands = "; ".join(sorted({f"`{r['command']}`" for r in group}))
         lines += ["", f"### {title}", "", f"Runs made by {commands}.", "", *table(group)]
         lines += [f"| {name} (Chen et al. 2023, same 200 pairs; published) | {value:.3f} |" + " |" * len(group)

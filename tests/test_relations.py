@@ -14,7 +14,8 @@ from hypothesis import strategies as st
 from clinie.core import NO_RELATION, Document, Relation, Span, read_documents
 from clinie.embedded import llm_gguf
 from clinie.evaluation import evaluate_relations
-from clinie.extractors.relation_encoder import RelationClassifier
+from clinie.extractors.finetune import annotated_repeats
+from clinie.extractors.relation_encoder import RelationClassifier, Scored
 from clinie.extractors.relation_llm import LLMRelationExtractor
 from clinie.labelstudio import LabelConfigError, parse_label_config
 from clinie.llm.llamacpp import LlamaCppLLM
@@ -107,6 +108,8 @@ def test_unlisted_pairs_are_every_candidate_no_row_of_a_pair_file_lists():
     assert len(got) == len(set(got)) and set(got) == every - listed and len(got) > 10 * len(docs)
     with pytest.raises(ValueError, match="exhaustive"):
         RelationClassifier(SPECS).fit(docs, negatives=10)
+    with pytest.raises(ValueError, match="a row per pair and a column per"):  # a teacher of other classes
+        RelationClassifier(SPECS).fit(docs, listed=True, taught=[Scored(docs[0], unlisted[:2], np.full((2, 3), 1 / 3))])
 
 
 @given(st.text(alphabet=st.sampled_from("ab \t\r\n.é"), min_size=4, max_size=40), st.data())
@@ -259,6 +262,15 @@ def test_the_encoder_classifier_learns_pairs_and_round_trips(ddi, tmp_path):
     again = RelationClassifier.load(classifier.save(tmp_path / "relations")).predict(docs)
     assert [[(r.head, r.tail, r.label) for r in d.relations] for d in again] == \
         [[(r.head, r.tail, r.label) for r in d.relations] for d in predicted]
+    # a student: the listed pairs, and the pairs of other sentences as the classifier reads them
+    unannotated = classifier.score([d.with_annotations(d.entities) for d in test[20:40]])  # relations dropped
+    read = sum(len(s.pairs) for s in unannotated)
+    student = RelationClassifier(SPECS, epochs=1).fit(train, listed=True, taught=unannotated)
+    assert (student.n_train_pairs, student.n_negative_pairs, student.n_taught_pairs) == (100, 0, read) and read > 20
+    expected = np.mean([*[np.eye(5)[c] for c in range(5) for _ in range(20)] * annotated_repeats(100, read),
+                        *[row for s in unannotated for row in s.posteriors]], axis=0)
+    assert np.allclose(student.train_priors, expected)  # the teacher's doubts count as they were learnt
+    assert RelationClassifier.load(student.save(tmp_path / "student")).n_taught_pairs == read
     # a 50,000-character note with a drug pair every 200 sentences: pairs only within a sentence
     text = "Aspirin increases warfarin levels. " * 1400
     spans = tuple(Span.from_text(text, i * 35 + offset, i * 35 + offset + len(word), "drug", f"{word[0]}{i}")

@@ -14,7 +14,10 @@ few-shot file is 20 % negative, real candidate pairs 83 %, and labelling every c
 sentence as trained predicts several times more relations than there are. ``fit(negatives=N)``
 also learns N of the candidate pairs the file leaves unlisted as negatives, the kinds the sample
 lacks: on DDI that cut the over-prediction and raised the end-to-end figure, but lowered the
-listed pairs' (some unlisted pairs are relations nobody listed; docs/results.md). ``pair_priors``
+listed pairs' (some unlisted pairs are relations nobody listed; docs/results.md). ``fit(taught=...)``
+learns a teacher's reading of other documents' candidate pairs as well — unannotated text, its
+spans found by a tagger — each pair as the teacher's posterior row (soft labels): the teacher →
+student route of the taggers, for relations (``bench/relations.py --unannotated``). ``pair_priors``
 re-estimates the class priors on the unlabelled pairs it is given and ``label`` labels under them
 (``clinie.relations.priors``). On DDI that recovers little (docs/results.md, "Relations"): most
 of the extra relations are negatives of kinds the listed sample lacks, which no prior corrects,
@@ -50,6 +53,8 @@ HEAD_FILE = "relation_head.pt"
 KIND = "relation-classifier"
 #: Where a trained model directory (the encoder tagger's) keeps its relation classifier.
 RELATIONS_DIR = "relations"
+#: A pair to learn: its marked text, its target distribution over the classes, the classes its types allow.
+Example = tuple[str, np.ndarray, list[bool]]
 
 
 @dataclass(frozen=True)
@@ -85,6 +90,7 @@ class RelationClassifier:
         self.types = PairTypes(self.specs)
         self.n_train_pairs = 0
         self.n_negative_pairs = 0  # unlisted pairs learnt as NO_RELATION beside listed ones (``fit``)
+        self.n_taught_pairs = 0  # pairs of other documents learnt as a teacher read them (``fit``)
         self.listed = False  # trained on listed pairs: their priors are the sample's, not the text's
         self.train_priors = label_frequencies((), self.classes)
         self.calibration = Calibration()
@@ -118,7 +124,7 @@ class RelationClassifier:
         return torch.nn.Sequential(torch.nn.Dropout(0.1), torch.nn.Linear(2 * hidden_size, len(self.classes))).to(self.device)
 
     def fit(self, docs: Sequence[Document], *, listed: bool = False, negatives: int = 0,
-            calibration_folds: int = 0, progress: bool = False) -> RelationClassifier:
+            taught: Sequence[Scored] = (), calibration_folds: int = 0, progress: bool = False) -> RelationClassifier:
         """Fine-tune a fresh copy of the base encoder on the labelled pairs of ``docs``.
 
         ``listed=True`` for pair-level files (see ``labelled_pairs``). Type constraints of the
@@ -127,6 +133,10 @@ class RelationClassifier:
         unlisted (``unlisted_pairs``, drawn with the seed) are learnt as ``NO_RELATION`` beside
         the listed ones, which keep half of every epoch (``annotated_repeats``): a sample drawn
         by label holds few negatives, and none of the kinds most candidate pairs are.
+        ``taught``: a teacher's reading of other documents' candidate pairs (``score`` of
+        unannotated text, on the spans a tagger found there), each pair learnt as the teacher's
+        posterior row over ``classes`` — its doubts kept, as soft labels — beside the unlisted
+        negatives; the labelled pairs still keep half of every epoch.
         ``calibration_folds`` (0: none) first fine-tunes that many copies, each with one fold of
         the listed pairs held out, and fits a ``Calibration`` to the held-out posteriors: the
         posteriors are then calibrated, which estimating the pairs' priors needs (``pair_priors``),
@@ -137,18 +147,24 @@ class RelationClassifier:
             raise ValueError("negatives are drawn from the pairs a listed file leaves out; "
                              "an exhaustive annotation's unlabelled pairs are all negatives already")
         self.types = PairTypes.learn(self.specs, docs)
-        index = {c: i for i, c in enumerate(self.classes)}
+        if any(s.posteriors.shape != (len(s.pairs), len(self.classes)) for s in taught):
+            raise ValueError(f"a teacher's posteriors must have a row per pair and a column per {self.classes}")
+        one_hot = dict(zip(self.classes, np.eye(len(self.classes), dtype=np.float32)))
         split = functools.cache(split_sentences)  # each text split once, however many pairs it holds
-        examples = []
-        for doc in docs:
-            examples.extend((mark(doc.text, pair, sentences=split(doc.text)), index[label], self._allowed(pair))
-                            for pair, label in labelled_pairs(doc, self.types, hp["window"], listed=listed)
-                            if label in index)
+
+        def example(doc: Document, pair: Pair, target: np.ndarray) -> Example:
+            return mark(doc.text, pair, sentences=split(doc.text)), target, self._allowed(pair)
+
+        examples = [example(doc, pair, one_hot[label]) for doc in docs
+                    for pair, label in labelled_pairs(doc, self.types, hp["window"], listed=listed) if label in one_hot]
         if not examples:
             raise ValueError("no candidate pairs to learn relations from")
         unlisted = unlisted_pairs(docs, self.types, hp["window"]) if negatives else []
-        extra = [(mark(doc.text, pair, sentences=split(doc.text)), index[NO_RELATION], self._allowed(pair))
-                 for doc, pair in random.Random(hp["seed"]).sample(unlisted, min(negatives, len(unlisted)))]
+        presumed = [example(doc, pair, one_hot[NO_RELATION])
+                    for doc, pair in random.Random(hp["seed"]).sample(unlisted, min(negatives, len(unlisted)))]
+        read = [example(s.doc, pair, row.astype(np.float32))
+                for s in taught for pair, row in zip(s.pairs, s.posteriors)]
+        extra = presumed + read
         self.calibration = Calibration()
         if calibration_folds > 1:
             order = np.random.default_rng(hp["seed"]).permutation(len(examples))
@@ -158,24 +174,23 @@ class RelationClassifier:
                 self._train([e for i, e in enumerate(examples) if i not in out], extra, progress)
                 part = [examples[i] for i in sorted(out)]
                 held_out.append(self._probabilities([t for t, _, _ in part], [a for _, _, a in part]))
-                labels.extend(label for _, label, _ in part)
+                labels.extend(int(target.argmax()) for _, target, _ in part)
             self.calibration = fit_calibration(np.concatenate(held_out), labels)
         self._train(examples, extra, progress)
-        self.n_train_pairs, self.n_negative_pairs = len(examples), len(extra)
+        self.n_train_pairs, self.n_negative_pairs, self.n_taught_pairs = len(examples), len(presumed), len(read)
         self.listed = listed
         repeats = annotated_repeats(len(examples), len(extra))
-        self.train_priors = label_frequencies([self.classes[label] for _, label, _ in examples * repeats + extra],
-                                              self.classes)
+        self.train_priors = np.mean([target for _, target, _ in examples * repeats + extra], axis=0).astype(float)
         return self
 
     def _allowed(self, pair: Pair) -> list[bool]:
         """Which ``classes`` the pair's span types allow."""
         return [c == NO_RELATION or c in pair.labels for c in self.classes]
 
-    def _train(self, examples: list[tuple[str, int, list[bool]]], extra: list[tuple[str, int, list[bool]]],
-               progress: bool) -> None:
-        """Fine-tune a fresh copy on ``examples`` and the ``extra`` presumed negatives, the examples
-        repeated to keep half of every epoch and seen as often as they would be alone."""
+    def _train(self, examples: list[Example], extra: list[Example], progress: bool) -> None:
+        """Fine-tune a fresh copy on ``examples`` and the ``extra`` ones (presumed negatives, a
+        teacher's soft labels), the examples repeated to keep half of every epoch and seen as
+        often as they would be alone; the loss is cross-entropy against each target distribution."""
         import torch
         from transformers import AutoModel
 
@@ -187,8 +202,8 @@ class RelationClassifier:
         self._encoder.train()
         self._head.train()
 
-        def batch_loss(part: list[tuple[str, int, list[bool]]]):
-            target = torch.tensor([label for _, label, _ in part], device=self.device)
+        def batch_loss(part: list[Example]):
+            target = torch.from_numpy(np.stack([target for _, target, _ in part])).to(self.device)
             return torch.nn.functional.cross_entropy(self._forward([text for text, _, _ in part]), target)
 
         repeats = annotated_repeats(len(examples), len(extra))
@@ -280,7 +295,8 @@ class RelationClassifier:
         torch.save(self._head.state_dict(), directory / HEAD_FILE)
         write_meta(directory, KIND, specs=[asdict(s) for s in self.specs], classes=self.classes,
                    types=self.types.as_dict(), base_model=self.base_model, hyperparameters=self.hyperparameters,
-                   n_train_pairs=self.n_train_pairs, n_negative_pairs=self.n_negative_pairs, listed=self.listed,
+                   n_train_pairs=self.n_train_pairs, n_negative_pairs=self.n_negative_pairs,
+                   n_taught_pairs=self.n_taught_pairs, listed=self.listed,
                    train_priors=self.train_priors.tolist(), calibration=asdict(self.calibration))
         return directory
 
@@ -298,6 +314,7 @@ class RelationClassifier:
         classifier.types = PairTypes.from_dict(classifier.specs, meta["types"])
         classifier.n_train_pairs = meta["n_train_pairs"]
         classifier.n_negative_pairs = meta.get("n_negative_pairs", 0)
+        classifier.n_taught_pairs = meta.get("n_taught_pairs", 0)
         # saved before clinie adapted priors: labelled as trained, as then
         classifier.listed = meta.get("listed", False)
         classifier.train_priors = np.asarray(meta.get("train_priors", classifier.train_priors))
