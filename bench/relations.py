@@ -33,9 +33,10 @@ Training pairs and demonstrations only from ``ddi/fewshot/gutierrez_train100_bal
    under the class priors EM estimates on these pairs (``--teacher-priors adapted``, the default:
    the listed sample's 20 % ``false`` is not the text's) or as trained. The student also learns
    relations on spans a tagger found, which is what it is applied to end to end. Teacher and
-   student are measured in the same run, one row each. With ``--calibration-folds N`` the classifier's posteriors are first calibrated by N-fold
-   cross-validation over the 100 training pairs (``clinie.relations.priors.Calibration``; N more
-   fits): every step then reads calibrated posteriors, which EM needs.
+   student are measured in the same run, one row each. With ``--calibration-folds N`` the
+   classifier's posteriors are first calibrated by N-fold cross-validation over the 100 training
+   pairs (``clinie.relations.priors.Calibration``; N more fits): every step then reads calibrated
+   posteriors, which EM needs.
 
    Per step: predicted relations against gold ones (over-prediction shows as predicted >> gold and
    low precision), micro precision and recall, macro F1; per seed the priors EM estimated beside

@@ -3,11 +3,12 @@ line and the benches all go through this registry.
 
 A *kind* (``encoder``, ``probe``, ``gated``, ``llm``, ``verified``, ``rerank``, ``student``,
 ``distilled``) says what it is assembled from (the *parts* it reads: the fine-tuned encoder, the
-probe on the local LLM's hidden states, the students) and whether it sends text to the LLM; a *strategy* is a kind
-with its parameter, named as on the command line and in ``CLINIE_SELECT_STRATEGIES``: ``llm-k5``
-(five retrieved demonstrations), ``gated-0.80`` (the probe reads the sentences where the
-encoder's confidence is below 0.80), ``rerank-0.80`` (the LLM decides those sentences' spans),
-``verified-k5`` (the spans of ``llm-k5`` that the LLM confirms on a second look),
+probe on the local LLM's hidden states, the students) and whether it sends text to the LLM; a
+*strategy* is a kind with its parameter, named as on the command line and in
+``CLINIE_SELECT_STRATEGIES``: ``llm-k5`` (five retrieved demonstrations), ``gated-0.80`` (the
+probe reads the sentences where the encoder's confidence is below 0.80), ``rerank-0.80`` (the LLM
+decides those sentences' spans), ``verified-k5`` (the spans of ``llm-k5`` that the LLM confirms
+on a second look),
 ``student-0.90`` (an encoder trained on the annotations and on the unannotated sentences the
 probe labels with a confidence of at least 0.90), ``distilled`` (an encoder trained on the
 annotations and on every unannotated sentence as the probe reads it: each word's distribution of
