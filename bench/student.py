@@ -128,10 +128,11 @@ def tables(corpus: str, runs: Sequence[dict[str, Any]]) -> list[str]:
     timed = [r for r in runs if "speed" in r]
     if not timed:
         return lines
-    # the models every run timed (runs saved before a strategy was added lack it)
-    served = [n for n in timed[0]["speed"]["served_sentences_per_second"]
-              if all(n in r["speed"]["served_sentences_per_second"] for r in timed)]
-    taught = [n for n in timed[0]["speed"]["taught_sentences"] if all(n in r["speed"]["taught_sentences"] for r in timed)]
+    def every_run(key: str) -> list[str]:
+        """The models every run timed under ``key`` (runs saved before a strategy was added lack it)."""
+        return [n for n in timed[0]["speed"][key] if all(n in r["speed"][key] for r in timed)]
+
+    served, taught = every_run("served_sentences_per_second"), every_run("taught_sentences")
     lines += ["", "Sentences per second served (one sentence per call), the teacher's seconds per 1,000 unannotated "
               "sentences (one LLM forward pass each), and the teacher's sentences each student kept; mean ± sd over "
               "the seeds, models fitted on the whole pool, in the same run:", "",
