@@ -392,8 +392,66 @@ def active_section(results: Path = RESULTS) -> list[str]:
     return lines
 
 
+def goals_table(runs: dict[str, list[dict[str, Any]]], results: Path = RESULTS, size: int = 100) -> list[str]:
+    """Issue 23's goal table at ``size`` annotations: the encoder, the probe, the best student on
+    the test and cross-validation's pick on NER (the student runs ``runs``, per corpus), the
+    relation classifier and its student on DDI (``bench.relations``, the seeds that have a
+    student); mean ± sd over the seeds, against GPT-4 (published) and the goal."""
+    from bench.loop import GPT4_ONE_SHOT
+    from bench.relations import GOALS as RELATION_GOALS
+    from bench.relations import PUBLISHED, STEPS
+    from bench.student import GOALS
+    from clinie.strategies import parse_strategies
+
+    rows = []
+    for corpus, saved in runs.items():
+        at_size = [r for r in saved if r["size"] == size]
+        if not at_size:
+            continue
+        summary = summarise(at_size)
+        at = summary["by_size"][size]
+        students = [n for n in summary["strategies"] if parse_strategies(n)[0].kind.learns_from_unannotated]
+        best = best_single(at["strategies"], students)
+        rows.append([corpus_name(corpus), ", ".join(map(str, at["seeds"])),
+                     *(mean_sd_text(at["strategies"][n]["f1"]) for n in ("encoder", "probe")),
+                     f"{mean_sd_text(at['strategies'][best]['f1'])} ({best})",
+                     f"{mean_sd_text(at['strategies']['selected']['f1'])} ({_count(at['selected'])})",
+                     f"{GPT4_ZERO_SHOT[corpus]:.3f} / {GPT4_ONE_SHOT[corpus]:.3f}", f"{GOALS[corpus]:.2f}"])
+    path = results / "relations" / "ddi.json"
+    measured = json.loads(path.read_text())["runs"] if path.exists() else []
+
+    def plain(row: dict[str, Any]) -> dict[str, Any]:
+        """What a row measured but its seed and its teaching: a student's and its teacher's are one."""
+        return {k: v for k, v in row["settings"].items()
+                if k not in ("seed", "llm_pairs", "unannotated", "teacher_priors")}
+
+    taught = [r for r in measured if r["settings"].get("unannotated") and not r["settings"]["test_limit"]]
+    pairs = [(teacher, student) for student in taught for teacher in measured
+             if "unannotated" not in teacher["settings"] and plain(teacher) == plain(student)
+             and teacher["settings"]["seed"] == student["settings"]["seed"]]
+    if pairs:
+        seeds = ", ".join(str(student["settings"]["seed"]) for _, student in pairs)
+        gpt4 = f"{PUBLISHED['GPT-4 0-shot']:.3f} / {PUBLISHED['GPT-4 1-shot']:.3f}"
+        figures = [("DDI relations, gold entities (200 listed pairs, macro)", lambda r: r["gold_200_macro_f1"], gpt4,
+                    RELATION_GOALS["listed pairs"])]
+        figures += [(f"DDI relations end to end ({how}, strict macro)", lambda r, step=step: r["steps"][step]["macro_f1"],
+                     "–", RELATION_GOALS["end to end"]) for step, how in zip(STEPS[2:], ("as trained", "priors adapted"))]
+        for name, figure, published, goal in figures:
+            rows.append([name, seeds, mean_sd_text([figure(t) for t, _ in pairs]), "–",
+                         mean_sd_text([figure(s) for _, s in pairs]), "–", published, f"{goal:.2f}"])
+    if not rows:
+        return []
+    return ["", f"### The goals at {size} annotations", "",
+            "Mean ± sd over the seeds named. *Best student*: the student variant with the best mean test F1, named "
+            "(read on the test, so an upper bound on what choosing a variant gives); *CV's pick*: what "
+            "cross-validation over the annotations picked with the students among the candidates, counted over the "
+            "seeds. On DDI the *encoder* is the relation classifier, the students' teacher, measured in the same run.", "",
+            *table(["", "seeds", "encoder", "probe", "best student", "CV's pick", "GPT-4 0-shot / 1-shot (published)",
+                    "goal"], rows)]
+
+
 def student_section(results: Path = RESULTS) -> list[str]:
-    """Teacher -> student (``python -m bench.student``), per corpus."""
+    """Teacher -> student (``python -m bench.student``), per corpus, after the goal table."""
     from bench.student import tables
 
     runs = {corpus: [json.loads(f.read_text()) for f in sorted((results / "student" / corpus / "runs").glob("*.json"))]
@@ -409,6 +467,7 @@ def student_section(results: Path = RESULTS) -> list[str]:
              "encoder trained on the annotations and on every unannotated sentence, each word learnt as the "
              "teacher's distribution over the tags (soft labels). Cross-validation over the pool picks among the strategies, each then fitted on the whole pool and scored on the test "
              "items."]
+    lines += goals_table(runs, results)
     for corpus, saved in runs.items():
         if saved:
             commands = sorted({run["command"] for run in saved if "command" in run})
