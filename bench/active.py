@@ -33,11 +33,10 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import shlex
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from bench import command_line
 from bench.loop import LABELS
 from clinie.core import Document, read_documents
 from clinie.evaluation.calibration import auroc, brier, expected_calibration_error, span_outcomes
@@ -118,7 +117,7 @@ def main() -> None:
     sizes = sorted(int(s) for s in args.sizes.split(","))
     if sizes[0] <= args.start:
         raise SystemExit(f"--sizes must all exceed --start ({args.start})")
-    command = "python -m bench.active " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    command = command_line("bench.active")
     args.out.mkdir(parents=True, exist_ok=True)
     for corpus in args.corpora.split(","):
         test = list(read_documents(DATA / corpus / "fewshot" / "chen2023_test_sample200.jsonl"))

@@ -21,15 +21,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
 import statistics
-import sys
 import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from bench import command_line
 from bench.loop import LABELS
 from bench.student import unannotated_sentences
 from clinie.core import read_documents
@@ -84,7 +83,7 @@ def run_seed(corpus: str, seed: int, args: argparse.Namespace) -> dict[str, Any]
                         learning_rate=args.learning_rate, batch_size=args.batch_size, seed=seed)
         row["adapt_seconds"] = round(time.perf_counter() - started, 1)
         row["adapted_f1"] = f1(adapted)
-    row["command"] = "python -m bench.adapt " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    row["command"] = command_line("bench.adapt")
     return row
 
 

@@ -27,11 +27,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
-import sys
 import time
 from pathlib import Path
 
+from bench import command_line
 from bench.loop import LABELS
 from clinie.core import LabelSpec, read_documents
 from clinie.evaluation.calibration import auroc, span_outcomes
@@ -76,7 +75,7 @@ def main() -> None:
             print(f"{corpus} {strategy.name}: P {strict.precision:.3f} R {strict.recall:.3f} F1 {strict.f1:.3f}, "
                   f"{strict.tp + strict.fp} regions, {seconds / len(test):.1f} s/sentence", flush=True)
         run = {"corpus": corpus, "items": len(test), "demos": len(demos), "llm": llm.model,
-               "command": "python -m bench.cold_start " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
+               "command": command_line("bench.cold_start"),
                "gold_regions": sum(len(d.entities) for d in test), "options": options}
         (args.out / f"{corpus}.json").write_text(json.dumps(run, indent=2) + "\n")
 

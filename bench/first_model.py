@@ -24,11 +24,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
-import sys
 import tempfile
 from pathlib import Path
 
+from bench import command_line
 from clinie.core import read_documents
 from clinie.evaluation.metrics import evaluate_spans
 from clinie.extractors.encoder import EncoderTagger
@@ -53,7 +52,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args()
 
-    command = "python -m bench.first_model " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    command = command_line("bench.first_model")
     out = args.out / "ncbi_disease.json"
     control = parse_label_config(CONFIG).span_controls[0]
     docs = list(read_documents(DATA / "ncbi_disease" / "fewshot" / "gutierrez_train100_seed42.jsonl"))

@@ -56,14 +56,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
 import statistics
-import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from bench import command_line
 from bench.student import unannotated_sentences
 from clinie.core import NO_RELATION, Document, Relation, read_documents
 from clinie.evaluation import evaluate_relations, evaluate_spans
@@ -215,7 +214,7 @@ def main() -> None:
     from clinie.extractors.encoder import EncoderTagger
     from clinie.extractors.relation_encoder import RelationClassifier
 
-    command = "python -m bench.relations " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    command = command_line("bench.relations")
     limit = args.test_limit or None
     test200 = list(read_documents(DDI / "fewshot" / "chen2023_test_sample200.jsonl"))[:limit]
     full_test = list(read_documents(DDI / "test.jsonl"))[:limit]

@@ -29,8 +29,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shlex
-import sys
 import tempfile
 import threading
 import time
@@ -39,6 +37,7 @@ from pathlib import Path
 
 import requests
 
+from bench import command_line
 from tests.support import ROOT
 from tests.support.backend_server import BackendServer
 from tests.support.helpers import webhook_event
@@ -97,7 +96,7 @@ def main() -> None:
     names = args.configs.split(",")
     if unknown := set(names) - set(CONFIGS):
         parser.error(f"unknown configurations: {', '.join(sorted(unknown))}")
-    command = "python -m bench.webhooks " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    command = command_line("bench.webhooks")
 
     latencies: dict[str, list[float]] = {name: [] for name in names}
     errors = dict.fromkeys(names, 0)
