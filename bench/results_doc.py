@@ -451,12 +451,19 @@ def goals_table(runs: dict[str, list[dict[str, Any]]], results: Path = RESULTS, 
 
 
 def student_section(results: Path = RESULTS) -> list[str]:
-    """Teacher -> student (``python -m bench.student``), per corpus, after the goal table."""
-    from bench.student import tables
+    """Teacher -> student (``python -m bench.student``), per corpus, after the goal table. The
+    tables read the runs that hold every strategy of ``bench.student.STRATEGIES``; a run still
+    missing some (a study run strategy by strategy) is named as under way, so that it neither
+    narrows the tables to what it has nor enters their means."""
+    from bench.student import STRATEGIES, tables
+    from clinie.strategies import parse_strategies
 
-    runs = {corpus: [json.loads(f.read_text()) for f in sorted((results / "student" / corpus / "runs").glob("*.json"))]
-            for corpus in CORPORA}
-    if not any(runs.values()):
+    every = {s.name for s in parse_strategies(STRATEGIES)}
+    saved = {corpus: [json.loads(f.read_text()) for f in sorted((results / "student" / corpus / "runs").glob("*.json"))]
+             for corpus in CORPORA}
+    runs = {corpus: [r for r in found if every <= set(r["test"])] for corpus, found in saved.items()}
+    under_way = {corpus: [r for r in found if not every <= set(r["test"])] for corpus, found in saved.items()}
+    if not any(saved.values()):
         return []
     lines = ["", "## Teacher → student: the probe teaches the encoder on unannotated text", "",
              "Pools of annotated sentences drawn from `fewshot/gutierrez_train100_seed<seed>.jsonl`; the unannotated "
@@ -468,11 +475,19 @@ def student_section(results: Path = RESULTS) -> list[str]:
              "teacher's distribution over the tags (soft labels). Cross-validation over the pool picks among the strategies, each then fitted on the whole pool and scored on the test "
              "items."]
     lines += goals_table(runs, results)
-    for corpus, saved in runs.items():
-        if saved:
-            commands = sorted({run["command"] for run in saved if "command" in run})
-            lines += ["", f"### {corpus_name(corpus)}", "", "Runs made by " + "; ".join(f"`{c}`" for c in commands)
-                      + f" (resumable), read from `bench/results/student/{corpus}/runs/`.", "", *tables(corpus, saved)]
+    for corpus, complete in runs.items():
+        if complete or under_way[corpus]:
+            lines += ["", f"### {corpus_name(corpus)}"]
+        if complete:
+            commands = sorted({run["command"] for run in complete if "command" in run})
+            lines += ["", "Runs made by " + "; ".join(f"`{c}`" for c in commands)
+                      + f" (resumable), read from `bench/results/student/{corpus}/runs/`.", "", *tables(corpus, complete)]
+        if under_way[corpus]:
+            lines += ["", "Under way, not in the tables: "
+                      + "; ".join(f"pool {r['size']}, seed {r['seed']}, {', '.join(sorted(every - set(r['test'])))} "
+                                  f"to add (`python -m bench.student --corpora {corpus} --sizes {r['size']} "
+                                  f"--seeds {r['seed']}`)"
+                                  for r in sorted(under_way[corpus], key=lambda r: (r["size"], r["seed"]))) + "."]
     return lines
 
 

@@ -106,6 +106,9 @@ def speeds(build: StrategyBuilder, pool: Sequence[Document], test: Sequence[Docu
             "taught_sentences": {s.name: build(s, pool).n_taught_docs for s in students}}
 
 
+#: The strategies of every run: a saved run that lacks one is under way (adding it resumes the run).
+STRATEGIES = "encoder,probe,student,student-0.00,distilled"
+
 #: The issue's goals at 100 annotations (issue 23): the probe's quality at the encoder's speed.
 GOALS = {"ncbi_disease": 0.72, "bc5cdr_chem": 0.85}
 
@@ -184,7 +187,7 @@ def main() -> None:
     parser.add_argument("--corpora", default="ncbi_disease,bc5cdr_chem")
     parser.add_argument("--sizes", default="25,50,100")
     parser.add_argument("--seeds", default="42,33,21")
-    parser.add_argument("--strategies", default="encoder,probe,student,student-0.00,distilled")
+    parser.add_argument("--strategies", default=STRATEGIES)
     parser.add_argument("--unannotated", type=int, default=2000, help="unannotated train-split sentences per seed")
     parser.add_argument("--timed", type=int, default=200, help="unannotated sentences the teacher is timed on")
     parser.add_argument("--folds", type=int, default=5)

@@ -44,3 +44,22 @@ def test_the_readme_stays_a_reference():
     assert len(readme) < 20_000, f"README.md is {len(readme)} bytes: move long material to docs/"
     for page in ("docs/results.md", "docs/earlier-measurements.md"):
         assert page in readme.decode("utf-8") and (ROOT / page).exists(), page
+
+
+def test_a_student_run_under_way_is_named_not_averaged(tmp_path):
+    """A run still missing students (a study run strategy by strategy) must neither narrow the
+    complete runs' tables to its strategies nor enter their means."""
+    import json
+    import shutil
+
+    source = results_doc.RESULTS / "student" / "ncbi_disease" / "runs"
+    runs = tmp_path / "student" / "ncbi_disease" / "runs"
+    shutil.copytree(source, runs, ignore=shutil.ignore_patterns("size50-*"))
+    complete = "\n".join(results_doc.student_section(tmp_path))
+    partial = json.loads((source / "size100-seed42.json").read_text())
+    partial.update(size=50, test={n: partial["test"][n] for n in ("encoder", "probe")})
+    (runs / "size50-seed42.json").write_text(json.dumps(partial))
+    section = "\n".join(results_doc.student_section(tmp_path))
+    assert section.startswith(complete)  # the complete runs' tables, students included, unchanged
+    assert section.endswith("Under way, not in the tables: pool 50, seed 42, distilled, student-0.00, student-0.90 to "
+                            "add (`python -m bench.student --corpora ncbi_disease --sizes 50 --seeds 42`).")
