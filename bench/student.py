@@ -23,7 +23,8 @@ of the LLM that keeps no features, so that it reads as it would a new task.
 Each (corpus, size, seed) run is saved as it finishes (``--out/<corpus>/runs``, kept in git for
 the default ``--out``), speeds included: an interrupted bench resumes where it stopped, and a
 strategy added to ``--strategies`` is run alone and added to the saved runs (their speeds timed
-again, all models in turn). Runs go
+again, all models in turn); a saved run holding more strategies than asked is read, not run
+again, and kept whole. Runs go
 corpus by corpus, seed by seed, largest pool first: the teacher's features of one seed's
 unannotated sentences are computed once for its three pools (``--feature-cache-gb``).
 
@@ -160,19 +161,23 @@ def run_seed(corpus: str, seed: int, sizes: Sequence[int], strategies: Sequence[
     unannotated = unannotated_sentences(list(read_documents(DATA / corpus / "train.jsonl")), [*pool, *test],
                                         args.unannotated, seed)
     build = StrategyBuilder([LabelSpec(LABELS[corpus])], states=states, unannotated=unannotated)
-    students = [s for s in strategies if s.kind.learns_from_unannotated]
     runs_dir = args.out / corpus / "runs"
     runs = []
     for size in sizes:
         started = time.perf_counter()
         [run] = run_study(pool, test, [size], [seed], strategies, build, folds=args.folds,
                           max_llm_share=args.max_llm_share, runs_dir=runs_dir)
-        if "speed" not in run:
-            run["speed"] = speeds(build, subsample(pool, size, seed), test, build.unannotated[:args.timed], students,
-                                  cold)
-            run["command"] = (f"python -m bench.student --corpora {corpus} --sizes {size} --seeds {seed} "
-                              f"--strategies {args.strategies} --unannotated {args.unannotated}")
-            run_path(runs_dir, size, seed).write_text(json.dumps(run, indent=1, ensure_ascii=False), encoding="utf-8")
+        saved = load_run(runs_dir, size, seed)  # the asked strategies and any a larger study left there
+        if "speed" not in saved:
+            students = [s for s in parse_strategies(",".join(saved["test"])) if s.kind.learns_from_unannotated]
+            saved["speed"] = speeds(build, subsample(pool, size, seed), test, build.unannotated[:args.timed],
+                                    students, cold)
+            asked = args.strategies if list(saved["test"]) == [s.name for s in strategies] else ",".join(saved["test"])
+            saved["command"] = (f"python -m bench.student --corpora {corpus} --sizes {size} --seeds {seed} "
+                                f"--strategies {asked} --unannotated {args.unannotated}")
+            run_path(runs_dir, size, seed).write_text(json.dumps(saved, indent=1, ensure_ascii=False),
+                                                      encoding="utf-8")
+        run["speed"] = saved["speed"]
         runs.append(run)
         f1 = {name: result["per_label"]["all"]["f1"] for name, result in run["test"].items()}
         print(f"{corpus} n={size} seed {seed}: selected {run['selected']}; "

@@ -143,7 +143,7 @@ class Lookup:
         return out
 
 
-def test_a_study_given_one_more_strategy_runs_that_one_alone_and_picks_again(pool, tmp_path):
+def test_a_study_runs_only_what_its_saved_run_lacks_picks_again_and_keeps_the_rest(pool, tmp_path):
     fitted: list[str] = []
 
     def build(candidate: Lookup, train: Sequence[Document]) -> Lookup:
@@ -163,8 +163,14 @@ def test_a_study_given_one_more_strategy_runs_that_one_alone_and_picks_again(poo
     [fresh] = study([Lookup(3), Lookup(999)], runs_dir=None)
     assert json.loads(json.dumps(fresh)) == as_saved  # as if both had been run together
     fitted.clear()
-    study([Lookup(999)], runs_dir=tmp_path)  # a saved run with a strategy not asked for is run again
-    assert fitted == ["lookup-999"] * 5
+    [alone] = study([Lookup(999)], runs_dir=tmp_path)  # fewer strategies than the saved run holds
+    assert fitted == []  # answered from the saved run ...
+    assert json.loads(json.dumps(alone)) == json.loads(json.dumps(nothing))  # ... as if run alone
+    assert load_run(tmp_path, 20, 1) == as_saved  # ... which keeps what it measured
+    [three] = study([Lookup(4), Lookup(999)], runs_dir=tmp_path)  # one added, one saved not asked for
+    assert fitted == ["lookup-4"] * 5
+    assert list(three["test"]) == ["lookup-4", "lookup-999"]
+    assert list(load_run(tmp_path, 20, 1)["test"]) == ["lookup-4", "lookup-999", "lookup-3"]
 
 
 # --- on real models -----------------------------------------------------------------------

@@ -103,33 +103,36 @@ def run_study(pool: Sequence[Document], test: Sequence[Document], sizes: Sequenc
               max_llm_share: float = 1.0, runs_dir: Path | None = None, examples: int = 5,
               progress: bool = False) -> list[dict[str, Any]]:
     """One run per (size, seed), quoting ``examples`` worst test documents per strategy; runs
-    already in ``runs_dir`` with the same strategies and LLM budget are reused, with no more
-    quoted documents than that (a study resumed without them reports none). A saved run that
-    lacks some of ``strategies`` (and has no other) gets only those run, on the same folds, and
-    its pick made again among all (``extended``): adding a strategy to a study costs that
-    strategy alone."""
+    already in ``runs_dir`` under the same LLM budget are reused, with no more quoted documents
+    than that (a study resumed without them reports none). A saved run that lacks some of
+    ``strategies`` gets only those run, on the same folds (``extended``): adding a strategy to a
+    study costs that strategy alone. A strategy is scored on the folds alone, whatever else is
+    run beside it, so a saved run holding strategies not asked for is answered with the asked
+    ones (``among``: the pick made again among them) and keeps the others on disk: a study of
+    fewer strategies never overwrites what a larger one measured."""
     names = [s.name for s in strategies]
     runs = []
     for size in sizes:
         for seed in seeds:
             saved = load_run(runs_dir, size, seed) if runs_dir else None
-            if not (saved and set(saved["test"]) <= set(names)
-                    and saved["cv"].get("max_llm_share", 1.0) == max_llm_share):
+            if saved and saved["cv"].get("max_llm_share", 1.0) != max_llm_share:
                 saved = None
-            elif list(saved["test"]) == names:
-                runs.append(_quoting(saved, examples))
-                continue
             missing = [s for s in strategies if not saved or s.name not in saved["test"]]
+            if saved and not missing:
+                runs.append(_quoting(saved if list(saved["test"]) == names else among(saved, names), examples))
+                continue
             if progress:
                 print(f"pool of {size}, seed {seed}: {', '.join(s.name for s in missing)}", flush=True)
             run = one_run(subsample(pool, size, seed), test, missing, build, seed=seed, folds=folds,
                           loo_below=loo_below, max_llm_share=max_llm_share, examples=examples, progress=progress)
+            kept = run
             if saved:
-                run = extended(_quoting(saved, examples), run, names)
+                kept = extended(_quoting(saved, examples), run, [*names, *(n for n in saved["test"] if n not in names)])
+                run = among(kept, names)
             if runs_dir is not None:
                 path = run_path(runs_dir, size, seed)
                 path.parent.mkdir(parents=True, exist_ok=True)
-                path.write_text(json.dumps(run, indent=1, ensure_ascii=False), encoding="utf-8")
+                path.write_text(json.dumps(kept, indent=1, ensure_ascii=False), encoding="utf-8")
             runs.append(run)
     return runs
 
@@ -151,12 +154,29 @@ def extended(saved: dict[str, Any], added: dict[str, Any], names: Sequence[str])
     """
     if (saved["pool_ids"], saved["cv"]["n_folds"]) != (added["pool_ids"], added["cv"]["n_folds"]):
         raise ValueError("the added strategies were not run on the saved run's pool and folds")
-    figures = {**saved["cv"]["strategies"], **added["cv"]["strategies"]}
-    tested = {**saved["test"], **added["test"]}
-    cv = {**saved["cv"], "strategies": {name: figures[name] for name in names}}
+    both = {**saved, "cv": {**saved["cv"], "strategies": {**saved["cv"]["strategies"], **added["cv"]["strategies"]}},
+            "test": {**saved["test"], **added["test"]}}
+    return among(both, names)
+
+
+def among(run: dict[str, Any], names: Sequence[str]) -> dict[str, Any]:
+    """``run`` with the strategies ``names`` alone, in that order, and cross-validation's pick made
+    again among them (under the run's LLM budget and preference), as if they alone had been run.
+    What only the whole run measured (a bench's speeds of its models) is left out.
+
+    >>> figures = lambda f1: {"mean_f1": f1, "sd_f1": 0.0, "fold_f1": [f1], "llm_share": 0.0}
+    >>> fs = {"encoder": 0.5, "probe": 0.6}
+    >>> run = {"size": 2, "seed": 1, "pool_ids": ["a", "b"], "selected": "probe", "speed": {},
+    ...        "cv": {"n_folds": 2, "max_llm_share": 1.0, "prefer": "", "selected": "probe",
+    ...               "strategies": {n: figures(f) for n, f in fs.items()}}, "test": {n: {} for n in fs}}
+    >>> one = among(run, ["encoder"])
+    >>> one["selected"], list(one["cv"]["strategies"]), list(one["test"]), "speed" in one, run["selected"]
+    ('encoder', ['encoder'], ['encoder'], False, 'probe')
+    """
+    cv = {**run["cv"], "strategies": {name: run["cv"]["strategies"][name] for name in names}}
     cv["selected"] = pick(cv["strategies"], max_llm_share=cv["max_llm_share"], prefer=cv["prefer"])
-    return {**{key: saved[key] for key in ("size", "seed", "pool_ids")}, "cv": cv, "selected": cv["selected"],
-            "test": {name: tested[name] for name in names}}
+    return {**{key: run[key] for key in ("size", "seed", "pool_ids")}, "cv": cv, "selected": cv["selected"],
+            "test": {name: run["test"][name] for name in names}}
 
 
 def _quoting(run: dict[str, Any], examples: int) -> dict[str, Any]:
