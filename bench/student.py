@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import json
 import random
 import statistics
 import tempfile
@@ -50,7 +49,8 @@ from bench.loop import GPT4_ZERO_SHOT, LABELS
 from clinie.core import Document, Extractor, LabelSpec, read_documents
 from clinie.evaluation.fewshot import subsample
 from clinie.evaluation.report import new_report, write_report
-from clinie.evaluation.study import PICKS, load_run, mean_sd_text, run_path, run_study, study_report, summarise
+from clinie.evaluation.study import (PICKS, load_run, mean_sd_text, run_study, save_run, study_report,
+                                     summarise)
 from clinie.extractors.probe import ProbeTagger
 from clinie.llm.hidden import HiddenStates
 from clinie.strategies import Strategy, StrategyBuilder, parse_strategies
@@ -175,8 +175,7 @@ def run_seed(corpus: str, seed: int, sizes: Sequence[int], strategies: Sequence[
             asked = args.strategies if list(saved["test"]) == [s.name for s in strategies] else ",".join(saved["test"])
             saved["command"] = (f"python -m bench.student --corpora {corpus} --sizes {size} --seeds {seed} "
                                 f"--strategies {asked} --unannotated {args.unannotated}")
-            run_path(runs_dir, size, seed).write_text(json.dumps(saved, indent=1, ensure_ascii=False),
-                                                      encoding="utf-8")
+            save_run(runs_dir, saved)
         run["speed"] = saved["speed"]
         runs.append(run)
         f1 = {name: result["per_label"]["all"]["f1"] for name, result in run["test"].items()}

@@ -98,6 +98,13 @@ def load_run(runs_dir: Path, size: int, seed: int) -> dict[str, Any] | None:
     return json.loads(path.read_text(encoding="utf-8")) if path.exists() else None
 
 
+def save_run(runs_dir: Path, run: dict[str, Any]) -> None:
+    """Keep ``run`` where ``load_run`` finds it, replacing what was saved for its size and seed."""
+    path = run_path(runs_dir, run["size"], run["seed"])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(run, indent=1, ensure_ascii=False), encoding="utf-8")
+
+
 def run_study(pool: Sequence[Document], test: Sequence[Document], sizes: Sequence[int], seeds: Sequence[int],
               strategies: Sequence[Candidate], build: Build, *, folds: int = 5, loo_below: int = 10,
               max_llm_share: float = 1.0, runs_dir: Path | None = None, examples: int = 5,
@@ -130,9 +137,7 @@ def run_study(pool: Sequence[Document], test: Sequence[Document], sizes: Sequenc
                 kept = extended(_quoting(saved, examples), run, [*names, *(n for n in saved["test"] if n not in names)])
                 run = among(kept, names)
             if runs_dir is not None:
-                path = run_path(runs_dir, size, seed)
-                path.parent.mkdir(parents=True, exist_ok=True)
-                path.write_text(json.dumps(kept, indent=1, ensure_ascii=False), encoding="utf-8")
+                save_run(runs_dir, kept)
             runs.append(run)
     return runs
 
