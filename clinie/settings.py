@@ -62,8 +62,11 @@ class Settings:
     #: annotations: ``encoder``, ``probe`` (a tagger on the frozen local LLM's hidden states),
     #: ``llm`` (``llm_k`` demos), ``llm-kN``, ``verified``, ``verified-kN``, ``rerank``
     #: (filter-then-rerank, bands 0.7/0.8/0.9), ``rerank-0.NN``, ``gated`` (filter-then-probe: the
-    #: probe reads only the sentences the encoder is unsure of, same bands), ``gated-0.NN``; empty =
-    #: no selection (the encoder serves); ``auto`` = ``encoder,gated,probe`` with the embedded LLM
+    #: probe reads only the sentences the encoder is unsure of, same bands), ``gated-0.NN``,
+    #: ``student`` (an encoder also trained on the unannotated sentences the probe labels at least
+    #: 0.90 sure), ``student-0.NN``, ``distilled`` (on every unannotated sentence, each word as the
+    #: probe's tag distribution); empty = no selection (the encoder serves); ``auto`` =
+    #: ``encoder,gated,probe`` with the embedded LLM
     #: (its prompted answers never beat the encoder, and cost most of a selection's time), else
     #: ``encoder,gated,probe,llm,rerank``.
     select_strategies: str = "auto"
