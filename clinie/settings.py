@@ -66,9 +66,8 @@ class Settings:
     #: ``student`` (an encoder also trained on the unannotated sentences the probe labels at least
     #: 0.90 sure), ``student-0.NN``, ``distilled`` (on every unannotated sentence, each word as the
     #: probe's tag distribution); empty = no selection (the encoder serves); ``auto`` =
-    #: ``encoder,gated,probe`` with the embedded LLM
-    #: (its prompted answers never beat the encoder, and cost most of a selection's time), else
-    #: ``encoder,gated,probe,llm,rerank``.
+    #: ``encoder,gated,probe`` with the embedded LLM (its prompted answers never beat the encoder,
+    #: and cost most of a selection's time), else ``encoder,gated,probe,llm,rerank``.
     select_strategies: str = "auto"
     #: The strategy selection keeps unless another beats its cross-validated F1 by more than one
     #: standard error (folds of a few sentences cannot rank close strategies; measured, the probe
