@@ -586,6 +586,63 @@ def webhooks_section(results: Path = RESULTS) -> list[str]:
     return lines
 
 
+def fault(round_: dict[str, Any]) -> str:
+    """A fault round's fault, in words.
+
+    >>> fault({"kind": "full-disk", "file_size_limit": 3_000_000})
+    'files ≤ 3 MB'
+    """
+    if round_["kind"] == "full-disk":
+        return f"files ≤ {round_['file_size_limit'] / 1e6:g} MB"
+    if round_["kind"] == "sigkill":
+        return f"SIGKILL after {round_['kill_after']} acknowledged"
+    return f"purge exit {round_['purge_exit']}, report exit {round_['report_exit']}"
+
+
+def faults_section(results: Path = RESULTS) -> list[str]:
+    """Nothing acknowledged is lost, under faults (``python -m bench.faults``)."""
+    path = results / "faults" / "loopback.json"
+    if not path.exists():
+        return []
+    lines = ["", "## Faults: nothing acknowledged is lost", "",
+             "Each round floods a `clinie serve` on loopback (fresh store, nothing but the store at work) with "
+             "`ANNOTATION_CREATED` events from concurrent senders, injects a fault, SIGKILLs it, restarts it on the "
+             "same data directory and reads the store file. `full-disk`: the backend under a file-size limit "
+             "(`RLIMIT_FSIZE`), notes of about 100 KB; `sigkill`: killed once the given number of events was "
+             "acknowledged; `second-process`: `clinie purge` of project 2 and `clinie report` of project 3 run "
+             "beside it while project 1's events flow, then 50 more events. *Answers*: per HTTP status, `none` "
+             "for no answer (the process was killed); *lost*: answered 200 and not in the store after the restart "
+             "(must be 0); *purged, back*: project 2's purged annotations, and how many were in the store again "
+             "(must be 0)."]
+    for run in json.loads(path.read_text())["runs"]:
+        rows = []
+        for n, r in enumerate(run["results"], 1):
+            answers = ", ".join(f"{code} ×{k}" for code, k in r["answers"].items())
+            rows.append([str(n), r["kind"], fault(r), str(r["sent"]), answers, str(r["acknowledged"]),
+                         str(r["found"]), f"**{r['lost']}**",
+                         f"{r['purged']}, **{r['purged_back']}**" if "purged" in r else "–", r["integrity"],
+                         f"{r['seconds']:.0f} s"])
+        rounds = f"{run['rounds']} round{'s' * (run['rounds'] != 1)}"
+        lines += ["", f"`{run['command']}`: {rounds} of {', '.join(run['kinds'])}, seed {run['seed']}, "
+                      f"{run['senders']} concurrent senders, {run['cpus']} CPUs, load average "
+                      f"{run['load_average_before'][0]:.2f} before:", "",
+                  *table(["round", "kind", "fault", "sent", "answers", "acknowledged", "found after restart",
+                          "lost", "purged, back", "integrity_check", "time"], rows)]
+        if run["rounds"] > 1:
+            lines += ["", "All rounds, per kind:", "",
+                      *table(["kind", "rounds", "sent", "acknowledged", "found after restart", "lost", "purged, back"],
+                             [[kind, str(t["rounds"]), str(t["sent"]), str(t["acknowledged"]), str(t["found"]),
+                               f"**{t['lost']}**", f"{t['purged']}, **{t['purged_back']}**" if "purged" in t else "–"]
+                              for kind, t in run["totals"].items()])]
+        if hostile := run["hostile"]:
+            answers = ", ".join(f"{code} ×{k}" for code, k in hostile["answers"].items())
+            lines += ["", f"Hostile inputs (`tests.support.hostile`) to a live backend: {hostile['inputs']} tried "
+                          f"({answers}); **{hostile['5xx']}** answered 5xx, {hostile['unanswered']} unanswered."]
+        lines += ["", "Failed: " + "; ".join(run["failures"]) + "." if run["failures"] else
+                  "Nothing acknowledged lost, nothing purged back, every `integrity_check` ok, no 5xx."]
+    return lines
+
+
 def render_results(results: Path = RESULTS) -> str:
     """The whole of docs/results.md."""
     runs = loop_runs(results)
@@ -615,7 +672,7 @@ def render_results(results: Path = RESULTS) -> str:
                   "", "Counted from these runs:", "", *findings(study)]
     lines += (cold_start_section(results) + first_model_section(results) + active_section(results)
               + student_section(results) + adapt_section(results) + relations_section(results)
-              + webhooks_section(results))
+              + webhooks_section(results) + faults_section(results))
     return "\n".join(lines) + "\n"
 
 

@@ -335,7 +335,14 @@ def _purge(args: argparse.Namespace) -> int:
     print(f"project {args.project}: {purged.annotations} annotations, their tasks' text, the data of {purged.tasks} "
           "tasks stored from /predict and re-sync, label config, trainings and model versions purged; the LLM call "
           "cache cleared", file=sys.stderr)
-    return 0
+    if purged.refused:
+        print(f"not purged: tasks {', '.join(map(str, purged.refused))}, which another project holds (their "
+              "annotations of this project are purged)", file=sys.stderr)
+    if purged.left_in_wal:
+        print(f"not purged: the removed text stays in {settings.store_path}-wal until its next checkpoint, because a "
+              "reader held the store past the busy timeout; run `clinie purge` again when the backend is idle",
+              file=sys.stderr)
+    return 1 if purged.refused or purged.left_in_wal else 0
 
 
 def _add_llm_arguments(parser: argparse.ArgumentParser) -> None:

@@ -56,7 +56,7 @@ class GroupCommit:
         committed, or the exception it raised (then nothing of it is stored)."""
         pending = _Pending(step)
         with self._lock:
-            if self._closed:  # after close: a transaction of its own, in this thread
+            if self._closed:  # after close, or once the writer died: a transaction of its own, here
                 pending.outcome = self._store.write_together([step])[0]
             else:
                 if self._thread is None:
@@ -82,26 +82,63 @@ class GroupCommit:
             thread.join(timeout=60)  # a writer stuck on a lock held elsewhere does not hold up the exit
 
     def _write(self) -> None:
-        stopping = False
-        while not stopping:
-            first = self._queue.get()
-            if first is None:
-                break
-            batch = [first]
-            while len(batch) < self._max_batch:
-                try:
-                    more = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if more is None:
-                    stopping = True
-                    break
-                batch.append(more)
+        """The writer's loop. Should it die (a ``BaseException`` out of a step, a bug), every step
+        it held or that waits is answered with the error — none committed, none left waiting —
+        and later ``run`` calls commit alone, in their own threads."""
+        batch: list[_Pending] = []
+        try:
+            while True:
+                batch, stopping = self._next_batch()
+                if batch:
+                    self._commit(batch)
+                batch = []
+                if stopping:
+                    return
+        except BaseException as error:
+            with self._lock:
+                self._closed = True
+            self._fail([*batch, *self._drain()], RuntimeError(f"the group-commit writer died: {error!r}"))
+            raise
+
+    def _next_batch(self) -> tuple[list[_Pending], bool]:
+        """The steps waiting (at least one: blocks until one comes), at most ``max_batch``; and
+        whether ``close`` asked the writer to stop after them."""
+        first = self._queue.get()
+        if first is None:
+            return [], True
+        batch = [first]
+        while len(batch) < self._max_batch:
             try:
-                outcomes = self._store.write_together([p.step for p in batch])
-            except BaseException as error:  # write_together returns errors; this is the unforeseen
-                outcomes = [Outcome(None, error if isinstance(error, Exception) else RuntimeError(repr(error)))
-                            for _ in batch]
-            for pending, outcome in zip(batch, outcomes):
-                pending.outcome = outcome
+                more = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if more is None:
+                return batch, True
+            batch.append(more)
+        return batch, False
+
+    def _commit(self, batch: list[_Pending]) -> None:
+        try:
+            outcomes = self._store.write_together([p.step for p in batch])
+        except Exception as error:  # write_together returns the steps' errors; this is the unforeseen
+            outcomes = [Outcome(None, error) for _ in batch]
+        for pending, outcome in zip(batch, outcomes, strict=True):
+            pending.outcome = outcome
+            pending.done.set()
+
+    def _drain(self) -> list[_Pending]:
+        waiting = []
+        while True:
+            try:
+                pending = self._queue.get_nowait()
+            except queue.Empty:
+                return waiting
+            if pending is not None:
+                waiting.append(pending)
+
+    @staticmethod
+    def _fail(batch: list[_Pending], error: Exception) -> None:
+        for pending in batch:
+            if pending.outcome is None:
+                pending.outcome = Outcome(None, error)
                 pending.done.set()

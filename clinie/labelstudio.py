@@ -37,6 +37,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import xml.etree.ElementTree as ET
 from bisect import bisect_left, bisect_right
 from dataclasses import replace
@@ -166,6 +167,31 @@ class UnusableAnnotation(ValueError):
         self.reason = reason
 
 
+#: The reason of an annotation whose task lacks the text the config labels (imported before the
+#: config changed, say).
+TASK_WITHOUT_TEXT = "task without the labelled text"
+#: The reason of an annotation that raised what reading one is not meant to (a last resort).
+UNREADABLE = "unreadable annotation"
+
+
+def _offset(value: Any) -> int:
+    """An offset as JSON carries it: an int, or a float with an integral, finite value (``5.0``).
+    ``int()`` alone would take ``"3"`` and ``True`` for offsets and raise OverflowError on ``1e999``."""
+    if isinstance(value, float) and math.isfinite(value) and value.is_integer():
+        return int(value)
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    # the type, not the value: a string offset could hold anything
+    raise UnusableAnnotation("region offsets unusable", f"an offset of type {type(value).__name__} is no integer")
+
+
+def _strings(value: Any) -> list[str] | None:
+    """A ``labels`` list as Label Studio sends it (absent or empty: no label), or None when it is
+    not a list of strings: iterating a number raises TypeError, a dict yields its keys as labels."""
+    labels = value or []
+    return labels if isinstance(labels, list) and all(isinstance(label, str) for label in labels) else None
+
+
 def _region_span(item: dict[str, Any], control: SpanControl, text: str) -> Span:
     """The span of one region; a region without an id gets a stable one from its control,
     offsets and label (ids only matter to relations, and Label Studio's API, SDK and imports
@@ -173,22 +199,34 @@ def _region_span(item: dict[str, Any], control: SpanControl, text: str) -> Span:
     value = item.get("value")
     if not isinstance(value, dict) or "start" not in value or "end" not in value:
         raise UnusableAnnotation("region without offsets", "no value.start/value.end")
-    labels = value.get("labels") or []
+    labels = _strings(value.get("labels"))
+    if labels is None:
+        raise UnusableAnnotation("region labels not a list of strings", type(value.get("labels")).__name__)
     if len(labels) != 1:
         raise UnusableAnnotation("region without exactly one label", f"{len(labels)} labels")
     if labels[0] not in control.label_names:
         raise UnusableAnnotation("label not in the config", f"{labels[0]!r} is not in <Labels name={control.name!r}>")
+    start, end = _offset(value["start"]), _offset(value["end"])
+    rid = str(item["id"]) if item.get("id") is not None else _region_id(control, start, end, labels[0])
     try:
-        start, end = int(value["start"]), int(value["end"])
-        rid = str(item["id"]) if item.get("id") is not None else _region_id(control, start, end, labels[0])
         # Offsets are the truth; value.text is only Label Studio's copy, rebuilt here from the text.
         return Span.from_text(text, start, end, labels[0], id=rid)
-    except (TypeError, ValueError) as e:
+    except ValueError as e:  # empty, or outside the text
         raise UnusableAnnotation("region offsets unusable", str(e)) from None
 
 
+def _relation_ends(item: dict[str, Any]) -> tuple[str, str]:
+    """The region ids an arrow joins, head first (``direction: left`` swaps them)."""
+    head, tail = item.get("from_id"), item.get("to_id")
+    if not isinstance(head, str) or not isinstance(tail, str):
+        raise UnusableAnnotation("relation ids not strings", f"{type(head).__name__} -> {type(tail).__name__}")
+    return (tail, head) if item.get("direction") == "left" else (head, tail)
+
+
 def _relation_labels(item: dict[str, Any], schema: Schema) -> list[str]:
-    labels = [str(label) for label in item.get("labels") or []]
+    labels = _strings(item.get("labels"))
+    if labels is None:
+        raise UnusableAnnotation("relation labels not a list of strings", type(item.get("labels")).__name__)
     if not schema.relation_labels:
         return [""]  # the config types no relations: every arrow is an untyped link
     if not labels:
@@ -211,21 +249,28 @@ def annotation_to_document(task: dict[str, Any], result: Sequence[dict[str, Any]
     label the control does not declare, an id two different regions share) raises
     ``UnusableAnnotation``: its text trained without it would teach "no entity" there. So does
     an arrow with a label the config does not declare, or none where the config types them
-    (its pair would be taught as unrelated). A task whose data lacks the text raises
-    ``ValueError``.
+    (its pair would be taught as unrelated). A task whose data lacks the text raises it too
+    (``TASK_WITHOUT_TEXT``). Nothing else is raised, whatever the JSON holds: a result that is no
+    list of objects, offsets that are no finite integers, labels or arrow ends of other types are
+    unusable too, so that one hostile annotation cannot fail every training of its project.
 
     Relations: ``direction: left`` swaps head and tail (``bi`` is kept as drawn); one relation
     per label when an arrow has several. An arrow pointing at a region the result does not
     hold has no pair to teach: it is skipped and counted in ``meta["skipped_relations"]``.
     """
     first = schema.span_controls[0]
-    doc = task_to_document(task, first)
+    try:
+        doc = task_to_document(task, first)
+    except ValueError as e:  # the message names the task and the key, never the text
+        raise UnusableAnnotation(TASK_WITHOUT_TEXT, str(e)) from None
+    if not isinstance(result, (list, tuple)):
+        raise UnusableAnnotation("result not a list", type(result).__name__)
     controls = {c.name: c for c in schema.span_controls if c.to_name == first.to_name}
     spans: dict[str, Span] = {}
     arrows = []
     for item in result:
         if not isinstance(item, dict):
-            continue
+            raise UnusableAnnotation("result item not an object", type(item).__name__)
         if item.get("type") == "labels" and str(item.get("from_name")) in controls:
             span = _region_span(item, controls[str(item["from_name"])], doc.text)
             if span.id in spans and spans[span.id] != span:
@@ -238,9 +283,7 @@ def annotation_to_document(task: dict[str, Any], result: Sequence[dict[str, Any]
     relations: dict[Relation, None] = {}
     skipped = 0
     for item in arrows:
-        head, tail = str(item.get("from_id")), str(item.get("to_id"))
-        if item.get("direction") == "left":
-            head, tail = tail, head
+        head, tail = _relation_ends(item)
         if head not in spans or tail not in spans:
             log.warning("task %s: relation %s -> %s skipped: it points at a region the annotation does not hold",
                         doc.id, head, tail)
@@ -249,6 +292,29 @@ def annotation_to_document(task: dict[str, Any], result: Sequence[dict[str, Any]
         relations.update((Relation(head, tail, label), None) for label in _relation_labels(item, schema))
     meta = {**doc.meta, "skipped_relations": skipped} if skipped else doc.meta
     return replace(doc.with_annotations(tuple(spans.values()), tuple(relations)), meta=meta)
+
+
+def annotation_problem(task: dict[str, Any], result: Any, schema: Schema) -> str | None:
+    """Why clinie cannot learn from an annotation (``UnusableAnnotation.reason``), or None: read
+    by ``annotation_to_document`` itself, so that where an annotation arrives it is judged by the
+    very rules a training will read it with. Never raises: it judges what a client sent.
+
+    >>> schema = parse_label_config('<View><Labels name="l" toName="t"><Label value="Disease"/></Labels>'
+    ...                             '<Text name="t" value="$text"/></View>')
+    >>> task = {"id": 1, "data": {"text": "Cystic fibrosis"}}
+    >>> region = {"from_name": "l", "type": "labels", "value": {"start": 0, "end": 6, "labels": ["Disease"]}}
+    >>> annotation_problem(task, [region], schema) is None
+    True
+    >>> annotation_problem(task, [{**region, "value": {"start": 1e999, "end": 6, "labels": ["Disease"]}}], schema)
+    'region offsets unusable'
+    """
+    try:
+        annotation_to_document(task, result, schema)
+    except UnusableAnnotation as e:
+        return e.reason
+    except Exception:  # a last resort, as where a training reads it (clinie.selection.annotated_documents)
+        return UNREADABLE
+    return None
 
 
 # --- Documents -> Label Studio -------------------------------------------------------------

@@ -53,17 +53,24 @@ def private_dir(path: Path) -> Path:
 
 def private_file(path: Path, *, create: bool = True) -> Path:
     """``path`` readable by its owner only: created empty (0600, in a private directory) when
-    missing unless ``create`` is false, its group and other permissions removed when present."""
+    missing unless ``create`` is false, its group and other permissions removed when present.
+
+    The file is never opened: on Linux, closing any descriptor of a file releases every POSIX
+    lock the process holds on it — SQLite's locks on a live database included — and a second
+    process (``clinie purge``, a backup) would then take the backend's ``-wal`` for its own and
+    delete it (SQLite's "How to corrupt an SQLite database file", 2.2). So it is created by
+    ``mknod`` and its mode changed by path.
+    """
     if create:
         private_dir(path.parent)
+        try:
+            os.mknod(path, stat.S_IFREG | 0o600)
+        except FileExistsError:
+            pass
     try:
-        fd = os.open(path, (os.O_CREAT if create else 0) | os.O_RDONLY, 0o600)
+        mode = stat.S_IMODE(os.stat(path).st_mode)
     except FileNotFoundError:
         return path
-    try:
-        mode = stat.S_IMODE(os.fstat(fd).st_mode)
-        if mode & PRIVATE_UMASK:
-            os.fchmod(fd, mode & ~PRIVATE_UMASK)
-    finally:
-        os.close(fd)
+    if mode & PRIVATE_UMASK:
+        os.chmod(path, mode & ~PRIVATE_UMASK)
     return path

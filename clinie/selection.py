@@ -21,7 +21,8 @@ from typing import Any
 from clinie.core import Document, LabelSpec, Schema
 from clinie.evaluation.fewshot import CrossValidation, cross_validate
 from clinie.evaluation.study import cross_fitted_calibration
-from clinie.labelstudio import UnusableAnnotation, annotation_to_document, parse_label_config, task_to_document
+from clinie.labelstudio import (UNREADABLE, UnusableAnnotation, annotation_to_document, parse_label_config,
+                               task_to_document)
 from clinie.llm.base import LLM
 from clinie.llm.hidden import HiddenStates
 from clinie.retrieval import Embedder
@@ -57,18 +58,23 @@ def project_documents(store: AnnotationStore, project: str) -> Annotations:
 
 
 def annotated_documents(store: AnnotationStore, project: str, schema: Schema) -> Annotations:
-    """The project's annotations read with ``schema`` (see ``Annotations``)."""
+    """The project's annotations read with ``schema`` (see ``Annotations``).
+
+    Every stored annotation is read defensively: whatever it holds, it is skipped and counted,
+    never a failed training or /predict (the LLM's demonstrations are read here too). Logged
+    with ids and reasons only: an exception's message could quote the note."""
     read = Annotations(schema, [])
     for example in store.training_examples(project):
         try:
             doc = annotation_to_document(example.task, example.result, schema)
-        except UnusableAnnotation as e:
+        except UnusableAnnotation as e:  # the reason only: the detail quotes the annotation's labels
             read.unusable[e.reason] += 1
-            log.warning("project %s: annotation %s is not learned from: %s", project, example.annotation_id, e)
+            log.warning("project %s: annotation %s is not learned from: %s", project, example.annotation_id, e.reason)
             continue
-        except ValueError as e:  # the task's data lacks the text the config labels
-            read.unusable["task without the labelled text"] += 1
-            log.warning("project %s: annotation %s is not learned from: %s", project, example.annotation_id, e)
+        except Exception as e:  # a last resort: annotation_to_document is meant to raise nothing else
+            read.unusable[UNREADABLE] += 1
+            log.warning("project %s: annotation %s is not learned from: %s (%s)", project, example.annotation_id,
+                        UNREADABLE, type(e).__name__)
             continue
         read.skipped_relations += doc.meta.get("skipped_relations", 0)
         if doc.text:

@@ -47,7 +47,7 @@ import sqlite3
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -161,7 +161,8 @@ def _dump(value: Any) -> str:
 def _source_time(value: Any) -> str | None:
     """Label Studio's ``updated_at`` (an ISO string from a webhook, a datetime from the SDK) as a
     UTC string that sorts in time order; None when absent or unreadable: then the event is not
-    ordered against the state held, as before Label Studio sent times."""
+    ordered against the state held, as before Label Studio sent times. A time whose UTC falls
+    outside years 1–9999 (``0001-01-01T00:00:00+01:00``) cannot be ordered either: None too."""
     if isinstance(value, str):
         try:
             value = datetime.fromisoformat(value)
@@ -171,7 +172,10 @@ def _source_time(value: Any) -> str | None:
         return None
     if value.tzinfo is None:
         value = value.replace(tzinfo=timezone.utc)
-    return value.astimezone(timezone.utc).isoformat(timespec="microseconds")
+    try:
+        return value.astimezone(timezone.utc).isoformat(timespec="microseconds")
+    except OverflowError:
+        return None
 
 
 def project_models_dir(models_dir: Path, project: str) -> Path:
@@ -198,11 +202,14 @@ class ProjectMismatch(ValueError):
 @dataclass(frozen=True)
 class Purged:
     """What a purge removed: annotations (with every version), the ids it refused to touch
-    because another project holds them, and the unannotated tasks whose data was stored."""
+    because another project holds them, and the unannotated tasks whose data was stored; and
+    whether what it removed stays in the write-ahead log (a reader kept the checkpoint busy past
+    the busy timeout: it goes at the next checkpoint)."""
 
     annotations: int = 0
     refused: tuple[int, ...] = ()
     tasks: int = 0
+    left_in_wal: bool = False
 
     @property
     def removed(self) -> bool:
@@ -299,14 +306,19 @@ class AnnotationStore:
         except Exception as error:
             if len(steps) == 1:
                 return [Outcome(None, error)]
-            outcomes = []
-            for step in steps:
-                try:
-                    with self._write() as db:
-                        outcomes.append(Outcome(step(db)))
-                except Exception as e:
-                    outcomes.append(Outcome(None, e))
+            outcomes = [self._alone(step) for step in steps]
+        assert len(outcomes) == len(steps), "one outcome per step"
         return outcomes
+
+    def _alone(self, step: Callable[[sqlite3.Connection], Any]) -> Outcome:
+        """``step`` in a transaction of its own: its result only once that transaction has
+        committed (a commit that fails, on a full disk say, is the step's error, never a success)."""
+        try:
+            with self._write() as db:
+                result = step(db)
+        except Exception as error:
+            return Outcome(None, error)
+        return Outcome(result)
 
     @staticmethod
     def _savepoint(db: sqlite3.Connection, step: Callable[[sqlite3.Connection], Any]) -> Outcome:
@@ -328,10 +340,13 @@ class AnnotationStore:
                 return self._shared.execute(sql, tuple(params)).fetchall()
         return self._db().execute(sql, tuple(params)).fetchall()
 
-    def _shrink(self) -> None:
+    def _shrink(self) -> bool:
         """After a purge: copy the WAL (which still holds the purged pages as they were) into
-        the database file and truncate it, so that what was deleted is in no file."""
-        self._read("PRAGMA wal_checkpoint(TRUNCATE)")
+        the database file and truncate it, so that what was deleted is in no file. False when
+        that could not be done: a reader (another thread, ``clinie report``, a backup) held an
+        older snapshot for longer than the busy timeout, during which SQLite retries."""
+        busy, log, checkpointed = self._read("PRAGMA wal_checkpoint(TRUNCATE)")[0]
+        return not busy and log == checkpointed
 
     # --- projects -------------------------------------------------------------------------
 
@@ -392,8 +407,13 @@ class AnnotationStore:
     def _upsert(self, db: sqlite3.Connection, project: str, annotation_id: int, task_id: int, task_data: str,
                 result: str, state: str, action: str, completed_by: Any, source_updated_at: str | None) -> bool:
         now = _now()
+        # who completed it is informative only: a user id SQLite's 64-bit INTEGER cannot hold (2**70) is not kept
+        if not (isinstance(completed_by, int) and -2**63 <= completed_by < 2**63):
+            completed_by = None
         if self._tombstoned(db, project, annotation_id, task_id):
             return False
+        if (owner := _owner(db, "task", task_id)) is not None:  # its data, or an annotation of it, is held
+            _same_project(owner, project, f"task {task_id}")
         row = db.execute("SELECT project, task_data, result, state, version, source_updated_at "
                          "FROM annotations WHERE annotation_id = ?", (annotation_id,)).fetchone()
         if row:
@@ -415,7 +435,7 @@ class AnnotationStore:
             "state = excluded.state, version = excluded.version, completed_by = excluded.completed_by, "
             "updated_at = excluded.updated_at, source_updated_at = excluded.source_updated_at",
             (annotation_id, project, task_id, task_data, result, state, version,
-             completed_by if isinstance(completed_by, int) else None, now, now, source_updated_at),
+             completed_by, now, now, source_updated_at),
         )
         db.execute("INSERT INTO annotation_versions VALUES (?, ?, ?, ?, ?, ?, ?)",
                    (annotation_id, version, action, state, task_data, result, now))
@@ -521,9 +541,11 @@ class AnnotationStore:
         a late event about it changes nothing. Ids another project holds are refused."""
         with self._write() as db:
             purged = self._purge_rows(db, project, annotations, tasks)
-        if purged.removed:
-            self._shrink()
-        return purged
+        return self._shrunk(purged)
+
+    def _shrunk(self, purged: Purged) -> Purged:
+        """``purged`` once its text is out of the files too (``left_in_wal`` if it could not be)."""
+        return replace(purged, left_in_wal=not self._shrink()) if purged.removed else purged
 
     def purge_project(self, project: str, models_dir: Path) -> Purged:
         """Delete everything of the project: its annotations and tasks (as ``purge``), label
@@ -532,11 +554,15 @@ class AnnotationStore:
         with self._write() as db:
             tasks = [r[0] for r in db.execute("SELECT task_id FROM annotations WHERE project = ?1 "
                                               "UNION SELECT task_id FROM tasks WHERE project = ?1", (project,))]
-            purged = self._purge_rows(db, project, (), tasks)
+            # its annotations by id as well: one on a task another project holds (stored before
+            # ownership was checked on arrival) goes too, though that task is refused
+            annotations = [r[0] for r in db.execute("SELECT annotation_id FROM annotations WHERE project = ?",
+                                                    (project,))]
+            purged = self._purge_rows(db, project, annotations, tasks)
             paths = [Path(r[0]) for r in db.execute("SELECT path FROM models WHERE project = ?", (project,))]
             for table in ("serving", "models", "trainings", "projects"):
                 db.execute(f"DELETE FROM {table} WHERE project = ?", (project,))
-        self._shrink()
+        purged = replace(purged, left_in_wal=not self._shrink())
         for path in [*paths, project_dir]:
             shutil.rmtree(path, ignore_errors=True)
         return purged
@@ -566,6 +592,10 @@ class AnnotationStore:
             db.execute("INSERT OR IGNORE INTO tombstones VALUES ('annotation', ?, ?, "
                        "(SELECT source_updated_at FROM annotations WHERE annotation_id = ?), ?)",
                        (annotation_id, project, annotation_id, now))
+            # the task's text as /predict stored it goes with the annotation (docs/deploying.md)
+            tasks_removed += db.execute("DELETE FROM tasks WHERE project = ? AND task_id = "
+                                        "(SELECT task_id FROM annotations WHERE annotation_id = ?)",
+                                        (project, annotation_id)).rowcount
             db.execute("DELETE FROM annotation_versions WHERE annotation_id = ?", (annotation_id,))
             removed += db.execute("DELETE FROM annotations WHERE annotation_id = ?", (annotation_id,)).rowcount
         if removed:

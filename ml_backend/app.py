@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import hmac
+import json
 import logging
 import time
 from typing import Any
@@ -29,10 +30,24 @@ class BadRequest(ValueError):
 
 
 def _json_object() -> dict[str, Any]:
+    """The body as a JSON object, or the 4xx that says why it is not one. Read before it is
+    parsed, so that a body over ``CLINIE_MAX_REQUEST_MB`` is a 413 however it was sent, and
+    checked for lone surrogates (``"\\ud800"``), which JSON escapes allow but no UTF-8 can hold:
+    SQLite could not store such a text, so the request is refused before anything is."""
+    data = request.get_data()  # a Content-Length over the limit: 413 here
+    limit = request.max_content_length
+    if limit is not None and request.content_length is None and len(data) >= limit:
+        # a chunked body is cut at the limit without an error (werkzeug's LimitedStream), so one that
+        # reaches the limit is taken as over it: parsing what was cut would answer 400, not 413
+        raise RequestEntityTooLarge(f"the body is larger than the limit of {limit} bytes (CLINIE_MAX_REQUEST_MB)")
     try:
         body = request.get_json(silent=True)
+        json.dumps(body, ensure_ascii=False).encode()
     except RecursionError:  # hostile nesting ([[[[...]]]]) overflows the parser's stack
         raise BadRequest("the body nests too deeply to be a Label Studio request") from None
+    except UnicodeEncodeError:
+        raise BadRequest("the body is not valid Unicode: it holds a lone surrogate (\\ud800-\\udfff) "
+                         "that no UTF-8 text can store") from None
     if not isinstance(body, dict):
         raise BadRequest("the body must be a JSON object (Content-Type: application/json)")
     return body

@@ -42,6 +42,7 @@ class Metrics:
     def __init__(self, window: int = 1000) -> None:
         self._lock = threading.Lock()
         self._counts: Counter[str] = Counter()
+        self._counts_by: dict[str, tuple[str, Counter[str]]] = {}  # name -> (its label, value -> count)
         self._observed: Counter[str] = Counter()  # lifetime count and sum of each timed operation
         self._sums: Counter[str] = Counter()
         self._latencies: dict[str, deque[float]] = {}
@@ -53,6 +54,12 @@ class Metrics:
     def count(self, name: str, n: int = 1) -> None:
         with self._lock:
             self._counts[name] += n
+
+    def count_by(self, name: str, label: str, value: str, n: int = 1) -> None:
+        """A counter split by one label (``annotations_unusable`` by ``reason``): Prometheus sums
+        or filters the series; a name keeps the label it was first counted with."""
+        with self._lock:
+            self._counts_by.setdefault(name, (label, Counter()))[1][value] += n
 
     def observe(self, name: str, seconds: float) -> None:
         with self._lock:
@@ -92,11 +99,14 @@ class Metrics:
         with self._lock:
             trainings = [{"project": p, **info} for p, info in self._trainings.items()]
             counts = dict(self._counts)
+            counts_by = {name: {label: dict(sorted(values.items()))}
+                         for name, (label, values) in self._counts_by.items()}
             totals = {name: (self._observed[name], self._sums[name]) for name in self._latencies}
             latencies = {name: sorted(values) for name, values in self._latencies.items()}
             batches = [{"id": b, **info} for b, info in self._batches.items()]
         return {
             "counts": counts,
+            "counts_by": counts_by,  # name -> its label -> value -> count
             "latency_seconds": {
                 name: {"n": len(v), "mean": round(sum(v) / len(v), 4), "p50": _quantile(v, 0.5),
                        "p95": _quantile(v, 0.95), "p99": _quantile(v, 0.99), "max": round(v[-1], 4),
@@ -131,6 +141,9 @@ def render_prometheus(snapshot: dict[str, Any]) -> str:
 
     for name, value in sorted(snapshot["counts"].items()):
         metric(f"{name}_total", "counter", [("", value)])
+    for name, by in sorted(snapshot.get("counts_by", {}).items()):
+        metric(f"{name}_total", "counter",
+               [(f'{{{label}="{value}"}}', n) for label, values in by.items() for value, n in values.items()])
     for name, s in sorted(snapshot["latency_seconds"].items()):
         lines.append(f"# TYPE {PREFIX}{name}_seconds summary")
         for q, key in (("0.5", "p50"), ("0.95", "p95"), ("0.99", "p99")):

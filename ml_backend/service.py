@@ -13,13 +13,15 @@ import logging
 import threading
 import time
 from functools import lru_cache
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from clinie import __version__
 from clinie.core import Document, Schema
 from clinie.evaluation.calibration import calibrate_documents
 from clinie.group_commit import GroupCommit
-from clinie.labelstudio import LabelConfigError, parse_label_config, prediction_to_result, task_to_document
+from clinie.labelstudio import (LabelConfigError, annotation_problem, parse_label_config, prediction_to_result,
+                                task_to_document)
 from clinie.logs import without_credentials
 from clinie.settings import Settings
 from clinie.store import AnnotationStore, ModelRecord, ProjectMismatch, Purged
@@ -32,6 +34,7 @@ from ml_backend.training import (NotEnoughAnnotations, Superseded, TrainingWorke
 log = logging.getLogger(__name__)
 
 ANNOTATION_ACTIONS = ("ANNOTATION_CREATED", "ANNOTATION_UPDATED")
+T = TypeVar("T")
 
 #: Tasks the encoder predicts per call: a batch for the encoder, and progress and the time budget
 #: checked every fraction of a second. With the LLM (seconds a sentence) it is one task per call.
@@ -57,11 +60,6 @@ def is_id(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**63
 
 
-def _purged(purged: Purged) -> tuple[bool, str | None]:
-    """A purge as ``Backend._store_event`` reports it."""
-    refusal = f"ids {', '.join(map(str, purged.refused))} belong to another project: not deleted" \
-        if purged.refused else None
-    return purged.removed, refusal
 
 
 class TaskTooLong(ValueError):
@@ -170,10 +168,7 @@ class Backend:
         if not rows or not self.store.keeps_tasks:
             return
         try:
-            if self.commits is not None:
-                self.commits.run(lambda db: self.store.record_tasks_in(db, project, rows))
-            else:
-                self.store.record_tasks(project, rows)
+            self._commit(lambda db: self.store.record_tasks_in(db, project, rows))
         except Exception as e:
             self.metrics.count("task_store_failures")
             log.warning("project %s: the data of %d predicted tasks was not stored: %s", project, len(rows),
@@ -267,9 +262,9 @@ class Backend:
             stored = action == "TASKS_DELETED" and self._purge_tasks_anywhere([int(t["id"]) for t in payload["tasks"]])
             return {"status": "ok", "action": action, "stored": stored}
         answer: dict[str, Any] = {"status": "ok", "action": action}
-        if action in ANNOTATION_ACTIONS and self.commits is not None:
+        if action in ANNOTATION_ACTIONS:
             config, config_refusal = self._usable_label_config(project, action, payload)
-            changed, refusal = self._store_annotation_together(project, action, payload, config)
+            changed, refusal = self._store_annotation(project, action, payload, config)
         else:
             config_refusal = self._store_label_config(project, action, payload)
             changed, refusal = self._store_event(project, action, payload)
@@ -278,12 +273,34 @@ class Backend:
         if refusal:
             self._refused(project, action, refusal)
             answer["refused"] = refusal
+        elif action in ANNOTATION_ACTIONS and (problem := self._annotation_problem(project, payload)):
+            answer["unusable"] = problem
         if action == "START_TRAINING":
             self.request_training(project)
         elif changed and self.settings.train_every and \
                 self.store.changes_since_training(project) >= self.settings.train_every:
             self.request_training(project)
         return {**answer, "stored": changed}
+
+    def _annotation_problem(self, project: str, payload: dict[str, Any]) -> str | None:
+        """Why no training can learn from the annotation the event carries (it is stored all the
+        same: what was received is never lost), or None; counted per reason, so that a client
+        sending malformed annotations shows at once rather than at the next training. Judged with
+        the config stored with it, parsed once (``_schema``); none known yet, or cancelled: None."""
+        annotation = payload["annotation"]
+        config = None if annotation.get("was_cancelled") else self.store.label_config(project)
+        if config is None:
+            return None
+        try:
+            schema = _schema(config)
+        except LabelConfigError:  # stored by an older clinie under older rules: training will say so
+            return None
+        problem = annotation_problem(payload["task"], annotation.get("result") or [], schema)
+        if problem:
+            self.metrics.count_by("annotations_unusable", "reason", problem)
+            log.warning("project %s: annotation %s is stored but cannot be learned from: %s", project,
+                        annotation["id"], problem)
+        return problem
 
     def _store_label_config(self, project: str, action: str, payload: dict[str, Any]) -> str | None:
         """Keep the labeling config the event carries, if clinie can use it; else why not."""
@@ -305,50 +322,69 @@ class Backend:
             return None, str(e)
         return config, None
 
-    def _store_annotation_together(self, project: str, action: str, payload: dict[str, Any],
-                                   config: str | None) -> tuple[bool, str | None]:
-        """``_store_event`` of an annotation event (with the config it carries), committed with
-        the events arriving at the same time; returns once committed."""
+    def _store_annotation(self, project: str, action: str, payload: dict[str, Any],
+                          config: str | None) -> tuple[bool, str | None]:
+        """Store an annotation event and the config it carries, in one transaction: committed
+        with the events arriving at the same time (group commit) unless that is off; returns once
+        committed. An event another project's annotation or task refuses stores nothing, its
+        config included: the config would otherwise land on a project the event had no right to."""
         self.metrics.count("annotations_received")
         annotation, task = payload["annotation"], payload["task"]
 
         def step(db: Any) -> tuple[bool, str | None]:
+            try:
+                changed = self.store.record_annotation_in(db, project, annotation, task, action)
+            except ProjectMismatch as e:  # raised before the annotation wrote anything
+                return False, str(e)
             if config:
                 self.store.set_label_config_in(db, project, config)
-            try:
-                return self.store.record_annotation_in(db, project, annotation, task, action), None
-            except ProjectMismatch as e:  # raised before the annotation wrote anything: the config stays
-                return False, str(e)
+            return changed, None
 
-        return self.commits.run(step)
+        return self._commit(step)
+
+    def _commit(self, step: Callable[[Any], T]) -> T:
+        """``step(connection)`` committed: with the writes waiting (group commit), or alone."""
+        if self.commits is not None:
+            return self.commits.run(step)
+        [outcome] = self.store.write_together([step])
+        if outcome.error is not None:
+            raise outcome.error
+        return outcome.result
 
     def _store_event(self, project: str, action: str, payload: dict[str, Any]) -> tuple[bool, str | None]:
         """What the event changes in the store: whether something did, and what was refused."""
-        if action in ANNOTATION_ACTIONS:
-            self.metrics.count("annotations_received")
-            try:
-                return self.store.record_annotation(project, payload["annotation"], payload["task"], action), None
-            except ProjectMismatch as e:
-                return False, str(e)
         if action == "ANNOTATIONS_DELETED":
             self.metrics.count("annotations_deleted", len(payload["annotations"]))
             self.serving.forget_read_text()
-            return _purged(self.store.purge(project, annotations=[int(a["id"]) for a in payload["annotations"]]))
+            return self._purged(self.store.purge(project, annotations=[int(a["id"]) for a in payload["annotations"]]))
         if action == "TASKS_DELETED":
             self.metrics.count("tasks_deleted", len(payload["tasks"]))
             self.serving.forget_read_text()  # a task predicted by the LLM but never annotated is in it too
-            return _purged(self.store.purge(project, tasks=[int(t["id"]) for t in payload["tasks"]]))
+            return self._purged(self.store.purge(project, tasks=[int(t["id"]) for t in payload["tasks"]]))
         if action == "PROJECT_DELETED":
-            self.delete_project(project)
-            return True, None
+            return self._purged(self.delete_project(project))
         return False, None
+
+    def _purged(self, purged: Purged) -> tuple[bool, str | None]:
+        """A purge as ``_store_event`` reports it: whether it removed anything, and what it
+        refused. A purge whose text a reader kept in the write-ahead log is counted and logged."""
+        if purged.left_in_wal:
+            self._left_in_wal()
+        refusal = f"ids {', '.join(map(str, purged.refused))} belong to another project: not deleted" \
+            if purged.refused else None
+        return purged.removed, refusal
+
+    def _left_in_wal(self) -> None:
+        self.metrics.count("purges_left_in_wal")
+        log.warning("a purge removed note text that stays in the store's write-ahead log until its next checkpoint: "
+                    "a reader held an older snapshot past the busy timeout")
 
     def _purge_tasks_anywhere(self, task_ids: list[int]) -> bool:
         """Label Studio's "delete all tasks" of a project names no project (and reaches only
         organization webhooks): each task is purged from the project that holds it."""
         self.metrics.count("tasks_deleted", len(task_ids))
         self.serving.forget_read_text()
-        return any([self.store.purge(project, tasks=tasks).removed
+        return any([self._purged(self.store.purge(project, tasks=tasks))[0]
                     for project, tasks in self.store.task_projects(task_ids).items()])
 
     def _refused(self, project: str, action: str, reason: str) -> None:
@@ -382,6 +418,8 @@ class Backend:
         self.metrics.count("annotations_deleted_by_sync", result.deleted)
         if result.deleted or result.tasks_deleted:
             self.serving.forget_read_text()
+        if result.left_in_wal:
+            self._left_in_wal()
         if result.refused:
             self._refused(project, "re-sync", f"{result.refused} annotations another project holds")
         if result.stored or result.deleted or result.tasks_stored or result.tasks_deleted:

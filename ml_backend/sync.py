@@ -39,6 +39,7 @@ class SyncResult:
     refused: int = 0  # annotations another project of the store holds (``ProjectMismatch``)
     tasks_stored: int = 0  # unannotated tasks whose data was new or changed in the store
     tasks_deleted: int = 0  # tasks Label Studio no longer holds whose stored data was purged
+    left_in_wal: bool = False  # what was purged stays in the store's WAL (``Purged.left_in_wal``)
 
 
 class LabelStudioSync:
@@ -90,7 +91,8 @@ class LabelStudioSync:
                         refused += 1
             deleted = self._purge_gone(project, tasks, annotations)  # first: what is gone leaves room in the bound
             tasks_stored = self.store.record_tasks(project, unannotated.items())
-        return SyncResult(project, len(annotations), stored, deleted.annotations, refused, tasks_stored, deleted.tasks)
+        return SyncResult(project, len(annotations), stored, deleted.annotations, refused, tasks_stored, deleted.tasks,
+                          deleted.left_in_wal)
 
     def _purge_gone(self, project: str, listed_tasks: set[int], listed_annotations: set[int]) -> Purged:
         """Purge the tasks, then the annotations, the store holds and the listing lacked, each
@@ -101,8 +103,9 @@ class LabelStudioSync:
         purged = self.store.purge(project, tasks=tasks)
         annotations = {a for a in self.store.annotation_ids(project) - listed_annotations
                        if _gone(lambda: self._client.annotations.get(id=a))}
-        return Purged(purged.annotations + self.store.purge(project, annotations=annotations).annotations,
-                      tasks=purged.tasks)
+        then = self.store.purge(project, annotations=annotations)
+        return Purged(purged.annotations + then.annotations, tasks=purged.tasks,
+                      left_in_wal=purged.left_in_wal or then.left_in_wal)
 
 
 class _Newest:

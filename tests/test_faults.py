@@ -5,7 +5,10 @@ model is the one that served before."""
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
+import subprocess
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -178,3 +181,58 @@ def test_sigterm_lets_the_predictions_in_flight_finish(tmp_path):
     assert isinstance(answer, requests.Response), answer
     assert answer.status_code == 200 and len(answer.json()["results"]) == 3
     assert answer.json()["model_version"].startswith("clinie-llm-")
+
+
+def test_a_purge_and_a_report_beside_a_live_backend_lose_nothing_and_bring_nothing_back(tmp_path):
+    """``clinie purge`` of one project and ``clinie report`` of another, each a process of its own
+    on the live backend's store while annotators of a third send webhooks; then SIGKILL and a restart."""
+    data_dir = tmp_path / "data"
+    acknowledged: list[int] = []
+    lock, stop = threading.Lock(), threading.Event()
+    env = {**os.environ, "CLINIE_DATA_DIR": str(data_dir), **ENCODER_ONLY}
+
+    def clinie(*args: str) -> int:
+        return subprocess.run([sys.executable, "-m", "clinie.cli", *args, "--data-dir", str(data_dir)], env=env,
+                              capture_output=True, timeout=300).returncode
+
+    with BackendServer(data_dir, **ENCODER_ONLY) as server:
+        def post(event: dict) -> bool:
+            try:
+                return requests.post(server.url + "/webhook", json=event, timeout=10).status_code == 200
+            except requests.RequestException:
+                return False  # sent while the process died: not acknowledged
+
+        for i in range(20):
+            assert post(webhook_event(3000 + i, 3000 + i, f"ZEBRA-PURGED {i}", [], project=2))
+        assert post(webhook_event(4000, 4000, "A note of project 3.", [], project=3))
+
+        def annotate(sender: int) -> None:
+            for n in range(10_000):
+                if stop.is_set():
+                    return
+                annotation_id = 10_000 + sender * 10_000 + n
+                if post(webhook_event(annotation_id, annotation_id, f"note {annotation_id}: fever", [])):
+                    with lock:
+                        acknowledged.append(annotation_id)
+
+        with ThreadPoolExecutor(max_workers=16) as pool:
+            for sender in range(16):
+                pool.submit(annotate, sender)
+            assert clinie("purge", "--project", "2") == 0
+            # too few annotations for a report: it fails, once it has opened and closed the store
+            assert clinie("report", "--project", "3", "--out", str(tmp_path / "report")) != 0
+            after_purge = len(acknowledged)
+            while len(acknowledged) < after_purge + 100:
+                time.sleep(0.01)
+            server.kill()
+            stop.set()
+
+    assert_store_consistent(data_dir)
+    with BackendServer(data_dir, **ENCODER_ONLY) as server:
+        assert metrics(server)["store"]["annotations"]["submitted"] >= len(acknowledged) + 1
+    with sqlite3.connect(data_dir / "clinie.sqlite3") as db:
+        held = {r[0] for r in db.execute("SELECT annotation_id FROM annotations")}
+        assert db.execute("SELECT COUNT(*) FROM annotations WHERE project = '2'").fetchone() == (0,)
+        assert db.execute("SELECT COUNT(*) FROM tombstones WHERE project = '2'").fetchone()[0] >= 20
+    assert set(acknowledged) <= held, f"{len(set(acknowledged) - held)} acknowledged events lost"
+    assert_store_consistent(data_dir)

@@ -3,63 +3,23 @@ success or a clear 4xx — never a 500 — and a refused request leaves the stor
 
 from __future__ import annotations
 
+import io
 import json
 import sqlite3
 
 import pytest
+import requests
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from clinie.settings import Settings
 from ml_backend.app import create_app
-from tests.support.helpers import DISEASE_CONFIG
+from tests.support.backend_server import BackendServer
+from tests.support.helpers import DISEASE_CONFIG, webhook_event
+from tests.support.hostile import (HUGE_INTEGERS, ODD_DATES, PATHS, RAW_TOKENS, bodies, encode, encoded,
+                                   hostile_requests, raw_bodies, send_hostile)
 
 REFUSED = {400, 413, 415, 422}
-ACTIONS = ["ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATIONS_DELETED", "START_TRAINING", "PROJECT_UPDATED",
-           "TASKS_DELETED", "PROJECT_DELETED"]
 DELETIONS = ("ANNOTATIONS_DELETED", "TASKS_DELETED", "PROJECT_DELETED")
-
-scalars = (st.none() | st.booleans() | st.integers(min_value=-(2**70), max_value=2**70)
-           | st.floats(allow_nan=True, allow_infinity=True) | st.text(max_size=20))
-json_values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=4)
-                           | st.dictionaries(st.text(max_size=8), inner, max_size=4), max_leaves=12)
-ids = (st.integers(min_value=-(2**70), max_value=2**70) | st.text(max_size=12) | st.booleans() | st.none()
-       | st.floats() | st.sampled_from(["7", "٣", "1.5", " 3", "3.1700000000", 2**63 - 1, 2**63, -1, "9" * 30]))
-regions = st.fixed_dictionaries(
-    {"from_name": st.sampled_from(["label", "nope"]) | json_values, "to_name": st.just("text") | json_values,
-     "type": st.sampled_from(["labels", "relation", "choices"]) | json_values,
-     "value": st.fixed_dictionaries({"start": ids, "end": ids, "text": st.text(max_size=10),
-                                     "labels": st.lists(st.sampled_from(["Disease", "Other"]) | json_values,
-                                                        max_size=2)}) | json_values},
-    optional={"id": ids, "from_id": ids, "to_id": ids})
-annotations = st.fixed_dictionaries({}, optional={"id": ids, "result": st.lists(regions | json_values, max_size=3)
-                                                  | json_values, "was_cancelled": json_values,
-                                                  "completed_by": json_values})
-tasks = st.fixed_dictionaries({}, optional={"id": ids, "data": st.fixed_dictionaries(
-    {}, optional={"text": st.text(max_size=200) | json_values}) | json_values})
-projects = ids | st.fixed_dictionaries({}, optional={"id": ids, "label_config": st.just(DISEASE_CONFIG)
-                                                     | st.text(max_size=30) | json_values})
-webhooks = st.fixed_dictionaries(
-    {"action": st.sampled_from(ACTIONS) | json_values},
-    optional={"project": projects, "annotation": annotations | json_values, "task": tasks | json_values,
-              "annotations": st.lists(st.fixed_dictionaries({}, optional={"id": ids}) | json_values, max_size=3)
-              | json_values,
-              "tasks": st.lists(st.fixed_dictionaries({}, optional={"id": ids}) | json_values, max_size=3)
-              | json_values})
-#: Shaped like Label Studio's, every id, text and region drawn: reach the store and its limits.
-near_valid_webhooks = st.builds(
-    lambda action, annotation_id, task_id, project, text, result, cancelled: {
-        "action": action, "project": {"id": project, "label_config": DISEASE_CONFIG},
-        "annotation": {"id": annotation_id, "result": result, "was_cancelled": cancelled, "completed_by": task_id},
-        "task": {"id": task_id, "data": {"text": text}}, "annotations": [{"id": annotation_id}],
-        "tasks": [{"id": task_id}]},
-    st.sampled_from(ACTIONS[:3] + ACTIONS[5:]), ids, ids, ids, st.text(max_size=200), st.lists(regions, max_size=3),
-    json_values)
-predicts = st.fixed_dictionaries(
-    {}, optional={"tasks": st.lists(tasks | json_values, max_size=4) | json_values, "project": projects,
-                  "label_config": st.just(DISEASE_CONFIG) | st.text(max_size=40) | json_values,
-                  "params": json_values})
-setups = st.fixed_dictionaries({}, optional={"project": projects, "schema": st.just(DISEASE_CONFIG)
-                                            | st.text(max_size=60) | json_values})
 
 
 @pytest.fixture(scope="module")
@@ -88,30 +48,31 @@ def post(client, path: str, body) -> tuple[int, dict]:
     return answer.status_code, answer.json
 
 
-fuzz = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
+fuzz = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
                                                                         HealthCheck.too_slow])
 
 
 @fuzz
-@given(body=webhooks | near_valid_webhooks)
-def test_webhooks(client, body):
+@given(raw=encoded(bodies["/webhook"]))
+def test_webhooks(client, raw):
     before = store_state(client)
-    status, answer = post(client, "/webhook", body)
+    status, answer = post(client, "/webhook", raw)
     if status != 200:
         assert store_state(client) == before, "a refused webhook stored something"
     elif answer["stored"]:
+        body = json.loads(raw)  # as the server read it
         stored_ids = {row[0] for row in store_state(client)[0]}
         assert body["action"] in DELETIONS or int(body["annotation"]["id"]) in stored_ids
 
 
 @fuzz
-@given(body=predicts)
-def test_predict(client, body):
+@given(raw=encoded(bodies["/predict"]))
+def test_predict(client, raw):
     before = store_state(client)
-    status, answer = post(client, "/predict", body)
+    status, answer = post(client, "/predict", raw)
     after = store_state(client)
     if status == 200:
-        assert len(answer["results"]) == len(body["tasks"])
+        assert len(answer["results"]) == len(json.loads(raw)["tasks"])
         assert all(r["result"] == [] for r in answer["results"])  # no model: nothing predicted
         # what it keeps of its tasks is their id and data: Label Studio's shape, nothing else
         assert all(json.loads(data) == {"id": task_id, "data": json.loads(data)["data"]}
@@ -122,18 +83,16 @@ def test_predict(client, body):
 
 
 @fuzz
-@given(body=setups)
-def test_setup(client, body):
+@given(raw=encoded(bodies["/setup"]))
+def test_setup(client, raw):
     before = store_state(client)
-    status, _ = post(client, "/setup", body)
+    status, _ = post(client, "/setup", raw)
     if status != 200:
         assert store_state(client) == before
 
 
 @fuzz
-@given(path=st.sampled_from(["/webhook", "/predict", "/setup"]),
-       body=st.binary(max_size=300) | st.text(max_size=300).map(str.encode)
-       | st.integers(1, 64).map(lambda depth: b"[" * (depth * 1000) + b"]" * (depth * 1000)))
+@given(path=st.sampled_from(PATHS), body=raw_bodies)
 def test_raw_bytes_and_deep_nesting(client, path, body):
     before = store_state(client)
     post(client, path, body)
@@ -141,6 +100,147 @@ def test_raw_bytes_and_deep_nesting(client, path, body):
     assert (after[0], after[2]) == (before[0], before[2])
 
 
+def test_the_bench_draws_the_same_requests_for_a_seed_and_every_kind_of_hostility():
+    drawn = hostile_requests(3, 300)
+    assert len(drawn) == 300 and drawn == hostile_requests(3, 300) and drawn != hostile_requests(4, 300)
+    assert {path for path, _ in drawn} == set(PATHS)
+    sent = b"\n".join(body for _, body in drawn)
+    for kind in (b"\\ud800", b"\xed\xa0\x80", b"1e999", b"NaN", b"Infinity", str(2**70).encode(), str(2**63).encode(),
+                 b"0001-01-01T00:00:00+01:00"):
+        assert kind in sent, f"no request holds {kind!r}"
+
+
+def test_hostile_requests_of_the_bench_never_get_a_5xx(client):
+    """What ``python -m bench.faults`` sends, in process; this draw met all five 500s of issue 38."""
+    for path, raw in hostile_requests(3, 500):
+        post(client, path, raw)
+
+
+def test_a_live_backend_answers_hostile_requests_and_a_chunked_body_over_the_limit_as_413(tmp_path):
+    """Through gunicorn, the server that runs in production: it streams a chunked body to the
+    app (``wsgi.input_terminated``), so only the app's own limit stands between it and memory."""
+    settings_ = {"CLINIE_TRAIN_EVERY": "0", "CLINIE_STRATEGY": "encoder", "CLINIE_MAX_REQUEST_MB": "1"}
+    with BackendServer(tmp_path, **settings_) as server:
+        tally = send_hostile(server.url, seed=3, n=500)
+        assert tally.tried == 500 and tally.failed == 0, tally.failures
+        big = b"{" + b" " * (2 * 1024 * 1024) + b"}"
+        chunks = (big[i:i + 65536] for i in range(0, len(big), 65536))  # a generator: sent chunked
+        answer = requests.post(server.url + "/webhook", data=chunks, headers={"Content-Type": "application/json"},
+                               timeout=60)
+        assert answer.status_code == 413 and "limit" in answer.json()["error"]
+        small = encode(webhook_event(5, 5, "fever", []), ascii_only=True)
+        answer = requests.post(server.url + "/webhook", data=iter([small[:10], small[10:]]),
+                               headers={"Content-Type": "application/json"}, timeout=60)
+        assert answer.status_code == 200 and answer.json()["stored"]
+
+
 def test_a_body_over_the_limit_is_refused_before_it_is_read(client):
     status, answer = post(client, "/webhook", b"{" + b" " * (2 * 1024 * 1024) + b"}")
     assert status == 413 and "error" in answer
+
+
+@pytest.mark.parametrize("size", [2 * 1024 * 1024, 1024 * 1024])
+def test_a_chunked_body_over_the_limit_is_413_not_400(client, size):
+    """No Content-Length: werkzeug cuts the stream at the limit and says nothing, and what was
+    cut used to be parsed and refused as malformed (400)."""
+    before = store_state(client)
+    answer = client.post("/webhook", input_stream=io.BytesIO(b"{" + b" " * size + b"}"),
+                         headers={"Content-Type": "application/json", "Transfer-Encoding": "chunked"},
+                         environ_overrides={"wsgi.input_terminated": True})  # as gunicorn streams it
+    assert answer.status_code == 413 and answer.is_json and "CLINIE_MAX_REQUEST_MB" in answer.json["error"]
+    assert store_state(client) == before
+
+
+def test_a_chunked_body_under_the_limit_is_read(client):
+    body = encode(webhook_event(9300, 9300, "fever", [], project=930), ascii_only=True)
+    answer = client.post("/webhook", input_stream=io.BytesIO(body),
+                         headers={"Content-Type": "application/json", "Transfer-Encoding": "chunked"},
+                         environ_overrides={"wsgi.input_terminated": True})
+    assert answer.status_code == 200 and answer.json["stored"]
+
+
+@pytest.mark.parametrize("ascii_only", [True, False], ids=["escaped", "as-bytes"])
+@pytest.mark.parametrize("where", ["text", "key", "result"])
+def test_a_lone_surrogate_in_a_webhook_is_refused_and_nothing_stored(client, ascii_only, where):
+    """JSON may escape a lone surrogate (``"\\ud800"``); no UTF-8, and so no SQLite text, can
+    hold it: it used to reach the store and fail there with a 500."""
+    event = webhook_event(9400, 9400, "fever and cough", [], project=940)
+    if where == "text":
+        event["task"]["data"]["text"] = "fever \ud800 and cough"
+    elif where == "key":
+        event["task"]["data"]["\udc00"] = 1
+    else:
+        event["annotation"]["result"] = [{"from_name": "label", "to_name": "text", "type": "labels",
+                                          "value": {"start": 0, "end": 5, "text": "fe\udfffr", "labels": ["Disease"]}}]
+    before = store_state(client)
+    status, answer = post(client, "/webhook", encode(event, ascii_only))
+    assert status == 400 and "surrogate" in answer["error"]
+    assert store_state(client) == before
+
+
+def test_a_lone_surrogate_in_a_predict_task_is_refused_and_nothing_stored(client):
+    """It used to be predicted and then not stored (the store logged a UnicodeEncodeError): a
+    body no UTF-8 can hold is now refused as a whole, whichever endpoint it reaches."""
+    body = {"project": "945.1700000000", "label_config": DISEASE_CONFIG,
+            "tasks": [{"id": 9450, "data": {"text": "fever \ud800"}}]}
+    before = store_state(client)
+    status, answer = post(client, "/predict", encode(body, ascii_only=True))
+    assert status == 400 and "surrogate" in answer["error"]
+    assert store_state(client) == before
+
+
+def test_a_lone_surrogate_in_a_setup_schema_is_refused_and_nothing_stored(client):
+    schema = DISEASE_CONFIG.replace('value="Disease"', 'value="Dis\ud800ease"')
+    before = store_state(client)
+    status, answer = post(client, "/setup", encode({"project": "950.1700000000", "schema": schema}, True))
+    assert status == 400 and "surrogate" in answer["error"]
+    assert store_state(client) == before
+
+
+def test_a_valid_surrogate_pair_is_one_character_and_accepted(client):
+    event = webhook_event(9500, 9500, "fever", [], project=950)
+    raw = encode(event, ascii_only=True).replace(b'"fever"', b'"fever \\ud83d\\ude37"')
+    status, answer = post(client, "/webhook", raw)
+    assert status == 200 and answer["stored"]
+
+
+def annotation_row(client, annotation_id: int) -> tuple:
+    with sqlite3.connect(client.application.extensions["clinie"].settings.store_path) as db:
+        return db.execute("SELECT completed_by, source_updated_at FROM annotations WHERE annotation_id = ?",
+                          (annotation_id,)).fetchone()
+
+
+@pytest.mark.parametrize("completed_by", HUGE_INTEGERS)
+def test_a_completed_by_beyond_64_bits_is_stored_as_unknown(client, completed_by):
+    """Who completed an annotation is informative only: a user id SQLite cannot hold used to fail
+    the webhook with a 500 (OverflowError)."""
+    annotation_id = 9600 + HUGE_INTEGERS.index(completed_by)
+    event = webhook_event(annotation_id, annotation_id, "fever", [], project=960)
+    event["annotation"]["completed_by"] = completed_by
+    status, answer = post(client, "/webhook", event)
+    assert status == 200 and answer["stored"]
+    assert annotation_row(client, annotation_id)[0] == (completed_by if -2**63 <= completed_by < 2**63 else None)
+
+
+@pytest.mark.parametrize("updated_at", ODD_DATES)
+def test_an_updated_at_utc_cannot_hold_is_stored_unordered(client, updated_at):
+    """``0001-01-01T00:00:00+01:00`` is a valid ISO time whose UTC falls in year 0: it used to fail
+    the webhook with a 500 (OverflowError); now the event is stored and not ordered by time."""
+    annotation_id = 9700 + ODD_DATES.index(updated_at)
+    event = webhook_event(annotation_id, annotation_id, "fever", [], project=970)
+    event["annotation"]["updated_at"] = updated_at
+    status, answer = post(client, "/webhook", event)
+    assert status == 200 and answer["stored"]
+    if updated_at in ("0001-01-01T00:00:00+01:00", "9999-12-31T23:59:59-01:00"):
+        assert annotation_row(client, annotation_id)[1] is None
+
+
+@pytest.mark.parametrize("token", RAW_TOKENS, ids=lambda raw: ascii(raw.token[:20]))
+@pytest.mark.parametrize("path", PATHS)
+def test_every_hand_made_token_in_every_field_gets_a_4xx_or_200(client, path, token):
+    """The tokens ``json.dumps`` never writes, in each field a request of ``path`` reads."""
+    for body in ({"action": token}, {"project": token, "schema": DISEASE_CONFIG, "tasks": []},
+                 {"project": 1, "schema": token, "label_config": token, "tasks": [token]},
+                 webhook_event(token, 9800, "fever", []), webhook_event(9800, token, "fever", []),
+                 {**webhook_event(9801, 9801, token, []), "tasks": [{"id": token, "data": {"text": token}}]}):
+        post(client, path, encode(body, ascii_only=True))

@@ -3,19 +3,25 @@ together, each answered only once committed, and one that fails sinks none of th
 
 from __future__ import annotations
 
+import json
 import sqlite3
+import subprocess
+import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
+import hypothesis
+from hypothesis import HealthCheck, given, strategies as st
 
 from clinie.group_commit import GroupCommit
 from clinie.settings import Settings
 from clinie.store import AnnotationStore
 from ml_backend.app import create_app
 from ml_backend.service import Backend
+from tests.support import ROOT
 from tests.support.helpers import webhook_event
 
 
@@ -180,11 +186,12 @@ def test_group_commit_keeps_refusals_tombstones_ordering_and_the_label_config(se
     first["annotation"]["updated_at"] = "2026-01-02T10:00:00Z"
     assert client.post("/webhook", json=first).json["stored"] is True
     assert backend.store.label_config("1") == first["project"]["label_config"]
-    # another project naming the annotation: refused, counted; its (valid) config is still kept
+    # another project naming the annotation: refused, counted; nothing of it is stored, its config
+    # neither: the event had no right to the project it names
     moved = webhook_event(9, 4, "moved", [], project=2)
     answer = client.post("/webhook", json=moved).json
     assert answer["stored"] is False and "belongs to project 1" in answer["refused"]
-    assert backend.store.label_config("2") == moved["project"]["label_config"]
+    assert backend.store.label_config("2") is None
     # an older state than the one held changes nothing
     stale = webhook_event(9, 4, "An older note.", [{"x": 1}])
     stale["annotation"]["updated_at"] = "2026-01-02T09:00:00Z"
@@ -212,3 +219,150 @@ def test_every_train_every_changes_a_training_is_requested(settings):
         assert client.post("/webhook", json=webhook_event(i, i, f"note {i}", [])).status_code == 200
     assert requested == ["1", "1"]  # at 3 changes, and at 4: the counter is reset by the training itself
     backend.close()
+
+
+# --- under injected failures: one answer per event, given only once its own commit is durable ----
+
+def fails_to_commit(db: sqlite3.Connection) -> None:
+    """Leaves the transaction unable to commit, as a full disk at COMMIT does: a foreign key
+    checked only then (``defer_foreign_keys``) names a model version that does not exist."""
+    db.execute("PRAGMA defer_foreign_keys=ON")
+    db.execute("INSERT INTO serving VALUES ('9', 'no such version', 'now')")
+
+
+def ends_the_transaction(db: sqlite3.Connection) -> None:
+    db.execute("ROLLBACK")  # as SQLite does by itself on some I/O errors
+    raise sqlite3.OperationalError("disk I/O error")
+
+
+def raises(db: sqlite3.Connection) -> None:
+    raise KeyError("a bad event")
+
+
+FAILURES = {"fails to commit": fails_to_commit, "ends the transaction": ends_the_transaction, "raises": raises}
+
+
+def faulty_step(store: AnnotationStore, annotation_id: int, failure: str | None):
+    """Stores annotation ``annotation_id``, then fails as ``failure`` says (None: succeeds)."""
+    def step(db: sqlite3.Connection) -> int:
+        annotation_step(store, annotation_id)(db)
+        if failure is not None:
+            FAILURES[failure](db)
+        return annotation_id
+    return step
+
+
+@hypothesis.settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.sampled_from([None, None, *FAILURES]), min_size=1, max_size=12))
+def test_each_step_gets_exactly_its_own_outcome_and_only_what_succeeded_is_stored(tmp_path_factory, failures):
+    store = AnnotationStore(tmp_path_factory.mktemp("store") / "s.sqlite3")
+    outcomes = store.write_together([faulty_step(store, i, f) for i, f in enumerate(failures, start=1)])
+    assert len(outcomes) == len(failures)
+    for i, (failure, outcome) in enumerate(zip(failures, outcomes), start=1):
+        assert (outcome.result, outcome.error is None) == ((i, True) if failure is None else (None, False))
+    assert stored_ids(store._path) == {i for i, f in enumerate(failures, start=1) if f is None}
+
+
+@pytest.mark.parametrize("failure", list(FAILURES))
+def test_concurrent_events_beside_a_failing_one_are_answered_their_own_outcome(tmp_path, monkeypatch, failure):
+    """Through the writer thread: 20 events in one batch, one of which fails as ``failure`` says."""
+    store = AnnotationStore(tmp_path / "s.sqlite3")
+    gate = Gate(store, monkeypatch)
+    commits = GroupCommit(store)
+    with ThreadPoolExecutor(max_workers=21) as pool:
+        pool.submit(commits.run, gate.step)
+        assert gate.entered.wait(30)
+        futures = {i: pool.submit(commits.run, faulty_step(store, i, failure if i == 7 else None))
+                   for i in range(1, 21)}
+        while commits._queue.qsize() < 20:
+            threading.Event().wait(0.01)
+        gate.release.set()
+        answered = {i: f.exception(30) is None for i, f in futures.items()}
+        assert {i: f.result(30) for i, f in futures.items() if answered[i]} == {i: i for i in answered if answered[i]}
+    assert answered == {i: i != 7 for i in range(1, 21)}
+    assert stored_ids(store._path) == set(range(1, 21)) - {7}
+    commits.close()
+
+
+FULL_DISK_WRITER = """
+import json, os, resource, sys, threading
+from clinie.group_commit import GroupCommit
+from clinie.store import AnnotationStore
+store = AnnotationStore(sys.argv[1])
+store.record_annotation("1", {"id": 1, "result": []}, {"id": 1, "data": {"text": "first"}})
+resource.setrlimit(resource.RLIMIT_FSIZE, (int(sys.argv[2]), int(sys.argv[2])))  # the disk fills up from here
+commits, acknowledged, lock = GroupCommit(store), [], threading.Lock()
+def send(sender):
+    for n in range(12):
+        i = 100 + sender * 100 + n
+        try:
+            commits.run(lambda db: store.record_annotation_in(db, "1", {"id": i, "result": []},
+                                                               {"id": i, "data": {"text": "fever " * 17_000}}))
+        except Exception:
+            continue
+        with lock:
+            acknowledged.append(i)
+threads = [threading.Thread(target=send, args=(s,)) for s in range(16)]
+for t in threads: t.start()
+for t in threads: t.join()
+print(json.dumps(acknowledged), flush=True)
+os._exit(0)  # no close, no checkpoint: as a crash leaves the files
+"""
+
+
+def test_under_a_full_disk_every_event_acknowledged_is_in_the_store_after_a_crash(tmp_path):
+    """16 writers of 100 KB notes against a file-size limit (how a full disk behaves for SQLite):
+    some are refused, and each one acknowledged is in the store when it is opened again."""
+    path = tmp_path / "s.sqlite3"
+    ran = subprocess.run([sys.executable, "-c", FULL_DISK_WRITER, str(path), str(3_000_000)], capture_output=True,
+                         text=True, timeout=300, cwd=ROOT)
+    assert ran.returncode == 0, ran.stderr[-3000:]
+    acknowledged = set(json.loads(ran.stdout))
+    assert 0 < len(acknowledged) < 16 * 12, "the limit refused some events and let others through"
+    store = AnnotationStore(path)
+    assert acknowledged <= store.annotation_ids("1")
+    with sqlite3.connect(path) as db:
+        assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")  # the writer's death
+def test_a_writer_that_dies_answers_every_waiting_event_and_later_ones_commit_alone(tmp_path, monkeypatch):
+    store = AnnotationStore(tmp_path / "s.sqlite3")
+    gate = Gate(store, monkeypatch)
+    commits = GroupCommit(store)
+
+    def kills_the_writer(db: sqlite3.Connection) -> None:
+        raise SystemExit("a BaseException no step should raise")
+
+    with ThreadPoolExecutor(max_workers=12) as pool:
+        pool.submit(commits.run, gate.step)
+        assert gate.entered.wait(30)
+        waiting = [pool.submit(commits.run, annotation_step(store, i)) for i in range(1, 6)]
+        waiting.append(pool.submit(commits.run, kills_the_writer))
+        waiting += [pool.submit(commits.run, annotation_step(store, i)) for i in range(6, 11)]
+        while commits._queue.qsize() < 11:
+            threading.Event().wait(0.01)
+        gate.release.set()
+        for future in waiting:  # every one answered (none hangs), none as stored
+            assert isinstance(future.exception(30), RuntimeError)
+    assert stored_ids(store._path) == set()
+    assert commits.run(annotation_step(store, 11)) is True  # committed alone, in this thread
+    assert stored_ids(store._path) == {11}
+    commits.close()
+
+
+def test_closing_with_events_queued_commits_them_all_before_the_writer_stops(tmp_path, monkeypatch):
+    store = AnnotationStore(tmp_path / "s.sqlite3")
+    gate = Gate(store, monkeypatch)
+    commits = GroupCommit(store)
+    with ThreadPoolExecutor(max_workers=22) as pool:
+        pool.submit(commits.run, gate.step)
+        assert gate.entered.wait(30)
+        waiting = [pool.submit(commits.run, annotation_step(store, i)) for i in range(1, 21)]
+        while commits._queue.qsize() < 20:
+            threading.Event().wait(0.01)
+        closing = pool.submit(commits.close)
+        gate.release.set()
+        assert [f.result(30) for f in waiting] == [True] * 20
+        closing.result(60)
+    assert stored_ids(store._path) == set(range(1, 21))

@@ -145,7 +145,7 @@ def test_regions_of_every_control_on_the_first_text_become_spans_with_exact_offs
 
 
 def test_a_region_without_an_id_gets_a_stable_id_from_what_it_is():
-    doc = annotate([region(None, 0, 8, "Medication"), region(None, 9, 13, "Dosage"), "not a region",
+    doc = annotate([region(None, 0, 8, "Medication"), region(None, 9, 13, "Dosage"),
                     {"type": "choices", "value": {"choices": ["x"]}}])
     assert [(s.text, s.label) for s in doc.entities] == [("Warfarin", "Medication"), ("5\u00a0mg", "Dosage")]
     assert [s.id for s in doc.entities] == [s.id for s in annotate([region(None, 0, 8, "Medication"),

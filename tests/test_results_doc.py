@@ -63,3 +63,27 @@ def test_a_student_run_under_way_is_named_not_averaged(tmp_path):
     assert section.startswith(complete)  # the complete runs' tables, students included, unchanged
     assert section.endswith("Under way, not in the tables: pool 50, seed 42, distilled, student-0.00, student-0.90 to "
                             "add (`python -m bench.student --corpora ncbi_disease --sizes 50 --seeds 42`).")
+
+
+def test_a_fault_run_names_every_round_and_what_broke_the_promise(tmp_path):
+    """Losses are shown round by round and said in words, never only summed: a bench that lost
+    acknowledged events must not read as a success in docs/results.md."""
+    import json
+
+    rounds = [{"kind": "full-disk", "file_size_limit": 3_000_000, "sent": 60, "answers": {"200": 38, "500": 22},
+               "acknowledged": 38, "found": 13, "lost": 25, "restarted": "yes", "integrity": "ok", "seconds": 2.3},
+              {"kind": "second-process", "start_after": 68, "purge_exit": 0, "report_exit": 2, "purged": 20,
+               "purged_back": 0, "sent": 367, "answers": {"200": 367}, "acknowledged": 367, "found": 367, "lost": 0,
+               "restarted": "yes", "integrity": "ok", "seconds": 2.4}]
+    run = {"seed": 0, "rounds": 1, "kinds": ["full-disk", "second-process"], "senders": 16, "cpus": 2,
+           "load_average_before": [1.0, 1.0, 1.0], "results": rounds, "totals": {},
+           "hostile": {"inputs": 50, "answers": {"400": 49, "500": 1}, "5xx": 1, "unanswered": 0, "failures": []},
+           "failures": ["round 1 (full-disk): 25 acknowledged events lost", "hostile inputs: 1 answered 5xx"],
+           "command": "python -m bench.faults --rounds 1"}
+    (tmp_path / "faults").mkdir()
+    (tmp_path / "faults" / "loopback.json").write_text(json.dumps({"runs": [run]}))
+    section = results_doc.faults_section(tmp_path)
+    assert "| 1 | full-disk | files ≤ 3 MB | 60 | 200 ×38, 500 ×22 | 38 | 13 | **25** | – | ok | 2 s |" in section
+    assert ("| 2 | second-process | purge exit 0, report exit 2 | 367 | 200 ×367 | 367 | 367 | **0** | 20, **0** | ok "
+            "| 2 s |") in section
+    assert section[-1] == "Failed: round 1 (full-disk): 25 acknowledged events lost; hostile inputs: 1 answered 5xx."

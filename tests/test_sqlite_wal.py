@@ -4,6 +4,11 @@ opened by several processes at once serves them all, and what was written surviv
 from __future__ import annotations
 
 import multiprocessing
+import sqlite3
+import subprocess
+import sys
+import threading
+from pathlib import Path
 
 import pytest
 
@@ -66,3 +71,29 @@ def test_cached_answers_survive_reopening(tmp_path):
     again = CallCache(path)
     assert again.get(key) == {"tags": ["B-Disease", "I-Disease", "O"]}
     assert (again.hits, again.misses) == (1, 0)
+
+
+SECOND_PROCESS = """
+import sqlite3, sys
+db = sqlite3.connect(sys.argv[1], isolation_level=None)
+db.execute("SELECT COUNT(*) FROM annotations").fetchone()
+db.close()  # the last connection of a database deletes its -wal, if it can take the lock
+"""
+
+
+def test_opening_another_connection_keeps_the_locks_a_second_process_respects(tmp_path):
+    """A backend thread opening its connection must not drop the locks the process holds on the
+    store (closing any descriptor of a file does, on Linux): ``clinie purge`` or ``clinie report``
+    closing the store beside it would then take itself for the last user and delete the WAL that
+    the backend still writes into — what is written next is answered and then lost."""
+    path = tmp_path / "clinie.sqlite3"
+    store = AnnotationStore(path)
+    store.set_label_config("1", DISEASE_CONFIG)
+    opened = threading.Thread(target=lambda: store.projects())  # a new thread: a new connection
+    opened.start()
+    opened.join()
+    subprocess.run([sys.executable, "-c", SECOND_PROCESS, str(path)], check=True, timeout=60)
+    assert Path(f"{path}-wal").exists(), "the second process deleted the WAL of a live store"
+    store.record_annotation("1", {"id": 1, "result": []}, {"id": 1, "data": {"text": "written after"}})
+    with sqlite3.connect(path) as other:  # what another process reads: the file the writes went to
+        assert other.execute("SELECT COUNT(*) FROM annotations").fetchone() == (1,)

@@ -329,3 +329,53 @@ def test_a_deleted_tasks_data_is_purged_and_a_late_predict_never_stores_it_again
     assert [t["id"] for t in store.unannotated_tasks("1")] == [8]
     assert store.purge_project("1", Path("/nonexistent/models")) == Purged(0, (), 1)
     assert store.unannotated_counts() == {} and store.task_ids("1") == set()
+
+
+def test_an_annotation_on_a_task_another_project_holds_is_refused_before_anything_is_stored(store):
+    store.record_tasks("2", [(201, {"text": "Project 2's note."})])  # /predict of task 201 under project 2
+    with pytest.raises(ProjectMismatch, match="task 201 belongs to project 2, not 1"):
+        store.record_annotation("1", annotation(7), task(201, "Project 2's note."))
+    assert store.annotation_counts("1") == {} and store.projects() == []
+    store.record_annotation("2", annotation(8), task(202))  # a task held by an annotation counts too
+    with pytest.raises(ProjectMismatch, match="task 202 belongs to project 2"):
+        store.record_annotation("1", annotation(9), task(202))
+
+
+def test_a_project_purge_that_meets_another_projects_task_purges_its_own_text_and_says_what_it_refused(tmp_path):
+    """A store written before ownership was checked on arrival: project 1 annotated a task whose
+    data project 2 holds. Project 1's annotation goes; the task, project 2's, is refused, and said so."""
+    path = tmp_path / "data" / "s.sqlite3"
+    store = AnnotationStore(path)
+    store.record_tasks("2", [(201, {"text": "Project 2's note."})])
+    with sqlite3.connect(path) as db:
+        db.execute("INSERT INTO annotations VALUES (7, '1', 201, ?, '[]', 'submitted', 1, 1, 't', 't', NULL)",
+                   (json.dumps(task(201, "ZEBRA-PROJECT-1-TEXT")),))
+    purged = store.purge_project("1", tmp_path / "models")
+    assert (purged.annotations, purged.refused) == (1, (201,))
+    assert_absent(tmp_path / "data", b"ZEBRA-PROJECT-1-TEXT")
+    assert [t["id"] for t in store.unannotated_tasks("2")] == [201]
+
+
+def test_deleting_an_annotation_removes_the_text_predict_stored_of_its_task(tmp_path):
+    data = tmp_path / "data"
+    store = AnnotationStore(data / "s.sqlite3")
+    marker = "ZEBRA-PREDICTED-4410"
+    store.record_tasks("1", [(5, {"text": f"Patient {marker} was seen."})])  # /predict, then annotated
+    store.record_annotation("1", annotation(1), task(5, f"Patient {marker} was seen."))
+    assert store.purge("1", annotations=[1]).removed
+    assert_absent(data, marker.encode())
+
+
+def test_a_purge_a_reader_keeps_in_the_wal_says_so(tmp_path, monkeypatch):
+    monkeypatch.setattr("clinie.sqlite_wal.BUSY_S", 0.3)  # how long the checkpoint waits for the reader
+    path = tmp_path / "s.sqlite3"
+    store = AnnotationStore(path)
+    store.record_annotation("1", annotation(1), task(1, "ZEBRA-READ"))
+    store.record_annotation("1", annotation(2), task(2))
+    reader = sqlite3.connect(path, isolation_level=None)
+    reader.execute("BEGIN")
+    assert reader.execute("SELECT COUNT(*) FROM annotations").fetchone() == (2,)  # a snapshot, held
+    assert store.purge("1", annotations=[1]).left_in_wal
+    reader.execute("COMMIT")
+    assert not store.purge("1", annotations=[2]).left_in_wal
+    assert_absent(tmp_path, b"ZEBRA-READ")

@@ -322,6 +322,7 @@ class RelationClassifier:
         classifier.calibration = Calibration(calibration.get("scale", 1.0), tuple(calibration.get("bias", ())))
         classifier._encoder = AutoModel.from_pretrained(directory).to(device).eval()
         classifier._head = classifier._new_head(classifier._encoder.config.hidden_size)
-        classifier._head.load_state_dict(torch.load(directory / HEAD_FILE, map_location=device))
+        # weights_only: the head is a state dict of tensors; a full unpickle of the file could run code
+        classifier._head.load_state_dict(torch.load(directory / HEAD_FILE, map_location=device, weights_only=True))
         classifier._head.eval()
         return classifier

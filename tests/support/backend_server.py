@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -19,10 +20,13 @@ from tests.support.labelstudio_server import free_port
 
 class ServerProcess:
     """Start ``argv`` (with ``{port}`` filled in), wait until ``health_path`` answers 200 (to
-    ``auth``, when the server requires basic auth), stop on exit."""
+    ``auth``, when the server requires basic auth), stop on exit. ``file_size_limit`` (bytes) caps
+    every file the server and its children write (``RLIMIT_FSIZE``, its log included): past it a
+    write fails with EFBIG, as on a full disk (Python ignores SIGXFSZ)."""
 
     def __init__(self, argv: Sequence[str], log_path: Path, health_path: str, env: dict[str, str] | None = None,
-                 start_timeout: float = 120, port: int | None = None, auth: tuple[str, str] | None = None) -> None:
+                 start_timeout: float = 120, port: int | None = None, auth: tuple[str, str] | None = None,
+                 file_size_limit: int | None = None) -> None:
         self.port = port or free_port()
         self.auth = auth
         self.url = f"http://127.0.0.1:{self.port}"
@@ -31,13 +35,20 @@ class ServerProcess:
         self._health = health_path
         self._env = {**os.environ, **(env or {})}
         self._timeout = start_timeout
+        self._file_size_limit = file_size_limit
         self._process: subprocess.Popen | None = None
+
+    def _limit_file_size(self) -> None:
+        """Run in the child before it execs, so that gunicorn's workers inherit the limit."""
+        hard = resource.getrlimit(resource.RLIMIT_FSIZE)[1]
+        resource.setrlimit(resource.RLIMIT_FSIZE, (self._file_size_limit, hard))
 
     def __enter__(self):
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as log:
             self._process = subprocess.Popen(self._argv, env=self._env, stdout=log, stderr=subprocess.STDOUT,
-                                             start_new_session=True)
+                                             start_new_session=True,
+                                             preexec_fn=self._limit_file_size if self._file_size_limit else None)
         deadline = time.monotonic() + self._timeout
         while time.monotonic() < deadline:
             if self._process.poll() is not None:
@@ -84,15 +95,17 @@ class ServerProcess:
 
 class BackendServer(ServerProcess):
     """``with BackendServer(data_dir, CLINIE_TRAIN_EVERY="0") as b: requests.get(b.url + "/health")``
-    (``auth=b.auth`` with ``CLINIE_BASIC_AUTH_USER`` and ``CLINIE_BASIC_AUTH_PASSWORD`` among the settings)."""
+    (``auth=b.auth`` with ``CLINIE_BASIC_AUTH_USER`` and ``CLINIE_BASIC_AUTH_PASSWORD`` among the settings;
+    ``file_size_limit``: see ``ServerProcess``)."""
 
-    def __init__(self, data_dir: Path, port: int | None = None, **settings: str) -> None:
+    def __init__(self, data_dir: Path, port: int | None = None, file_size_limit: int | None = None,
+                 **settings: str) -> None:
         self.data_dir = data_dir
         auth = (settings["CLINIE_BASIC_AUTH_USER"], settings["CLINIE_BASIC_AUTH_PASSWORD"]) \
             if "CLINIE_BASIC_AUTH_USER" in settings else None
         super().__init__([sys.executable, "-m", "clinie.cli", "serve", "--host", "127.0.0.1", "--port", "{port}"],
                          data_dir / "backend.log", "/health", {"CLINIE_DATA_DIR": str(data_dir), **settings},
-                         port=port, auth=auth)
+                         port=port, auth=auth, file_size_limit=file_size_limit)
 
 
 def smollm2_gguf() -> Path:

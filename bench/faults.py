@@ -1,0 +1,337 @@
+"""Faults: is an annotation once answered 200 still in the store after a crash (issue 38)?
+
+clinie answers a webhook 200 only once the annotation is committed; Label Studio does not send an
+acknowledged event again, so one lost after a 200 is lost for good (unless re-sync is configured).
+Each round starts a real ``clinie serve`` (gunicorn, as deployed, on loopback) on a fresh data
+directory with nothing but the store at work (no training, no model), floods it with
+``ANNOTATION_CREATED`` events (``tests.support.helpers.webhook_event``) from ``--senders``
+concurrent senders, one new connection per event as Label Studio does, injects a fault, SIGKILLs
+it, starts it again on the same directory (no limit) and stops it cleanly; then the store file is
+read directly, with no backend beside the reader (a reader beside a live backend is itself one of
+the faults measured). The round kinds:
+
+- ``full-disk``: the backend runs under a file-size limit (``RLIMIT_FSIZE``, 3 MB; SQLite then
+  fails as on a full disk), 60 events of about 100 KB of note text each;
+- ``sigkill``: 300 small events, SIGKILL once a number of them drawn from the seed were
+  acknowledged;
+- ``second-process``: projects 2 and 3 get a few annotations, then events for project 1 flow
+  while ``clinie purge --project 2`` and ``clinie report --project 3`` run as processes of their
+  own on the same data directory (project 3 holds one annotation: the report opens the store,
+  reads it and exits 2, as a report needs two, rather than train encoders for minutes); 50 more
+  events once both have ended, then SIGKILL. Project 2's annotations must not come back.
+
+Recorded per round: events sent, their answers, acknowledged (200), found after the restart,
+**lost** (acknowledged, not found: must be 0), ``PRAGMA integrity_check`` (must be ``ok``), the
+moment of the kill, and for ``second-process`` the exit codes of purge and report and the purged
+annotations found again (must be 0). Then one hostile-input round: ``--hostile`` malformed
+requests (``tests.support.hostile``) to a live backend; none may be answered 5xx or go unanswered.
+The bench exits 1 when any of these fails.
+
+    python -m bench.faults                               # 10 rounds of each kind, 1000 hostile inputs, seed 0
+    python -m bench.faults --rounds 1 --kinds sigkill --hostile 0 --out /tmp/faults
+
+Deterministic given ``--seed`` (the notes, the kill moments, the hostile inputs); what the
+machine's timing makes of them is not. Writes ``bench/results/faults/loopback.json`` (kept in git;
+a run replaces the one of the same seed, rounds, kinds and hostile inputs, each with the command
+that made it); ``python -m bench.results_doc`` puts it into docs/results.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import random
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import closing
+from pathlib import Path
+
+import requests
+
+from bench import command_line
+from tests.support import ROOT
+from tests.support.backend_server import BackendServer
+from tests.support.helpers import webhook_event
+from tests.support.hostile import send_hostile
+
+OUT = ROOT / "bench" / "results" / "faults"
+#: Nothing but the store: no training, no model loaded, no selection.
+ENV = {"CLINIE_TRAIN_EVERY": "0", "CLINIE_STRATEGY": "encoder", "CLINIE_SELECT_STRATEGIES": "",
+       "CLINIE_LOG_LEVEL": "WARNING"}
+#: How a full disk looks to SQLite: a write past this many bytes of any file fails (EFBIG).
+FILE_SIZE_LIMIT = 3_000_000
+#: Project 2's and 3's annotation ids start here (project 1's at 1), so that none collide.
+PROJECT_IDS = {2: 200_001, 3: 300_001}
+NOTE = "Patient admitted with fever, productive cough and pleuritic chest pain; chest X-ray shows a right lower " \
+       "lobe consolidation. "
+
+
+def note(i: int, chars: int) -> str:
+    """A clinical-looking note of about ``chars`` characters, different for every event.
+
+    >>> len(note(7, 1000)) >= 1000, note(7, 10).startswith("note 7:")
+    (True, True)
+    """
+    head = f"note {i}: "
+    return head + NOTE * (1 + max(0, chars - len(head)) // len(NOTE))
+
+
+class Flood:
+    """Events sent from ``senders`` threads at once, in the background, so that the caller can kill
+    the server or run another process while it lasts. ``events`` may be endless: ``stop`` ends it."""
+
+    def __init__(self, url: str, events: Iterable[dict], senders: int) -> None:
+        self._url = url + "/webhook"
+        self._events = iter(events)
+        self._lock = threading.Lock()
+        self._stopped = threading.Event()
+        self.sent: list[int] = []
+        self.acknowledged: list[int] = []
+        self.answers: Counter[str] = Counter()
+        self._threads = [threading.Thread(target=self._send, daemon=True) for _ in range(senders)]
+        for thread in self._threads:
+            thread.start()
+
+    def _send(self) -> None:
+        while not self._stopped.is_set():
+            with self._lock:
+                event = next(self._events, None)
+                if event is None:
+                    return
+                self.sent.append(event["annotation"]["id"])
+            try:
+                answer = str(requests.post(self._url, json=event, timeout=60).status_code)
+            except requests.RequestException:  # sent while the process died: Label Studio would log it
+                answer = "none"
+            with self._lock:
+                self.answers[answer] += 1
+                if answer == "200":
+                    self.acknowledged.append(event["annotation"]["id"])
+
+    def wait_for(self, acknowledged: int, timeout: float = 300) -> None:
+        """Until ``acknowledged`` events were answered 200, every event was answered, or ``timeout``
+        seconds passed (a backend that answers nothing but errors must not hang the bench)."""
+        deadline = time.monotonic() + timeout
+        while (len(self.acknowledged) < acknowledged and any(t.is_alive() for t in self._threads)
+               and time.monotonic() < deadline):
+            time.sleep(0.005)
+
+    def join(self) -> Flood:
+        for thread in self._threads:
+            thread.join()
+        return self
+
+    def stop(self) -> Flood:
+        """No new event; those in flight get their answers."""
+        self._stopped.set()
+        return self.join()
+
+
+def events(project: int, texts: Iterable[str]) -> Iterator[dict]:
+    """One new annotation per text, ids from the project's range."""
+    first = PROJECT_IDS.get(project, 1)
+    for i, text in enumerate(texts):
+        yield webhook_event(first + i, first + i, text, [], project=project)
+
+
+def restart_and_read(data_dir: Path) -> dict:
+    """Start the backend again on ``data_dir`` (what a user does after a crash; the store recovers
+    its write-ahead log), stop it cleanly, then read the store file alone: the annotations found,
+    per id their project, and ``PRAGMA integrity_check``."""
+    try:
+        with BackendServer(data_dir, **ENV):
+            restarted = "yes"
+    except (RuntimeError, TimeoutError) as error:  # the store may be past starting on
+        restarted = f"failed: {str(error).splitlines()[0]}"
+    with closing(sqlite3.connect(data_dir / "clinie.sqlite3")) as db:
+        try:
+            integrity = "; ".join(row[0] for row in db.execute("PRAGMA integrity_check"))[:300]
+            found = dict(db.execute("SELECT annotation_id, CAST(project AS INTEGER) FROM annotations"))
+        except sqlite3.DatabaseError as error:
+            integrity, found = f"unreadable: {error}", {}
+    return {"restarted": restarted, "integrity": integrity, "found": found}
+
+
+def outcome(kind: str, floods: list[Flood], store: dict, started: float, **fault: object) -> dict:
+    """A round's record: of the events that must be kept, what was sent, answered and found."""
+    sent = [i for f in floods for i in f.sent]
+    acknowledged = {i for f in floods for i in f.acknowledged}
+    answers = sum((f.answers for f in floods), Counter())
+    return {"kind": kind, **fault, "sent": len(sent), "answers": dict(sorted(answers.items())),
+            "acknowledged": len(acknowledged), "found": sum(i in store["found"] for i in sent),
+            "lost": len(acknowledged - store["found"].keys()), "restarted": store["restarted"],
+            "integrity": store["integrity"], "seconds": round(time.monotonic() - started, 1)}
+
+
+def full_disk(data_dir: Path, rng: random.Random, senders: int) -> dict:
+    """Killed once every event was answered: those answered 500 are the disk's, those answered 200
+    must survive. The restart is without the limit, as once the disk has room again."""
+    started = time.monotonic()
+    with BackendServer(data_dir, file_size_limit=FILE_SIZE_LIMIT, **ENV) as server:
+        flood = Flood(server.url, events(1, (note(i, rng.randint(90_000, 110_000)) for i in range(60))),
+                      senders).join()
+        server.kill()
+    return outcome("full-disk", [flood], restart_and_read(data_dir), started, file_size_limit=FILE_SIZE_LIMIT)
+
+
+def sigkill(data_dir: Path, rng: random.Random, senders: int) -> dict:
+    """Killed after a number of acknowledgements, not after a delay: the seed then says where in the
+    flood the kill lands, however fast the machine."""
+    started = time.monotonic()
+    kill_after = rng.randint(20, 280)
+    with BackendServer(data_dir, **ENV) as server:
+        flood = Flood(server.url, events(1, (note(i, rng.randint(50, 2000)) for i in range(300))), senders)
+        flood.wait_for(kill_after)
+        server.kill()
+        flood.join()
+    return outcome("sigkill", [flood], restart_and_read(data_dir), started, kill_after=kill_after)
+
+
+def second_process(data_dir: Path, rng: random.Random, senders: int) -> dict:
+    """Project 1's events flow until purge and report have both ended, so that the second
+    processes open and close the store while the backend writes; the 50 events after them are
+    those a backend that lost its locks writes where no one will read them again."""
+    started = time.monotonic()
+    start_after = rng.randint(10, 100)
+    project_1 = events(1, (note(i, rng.randint(50, 2000)) for i in itertools.count()))
+    cli = [sys.executable, "-m", "clinie.cli"]
+    env = {**os.environ, **ENV}
+    with BackendServer(data_dir, **ENV) as server:
+        doomed = Flood(server.url, events(2, (note(i, 500) for i in range(20))), senders).join()
+        kept = [Flood(server.url, events(3, [note(0, 500)]), 1).join(), Flood(server.url, project_1, senders)]
+        kept[-1].wait_for(start_after)
+        with open(data_dir / "second-process.log", "wb") as log:
+            purge = subprocess.Popen([*cli, "purge", "--project", "2", "--data-dir", str(data_dir)], env=env,
+                                     stdout=log, stderr=subprocess.STDOUT)
+            report = subprocess.Popen([*cli, "report", "--project", "3", "--data-dir", str(data_dir),
+                                       "--out", str(data_dir / "report"), "--repeats", "0"], env=env,
+                                      stdout=log, stderr=subprocess.STDOUT)
+            codes = {"purge_exit": purge.wait(), "report_exit": report.wait()}
+        kept[-1].stop()
+        kept.append(Flood(server.url, itertools.islice(project_1, 50), senders).join())
+        server.kill()
+    store = restart_and_read(data_dir)
+    purged = set(doomed.acknowledged)
+    return outcome("second-process", kept, store, started, start_after=start_after, **codes,
+                   purged=len(purged), purged_back=len(purged & store["found"].keys()))
+
+
+KINDS: dict[str, Callable[[Path, random.Random, int], dict]] = {
+    "full-disk": full_disk, "sigkill": sigkill, "second-process": second_process}
+
+
+def hostile(data_dir: Path, seed: int, n: int) -> dict:
+    """``n`` hostile requests (``tests.support.hostile``, those the fuzz tests draw) to a live
+    backend, one at a time: none may be answered 5xx or go unanswered. Counted per answer, with the
+    first few failures, so that the table says what the backend made of them."""
+    with BackendServer(data_dir, **ENV) as server:
+        tally = send_hostile(server.url, seed, n)
+    server_errors = sum(k for answer, k in tally.answers.items() if answer.startswith("5"))
+    # "unanswered": no answer, or one that is not JSON
+    return {"inputs": tally.tried, "answers": tally.answers, "5xx": server_errors,
+            "unanswered": tally.failed - server_errors, "failures": list(tally.failures)}
+
+
+def totals(rounds: list[dict]) -> dict[str, dict[str, int]]:
+    """Per kind: rounds, and the sums of the counts.
+
+    >>> totals([{"kind": "sigkill", "sent": 300, "acknowledged": 120, "found": 125, "lost": 0},
+    ...         {"kind": "sigkill", "sent": 300, "acknowledged": 200, "found": 190, "lost": 10}])
+    {'sigkill': {'rounds': 2, 'sent': 600, 'acknowledged': 320, 'found': 315, 'lost': 10}}
+    """
+    out: dict[str, dict[str, int]] = {}
+    for r in rounds:
+        kind = out.setdefault(r["kind"], {"rounds": 0})
+        kind["rounds"] += 1
+        for key in ("sent", "acknowledged", "found", "lost", "purged", "purged_back"):
+            if key in r:
+                kind[key] = kind.get(key, 0) + r[key]
+    return out
+
+
+def failures(rounds: list[dict], hostile_round: dict | None) -> list[str]:
+    """What the bench exits 1 for, in words; none when the promise held.
+
+    >>> print(*failures([{"kind": "sigkill", "lost": 0, "integrity": "ok", "restarted": "yes"},
+    ...                  {"kind": "second-process", "lost": 3, "purged_back": 2, "integrity": "row 1 missing",
+    ...                   "restarted": "yes"}], {"5xx": 1, "unanswered": 0}), sep="\\n")
+    round 2 (second-process): 3 acknowledged events lost
+    round 2 (second-process): 2 purged annotations came back
+    round 2 (second-process): integrity_check: row 1 missing
+    hostile inputs: 1 answered 5xx
+    """
+    out = []
+    for n, r in enumerate(rounds, 1):
+        where = f"round {n} ({r['kind']})"
+        if r["lost"]:
+            out.append(f"{where}: {r['lost']} acknowledged events lost")
+        if r.get("purged_back"):
+            out.append(f"{where}: {r['purged_back']} purged annotations came back")
+        if r["integrity"] != "ok":
+            out.append(f"{where}: integrity_check: {r['integrity']}")
+        if r["restarted"] != "yes":
+            out.append(f"{where}: restart {r['restarted']}")
+    if hostile_round and hostile_round["5xx"]:
+        out.append(f"hostile inputs: {hostile_round['5xx']} answered 5xx")
+    if hostile_round and hostile_round["unanswered"]:
+        out.append(f"hostile inputs: {hostile_round['unanswered']} unanswered")
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=10, help="rounds of each kind")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--kinds", default=",".join(KINDS), help=f"comma-separated, of {', '.join(KINDS)}")
+    parser.add_argument("--senders", type=int, default=16, help="concurrent senders")
+    parser.add_argument("--hostile", type=int, default=1000, help="hostile inputs (0: no hostile round)")
+    parser.add_argument("--out", type=Path, default=OUT)
+    args = parser.parse_args()
+    kinds = args.kinds.split(",")
+    if unknown := set(kinds) - set(KINDS):
+        parser.error(f"unknown kinds: {', '.join(sorted(unknown))}")
+    out = args.out / "loopback.json"
+    command = command_line("bench.faults")
+
+    load_before = os.getloadavg()
+    rounds: list[dict] = []
+    hostile_round = None
+    with tempfile.TemporaryDirectory() as tmp:
+        for r in range(args.rounds):
+            for kind in kinds:
+                rng = random.Random(f"{args.seed}-{kind}-{r}")
+                rounds.append(KINDS[kind](Path(tmp) / f"{kind}-{r}", rng, args.senders))
+                print(f"round {len(rounds)}: {json.dumps(rounds[-1])}", flush=True)
+        if args.hostile:
+            hostile_round = hostile(Path(tmp) / "hostile", args.seed, args.hostile)
+            print(f"hostile: {json.dumps(hostile_round)}", flush=True)
+
+    failed = failures(rounds, hostile_round)
+    run = {"seed": args.seed, "rounds": args.rounds, "kinds": kinds, "senders": args.senders, "cpus": os.cpu_count(),
+           "load_average_before": [round(x, 2) for x in load_before], "results": rounds,
+           "totals": totals(rounds), "hostile": hostile_round, "failures": failed, "command": command}
+    kept = json.loads(out.read_text())["runs"] if out.exists() else []
+    args.out.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"runs": sorted([r for r in kept if key(r) != key(run)] + [run], key=key)},
+                              indent=2) + "\n")
+    print(json.dumps(run["totals"], indent=1))
+    print(f"\nwritten: {out.relative_to(ROOT) if out.is_relative_to(ROOT) else out}")
+    if failed:
+        sys.exit("the promise did not hold:\n" + "\n".join(failed))
+
+
+def key(run: dict) -> tuple[int, int, list[str], int]:
+    """What a run measured: a later run of the same replaces it."""
+    return run["seed"], run["rounds"], run["kinds"], run["hostile"]["inputs"] if run["hostile"] else 0
+
+
+if __name__ == "__main__":
+    main()
