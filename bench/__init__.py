@@ -2,7 +2,9 @@
 that they import the tests' harness and the corpora's location (``tests.support``) as a package."""
 
 import shlex
+import subprocess
 import sys
+from pathlib import Path
 
 
 def command_line(module: str, argv: list[str] | None = None) -> str:
@@ -21,3 +23,15 @@ def command_line(module: str, argv: list[str] | None = None) -> str:
         elif not arg.startswith("--out="):
             kept.append(arg)
     return " ".join(["python", "-m", module, *map(shlex.quote, kept)])
+
+
+def revision_env(revision: str, directory: Path) -> dict[str, str]:
+    """The environment under which a ``python -m clinie.cli`` process runs the code of git
+    ``revision``, exported to ``directory``: so that a bench measures a change against its base in
+    one run, under the same load. ``PYTHONSAFEPATH``: ``-m`` would otherwise put the working
+    directory, this checkout, before ``PYTHONPATH``."""
+    root = Path(__file__).resolve().parents[1]
+    directory.mkdir(parents=True)
+    archive = subprocess.run(["git", "archive", revision], cwd=root, check=True, capture_output=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(directory)], input=archive, check=True)
+    return {"PYTHONPATH": str(directory), "PYTHONSAFEPATH": "1"}

@@ -29,6 +29,7 @@ The bench exits 1 when any of these fails.
 
     python -m bench.faults                               # 10 rounds of each kind, 1000 hostile inputs, seed 0
     python -m bench.faults --rounds 1 --kinds sigkill --hostile 0 --out /tmp/faults
+    python -m bench.faults --rounds 3 --hostile 0 --code 6db28a2   # the code of a revision before a fix
 
 Deterministic given ``--seed`` (the notes, the kill moments, the hostile inputs); what the
 machine's timing makes of them is not. Writes ``bench/results/faults/loopback.json`` (kept in git;
@@ -56,7 +57,7 @@ from pathlib import Path
 
 import requests
 
-from bench import command_line
+from bench import command_line, revision_env
 from tests.support import ROOT
 from tests.support.backend_server import BackendServer
 from tests.support.helpers import webhook_event
@@ -293,6 +294,8 @@ def main() -> None:
     parser.add_argument("--kinds", default=",".join(KINDS), help=f"comma-separated, of {', '.join(KINDS)}")
     parser.add_argument("--senders", type=int, default=16, help="concurrent senders")
     parser.add_argument("--hostile", type=int, default=1000, help="hostile inputs (0: no hostile round)")
+    parser.add_argument("--code", metavar="REV", help="run the backend and the command line of git revision REV "
+                                                         "(default: this checkout)")
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args()
     kinds = args.kinds.split(",")
@@ -305,6 +308,8 @@ def main() -> None:
     rounds: list[dict] = []
     hostile_round = None
     with tempfile.TemporaryDirectory() as tmp:
+        if args.code:  # every process the bench starts imports that revision's clinie first
+            ENV.update(revision_env(args.code, Path(tmp) / "code"))
         for r in range(args.rounds):
             for kind in kinds:
                 rng = random.Random(f"{args.seed}-{kind}-{r}")
@@ -315,7 +320,7 @@ def main() -> None:
             print(f"hostile: {json.dumps(hostile_round)}", flush=True)
 
     failed = failures(rounds, hostile_round)
-    run = {"seed": args.seed, "rounds": args.rounds, "kinds": kinds, "senders": args.senders, "cpus": os.cpu_count(),
+    run = {"seed": args.seed, "rounds": args.rounds, "kinds": kinds, "code": args.code, "senders": args.senders, "cpus": os.cpu_count(),
            "load_average_before": [round(x, 2) for x in load_before], "results": rounds,
            "totals": totals(rounds), "hostile": hostile_round, "failures": failed, "command": command}
     kept = json.loads(out.read_text())["runs"] if out.exists() else []
@@ -328,9 +333,10 @@ def main() -> None:
         sys.exit("the promise did not hold:\n" + "\n".join(failed))
 
 
-def key(run: dict) -> tuple[int, int, list[str], int]:
+def key(run: dict) -> tuple[str, int, int, list[str], int]:
     """What a run measured: a later run of the same replaces it."""
-    return run["seed"], run["rounds"], run["kinds"], run["hostile"]["inputs"] if run["hostile"] else 0
+    return run.get("code") or "", run["seed"], run["rounds"], run["kinds"], \
+        run["hostile"]["inputs"] if run["hostile"] else 0
 
 
 if __name__ == "__main__":

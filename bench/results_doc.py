@@ -572,7 +572,8 @@ def webhooks_section(results: Path = RESULTS) -> list[str]:
              "configuration, each on a fresh store; the servers take turns round by round, so both see the same "
              "background load (the machine's load average before the run is given: the comparison holds, the "
              "absolute figures are that machine's under that load). `per-event`: each event its own transaction "
-             "(`CLINIE_WEBHOOK_GROUP_COMMIT=0`); `group`: events arriving together committed at once. Label "
+             "(`CLINIE_WEBHOOK_GROUP_COMMIT=0`); `group`: events arriving together committed at once; `@ REV`: the "
+             "same, on the code of git revision REV (`--before REV`: a change measured against its base). Label "
              "Studio gives up on a webhook after 1.0 s."]
     for run in json.loads(path.read_text())["runs"]:
         rows = [[name, *(f"{s[k]} ms" for k in ("mean_ms", "p50_ms", "p95_ms", "p99_ms", "max_ms")),
@@ -613,7 +614,8 @@ def faults_section(results: Path = RESULTS) -> list[str]:
              "beside it while project 1's events flow, then 50 more events. *Answers*: per HTTP status, `none` "
              "for no answer (the process was killed); *lost*: answered 200 and not in the store after the restart "
              "(must be 0); *purged, back*: project 2's purged annotations, and how many were in the store again "
-             "(must be 0)."]
+             "(must be 0). A run with `--code REV` ran the backend and the command line of git revision REV: "
+             "the code before a fix, to show what the bench catches."]
     for run in json.loads(path.read_text())["runs"]:
         rows = []
         for n, r in enumerate(run["results"], 1):
@@ -623,7 +625,8 @@ def faults_section(results: Path = RESULTS) -> list[str]:
                          f"{r['purged']}, **{r['purged_back']}**" if "purged" in r else "–", r["integrity"],
                          f"{r['seconds']:.0f} s"])
         rounds = f"{run['rounds']} round{'s' * (run['rounds'] != 1)}"
-        lines += ["", f"`{run['command']}`: {rounds} of {', '.join(run['kinds'])}, seed {run['seed']}, "
+        code = f", the code of git revision `{run['code']}`" if run.get("code") else ""
+        lines += ["", f"`{run['command']}`: {rounds} of {', '.join(run['kinds'])}{code}, seed {run['seed']}, "
                       f"{run['senders']} concurrent senders, {run['cpus']} CPUs, load average "
                       f"{run['load_average_before'][0]:.2f} before:", "",
                   *table(["round", "kind", "fault", "sent", "answers", "acknowledged", "found after restart",

@@ -15,10 +15,14 @@ whether the store holds every event sent.
 
     python -m bench.webhooks                                   # per-event commits against group commit
     python -m bench.webhooks --events 200 --senders 16 --rounds 3 --configs group
+    python -m bench.webhooks --rounds 5 --configs group --before 6db28a2   # a change against its base
 
 Configurations: ``per-event`` (``CLINIE_WEBHOOK_GROUP_COMMIT=0``: each event its own transaction,
 committed by the thread answering it, as before) and ``group`` (the default: concurrent events
-committed together by one writer thread, each answered once its batch is committed). Writes
+committed together by one writer thread, each answered once its batch is committed).
+``--before REV`` adds, for each configuration, a server running the code of git revision ``REV``
+(exported with ``git archive``, imported first through ``PYTHONPATH``): a change's cost measured
+against its base in the same run, under the same load. Writes
 ``bench/results/webhooks/loopback.json`` (kept in git; a run replaces the one of the same events,
 senders and rounds, each with the command that made it); ``python -m bench.results_doc`` puts it
 into docs/results.md.
@@ -37,7 +41,7 @@ from pathlib import Path
 
 import requests
 
-from bench import command_line
+from bench import command_line, revision_env
 from tests.support import ROOT
 from tests.support.backend_server import BackendServer
 from tests.support.helpers import webhook_event
@@ -90,6 +94,7 @@ def main() -> None:
     parser.add_argument("--senders", type=int, default=16, help="concurrent senders")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--configs", default="per-event,group", help=f"comma-separated, of {', '.join(CONFIGS)}")
+    parser.add_argument("--before", metavar="REV", help="also run each configuration on git revision REV")
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args()
     out = args.out / "loopback.json"
@@ -97,44 +102,16 @@ def main() -> None:
     if unknown := set(names) - set(CONFIGS):
         parser.error(f"unknown configurations: {', '.join(sorted(unknown))}")
     command = command_line("bench.webhooks")
+    configs = {name: CONFIGS[name] for name in names}
 
-    latencies: dict[str, list[float]] = {name: [] for name in names}
-    errors = dict.fromkeys(names, 0)
-    rounds: dict[str, list[dict]] = {name: [] for name in names}
-    stored: dict[str, int] = {}
-    load_before = os.getloadavg()
     with tempfile.TemporaryDirectory() as tmp:
-        servers = {name: BackendServer(Path(tmp) / name, **ENV, **CONFIGS[name]) for name in names}
-        for server in servers.values():
-            server.__enter__()
-        try:
-            for name, server in servers.items():  # warm-up: connections, the first transaction
-                for i in range(5):
-                    event = webhook_event(10**9 + i, 10**9 + i, f"warm-up {i}", [])
-                    requests.post(server.url + "/webhook", json=event, timeout=30).raise_for_status()
-            for r in range(args.rounds):
-                events = [webhook_event(1 + r * args.events + i, 1 + r * args.events + i,
-                                        f"note {i}: fever and cough, round {r}", []) for i in range(args.events)]
-                for name in (names if r % 2 == 0 else names[::-1]):  # neither always first
-                    got, failed = burst(servers[name].url + "/webhook", events, args.senders)
-                    latencies[name] += got
-                    errors[name] += failed
-                    rounds[name].append({"p50_ms": round(quantile(got, 0.5) * 1000, 1),
-                                         "p99_ms": round(quantile(got, 0.99) * 1000, 1),
-                                         "max_ms": round(max(got) * 1000, 1), "errors": failed})
-                    print(f"round {r + 1} {name}: {rounds[name][-1]}", flush=True)
-            for name, server in servers.items():
-                counts = requests.get(server.url + "/metrics?format=json", timeout=30).json()["store"]["annotations"]
-                stored[name] = counts.get("submitted", 0) - 5  # less the warm-up
-        finally:
-            for server in servers.values():
-                server.__exit__(None, None, None)
-
-    results = {name: {**summary(latencies[name], errors[name], stored[name], args.rounds * args.events),
-                      "rounds": rounds[name]} for name in names}
-    run = {"events": args.events, "senders": args.senders, "rounds": args.rounds, "cpus": os.cpu_count(),
-           "load_average_before": [round(x, 2) for x in load_before], "configs": results, "command": command}
-    print(json.dumps(results, indent=1))
+        if args.before:
+            before = revision_env(args.before, Path(tmp) / "before")
+            configs |= {f"{name} @ {args.before}": {**settings, **before}
+                        for name, settings in configs.items()}
+        run = measure(configs, args.events, args.senders, args.rounds, Path(tmp))
+    run["command"] = command
+    print(json.dumps(run["configs"], indent=1))
 
     kept = json.loads(out.read_text())["runs"] if out.exists() else []
     args.out.mkdir(parents=True, exist_ok=True)
@@ -143,9 +120,49 @@ def main() -> None:
     print(f"\nwritten: {out.relative_to(ROOT) if out.is_relative_to(ROOT) else out}")
 
 
-def key(run: dict) -> tuple[int, int, int]:
+def measure(configs: dict[str, dict[str, str]], events_per_round: int, senders: int, n_rounds: int,
+            tmp: Path) -> dict:
+    """One server per configuration, all started before the first event; rounds in turn."""
+    names = list(configs)
+    latencies: dict[str, list[float]] = {name: [] for name in names}
+    errors = dict.fromkeys(names, 0)
+    rounds: dict[str, list[dict]] = {name: [] for name in names}
+    stored: dict[str, int] = {}
+    load_before = os.getloadavg()
+    servers = {name: BackendServer(tmp / f"server{i}", **ENV, **configs[name]) for i, name in enumerate(names)}
+    for server in servers.values():
+        server.__enter__()
+    try:
+        for name, server in servers.items():  # warm-up: connections, the first transaction
+            for i in range(5):
+                event = webhook_event(10**9 + i, 10**9 + i, f"warm-up {i}", [])
+                requests.post(server.url + "/webhook", json=event, timeout=30).raise_for_status()
+        for r in range(n_rounds):
+            events = [webhook_event(1 + r * events_per_round + i, 1 + r * events_per_round + i,
+                                    f"note {i}: fever and cough, round {r}", []) for i in range(events_per_round)]
+            for name in (names if r % 2 == 0 else names[::-1]):  # neither always first
+                got, failed = burst(servers[name].url + "/webhook", events, senders)
+                latencies[name] += got
+                errors[name] += failed
+                rounds[name].append({"p50_ms": round(quantile(got, 0.5) * 1000, 1),
+                                     "p99_ms": round(quantile(got, 0.99) * 1000, 1),
+                                     "max_ms": round(max(got) * 1000, 1), "errors": failed})
+                print(f"round {r + 1} {name}: {rounds[name][-1]}", flush=True)
+        for name, server in servers.items():
+            counts = requests.get(server.url + "/metrics?format=json", timeout=30).json()["store"]["annotations"]
+            stored[name] = counts.get("submitted", 0) - 5  # less the warm-up
+    finally:
+        for server in servers.values():
+            server.__exit__(None, None, None)
+    results = {name: {**summary(latencies[name], errors[name], stored[name], n_rounds * events_per_round),
+                      "rounds": rounds[name]} for name in names}
+    return {"events": events_per_round, "senders": senders, "rounds": n_rounds, "cpus": os.cpu_count(),
+            "load_average_before": [round(x, 2) for x in load_before], "configs": results}
+
+
+def key(run: dict) -> tuple[int, int, int, tuple[str, ...]]:
     """What a run measured: a later run of the same replaces it."""
-    return run["events"], run["senders"], run["rounds"]
+    return run["events"], run["senders"], run["rounds"], tuple(run["configs"])
 
 
 if __name__ == "__main__":
