@@ -12,8 +12,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from functools import lru_cache
 from collections.abc import Callable
+from functools import lru_cache
 from typing import Any, TypeVar
 
 from clinie import __version__
@@ -58,8 +58,6 @@ def is_id(value: Any) -> bool:
     if isinstance(value, str) and value.isascii() and value.isdigit():
         value = int(value)
     return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**63
-
-
 
 
 class TaskTooLong(ValueError):
