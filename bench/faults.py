@@ -52,7 +52,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import closing
+from contextlib import ExitStack, closing
 from pathlib import Path
 
 import requests
@@ -62,6 +62,7 @@ from tests.support import ROOT
 from tests.support.backend_server import BackendServer
 from tests.support.helpers import webhook_event
 from tests.support.hostile import send_hostile
+from tests.support.postgres_server import PostgresServer
 
 OUT = ROOT / "bench" / "results" / "faults"
 #: Nothing but the store: no training, no model loaded, no selection.
@@ -143,15 +144,38 @@ def events(project: int, texts: Iterable[str]) -> Iterator[dict]:
         yield webhook_event(first + i, first + i, text, [], project=project)
 
 
+#: The PostgreSQL cluster the stores are in (``--database postgresql``); None: SQLite files.
+POSTGRES: PostgresServer | None = None
+
+
+def settings(data_dir: Path) -> dict[str, str]:
+    """The backend's settings for a round's data directory: its store there (SQLite), or in a
+    database of its own, named for the directory (PostgreSQL: made at the round's first call)."""
+    if POSTGRES is None:
+        return ENV
+    name = f"faults_{data_dir.name}".replace("-", "_")
+    if not (data_dir / "database").exists():
+        data_dir.mkdir(parents=True, exist_ok=True)
+        (data_dir / "database").write_text(POSTGRES.database(name))
+    return {**ENV, "CLINIE_DATABASE_URL": (data_dir / "database").read_text()}
+
+
 def restart_and_read(data_dir: Path) -> dict:
     """Start the backend again on ``data_dir`` (what a user does after a crash; the store recovers
-    its write-ahead log), stop it cleanly, then read the store file alone: the annotations found,
-    per id their project, and ``PRAGMA integrity_check``."""
+    its write-ahead log), stop it cleanly, then read the store alone: the annotations found, per
+    id their project, and ``PRAGMA integrity_check`` (SQLite; PostgreSQL checks its pages as it
+    reads them, ``amcheck`` aside: "ok" once the table was read)."""
     try:
-        with BackendServer(data_dir, **ENV):
+        with BackendServer(data_dir, **settings(data_dir)):
             restarted = "yes"
     except (RuntimeError, TimeoutError) as error:  # the store may be past starting on
         restarted = f"failed: {str(error).splitlines()[0]}"
+    if POSTGRES is not None:
+        import psycopg
+
+        with psycopg.connect(settings(data_dir)["CLINIE_DATABASE_URL"]) as db:
+            found = dict(db.execute("SELECT annotation_id, CAST(project AS INTEGER) FROM annotations").fetchall())
+        return {"restarted": restarted, "integrity": "ok", "found": found}
     with closing(sqlite3.connect(data_dir / "clinie.sqlite3")) as db:
         try:
             integrity = "; ".join(row[0] for row in db.execute("PRAGMA integrity_check"))[:300]
@@ -176,7 +200,7 @@ def full_disk(data_dir: Path, rng: random.Random, senders: int) -> dict:
     """Killed once every event was answered: those answered 500 are the disk's, those answered 200
     must survive. The restart is without the limit, as once the disk has room again."""
     started = time.monotonic()
-    with BackendServer(data_dir, file_size_limit=FILE_SIZE_LIMIT, **ENV) as server:
+    with BackendServer(data_dir, file_size_limit=FILE_SIZE_LIMIT, **settings(data_dir)) as server:
         flood = Flood(server.url, events(1, (note(i, rng.randint(90_000, 110_000)) for i in range(60))),
                       senders).join()
         server.kill()
@@ -188,7 +212,7 @@ def sigkill(data_dir: Path, rng: random.Random, senders: int) -> dict:
     flood the kill lands, however fast the machine."""
     started = time.monotonic()
     kill_after = rng.randint(20, 280)
-    with BackendServer(data_dir, **ENV) as server:
+    with BackendServer(data_dir, **settings(data_dir)) as server:
         flood = Flood(server.url, events(1, (note(i, rng.randint(50, 2000)) for i in range(300))), senders)
         flood.wait_for(kill_after)
         server.kill()
@@ -204,8 +228,8 @@ def second_process(data_dir: Path, rng: random.Random, senders: int) -> dict:
     start_after = rng.randint(10, 100)
     project_1 = events(1, (note(i, rng.randint(50, 2000)) for i in itertools.count()))
     cli = [sys.executable, "-m", "clinie.cli"]
-    env = {**os.environ, **ENV}
-    with BackendServer(data_dir, **ENV) as server:
+    env = {**os.environ, **settings(data_dir)}
+    with BackendServer(data_dir, **settings(data_dir)) as server:
         doomed = Flood(server.url, events(2, (note(i, 500) for i in range(20))), senders).join()
         kept = [Flood(server.url, events(3, [note(0, 500)]), 1).join(), Flood(server.url, project_1, senders)]
         kept[-1].wait_for(start_after)
@@ -233,7 +257,7 @@ def hostile(data_dir: Path, seed: int, n: int) -> dict:
     """``n`` hostile requests (``tests.support.hostile``, those the fuzz tests draw) to a live
     backend, one at a time: none may be answered 5xx or go unanswered. Counted per answer, with the
     first few failures, so that the table says what the backend made of them."""
-    with BackendServer(data_dir, **ENV) as server:
+    with BackendServer(data_dir, **settings(data_dir)) as server:
         tally = send_hostile(server.url, seed, n)
     server_errors = sum(k for answer, k in tally.answers.items() if answer.startswith("5"))
     # "unanswered": no answer, or one that is not JSON
@@ -296,6 +320,8 @@ def main() -> None:
     parser.add_argument("--hostile", type=int, default=1000, help="hostile inputs (0: no hostile round)")
     parser.add_argument("--code", metavar="REV", help="run the backend and the command line of git revision REV "
                                                          "(default: this checkout)")
+    parser.add_argument("--database", choices=("sqlite", "postgresql"), default="sqlite",
+                        help="the store: a SQLite file (default) or a database in a throwaway PostgreSQL cluster")
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args()
     kinds = args.kinds.split(",")
@@ -307,7 +333,10 @@ def main() -> None:
     load_before = os.getloadavg()
     rounds: list[dict] = []
     hostile_round = None
-    with tempfile.TemporaryDirectory() as tmp:
+    global POSTGRES
+    with tempfile.TemporaryDirectory() as tmp, ExitStack() as cluster:
+        if args.database == "postgresql":
+            POSTGRES = cluster.enter_context(PostgresServer())
         if args.code:  # every process the bench starts imports that revision's clinie first
             ENV.update(revision_env(args.code, Path(tmp) / "code"))
         for r in range(args.rounds):
@@ -320,9 +349,9 @@ def main() -> None:
             print(f"hostile: {json.dumps(hostile_round)}", flush=True)
 
     failed = failures(rounds, hostile_round)
-    run = {"seed": args.seed, "rounds": args.rounds, "kinds": kinds, "code": args.code, "senders": args.senders, "cpus": os.cpu_count(),
-           "load_average_before": [round(x, 2) for x in load_before], "results": rounds,
-           "totals": totals(rounds), "hostile": hostile_round, "failures": failed, "command": command}
+    run = {"seed": args.seed, "rounds": args.rounds, "kinds": kinds, "database": args.database, "code": args.code,
+           "senders": args.senders, "cpus": os.cpu_count(), "load_average_before": [round(x, 2) for x in load_before],
+           "results": rounds, "totals": totals(rounds), "hostile": hostile_round, "failures": failed, "command": command}
     kept = json.loads(out.read_text())["runs"] if out.exists() else []
     args.out.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"runs": sorted([r for r in kept if key(r) != key(run)] + [run], key=key)},
@@ -333,9 +362,9 @@ def main() -> None:
         sys.exit("the promise did not hold:\n" + "\n".join(failed))
 
 
-def key(run: dict) -> tuple[str, int, int, list[str], int]:
+def key(run: dict) -> tuple[str, str, int, int, list[str], int]:
     """What a run measured: a later run of the same replaces it."""
-    return run.get("code") or "", run["seed"], run["rounds"], run["kinds"], \
+    return run.get("database", "sqlite"), run.get("code") or "", run["seed"], run["rounds"], run["kinds"], \
         run["hostile"]["inputs"] if run["hostile"] else 0
 
 

@@ -626,6 +626,7 @@ def faults_section(results: Path = RESULTS) -> list[str]:
                          f"{r['seconds']:.0f} s"])
         rounds = f"{run['rounds']} round{'s' * (run['rounds'] != 1)}"
         code = f", the code of git revision `{run['code']}`" if run.get("code") else ""
+        code += ", the store on PostgreSQL" if run.get("database") == "postgresql" else ""
         lines += ["", f"`{run['command']}`: {rounds} of {', '.join(run['kinds'])}{code}, seed {run['seed']}, "
                       f"{run['senders']} concurrent senders, {run['cpus']} CPUs, load average "
                       f"{run['load_average_before'][0]:.2f} before:", "",

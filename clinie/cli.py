@@ -279,9 +279,7 @@ def _report(args: argparse.Namespace) -> int:
     settings = Settings.load()
     if args.data_dir:
         settings = replace(settings, data_dir=args.data_dir)
-    if not settings.store_path.exists():
-        raise ValueError(f"no annotation store at {settings.store_path} (CLINIE_DATA_DIR or --data-dir)")
-    store = AnnotationStore(settings.store_path)
+    store = AnnotationStore(_existing_store(settings))
     annotations = project_documents(store, args.project)
     schema, docs = annotations.schema, annotations.docs
     if len(docs) < 2:
@@ -315,6 +313,15 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _existing_store(settings: Settings) -> str:
+    """The backend's store, which a command reads and never creates: a mistyped data directory
+    would otherwise report on, or purge, an empty store of its own."""
+    if not settings.database_url and not settings.store_path.exists():
+        raise ValueError(f"no annotation store at {settings.store_path} (CLINIE_DATA_DIR or --data-dir, or "
+                         "CLINIE_DATABASE_URL)")
+    return settings.store_location
+
+
 def _purge(args: argparse.Namespace) -> int:
     """As Label Studio's PROJECT_DELETED webhook: for a project deleted while no webhook reached
     the backend, or whose notes must go while it lives on in Label Studio."""
@@ -326,9 +333,7 @@ def _purge(args: argparse.Namespace) -> int:
     settings = Settings.load()
     if args.data_dir:
         settings = replace(settings, data_dir=args.data_dir)
-    if not settings.store_path.exists():
-        raise ValueError(f"no annotation store at {settings.store_path} (CLINIE_DATA_DIR or --data-dir)")
-    store = AnnotationStore(settings.store_path, keep_history_days=settings.keep_history)
+    store = AnnotationStore(_existing_store(settings), keep_history_days=settings.keep_history)
     purged = store.purge_project(args.project, settings.models_dir)
     if settings.llm_cache_path.exists():
         CallCache(settings.llm_cache_path).clear()
@@ -339,7 +344,7 @@ def _purge(args: argparse.Namespace) -> int:
         print(f"not purged: tasks {', '.join(map(str, purged.refused))}, which another project holds (their "
               "annotations of this project are purged)", file=sys.stderr)
     if purged.left_in_wal:
-        print(f"not purged: the removed text stays in {settings.store_path}-wal until its next checkpoint, because a "
+        print(f"not purged: the removed text stays in {store.location}-wal until its next checkpoint, because a "
               "reader held the store past the busy timeout; run `clinie purge` again when the backend is idle",
               file=sys.stderr)
     return 1 if purged.refused or purged.left_in_wal else 0

@@ -30,6 +30,9 @@ WORKER_TIMEOUT_SECONDS = 600
 class Settings:
     #: Where the annotation store (``clinie.sqlite3``) and the model versions (``models/``) live.
     data_dir: Path = Path("clinie-data")
+    #: The annotation store in a PostgreSQL database (``postgresql://user:password@host/db``), for
+    #: processes and machines that share it; empty = the SQLite file in ``data_dir``.
+    database_url: str = ""
     #: Address ``clinie serve`` listens on; the container sets 0.0.0.0. Any but loopback requires
     #: basic auth (or ``allow_unauthenticated``): see ``validate_serving``.
     host: str = "127.0.0.1"
@@ -222,6 +225,11 @@ class Settings:
     @property
     def store_path(self) -> Path:
         return self.data_dir / "clinie.sqlite3"
+
+    @property
+    def store_location(self) -> str:
+        """Where ``AnnotationStore`` opens the store: ``database_url``, else the SQLite file."""
+        return self.database_url or str(self.store_path)
 
     @property
     def models_dir(self) -> Path:

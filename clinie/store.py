@@ -52,8 +52,12 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from clinie import postgres
 from clinie.labelstudio import parse_label_config
 from clinie.sqlite_wal import open_wal, until_unlocked
+
+#: A connection of either engine: the store's SQL is written for both (``clinie.postgres``).
+Connection = sqlite3.Connection | postgres.Connection
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS projects (
@@ -227,17 +231,19 @@ class AnnotationStore:
     holds applies when the store is opened.
     """
 
-    def __init__(self, path: str | Path, keep_history_days: float | None = None,
+    def __init__(self, location: str | Path, keep_history_days: float | None = None,
                  keep_tasks: int | None = None) -> None:
-        self._path = str(path)  # created private, with its directory, by open_wal
+        self._path = str(location)  # a SQLite file (created private, with its directory, by open_wal) or a URL
+        self._engine: _SQLite | _PostgreSQL = _PostgreSQL(self._path) if postgres.is_url(self._path) \
+            else _SQLite(self._path)
         self.keep_history_days = keep_history_days
         self.keep_tasks = keep_tasks
         self._local = threading.local()
-        self._shared: sqlite3.Connection | None = None
+        self._shared: Any = None
         if self._path == ":memory:":  # one connection, or every thread would see its own empty DB
-            self._shared = self._connect(check_same_thread=False)
+            self._shared = self._engine.connect(check_same_thread=False)
             self._lock = threading.Lock()
-        until_unlocked(lambda: self._db().executescript(_SCHEMA))  # executescript commits by itself
+        self._engine.create(self._db)
         until_unlocked(self._migrate)
         if keep_tasks is not None:
             with self._write() as db:
@@ -245,44 +251,39 @@ class AnnotationStore:
             if bounded:
                 self._shrink()
 
-    def _connect(self, check_same_thread: bool = True) -> sqlite3.Connection:
-        db = open_wal(self._path, check_same_thread=check_same_thread)
-        db.row_factory = sqlite3.Row
-        db.execute("PRAGMA synchronous=FULL")  # an acknowledged annotation survives power loss
-        db.execute("PRAGMA foreign_keys=ON")
-        db.execute("PRAGMA secure_delete=ON")  # deleted note text is overwritten, not left in free pages
-        return db
+    @property
+    def location(self) -> str:
+        """The SQLite file or the PostgreSQL URL the store is in."""
+        return self._path
 
     def _migrate(self) -> None:
         """Bring a store written by an earlier clinie up to this schema: the column that orders
         events, and annotations it only marked deleted purged to tombstones."""
         with self._write() as db:
-            if "source_updated_at" not in {r["name"] for r in db.execute("PRAGMA table_info(annotations)")}:
-                db.execute("ALTER TABLE annotations ADD COLUMN source_updated_at TEXT")
+            self._engine.add_column(db, "annotations", "source_updated_at TEXT")
             marked = db.execute("SELECT project, annotation_id FROM annotations WHERE state = 'deleted'").fetchall()
             for r in marked:
                 self._purge_rows(db, r["project"], [r["annotation_id"]], ())
         if marked:
             self._shrink()
 
-    def _db(self) -> sqlite3.Connection:
+    def _db(self) -> Any:
         if self._shared is not None:
             return self._shared
         if getattr(self._local, "db", None) is None:
-            self._local.db = self._connect()
+            self._local.db = self._engine.connect()
         return self._local.db
 
     @contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
+    def _write(self) -> Iterator[Any]:
         if self._shared is not None:
             with self._lock:
                 yield from self._transaction(self._shared)
         else:
             yield from self._transaction(self._db())
 
-    @staticmethod
-    def _transaction(db: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
-        db.execute("BEGIN IMMEDIATE")
+    def _transaction(self, db: Any) -> Iterator[Any]:
+        self._engine.begin(db)
         try:
             yield db
             db.execute("COMMIT")
@@ -293,7 +294,7 @@ class AnnotationStore:
                 db.execute("ROLLBACK")
             raise
 
-    def write_together(self, steps: Sequence[Callable[[sqlite3.Connection], Any]]) -> list[Outcome]:
+    def write_together(self, steps: Sequence[Callable[[Connection], Any]]) -> list[Outcome]:
         """Run ``steps`` (each given the connection, in a transaction) in one transaction: one
         commit, one fsync, for all. Each step runs in a savepoint: one that raises is undone
         alone, its error its outcome, and the others are kept. When the transaction itself
@@ -310,7 +311,7 @@ class AnnotationStore:
         assert len(outcomes) == len(steps), "one outcome per step"
         return outcomes
 
-    def _alone(self, step: Callable[[sqlite3.Connection], Any]) -> Outcome:
+    def _alone(self, step: Callable[[Connection], Any]) -> Outcome:
         """``step`` in a transaction of its own: its result only once that transaction has
         committed (a commit that fails, on a full disk say, is the step's error, never a success)."""
         try:
@@ -321,7 +322,7 @@ class AnnotationStore:
         return Outcome(result)
 
     @staticmethod
-    def _savepoint(db: sqlite3.Connection, step: Callable[[sqlite3.Connection], Any]) -> Outcome:
+    def _savepoint(db: Connection, step: Callable[[Connection], Any]) -> Outcome:
         db.execute("SAVEPOINT step")
         try:
             result = step(db)
@@ -341,12 +342,12 @@ class AnnotationStore:
         return self._db().execute(sql, tuple(params)).fetchall()
 
     def _shrink(self) -> bool:
-        """After a purge: copy the WAL (which still holds the purged pages as they were) into
-        the database file and truncate it, so that what was deleted is in no file. False when
-        that could not be done: a reader (another thread, ``clinie report``, a backup) held an
-        older snapshot for longer than the busy timeout, during which SQLite retries."""
-        busy, log, checkpointed = self._read("PRAGMA wal_checkpoint(TRUNCATE)")[0]
-        return not busy and log == checkpointed
+        """After a purge: rewrite what still holds the purged rows as they were, so that what was
+        deleted is in no file; False when that could not be done (``_SQLite.shrink``)."""
+        if self._shared is not None:
+            with self._lock:
+                return self._engine.shrink(self._shared)
+        return self._engine.shrink(self._db())
 
     # --- projects -------------------------------------------------------------------------
 
@@ -358,13 +359,13 @@ class AnnotationStore:
             self.set_label_config_in(db, project, label_config)
 
     @staticmethod
-    def set_label_config_in(db: sqlite3.Connection, project: str, label_config: str) -> None:
+    def set_label_config_in(db: Connection, project: str, label_config: str) -> None:
         """``set_label_config`` as a step of a transaction (``write_together``), the config
         already parsed by the caller."""
         db.execute(
             "INSERT INTO projects (project, label_config, updated_at) VALUES (?, ?, ?) "
             "ON CONFLICT (project) DO UPDATE SET label_config = excluded.label_config, "
-            "updated_at = excluded.updated_at WHERE label_config IS NOT excluded.label_config",
+            "updated_at = excluded.updated_at WHERE projects.label_config IS DISTINCT FROM excluded.label_config",
             (project, label_config, _now()),
         )
 
@@ -394,7 +395,7 @@ class AnnotationStore:
         with self._write() as db:
             return self.record_annotation_in(db, project, annotation, task, action)
 
-    def record_annotation_in(self, db: sqlite3.Connection, project: str, annotation: dict[str, Any],
+    def record_annotation_in(self, db: Connection, project: str, annotation: dict[str, Any],
                              task: dict[str, Any], action: str = "ANNOTATION_CREATED") -> bool:
         """``record_annotation`` as a step of a transaction (``write_together``). A
         ``ProjectMismatch`` is raised before anything is written."""
@@ -404,7 +405,7 @@ class AnnotationStore:
                             _dump(annotation.get("result") or []), state, action,
                             annotation.get("completed_by"), _source_time(annotation.get("updated_at")))
 
-    def _upsert(self, db: sqlite3.Connection, project: str, annotation_id: int, task_id: int, task_data: str,
+    def _upsert(self, db: Connection, project: str, annotation_id: int, task_id: int, task_data: str,
                 result: str, state: str, action: str, completed_by: Any, source_updated_at: str | None) -> bool:
         now = _now()
         # who completed it is informative only: a user id SQLite's 64-bit INTEGER cannot hold (2**70) is not kept
@@ -444,7 +445,7 @@ class AnnotationStore:
         return True
 
     @staticmethod
-    def _tombstoned(db: sqlite3.Connection, project: str, annotation_id: int, task_id: int) -> bool:
+    def _tombstoned(db: Connection, project: str, annotation_id: int, task_id: int) -> bool:
         """The annotation or its task was deleted (``ProjectMismatch`` if under another project)."""
         rows = db.execute("SELECT project FROM tombstones WHERE (kind = 'annotation' AND id = ?) "
                           "OR (kind = 'task' AND id = ?)", (annotation_id, task_id)).fetchall()
@@ -453,16 +454,16 @@ class AnnotationStore:
         return bool(rows)
 
     @staticmethod
-    def _count_changes(db: sqlite3.Connection, project: str, n: int, now: str) -> None:
+    def _count_changes(db: Connection, project: str, n: int, now: str) -> None:
         db.execute(
             "INSERT INTO projects (project, changes_since_training, updated_at) VALUES (?, ?, ?) "
             "ON CONFLICT (project) DO UPDATE SET "
-            "changes_since_training = changes_since_training + excluded.changes_since_training, "
+            "changes_since_training = projects.changes_since_training + excluded.changes_since_training, "
             "updated_at = excluded.updated_at",
             (project, n, now),
         )
 
-    def _prune_history(self, db: sqlite3.Connection, annotation_id: int | None = None) -> int:
+    def _prune_history(self, db: Connection, annotation_id: int | None = None) -> int:
         """Remove the versions superseded more than ``keep_history_days`` ago (of one annotation,
         or of all); the current version of each annotation is never superseded."""
         if self.keep_history_days is None:
@@ -470,7 +471,7 @@ class AnnotationStore:
         cutoff = (datetime.now(timezone.utc) - timedelta(days=self.keep_history_days)).isoformat(
             timespec="milliseconds")
         return db.execute(
-            "DELETE FROM annotation_versions AS v WHERE (?1 IS NULL OR v.annotation_id = ?1) AND EXISTS ("
+            "DELETE FROM annotation_versions AS v WHERE (CAST(?1 AS BIGINT) IS NULL OR v.annotation_id = ?1) AND EXISTS ("
             "SELECT 1 FROM annotation_versions AS later WHERE later.annotation_id = v.annotation_id "
             "AND later.version > v.version AND later.received_at <= ?2)", (annotation_id, cutoff)).rowcount
 
@@ -487,7 +488,7 @@ class AnnotationStore:
         with self._write() as db:
             return self.record_tasks_in(db, project, tasks)
 
-    def record_tasks_in(self, db: sqlite3.Connection, project: str, tasks: Sequence[tuple[int, Any]]) -> int:
+    def record_tasks_in(self, db: Connection, project: str, tasks: Sequence[tuple[int, Any]]) -> int:
         """``record_tasks`` as a step of a transaction (``write_together``): one statement for
         the batch, since /predict waits on it. A task deleted before (tombstoned) is not stored
         again, nor one another project holds; nor one an annotation held is of: its data is
@@ -500,31 +501,31 @@ class AnnotationStore:
             "SELECT ?1, ?2, ?3, ?4, ?4 WHERE NOT EXISTS (SELECT 1 FROM annotations WHERE task_id = ?1) "
             "AND NOT EXISTS (SELECT 1 FROM tombstones WHERE kind = 'task' AND id = ?1) "
             "ON CONFLICT (task_id) DO UPDATE SET task_data = excluded.task_data, updated_at = excluded.updated_at "
-            "WHERE tasks.project = excluded.project AND tasks.task_data IS NOT excluded.task_data",
+            "WHERE tasks.project = excluded.project AND tasks.task_data IS DISTINCT FROM excluded.task_data",
             [(task_id, project, _dump({"id": task_id, "data": data}), now) for task_id, data in tasks]).rowcount
         if self.keep_tasks is not None:
             self._bound_tasks(db, self.keep_tasks, project)
         return stored
 
     @staticmethod
-    def _bound_tasks(db: sqlite3.Connection, keep: int, project: str | None = None) -> int:
+    def _bound_tasks(db: Connection, keep: int, project: str | None = None) -> int:
         """Keep ``project``'s (or each project's) newest ``keep`` unannotated tasks by task id:
         Label Studio numbers tasks as they are imported, and an order that does not move keeps a
         re-sync of a project larger than the bound from rewriting it each time. The data of a
         task annotated since it was stored goes too: its annotations hold it."""
-        annotated = db.execute("DELETE FROM tasks WHERE (?1 IS NULL OR project = ?1) AND EXISTS "
+        annotated = db.execute("DELETE FROM tasks WHERE (CAST(?1 AS TEXT) IS NULL OR project = ?1) AND EXISTS "
                                "(SELECT 1 FROM annotations AS a WHERE a.task_id = tasks.task_id)", (project,)).rowcount
         return annotated + db.execute(
             "DELETE FROM tasks WHERE task_id IN (SELECT task_id FROM (SELECT task_id, ROW_NUMBER() OVER "
-            "(PARTITION BY project ORDER BY task_id DESC) AS n FROM tasks WHERE ?1 IS NULL OR project = ?1) "
-            "WHERE n > ?2)", (project, keep)).rowcount
+            "(PARTITION BY project ORDER BY task_id DESC) AS n FROM tasks WHERE CAST(?1 AS TEXT) IS NULL OR project = ?1) "
+            "AS ranked WHERE n > ?2)", (project, keep)).rowcount
 
     def unannotated_tasks(self, project: str, limit: int | None = None) -> list[dict[str, Any]]:
         """The stored tasks of the project that no annotation held is of (``{"id", "data"}``
         each): the newest ``limit`` by task id (None: all), in task id order."""
         rows = self._read("SELECT task_data FROM tasks AS t WHERE project = ? AND NOT EXISTS "
-                          "(SELECT 1 FROM annotations AS a WHERE a.task_id = t.task_id) ORDER BY task_id DESC LIMIT ?",
-                          (project, -1 if limit is None else limit))
+                          "(SELECT 1 FROM annotations AS a WHERE a.task_id = t.task_id) ORDER BY task_id DESC"
+                          + ("" if limit is None else " LIMIT ?"), (project,) if limit is None else (project, limit))
         return [json.loads(r["task_data"]) for r in reversed(rows)]
 
     def unannotated_counts(self) -> dict[str, int]:
@@ -567,7 +568,7 @@ class AnnotationStore:
             shutil.rmtree(path, ignore_errors=True)
         return purged
 
-    def _purge_rows(self, db: sqlite3.Connection, project: str, annotation_ids: Iterable[int],
+    def _purge_rows(self, db: Connection, project: str, annotation_ids: Iterable[int],
                     task_ids: Iterable[int]) -> Purged:
         """The one deletion: tombstones first, then the rows (``secure_delete`` zeroes them)."""
         now = _now()
@@ -578,7 +579,8 @@ class AnnotationStore:
             if _owner(db, "task", task_id) not in (None, project):
                 refused.append(task_id)
                 continue
-            db.execute("INSERT OR IGNORE INTO tombstones VALUES ('task', ?, ?, NULL, ?)", (task_id, project, now))
+            db.execute("INSERT INTO tombstones VALUES ('task', ?, ?, NULL, ?) ON CONFLICT DO NOTHING",
+                       (task_id, project, now))
             tasks_removed += db.execute("DELETE FROM tasks WHERE task_id = ?", (task_id,)).rowcount
             targets.update(r[0] for r in db.execute("SELECT annotation_id FROM annotations "
                                                     "WHERE project = ? AND task_id = ?", (project, task_id)))
@@ -589,8 +591,8 @@ class AnnotationStore:
                 targets.add(annotation_id)
         removed = 0
         for annotation_id in sorted(targets):
-            db.execute("INSERT OR IGNORE INTO tombstones VALUES ('annotation', ?, ?, "
-                       "(SELECT source_updated_at FROM annotations WHERE annotation_id = ?), ?)",
+            db.execute("INSERT INTO tombstones VALUES ('annotation', ?, ?, "
+                       "(SELECT source_updated_at FROM annotations WHERE annotation_id = ?), ?) ON CONFLICT DO NOTHING",
                        (annotation_id, project, annotation_id, now))
             # the task's text as /predict stored it goes with the annotation (docs/deploying.md)
             tasks_removed += db.execute("DELETE FROM tasks WHERE project = ? AND task_id = "
@@ -606,10 +608,10 @@ class AnnotationStore:
 
     def annotation_counts(self, project: str | None = None) -> dict[str, int]:
         """Annotations per state (``deleted``: the tombstones), for one project or all."""
-        rows = self._read("SELECT state, COUNT(*) FROM annotations WHERE ?1 IS NULL OR project = ?1 "
+        rows = self._read("SELECT state, COUNT(*) FROM annotations WHERE CAST(?1 AS TEXT) IS NULL OR project = ?1 "
                           "GROUP BY state", (project,))
         [deleted] = self._read("SELECT COUNT(*) FROM tombstones WHERE kind = 'annotation' "
-                               "AND (?1 IS NULL OR project = ?1)", (project,))[0]
+                               "AND (CAST(?1 AS TEXT) IS NULL OR project = ?1)", (project,))[0]
         return {r[0]: r[1] for r in rows} | ({"deleted": deleted} if deleted else {})
 
     def annotation_ids(self, project: str) -> set[int]:
@@ -670,8 +672,8 @@ class AnnotationStore:
                           (project,)).fetchone():
                 return None
             db.execute("UPDATE projects SET changes_since_training = 0 WHERE project = ?", (project,))
-            training_id = db.execute("INSERT INTO trainings (project, status, started_at) VALUES (?, 'running', ?)",
-                                     (project, _now())).lastrowid
+            [training_id] = db.execute("INSERT INTO trainings (project, status, started_at) VALUES (?, 'running', ?) "
+                                       "RETURNING id", (project, _now())).fetchone()
             pruned = self._prune_history(db)
         if pruned:
             self._shrink()
@@ -711,7 +713,7 @@ class AnnotationStore:
             self._serve(db, model)
 
     @staticmethod
-    def _serve(db: sqlite3.Connection, model: ModelRecord) -> None:
+    def _serve(db: Connection, model: ModelRecord) -> None:
         db.execute("INSERT INTO models VALUES (?, ?, ?, ?, ?, ?, ?)",
                    (model.version, model.project, model.kind, str(model.path), model.n_examples,
                     _dump(model.info), model.created_at))
@@ -745,13 +747,13 @@ class AnnotationStore:
         with self._write() as db:
             rows = db.execute("SELECT * FROM models WHERE project = ? "
                               "AND version NOT IN (SELECT version FROM serving WHERE project = ?) "
-                              "AND rowid NOT IN (SELECT rowid FROM models WHERE project = ? "
-                              "ORDER BY rowid DESC LIMIT ?)", (project, project, project, keep)).fetchall()
+                              "AND version NOT IN (SELECT version FROM models WHERE project = ? "
+                              "ORDER BY created_at DESC, version DESC LIMIT ?)", (project, project, project, keep)).fetchall()
             db.executemany("DELETE FROM models WHERE version = ?", [(r["version"],) for r in rows])
         return [_model(r) for r in rows]
 
 
-def _owner(db: sqlite3.Connection, kind: str, id_: int) -> str | None:
+def _owner(db: Any, kind: str, id_: int) -> str | None:
     """The project holding an annotation or task (live, stored unannotated, or deleted); None if none does."""
     column = "annotation_id" if kind == "annotation" else "task_id"
     stored = "SELECT project FROM tasks WHERE task_id = ?1 UNION ALL " if kind == "task" else ""
@@ -769,3 +771,87 @@ def _same_project(owner: str, project: str, what: str) -> None:
 def _model(row: sqlite3.Row) -> ModelRecord:
     return ModelRecord(row["version"], row["project"], row["kind"], Path(row["path"]),
                        row["n_examples"], json.loads(row["info"]), row["created_at"])
+
+
+class _SQLite:
+    """One file in WAL mode. A write transaction takes SQLite's write lock at once (``BEGIN
+    IMMEDIATE``): one writer at a time, so the store's read-then-write steps (ownership, ordering
+    by ``updated_at``) need no retries; ``synchronous=FULL``: a commit is on disk when it returns."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def connect(self, check_same_thread: bool = True) -> sqlite3.Connection:
+        db = open_wal(self.path, check_same_thread=check_same_thread)
+        db.row_factory = sqlite3.Row
+        db.execute("PRAGMA synchronous=FULL")  # an acknowledged annotation survives power loss
+        db.execute("PRAGMA foreign_keys=ON")
+        db.execute("PRAGMA secure_delete=ON")  # deleted note text is overwritten, not left in free pages
+        return db
+
+    @staticmethod
+    def create(db: Callable[[], sqlite3.Connection]) -> None:
+        until_unlocked(lambda: db().executescript(_SCHEMA))  # executescript commits by itself
+
+    @staticmethod
+    def begin(db: sqlite3.Connection) -> None:
+        db.execute("BEGIN IMMEDIATE")
+
+    @staticmethod
+    def add_column(db: sqlite3.Connection, table: str, column: str) -> None:
+        if column.split()[0] not in {r["name"] for r in db.execute(f"PRAGMA table_info({table})")}:
+            db.execute(f"ALTER TABLE {table} ADD COLUMN {column}")
+
+    @staticmethod
+    def shrink(db: sqlite3.Connection) -> bool:
+        """Copy the WAL (which still holds the purged pages as they were) into the database file
+        and truncate it. False when a reader (another thread, ``clinie report``, a backup) held an
+        older snapshot past the busy timeout, during which SQLite retries."""
+        busy, log, checkpointed = db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        return not busy and log == checkpointed
+
+
+class _PostgreSQL:
+    """A PostgreSQL database (``CLINIE_DATABASE_URL``), for stores several processes and machines
+    share. A write transaction first takes one transaction-scoped advisory lock: one writer at a
+    time, as on SQLite, so the same steps hold without retries, while readers never wait (MVCC).
+    A commit is durable when it returns (``synchronous_commit`` on, PostgreSQL's default)."""
+
+    #: The advisory lock every write transaction of a clinie store takes ("clinie" in ASCII).
+    WRITE_LOCK = 0x636C696E6965
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+
+    def connect(self, check_same_thread: bool = True) -> postgres.Connection:
+        return postgres.connect(self.url)
+
+    def create(self, db: Callable[[], postgres.Connection]) -> None:
+        """The schema, from the SQLite one: ids that need 64 bits, an identity for trainings.
+        Under the write lock, so that processes starting at once do not race to create it."""
+        schema = _SCHEMA.replace("INTEGER PRIMARY KEY AUTOINCREMENT", "BIGINT GENERATED BY DEFAULT AS IDENTITY "
+                                 "PRIMARY KEY").replace("INTEGER", "BIGINT")
+        connection = db()
+        self.begin(connection)
+        try:
+            connection.executescript(schema)
+            connection.execute("COMMIT")
+        except BaseException:
+            connection.execute("ROLLBACK")
+            raise
+
+    def begin(self, db: postgres.Connection) -> None:
+        db.execute("BEGIN")
+        db.execute("SELECT pg_advisory_xact_lock(?)", (self.WRITE_LOCK,))
+
+    @staticmethod
+    def add_column(db: postgres.Connection, table: str, column: str) -> None:
+        db.execute(f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {column}")
+
+    @staticmethod
+    def shrink(db: postgres.Connection) -> bool:
+        """Vacuum the tables a purge touches, so that the space of the deleted rows is reclaimed
+        and reused. What PostgreSQL's WAL and the operator's backups keep is theirs to age out
+        (docs/deploying.md)."""
+        db.execute("VACUUM annotations, annotation_versions, tasks, tombstones")
+        return True

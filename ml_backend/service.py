@@ -72,7 +72,7 @@ def _schema(label_config: str) -> Schema:
 class Backend:
     def __init__(self, settings: Settings, *, start_worker: bool = True) -> None:
         self.settings = settings
-        self.store = AnnotationStore(settings.store_path, keep_history_days=settings.keep_history,
+        self.store = AnnotationStore(settings.store_location, keep_history_days=settings.keep_history,
                                      keep_tasks=settings.unannotated_tasks)
         self.metrics = Metrics()
         # annotation webhooks arriving together: one transaction (clinie.group_commit)

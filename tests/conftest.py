@@ -40,3 +40,23 @@ def label_studio():
     with LabelStudio() as server:
         print(f"Label Studio healthy after {server.startup_seconds:.1f} s at {server.url}")
         yield server
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """One throwaway PostgreSQL cluster for the session (``tests.support.postgres_server``): each
+    test that needs one makes its own database in it."""
+    from tests.support.postgres_server import PostgresServer, bin_dir
+
+    if bin_dir() is None:
+        pytest.skip("PostgreSQL is not installed: .ci/run installs it (apt-get install postgresql)")
+    with PostgresServer() as server:
+        yield server
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_location(request: pytest.FixtureRequest, tmp_path: pathlib.Path) -> str:
+    """Where a store lives, once per engine: a SQLite file, or a new PostgreSQL database."""
+    if request.param == "sqlite":
+        return str(tmp_path / "store.sqlite3")
+    return request.getfixturevalue("postgres_server").database(f"test_{abs(hash(request.node.nodeid))}")

@@ -18,6 +18,7 @@ import pytest
 import requests
 
 from clinie.core import read_documents
+from clinie.store import AnnotationStore
 from clinie.labelstudio import document_to_result, parse_label_config
 from tests.support import DATA
 from tests.support.backend_server import BackendServer
@@ -183,19 +184,21 @@ def test_sigterm_lets_the_predictions_in_flight_finish(tmp_path):
     assert answer.json()["model_version"].startswith("clinie-llm-")
 
 
-def test_a_purge_and_a_report_beside_a_live_backend_lose_nothing_and_bring_nothing_back(tmp_path):
+def test_a_purge_and_a_report_beside_a_live_backend_lose_nothing_and_bring_nothing_back(tmp_path, store_location):
     """``clinie purge`` of one project and ``clinie report`` of another, each a process of its own
-    on the live backend's store while annotators of a third send webhooks; then SIGKILL and a restart."""
+    on the live backend's store while annotators of a third send webhooks; then SIGKILL and a
+    restart. On SQLite, in the data directory; on PostgreSQL, in a database they all share."""
     data_dir = tmp_path / "data"
     acknowledged: list[int] = []
     lock, stop = threading.Lock(), threading.Event()
-    env = {**os.environ, "CLINIE_DATA_DIR": str(data_dir), **ENCODER_ONLY}
+    settings = {**ENCODER_ONLY, **({"CLINIE_DATABASE_URL": store_location} if "://" in store_location else {})}
+    env = {**os.environ, "CLINIE_DATA_DIR": str(data_dir), **settings}
 
     def clinie(*args: str) -> int:
         return subprocess.run([sys.executable, "-m", "clinie.cli", *args, "--data-dir", str(data_dir)], env=env,
                               capture_output=True, timeout=300).returncode
 
-    with BackendServer(data_dir, **ENCODER_ONLY) as server:
+    with BackendServer(data_dir, **settings) as server:
         def post(event: dict) -> bool:
             try:
                 return requests.post(server.url + "/webhook", json=event, timeout=10).status_code == 200
@@ -227,12 +230,12 @@ def test_a_purge_and_a_report_beside_a_live_backend_lose_nothing_and_bring_nothi
             server.kill()
             stop.set()
 
-    assert_store_consistent(data_dir)
-    with BackendServer(data_dir, **ENCODER_ONLY) as server:
+    with BackendServer(data_dir, **settings) as server:
         assert metrics(server)["store"]["annotations"]["submitted"] >= len(acknowledged) + 1
-    with sqlite3.connect(data_dir / "clinie.sqlite3") as db:
-        held = {r[0] for r in db.execute("SELECT annotation_id FROM annotations")}
-        assert db.execute("SELECT COUNT(*) FROM annotations WHERE project = '2'").fetchone() == (0,)
-        assert db.execute("SELECT COUNT(*) FROM tombstones WHERE project = '2'").fetchone()[0] >= 20
+    store = AnnotationStore(settings.get("CLINIE_DATABASE_URL") or data_dir / "clinie.sqlite3")
+    held = {r[0] for r in store._read("SELECT annotation_id FROM annotations")}
+    assert store._read("SELECT COUNT(*) FROM annotations WHERE project = '2'")[0][0] == 0
+    assert store._read("SELECT COUNT(*) FROM tombstones WHERE project = '2'")[0][0] >= 20
     assert set(acknowledged) <= held, f"{len(set(acknowledged) - held)} acknowledged events lost"
-    assert_store_consistent(data_dir)
+    if "://" not in store_location:
+        assert_store_consistent(data_dir)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
@@ -23,27 +24,31 @@ def task(tid: int, text: str = "some text") -> dict:
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> AnnotationStore:
-    return AnnotationStore(tmp_path / "store.sqlite3")
+def store(store_location: str) -> AnnotationStore:
+    """A store on each engine: SQLite and PostgreSQL (``store_location``)."""
+    return AnnotationStore(store_location)
 
 
-def test_created_updated_cancelled_are_kept_and_deleted_leaves_only_a_tombstone(store, tmp_path):
+def rows(store: AnnotationStore, sql: str) -> list[tuple]:
+    """What the store holds, read with its own engine."""
+    return [tuple(r) for r in store._read(sql)]
+
+
+def test_created_updated_cancelled_are_kept_and_deleted_leaves_only_a_tombstone(store):
     r1 = [{"id": "a", "type": "labels", "value": {"start": 0, "end": 4, "labels": ["X"]}}]
     assert store.record_annotation("1", annotation(10, r1), task(5))
     assert not store.record_annotation("1", annotation(10, r1), task(5))  # re-delivery: no change
     assert store.record_annotation("1", annotation(10, []), task(5), "ANNOTATION_UPDATED")
     assert store.record_annotation("1", annotation(11, cancelled=True), task(6))
-    with sqlite3.connect(tmp_path / "store.sqlite3") as db:  # every version, as stored
-        history = db.execute("SELECT version, action, state, result FROM annotation_versions "
-                             "WHERE annotation_id = 10 ORDER BY version").fetchall()
+    history = rows(store, "SELECT version, action, state, result FROM annotation_versions "  # every version
+                          "WHERE annotation_id = 10 ORDER BY version")
     assert [h[:3] for h in history] == [(1, "ANNOTATION_CREATED", "submitted"), (2, "ANNOTATION_UPDATED", "submitted")]
     assert json.loads(history[0][3]) == r1  # the first version is still there
 
     assert store.purge("1", annotations=[10, 999]) == Purged(1)
     assert store.annotation_counts("1") == {"deleted": 2, "cancelled": 1}  # 999: deleted before it arrived
-    with sqlite3.connect(tmp_path / "store.sqlite3") as db:
-        assert db.execute("SELECT COUNT(*) FROM annotation_versions WHERE annotation_id = 10").fetchone() == (0,)
-        assert db.execute("SELECT COUNT(*) FROM annotations WHERE annotation_id = 10").fetchone() == (0,)
+    assert rows(store, "SELECT COUNT(*) FROM annotation_versions WHERE annotation_id = 10") == [(0,)]
+    assert rows(store, "SELECT COUNT(*) FROM annotations WHERE annotation_id = 10") == [(0,)]
     assert store.training_examples("1") == []
     assert not store.record_annotation("1", annotation(10, r1), task(5))  # a late re-delivery: no-op
     assert not store.record_annotation("1", annotation(999, r1), task(8))
@@ -71,8 +76,8 @@ def test_changes_since_training_counts_changes_and_resets_when_training_starts(s
     assert store.training_counts() == {"failed": 1}
 
 
-def test_registry_swaps_the_serving_version_and_survives_reopening(tmp_path):
-    path = tmp_path / "s.sqlite3"
+def test_registry_swaps_the_serving_version_and_survives_reopening(tmp_path, store_location):
+    path = store_location
     store = AnnotationStore(path)
     assert store.serving_model("1") is None
     for n in (1, 2):
@@ -85,17 +90,17 @@ def test_registry_swaps_the_serving_version_and_survives_reopening(tmp_path):
     assert reopened.serving_model("1").info == {"labels": ["X"]}
 
 
-def test_interrupted_training_is_marked_failed_at_start_up(tmp_path):
-    path = tmp_path / "s.sqlite3"
+def test_interrupted_training_is_marked_failed_at_start_up(store_location):
+    path = store_location
     AnnotationStore(path).begin_training("1")
     store = AnnotationStore(path)
     assert store.abandon_running_trainings() == 1
     assert store.begin_training("1") is not None
 
 
-def test_200_concurrent_writers_lose_nothing(tmp_path):
-    path = tmp_path / "s.sqlite3"
-    stores = [AnnotationStore(path) for _ in range(4)]  # as if several processes shared the file
+def test_200_concurrent_writers_lose_nothing(store_location):
+    path = store_location
+    stores = [AnnotationStore(path) for _ in range(4)]  # as if several processes shared the store
     barrier = threading.Barrier(50)
     errors = []
 
@@ -118,8 +123,7 @@ def test_200_concurrent_writers_lose_nothing(tmp_path):
     assert sorted(e.annotation_id for e in examples) == list(range(200))
 
 
-def test_counting_training_examples_agrees_with_reading_them(tmp_path):
-    store = AnnotationStore(tmp_path / "s.sqlite3")
+def test_counting_training_examples_agrees_with_reading_them(store):
     task = {"id": 1, "data": {"text": "x"}}
     store.record_annotation("p", {"id": 1, "result": []}, task)
     store.record_annotation("p", {"id": 2, "result": [{"x": 1}]}, task)  # a second annotation of task 1
@@ -167,27 +171,26 @@ def test_deleting_a_task_purges_all_its_annotations_and_a_late_one_stays_out(sto
     assert store.task_ids("1") == {8} and store.annotation_ids("1") == {3}
 
 
-def _age_versions(path: Path, days: float) -> None:
-    with sqlite3.connect(path) as db:
-        db.execute("UPDATE annotation_versions SET received_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now', ?)",
-                   (f"-{days} days",))
+def _age_versions(store: AnnotationStore, days: float) -> None:
+    received = (datetime.now(timezone.utc) - timedelta(days=days)).isoformat(timespec="milliseconds")
+    with store._write() as db:
+        db.execute("UPDATE annotation_versions SET received_at = ?", (received,))
 
 
-def test_superseded_versions_are_kept_keep_history_days_then_pruned(tmp_path):
-    path = tmp_path / "s.sqlite3"
+def test_superseded_versions_are_kept_keep_history_days_then_pruned(store_location):
+    path = store_location
     store = AnnotationStore(path, keep_history_days=30)
     for n in range(3):
         store.record_annotation("1", annotation(1, [{"v": n}]), task(1), "ANNOTATION_UPDATED")
     store.record_annotation("1", annotation(2, [{"v": 0}]), task(2))
 
     def versions() -> list[tuple[int, int]]:
-        with sqlite3.connect(path) as db:
-            return db.execute("SELECT annotation_id, version FROM annotation_versions ORDER BY 1, 2").fetchall()
+        return rows(store, "SELECT annotation_id, version FROM annotation_versions ORDER BY 1, 2")
 
     assert versions() == [(1, 1), (1, 2), (1, 3), (2, 1)]
     store.begin_training("1")
     assert versions() == [(1, 1), (1, 2), (1, 3), (2, 1)]  # superseded under 30 days ago
-    _age_versions(path, 31)
+    _age_versions(store, 31)
     store.begin_training("2")
     assert versions() == [(1, 3), (2, 1)]  # the current version of each stays
     assert store.training_examples("1")[0].result == [{"v": 2}]
@@ -285,8 +288,7 @@ def test_a_deleted_unannotated_tasks_text_is_gone_from_every_file(tmp_path, dele
     assert [t["id"] for t in store.unannotated_tasks("1")] == ([4] if deletion == "task" else [])
 
 
-def test_a_training_of_a_project_purged_meanwhile_registers_nothing(tmp_path):
-    store = AnnotationStore(tmp_path / "s.sqlite3")
+def test_a_training_of_a_project_purged_meanwhile_registers_nothing(store, tmp_path):
     store.record_annotation("1", annotation(1), task(1))
     training = store.begin_training("1")
     store.purge_project("1", tmp_path / "models")
@@ -295,8 +297,9 @@ def test_a_training_of_a_project_purged_meanwhile_registers_nothing(tmp_path):
     assert store.models("1") == [] and store.serving_model("1") is None
 
 
-def test_the_data_of_tasks_is_kept_newest_first_within_its_bound_and_annotated_ones_are_not_unannotated(tmp_path):
-    path = tmp_path / "s.sqlite3"
+def test_the_data_of_tasks_is_kept_newest_first_within_its_bound_and_annotated_ones_are_not_unannotated(
+        store_location):
+    path = store_location
     store = AnnotationStore(path, keep_tasks=3)
     store.record_annotation("1", annotation(1), task(2))
     # task 2 is annotated (its data is held already); tasks 1..6 arrive as /predict sends them
