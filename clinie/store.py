@@ -121,6 +121,13 @@ CREATE TABLE IF NOT EXISTS serving (
     version TEXT NOT NULL REFERENCES models (version),
     since TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS training_progress (
+    project TEXT PRIMARY KEY,
+    stage TEXT NOT NULL,
+    done INTEGER NOT NULL,
+    total INTEGER NOT NULL,
+    started DOUBLE PRECISION NOT NULL
+);
 CREATE TABLE IF NOT EXISTS trainings (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     project TEXT NOT NULL,
@@ -380,6 +387,12 @@ class AnnotationStore:
         rows = self._read("SELECT changes_since_training FROM projects WHERE project = ?", (project,))
         return rows[0][0] if rows else 0
 
+    @staticmethod
+    def changes_since_training_in(db: Connection, project: str) -> int:
+        """``changes_since_training`` as a step of a transaction (``write_together``)."""
+        row = db.execute("SELECT changes_since_training FROM projects WHERE project = ?", (project,)).fetchone()
+        return row[0] if row else 0
+
     # --- annotations ----------------------------------------------------------------------
 
     def record_annotation(
@@ -561,7 +574,7 @@ class AnnotationStore:
                                                     (project,))]
             purged = self._purge_rows(db, project, annotations, tasks)
             paths = [Path(r[0]) for r in db.execute("SELECT path FROM models WHERE project = ?", (project,))]
-            for table in ("serving", "models", "trainings", "projects"):
+            for table in ("serving", "models", "trainings", "training_progress", "projects"):
                 db.execute(f"DELETE FROM {table} WHERE project = ?", (project,))
         purged = replace(purged, left_in_wal=not self._shrink())
         for path in [*paths, project_dir]:
@@ -684,11 +697,12 @@ class AnnotationStore:
             db.execute("UPDATE trainings SET status = 'failed', finished_at = ?, error = ? WHERE id = ?",
                        (_now(), error, training_id))
 
-    def abandon_running_trainings(self) -> int:
-        """At start-up: trainings left 'running' by a killed process will never finish."""
+    def abandon_running_trainings(self, project: str | None = None) -> int:
+        """Trainings left 'running' by a killed process (of ``project``, or all) will never finish."""
         with self._write() as db:
-            return db.execute("UPDATE trainings SET status = 'failed', finished_at = ?, "
-                              "error = 'interrupted' WHERE status = 'running'", (_now(),)).rowcount
+            return db.execute("UPDATE trainings SET status = 'failed', finished_at = ?, error = 'interrupted' "
+                              "WHERE status = 'running' AND (CAST(? AS TEXT) IS NULL OR project = ?)",
+                              (_now(), project, project)).rowcount
 
     def finish_training(self, training_id: int, model: ModelRecord) -> None:
         """Register ``model`` and make it the project's serving version, atomically.
@@ -728,6 +742,24 @@ class AnnotationStore:
             [info] = db.execute("SELECT info FROM models WHERE version = ?", (version,)).fetchone()
             db.execute("UPDATE models SET info = ? WHERE version = ?",
                        (_dump({**json.loads(info), "selection": selection}), version))
+
+    def set_progress(self, project: str, stage: str, done: int, total: int, started: float) -> None:
+        """Where a project's training stands (its stage, steps done of all, its start as a Unix
+        time), for the /metrics of every process on the store: the trainings of ``clinie worker``."""
+        with self._write() as db:
+            db.execute("INSERT INTO training_progress VALUES (?, ?, ?, ?, ?) ON CONFLICT (project) DO UPDATE SET "
+                       "stage = excluded.stage, done = excluded.done, total = excluded.total, "
+                       "started = excluded.started", (project, stage, done, total, started))
+
+    def clear_progress(self, project: str) -> None:
+        with self._write() as db:
+            db.execute("DELETE FROM training_progress WHERE project = ?", (project,))
+
+    def progress(self) -> list[dict[str, Any]]:
+        """``set_progress`` of the trainings in flight, by project."""
+        return [{"project": r[0], "stage": r[1], "done": r[2], "total": r[3], "started": r[4]}
+                for r in self._read("SELECT project, stage, done, total, started FROM training_progress "
+                                    "ORDER BY project")]
 
     def training_counts(self) -> dict[str, int]:
         return {r[0]: r[1] for r in self._read("SELECT status, COUNT(*) FROM trainings GROUP BY status")}

@@ -95,9 +95,16 @@ class Metrics:
         with self._lock:
             self._trainings.pop(project, None)
 
-    def snapshot(self) -> dict[str, Any]:
+    def trainings(self) -> dict[str, dict[str, Any]]:
+        """The trainings in flight in this process: project -> stage, done, total, started."""
+        with self._lock:
+            return {project: dict(info) for project, info in self._trainings.items()}
+
+    def snapshot(self, shared_trainings: list[dict[str, Any]] = ()) -> dict[str, Any]:
+        """``shared_trainings``: those of other processes (``clinie worker``), as the store has them."""
         with self._lock:
             trainings = [{"project": p, **info} for p, info in self._trainings.items()]
+            trainings += [t for t in shared_trainings if t["project"] not in self._trainings]
             counts = dict(self._counts)
             counts_by = {name: {label: dict(sorted(values.items()))}
                          for name, (label, values) in self._counts_by.items()}
@@ -167,6 +174,8 @@ def render_prometheus(snapshot: dict[str, Any]) -> str:
         metric("annotations", "gauge", [(f'{{state="{k}"}}', v) for k, v in sorted(store["annotations"].items())])
         metric("trainings", "gauge", [(f'{{status="{k}"}}', v) for k, v in sorted(store["trainings"].items())])
         metric("model_versions", "gauge", [("", store["model_versions"])])
+        if "queue" in store:  # training jobs on PostgreSQL, by status
+            metric("training_jobs", "gauge", [(f'{{status="{k}"}}', v) for k, v in sorted(store["queue"].items())])
         metric("unannotated_tasks", "gauge",
                [(f'{{project="{project}"}}', n) for project, n in sorted(store.get("unannotated_tasks", {}).items())])
         metric("unusable_annotations", "gauge",

@@ -23,11 +23,13 @@ from clinie.group_commit import GroupCommit
 from clinie.labelstudio import (LabelConfigError, annotation_problem, parse_label_config, prediction_to_result,
                                 task_to_document)
 from clinie.logs import without_credentials
+from clinie.postgres import is_url
 from clinie.settings import Settings
 from clinie.store import AnnotationStore, ModelRecord, ProjectMismatch, Purged
 from ml_backend.metrics import Metrics
 from ml_backend.serving import Predictor, Serving
 from ml_backend.sync import LabelStudioSync
+from ml_backend.jobs import PublishedMetrics, QueuedJobs
 from ml_backend.training import (NotEnoughAnnotations, Superseded, TrainingWorker, prune_versions, remove_partials,
                                  select_strategy, serve_full_encoder, train_project)
 
@@ -70,26 +72,33 @@ def _schema(label_config: str) -> Schema:
 
 
 class Backend:
-    def __init__(self, settings: Settings, *, start_worker: bool = True) -> None:
+    """``role``: ``web`` answers Label Studio (and, with SQLite, trains in a thread of its own
+    unless ``start_worker`` is false); ``worker`` only trains, for ``clinie worker`` (PostgreSQL)."""
+
+    def __init__(self, settings: Settings, *, start_worker: bool = True, role: str = "web") -> None:
         self.settings = settings
         self.store = AnnotationStore(settings.store_location, keep_history_days=settings.keep_history,
                                      keep_tasks=settings.unannotated_tasks)
-        self.metrics = Metrics()
+        self.metrics = PublishedMetrics(self.store) if role == "worker" else Metrics()
         # annotation webhooks arriving together: one transaction (clinie.group_commit)
         self.commits = GroupCommit(self.store) if settings.webhook_group_commit else None
         self.serving = Serving(settings, self.store, self.metrics)
-        if abandoned := self.store.abandon_running_trainings():
-            log.warning("%d trainings were interrupted by a restart and are marked failed", abandoned)
-        if stale := remove_partials(settings.models_dir):
-            log.warning("removed %d model directories a crash left half-written", len(stale))
+        #: trainings are jobs on the queue in the store's PostgreSQL database, for ``clinie worker``
+        self.queued = is_url(settings.store_location)
+        if not self.queued:  # this process owns the store: what ran in it died with the last one
+            if abandoned := self.store.abandon_running_trainings():
+                log.warning("%d trainings were interrupted by a restart and are marked failed", abandoned)
+            if stale := remove_partials(settings.models_dir):
+                log.warning("removed %d model directories a crash left half-written", len(stale))
         self.sync = LabelStudioSync(self.store, settings.label_studio_url, settings.label_studio_api_key) \
             if settings.label_studio_url else None
         self._stopping = threading.Event()
-        self.worker = TrainingWorker(self.train) if start_worker else None
-        if start_worker:
+        self.jobs: QueuedJobs | TrainingWorker | None = QueuedJobs(self.store) if self.queued \
+            else TrainingWorker(self.train) if start_worker else None
+        if start_worker and role == "web":
             threading.Thread(target=self.serving.warm_up, name="clinie-warm-up", daemon=True).start()
-        if start_worker and self.sync:
-            threading.Thread(target=self._sync_loop, name="clinie-sync", daemon=True).start()
+            if self.sync:
+                threading.Thread(target=self._sync_loop, name="clinie-sync", daemon=True).start()
 
     def close(self) -> None:
         """Stop the re-sync schedule (graceful shutdown; a training in flight is left to finish
@@ -275,10 +284,14 @@ class Backend:
             answer["unusable"] = problem
         if action == "START_TRAINING":
             self.request_training(project)
-        elif changed and self.settings.train_every and \
-                self.store.changes_since_training(project) >= self.settings.train_every:
-            self.request_training(project)
+        elif changed and not (self.queued and action in ANNOTATION_ACTIONS) and \
+                self._training_due(self.store.changes_since_training(project)):
+            self.request_training(project)  # on the queue, an annotation's request is in its own transaction
         return {**answer, "stored": changed}
+
+    def _training_due(self, changes: int) -> bool:
+        """``CLINIE_TRAIN_EVERY`` annotations changed since the last training started."""
+        return bool(self.settings.train_every) and changes >= self.settings.train_every
 
     def _annotation_problem(self, project: str, payload: dict[str, Any]) -> str | None:
         """Why no training can learn from the annotation the event carries (it is stored all the
@@ -336,6 +349,8 @@ class Backend:
                 return False, str(e)
             if config:
                 self.store.set_label_config_in(db, project, config)
+            if changed and self.queued and self._training_due(self.store.changes_since_training_in(db, project)):
+                QueuedJobs.request_in(db, project)  # committed with the annotation, or not at all
             return changed, None
 
         return self._commit(step)
@@ -431,15 +446,12 @@ class Backend:
         then every ``sync_every_minutes`` (0: at start only); train where the changes call for it."""
         while not self._stopping.is_set():
             for project in self.store.projects():
-                if self.resync(project) and self.settings.train_every and \
-                        self.store.changes_since_training(project) >= self.settings.train_every:
+                if self.resync(project) and self._training_due(self.store.changes_since_training(project)):
                     self.request_training(project)
             self._stopping.wait(self.settings.sync_every_minutes * 60 or None)
 
     def request_training(self, project: str) -> bool:
-        if self.worker is None:
-            return False
-        return self.worker.request(project)
+        return self.jobs is not None and self.jobs.request(project)
 
     def train(self, project: str) -> ModelRecord | None:
         """Re-sync, then train now (in the calling thread): the encoder first, which serves as soon
@@ -447,6 +459,8 @@ class Backend:
         given up when a newer training of the project is waiting. None when there is nothing to
         train yet; else the model version as it ends up. Its stage is in /metrics throughout."""
         self.resync(project)
+        if self.queued:  # the queue runs one training of a project at a time: one left running died
+            self.store.abandon_running_trainings(project)
         training_id = self.store.begin_training(project)
         if training_id is None:
             log.info("project %s: a training is already running", project)
@@ -491,7 +505,7 @@ class Backend:
         if self.settings.strategy == "auto" and self.settings.selection_candidates and len(annotations.docs) >= 2:
             try:
                 select_strategy(self.store, self.settings, record, annotations, self.metrics,
-                                superseded=lambda: self.worker is not None and self.worker.is_pending(project),
+                                superseded=lambda: self.jobs is not None and self.jobs.is_pending(project),
                                 llm=lambda: self.serving.llm().llm, states=self.serving.states)
                 self.metrics.observe("selection", time.perf_counter() - started)
             except Superseded as e:
@@ -514,7 +528,9 @@ class Backend:
                 "label_studio": without_credentials(self.settings.label_studio_url) or None}
 
     def metrics_snapshot(self) -> dict[str, Any]:
-        snapshot = self.metrics.snapshot()
+        """This process's figures, and the store's: what every replica shares (with PostgreSQL,
+        the trainings of ``clinie worker`` processes and the queue of training jobs)."""
+        snapshot = self.metrics.snapshot(self.store.progress() if self.queued else [])
         serving = {project: record for project in self.store.projects()
                    if (record := self.store.serving_model(project)) is not None}
         snapshot["store"] = {"annotations": self.store.annotation_counts(),
@@ -525,4 +541,6 @@ class Backend:
                              # what the serving version could not learn from, per project and reason
                              "unusable_annotations": {project: record.info.get("annotations", {}).get("unusable", {})
                                                       for project, record in serving.items()}}
+        if isinstance(self.jobs, QueuedJobs):
+            snapshot["store"]["queue"] = self.jobs.depth()
         return snapshot

@@ -378,7 +378,7 @@ def trained(tmp_path_factory):
     for i, doc in enumerate(docs[:30]):
         assert client.post("/webhook", json=webhook_event(i + 1, i + 1, doc.text, gold_result(doc))).status_code == 200
     assert client.post("/webhook", json={"action": "START_TRAINING", "project": {"id": 1}}).status_code == 200
-    assert backend.worker.wait_idle(timeout=600)
+    assert backend.jobs.wait_idle(timeout=600)
     return settings, backend, client, docs
 
 
@@ -572,7 +572,7 @@ def train_by_webhook(settings: Settings, docs: list, project: int = 1):
         event = webhook_event(i + 1, i + 1, doc.text, gold_result(doc), project=project)
         assert client.post("/webhook", json=event).status_code == 200
     assert client.post("/webhook", json={"action": "START_TRAINING", "project": {"id": project}}).status_code == 200
-    assert backend.worker.wait_idle(timeout=900)
+    assert backend.jobs.wait_idle(timeout=900)
     return backend, client
 
 
@@ -678,7 +678,7 @@ def test_a_student_learns_from_the_projects_predicted_tasks_serves_when_selected
     backend.metrics.training_step = lambda project, done, total: (stages.append((stages[-1][0], done, total))
                                                                   or step(project, done, total))
     assert client.post("/webhook", json={"action": "START_TRAINING", "project": {"id": 1}}).status_code == 200
-    assert backend.worker.wait_idle(timeout=900)
+    assert backend.jobs.wait_idle(timeout=900)
 
     teacher = [(done, total) for name, done, total in stages if name == "teacher"]
     assert teacher[-1][0] == teacher[-1][1] >= len(texts)  # every unannotated sentence read, counted

@@ -169,3 +169,21 @@ def test_compose_runs_label_studio_and_clinie_with_the_settings_each_needs():
     assert "ports" not in clinie, "only Label Studio reaches clinie"
     assert int(clinie["stop_grace_period"].rstrip("s")) > settings.shutdown_grace_seconds, \
         "docker must not kill what the grace lets finish"
+
+
+def test_the_scaled_profile_runs_replicas_and_a_worker_on_one_postgresql_and_one_model_volume():
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    services = compose["services"]
+    dot_env = dict(line.split("=", 1) for line in (ROOT / ".env.example").read_text().splitlines()
+                   if line and not line.startswith("#"))
+    filled = {k: v or "value" for k, v in dot_env.items()}
+    web, worker, postgres = services["clinie-web"], services["clinie-worker"], services["postgres"]
+    assert {s.get("profiles", [None])[0] for s in (web, worker, postgres)} == {"scaled"}
+    assert web["deploy"]["replicas"] == 2 and worker["command"][-1] == "worker"
+    for service in (web, worker):
+        env = {k: substitute(v, filled) for k, v in service["environment"].items()}
+        settings = Settings.load(image_env() | env)
+        assert settings.database_url == f"postgresql://clinie:{filled['CLINIE_DATABASE_PASSWORD']}@postgres/clinie"
+        assert service["volumes"] == services["clinie"]["volumes"], "one model volume for every process"
+    with pytest.raises(AssertionError, match="compose refuses to start without CLINIE_DATABASE_PASSWORD"):
+        substitute(postgres["environment"]["POSTGRES_PASSWORD"], filled | {"CLINIE_DATABASE_PASSWORD": ""})
