@@ -615,7 +615,10 @@ def faults_section(results: Path = RESULTS) -> list[str]:
              "for no answer (the process was killed); *lost*: answered 200 and not in the store after the restart "
              "(must be 0); *purged, back*: project 2's purged annotations, and how many were in the store again "
              "(must be 0). A run with `--code REV` ran the backend and the command line of git revision REV: "
-             "the code before a fix, to show what the bench catches."]
+             "the code before a fix, to show what the bench catches. With `--database postgresql` the store is a "
+             "database of a throwaway PostgreSQL cluster, read with psycopg after the restart (`integrity_check` is "
+             "SQLite's: `ok` there once the table was read whole); no `full-disk` rounds, as a file-size limit on "
+             "the backend does not reach the database server's files."]
     for run in json.loads(path.read_text())["runs"]:
         rows = []
         for n, r in enumerate(run["results"], 1):
