@@ -16,10 +16,10 @@ import argparse
 import json
 import re
 import sys
-from statistics import fmean
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from statistics import fmean
 from typing import Any
 
 from bench.loop import GPT4_ZERO_SHOT
@@ -398,8 +398,7 @@ def goals_table(runs: dict[str, list[dict[str, Any]]], results: Path = RESULTS, 
     relation classifier and its student on DDI (``bench.relations``, the seeds that have a
     student); mean ± sd over the seeds, against GPT-4 (published) and the goal."""
     from bench.loop import GPT4_ONE_SHOT
-    from bench.relations import GOALS as RELATION_GOALS
-    from bench.relations import PUBLISHED, STEPS
+    from bench.relations import GOALS as RELATION_GOALS, PUBLISHED, STEPS
     from bench.student import GOALS
     from clinie.strategies import parse_strategies
 
@@ -650,6 +649,45 @@ def faults_section(results: Path = RESULTS) -> list[str]:
     return lines
 
 
+def scale_section(results: Path = RESULTS) -> list[str]:
+    """Beyond one machine: PostgreSQL, replicas and workers against the embedded default
+    (``python -m bench.scale``)."""
+    path = results / "scale" / "loopback.json"
+    if not path.exists():
+        return []
+    lines = ["", "## Beyond one machine", "",
+             "The embedded default (SQLite, one process) against the store in PostgreSQL with web replicas and "
+             "`clinie worker` processes, all on one machine: replicas and workers share its cores, so the figures say "
+             "what the processes cost and whether anything is lost, not what more machines would add."]
+    for run in json.loads(path.read_text())["runs"]:
+        lines += ["", f"`{run['command']}`: {run['cpus']} CPUs, load average {run['load_average_before'][0]:.2f} "
+                      "before."]
+        if hooks := run.get("webhooks"):
+            kill = hooks["kill"]
+            lines += ["", f"Webhooks, {hooks['rounds']} rounds × {hooks['events']} events from {hooks['senders']} "
+                          "concurrent senders (to two replicas: alternately):", "",
+                      *table(["store", "p50", "p99", "max", "errors"],
+                             [[name, f"{c['p50_ms']} ms", f"{c['p99_ms']} ms", f"{c['max_ms']} ms", str(c["errors"])]
+                              for name, c in hooks["configs"].items()]),
+                      "", f"One of two replicas SIGKILLed mid-flood: {kill['sent']} sent, {kill['acknowledged']} "
+                          f"acknowledged, **{kill['lost']}** of them lost."]
+        if predict := run.get("predict"):
+            rates = {name: r["tasks_per_second"] for name, r in predict.items() if name != "seconds"}
+            lines += ["", f"/predict, requests of 8 tasks from 4 concurrent clients for {predict['seconds']:g} s, "
+                          "the encoder serving: " + ", ".join(f"{name} {rate} tasks/s" for name, rate in rates.items())
+                      + f" (ratio {rates['2 replicas'] / rates['1 replica']:.2f})."]
+        if trainings := run.get("trainings"):
+            makespan, one = trainings["makespan"], trainings["one_project"]
+            thread, worker = one["SQLite, in-process thread"], one["PostgreSQL, clinie worker"]
+            lines += ["", f"Trainings of {trainings['projects']} projects of 20 annotations, *Start training* for all "
+                          f"at once, selection among `{trainings['strategies']}`: every project serving its selected "
+                          f"strategy after {makespan['1 worker']['seconds']:g} s with one worker, "
+                          f"{makespan['2 workers']['seconds']:g} s with two (ratio {trainings['ratio']:.2f}). One "
+                          f"project, *Start training* to its selected strategy serving: {thread:g} s in the embedded "
+                          f"thread, {worker:g} s on a worker ({(worker / thread - 1) * 100:+.0f} %)."]
+    return lines
+
+
 def render_results(results: Path = RESULTS) -> str:
     """The whole of docs/results.md."""
     runs = loop_runs(results)
@@ -679,7 +717,7 @@ def render_results(results: Path = RESULTS) -> str:
                   "", "Counted from these runs:", "", *findings(study)]
     lines += (cold_start_section(results) + first_model_section(results) + active_section(results)
               + student_section(results) + adapt_section(results) + relations_section(results)
-              + webhooks_section(results) + faults_section(results))
+              + webhooks_section(results) + faults_section(results) + scale_section(results))
     return "\n".join(lines) + "\n"
 
 

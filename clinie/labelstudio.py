@@ -40,8 +40,8 @@ import logging
 import math
 import xml.etree.ElementTree as ET
 from bisect import bisect_left, bisect_right
-from dataclasses import replace
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -312,7 +312,7 @@ def annotation_problem(task: dict[str, Any], result: Any, schema: Schema) -> str
         annotation_to_document(task, result, schema)
     except UnusableAnnotation as e:
         return e.reason
-    except Exception:  # a last resort, as where a training reads it (clinie.selection.annotated_documents)
+    except Exception:  # a last resort, as where a training reads it (ml_backend.annotations.annotated_documents)
         return UNREADABLE
     return None
 

@@ -22,8 +22,8 @@ import time
 from typing import Any, Protocol
 
 from clinie.settings import Settings
-from clinie.store import AnnotationStore
 from ml_backend.metrics import Metrics
+from ml_backend.store import AnnotationStore
 
 log = logging.getLogger(__name__)
 

@@ -19,17 +19,17 @@ from typing import Any, TypeVar
 from clinie import __version__
 from clinie.core import Document, Schema
 from clinie.evaluation.calibration import calibrate_documents
-from clinie.group_commit import GroupCommit
 from clinie.labelstudio import (LabelConfigError, annotation_problem, parse_label_config, prediction_to_result,
                                 task_to_document)
 from clinie.logs import without_credentials
-from clinie.postgres import is_url
 from clinie.settings import Settings
-from clinie.store import AnnotationStore, ModelRecord, ProjectMismatch, Purged
-from ml_backend.metrics import Metrics
-from ml_backend.serving import Predictor, Serving
-from ml_backend.sync import LabelStudioSync
+from ml_backend.group_commit import GroupCommit
 from ml_backend.jobs import PublishedMetrics, QueuedJobs
+from ml_backend.metrics import Metrics
+from ml_backend.postgres import is_url
+from ml_backend.serving import Predictor, Serving
+from ml_backend.store import AnnotationStore, ModelRecord, ProjectMismatch, Purged
+from ml_backend.sync import LabelStudioSync
 from ml_backend.training import (NotEnoughAnnotations, Superseded, TrainingWorker, prune_versions, remove_partials,
                                  select_strategy, serve_full_encoder, train_project)
 
@@ -80,7 +80,7 @@ class Backend:
         self.store = AnnotationStore(settings.store_location, keep_history_days=settings.keep_history,
                                      keep_tasks=settings.unannotated_tasks)
         self.metrics = PublishedMetrics(self.store) if role == "worker" else Metrics()
-        # annotation webhooks arriving together: one transaction (clinie.group_commit)
+        # annotation webhooks arriving together: one transaction (ml_backend.group_commit)
         self.commits = GroupCommit(self.store) if settings.webhook_group_commit else None
         self.serving = Serving(settings, self.store, self.metrics)
         #: trainings are jobs on the queue in the store's PostgreSQL database, for ``clinie worker``
@@ -165,7 +165,7 @@ class Backend:
 
     def _keep_tasks(self, project: str, tasks: list[Any]) -> None:
         """Store the data of the tasks about to be predicted: most of a project's text is never
-        annotated, and a student strategy learns from it (``clinie.selection.unannotated_documents``).
+        annotated, and a student strategy learns from it (``ml_backend.annotations.unannotated_documents``).
         Before predicting, so that a batch Label Studio gives up on (or a worker that dies in it)
         still leaves its text. One write for the batch, committed with the webhooks waiting
         (group commit) so as not to queue them on the store's lock; a failure costs the pool those

@@ -26,11 +26,12 @@ from clinie.llm import make_llm
 from clinie.llm.cache import CallCache
 from clinie.llm.hidden import HiddenStates
 from clinie.retrieval import Embedder
-from clinie.selection import annotated_documents, probe_states, span_specs
+from clinie.selection import probe_states, span_specs
 from clinie.settings import Settings
-from clinie.store import AnnotationStore, ModelRecord
 from clinie.strategies import PARTS, LLMAccess, Strategy, assemble, model_version, parse_strategies
+from ml_backend.annotations import annotated_documents
 from ml_backend.metrics import Metrics
+from ml_backend.store import AnnotationStore, ModelRecord
 
 log = logging.getLogger(__name__)
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from clinie.labelstudio import LabelConfigError
-from clinie.store import AnnotationStore, ProjectMismatch, Purged
+from ml_backend.store import AnnotationStore, ProjectMismatch, Purged
 
 log = logging.getLogger(__name__)
 

@@ -31,11 +31,11 @@ from clinie.extractors.encoder import EncoderTagger
 from clinie.extractors.relation_encoder import RELATIONS_DIR, RelationClassifier
 from clinie.llm.base import LLM
 from clinie.llm.hidden import HiddenStates
-from clinie.selection import (Annotations, builder, candidates, project_documents, select, selection_record,
-                              unannotated_documents)
+from clinie.selection import builder, candidates, select, selection_record
 from clinie.settings import Settings
-from clinie.store import AnnotationStore, ModelRecord, project_models_dir
 from clinie.strategies import PARTS
+from ml_backend.annotations import Annotations, project_documents, unannotated_documents
+from ml_backend.store import AnnotationStore, ModelRecord, project_models_dir
 
 log = logging.getLogger(__name__)
 

@@ -19,11 +19,11 @@ from clinie.core import read_documents
 from clinie.labelstudio import document_to_result, parse_label_config
 from clinie.llm.hidden import HiddenStates
 from clinie.settings import Settings
-from clinie.store import ModelRecord
 from ml_backend.app import create_app
 from ml_backend.metrics import Metrics
 from ml_backend.service import Backend
 from ml_backend.serving import NO_MODEL_VERSION
+from ml_backend.store import ModelRecord
 from ml_backend.training import Superseded, select_strategy, train_project
 from tests.support import DATA
 from tests.support.helpers import assert_regions_match_tasks, assert_spans_match_text, webhook_event

@@ -153,7 +153,7 @@ def test_evaluate_writes_a_report_of_what_it_printed(files, capsys, tmp_path):
 @pytest.mark.slow
 def test_report_of_a_project_from_the_backends_store(tmp_path, monkeypatch, capsys):
     from clinie.labelstudio import document_to_result, parse_label_config
-    from clinie.store import AnnotationStore
+    from ml_backend.store import AnnotationStore
 
     config = (Path(__file__).resolve().parents[1] / "label_configs" / "disease_ner.xml").read_text()
     control = parse_label_config(config).span_controls[0]
@@ -179,7 +179,7 @@ def test_report_of_a_project_from_the_backends_store(tmp_path, monkeypatch, caps
 
 def test_purge_removes_a_projects_notes_and_model_versions(tmp_path, capsys):
     from clinie.llm.cache import CallCache
-    from clinie.store import AnnotationStore
+    from ml_backend.store import AnnotationStore
 
     data = tmp_path / "data"
     store = AnnotationStore(data / "clinie.sqlite3")

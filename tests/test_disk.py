@@ -15,10 +15,10 @@ from clinie.core import read_documents
 from clinie.labelstudio import document_to_result, parse_label_config
 from clinie.llm.cache import CallCache
 from clinie.settings import Settings
-from clinie.store import AnnotationStore, ModelRecord, project_models_dir
 from ml_backend import training
 from ml_backend.app import create_app
 from ml_backend.service import Backend
+from ml_backend.store import AnnotationStore, ModelRecord, project_models_dir
 from ml_backend.training import serve_full_encoder, train_project
 from tests.support import DATA
 from tests.support.helpers import DISEASE_CONFIG, assert_regions_match_tasks, webhook_event

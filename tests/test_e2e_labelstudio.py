@@ -21,8 +21,8 @@ from label_studio_sdk.client import LabelStudio
 from clinie.cli import main
 from clinie.core import read_documents, write_documents
 from clinie.labelstudio import document_to_result, parse_label_config
-from clinie.selection import project_documents
-from clinie.store import AnnotationStore
+from ml_backend.annotations import project_documents
+from ml_backend.store import AnnotationStore
 from tests.support import DATA
 from tests.support.backend_server import BackendServer
 

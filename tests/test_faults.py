@@ -18,8 +18,8 @@ import pytest
 import requests
 
 from clinie.core import read_documents
-from clinie.store import AnnotationStore
 from clinie.labelstudio import document_to_result, parse_label_config
+from ml_backend.store import AnnotationStore
 from tests.support import DATA
 from tests.support.backend_server import BackendServer
 from tests.support.helpers import DISEASE_CONFIG, webhook_event

@@ -1,4 +1,4 @@
-"""Group commit (clinie.group_commit) on a real SQLite file: concurrent webhooks are committed
+"""Group commit (ml_backend.group_commit) on a real SQLite file: concurrent webhooks are committed
 together, each answered only once committed, and one that fails sinks none of the others."""
 
 from __future__ import annotations
@@ -12,15 +12,15 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 
-import pytest
 import hypothesis
+import pytest
 from hypothesis import HealthCheck, given, strategies as st
 
-from clinie.group_commit import GroupCommit
 from clinie.settings import Settings
-from clinie.store import AnnotationStore
 from ml_backend.app import create_app
+from ml_backend.group_commit import GroupCommit
 from ml_backend.service import Backend
+from ml_backend.store import AnnotationStore
 from tests.support import ROOT
 from tests.support.helpers import webhook_event
 
@@ -286,8 +286,8 @@ def test_concurrent_events_beside_a_failing_one_are_answered_their_own_outcome(t
 
 FULL_DISK_WRITER = """
 import json, os, resource, sys, threading
-from clinie.group_commit import GroupCommit
-from clinie.store import AnnotationStore
+from ml_backend.group_commit import GroupCommit
+from ml_backend.store import AnnotationStore
 store = AnnotationStore(sys.argv[1])
 store.record_annotation("1", {"id": 1, "result": []}, {"id": 1, "data": {"text": "first"}})
 resource.setrlimit(resource.RLIMIT_FSIZE, (int(sys.argv[2]), int(sys.argv[2])))  # the disk fills up from here

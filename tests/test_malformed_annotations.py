@@ -10,11 +10,11 @@ from typing import Any
 import pytest
 
 from clinie.labelstudio import UnusableAnnotation, annotation_problem, annotation_to_document, parse_label_config
-from clinie.selection import annotated_documents
 from clinie.settings import Settings
-from clinie.store import AnnotationStore
+from ml_backend.annotations import annotated_documents
 from ml_backend.app import create_app
 from ml_backend.service import Backend
+from ml_backend.store import AnnotationStore
 from tests.support.helpers import DISEASE_CONFIG, webhook_event
 
 SCHEMA = parse_label_config(DISEASE_CONFIG)
@@ -90,14 +90,14 @@ def test_a_project_with_one_hostile_annotation_among_good_ones_still_trains(tmp_
 
 def test_an_annotation_that_raises_anything_else_is_skipped_and_counted_never_a_failed_training(
         tmp_path, monkeypatch, caplog):
-    import clinie.selection
+    import ml_backend.annotations
 
     def reading(task: dict, result: Any, schema: Any):
         if task["id"] == 2:
             raise RuntimeError(f"a bug quoting the note: {TEXT}")
         return annotation_to_document(task, result, schema)
 
-    monkeypatch.setattr(clinie.selection, "annotation_to_document", reading)
+    monkeypatch.setattr(ml_backend.annotations, "annotation_to_document", reading)
     read = annotated_documents(store_with(tmp_path, [region()]), "1", SCHEMA)
     assert [d.id for d in read.docs] == ["1", "3"] and read.unusable == {"unreadable annotation": 1}
     assert TEXT not in caplog.text and "RuntimeError" in caplog.text

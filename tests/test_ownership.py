@@ -12,9 +12,9 @@ import pytest
 
 from clinie.cli import main
 from clinie.settings import Settings
-from clinie.store import AnnotationStore
 from ml_backend.app import create_app
 from ml_backend.service import Backend
+from ml_backend.store import AnnotationStore
 from tests.support.helpers import DISEASE_CONFIG, webhook_event
 
 

@@ -14,8 +14,8 @@ from clinie.cli import main
 from clinie.core import read_documents, write_documents
 from clinie.llm.cache import CallCache
 from clinie.settings import Settings
-from clinie.store import AnnotationStore
 from ml_backend.app import create_app
+from ml_backend.store import AnnotationStore
 from tests.support import DATA
 from tests.support.helpers import DISEASE_CONFIG, webhook_event
 

@@ -5,11 +5,7 @@ training's progress and the queue."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pytest
 import requests
@@ -17,7 +13,7 @@ import requests
 from clinie.core import read_documents
 from clinie.labelstudio import document_to_result, parse_label_config
 from tests.support import DATA
-from tests.support.backend_server import BackendServer
+from tests.support.backend_server import BackendServer, WorkerProcess
 from tests.support.helpers import DISEASE_CONFIG, webhook_event
 
 DOCS = list(read_documents(DATA / "ncbi_disease" / "fewshot" / "gutierrez_train100_seed42.jsonl"))[:21]
@@ -25,22 +21,6 @@ CONTROL = parse_label_config(DISEASE_CONFIG).span_controls[0]
 #: The encoder alone, a few epochs: long enough to be killed in the middle of.
 SETTINGS = {"CLINIE_TRAIN_EVERY": "0", "CLINIE_MIN_ANNOTATIONS": "5", "CLINIE_SELECT_STRATEGIES": "",
             "CLINIE_STRATEGY": "encoder", "CLINIE_ENCODER_EPOCHS": "3", "CLINIE_FIRST_MODEL_STEPS": "0"}
-
-
-class Worker:
-    """``clinie worker`` as a process of its own."""
-
-    def __init__(self, data_dir: Path, settings: dict[str, str], name: str) -> None:
-        self._log = open(data_dir.parent / f"{name}.log", "wb")
-        self.process = subprocess.Popen([sys.executable, "-m", "clinie.cli", "worker"], stdout=self._log,
-                                        stderr=subprocess.STDOUT,
-                                        env={**os.environ, "CLINIE_DATA_DIR": str(data_dir), **settings})
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            self.process.wait(120)
-        self._log.close()
 
 
 def wait_for(condition, timeout: float, what: str):
@@ -71,20 +51,13 @@ def test_a_worker_killed_mid_training_leaves_the_job_to_another_and_both_replica
             return requests.get(replica.url + "/metrics?format=json", timeout=10).json()
 
         assert metrics(two)["store"]["queue"] == {"todo": 1}
-        first = Worker(data_dir, settings, "worker-1")
-        try:
+        with WorkerProcess(data_dir, tmp_path / "worker-1.log", **settings) as first:
             training = wait_for(lambda: metrics(two)["trainings_in_flight"], 300, "training in flight")
             assert training[0]["project"] == "1" and metrics(one)["store"]["queue"] == {"doing": 1}
-            first.process.kill()  # SIGKILL, mid-training
-            first.process.wait()
-            second = Worker(data_dir, settings, "worker-2")
-            try:
-                versions = wait_for(lambda: requests.get(one.url + "/versions", timeout=10).json()["versions"], 600,
-                                    "model version")
-            finally:
-                second.stop()
-        finally:
-            first.stop()
+            first.kill()  # SIGKILL, mid-training
+        with WorkerProcess(data_dir, tmp_path / "worker-2.log", **settings):
+            versions = wait_for(lambda: requests.get(one.url + "/versions", timeout=10).json()["versions"], 600,
+                                "model version")
         task = {"tasks": [{"id": 999, "data": {"text": DOCS[20].text}}], "project": "1", "label_config": DISEASE_CONFIG}
         answers = [requests.post(r.url + "/predict", json=task, timeout=120).json() for r in replicas]
         assert answers[0] == answers[1] and answers[0]["model_version"] == versions[0]

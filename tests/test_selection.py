@@ -3,8 +3,8 @@
 from pathlib import Path
 
 from clinie.labelstudio import parse_label_config
-from clinie.selection import project_documents, unannotated_documents
-from clinie.store import AnnotationStore
+from ml_backend.annotations import project_documents, unannotated_documents
+from ml_backend.store import AnnotationStore
 
 CONFIG = ('<View><Labels name="label" toName="text"><Label value="Disease"/></Labels>'
           '<Relations><Relation value="causes"/></Relations><Text name="text" value="$text"/></View>')

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from clinie.llm.cache import CallCache
-from clinie.store import AnnotationStore
+from ml_backend.store import AnnotationStore
 from tests.support.helpers import DISEASE_CONFIG
 
 

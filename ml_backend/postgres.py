@@ -3,7 +3,7 @@
 parameters, rows read by index or by column name, ``in_transaction``, ``executescript``.
 
 One SQL text serves both databases (the store keeps to what both understand: ``ON CONFLICT``,
-``IS DISTINCT FROM``, ``RETURNING``, savepoints); what differs lives in ``clinie.store``'s two
+``IS DISTINCT FROM``, ``RETURNING``, savepoints); what differs lives in ``ml_backend.store``'s two
 engines, not in the queries. Connections are in autocommit mode, as the store's SQLite ones are:
 a write transaction is an explicit ``BEGIN`` (the store's ``_write``).
 

@@ -11,7 +11,7 @@ only once its step is committed — an answer still means the event is durably s
 event waits for no batch: the writer commits whatever is waiting as soon as it is free.
 
 Example:
-    >>> from clinie.store import AnnotationStore
+    >>> from ml_backend.store import AnnotationStore
     >>> commits = GroupCommit(AnnotationStore(":memory:"))
     >>> commits.run(lambda db: db.execute("SELECT 41 + 1").fetchone()[0])
     42
@@ -25,7 +25,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from clinie.store import AnnotationStore, Outcome
+from ml_backend.store import AnnotationStore, Outcome
 
 #: The most steps one transaction holds: a commit still comes every few milliseconds in a flood.
 MAX_BATCH = 128
