@@ -16,6 +16,7 @@ Two implementations of one small interface (``request``, ``is_pending``), chosen
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -77,6 +78,7 @@ class PublishedMetrics(Metrics):
 
 
 def training_lock(project: str) -> str:
+    """The Procrastinate lock and queueing lock of a project's trainings."""
     return f"train-{project}"
 
 
@@ -98,8 +100,8 @@ class QueuedJobs:
         return db.execute(
             "INSERT INTO procrastinate_jobs (queue_name, task_name, lock, queueing_lock, args) "
             "VALUES (?, ?, ?, ?, CAST(? AS jsonb)) ON CONFLICT (queueing_lock) WHERE status = 'todo' DO NOTHING",
-            (QUEUE, TASK, training_lock(project), training_lock(project),
-             '{"project": "%s"}' % project)).rowcount == 1
+            (QUEUE, TASK, training_lock(project), training_lock(project), json.dumps({"project": project}))
+        ).rowcount == 1
 
     def is_pending(self, project: str) -> bool:
         return bool(self._store._read("SELECT 1 FROM procrastinate_jobs WHERE queueing_lock = ? AND status = 'todo'",

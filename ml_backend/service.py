@@ -24,7 +24,7 @@ from clinie.labelstudio import (LabelConfigError, annotation_problem, parse_labe
 from clinie.logs import without_credentials
 from clinie.settings import Settings
 from ml_backend.group_commit import GroupCommit
-from ml_backend.jobs import PublishedMetrics, QueuedJobs
+from ml_backend.jobs import Jobs, PublishedMetrics, QueuedJobs
 from ml_backend.metrics import Metrics
 from ml_backend.postgres import is_url
 from ml_backend.serving import Predictor, Serving
@@ -93,7 +93,7 @@ class Backend:
         self.sync = LabelStudioSync(self.store, settings.label_studio_url, settings.label_studio_api_key) \
             if settings.label_studio_url else None
         self._stopping = threading.Event()
-        self.jobs: QueuedJobs | TrainingWorker | None = QueuedJobs(self.store) if self.queued \
+        self.jobs: Jobs | None = QueuedJobs(self.store) if self.queued \
             else TrainingWorker(self.train) if start_worker else None
         if start_worker and role == "web":
             threading.Thread(target=self.serving.warm_up, name="clinie-warm-up", daemon=True).start()

@@ -60,6 +60,10 @@ from ml_backend import postgres
 Connection = sqlite3.Connection | postgres.Connection
 
 _SCHEMA = """
+CREATE TABLE IF NOT EXISTS schema_version (
+    version INTEGER PRIMARY KEY,
+    applied_at TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS projects (
     project TEXT PRIMARY KEY,
     label_config TEXT,
@@ -264,15 +268,22 @@ class AnnotationStore:
         return self._path
 
     def _migrate(self) -> None:
-        """Bring a store written by an earlier clinie up to this schema: the column that orders
-        events, and annotations it only marked deleted purged to tombstones."""
-        with self._write() as db:
-            self._engine.add_column(db, "annotations", "source_updated_at TEXT")
-            marked = db.execute("SELECT project, annotation_id FROM annotations WHERE state = 'deleted'").fetchall()
-            for r in marked:
-                self._purge_rows(db, r["project"], [r["annotation_id"]], ())
-        if marked:
-            self._shrink()
+        """Bring a store written by an earlier clinie forward to this schema: the migrations
+        (``MIGRATIONS``) its ``schema_version`` has not seen, in order, each in one transaction
+        with the version it reaches, so that processes starting together apply each once. A store
+        newer than this clinie is refused: its schema may mean what this code does not know."""
+        for version, migration in enumerate(MIGRATIONS, start=1):
+            with self._write() as db:
+                current = db.execute("SELECT MAX(version) FROM schema_version").fetchone()[0] or 0
+                if current > len(MIGRATIONS):
+                    raise RuntimeError(f"the store's schema is version {current}, newer than this clinie's "
+                                       f"({len(MIGRATIONS)}): upgrade clinie")
+                if current >= version:
+                    continue
+                shrink = migration(self, db)
+                db.execute("INSERT INTO schema_version VALUES (?, ?)", (version, _now()))
+            if shrink:
+                self._shrink()
 
     def _db(self) -> Any:
         if self._shared is not None:
@@ -783,6 +794,27 @@ class AnnotationStore:
                               "ORDER BY created_at DESC, version DESC LIMIT ?)", (project, project, project, keep)).fetchall()
             db.executemany("DELETE FROM models WHERE version = ?", [(r["version"],) for r in rows])
         return [_model(r) for r in rows]
+
+
+def _ordering_column(store: AnnotationStore, db: Connection) -> bool:
+    """1: the column that orders events by Label Studio's ``updated_at``."""
+    store._engine.add_column(db, "annotations", "source_updated_at TEXT")
+    return False
+
+
+def _purge_marked_deletions(store: AnnotationStore, db: Connection) -> bool:
+    """2: annotations an earlier clinie only marked deleted, purged to tombstones (their text goes
+    from the files too: True, shrink)."""
+    marked = db.execute("SELECT project, annotation_id FROM annotations WHERE state = 'deleted'").fetchall()
+    for r in marked:
+        store._purge_rows(db, r["project"], [r["annotation_id"]], ())
+    return bool(marked)
+
+
+#: The schema's migrations, in order: ``schema_version`` holds how many a store has had. Plain
+#: functions of one connection, in the store's transactions: the same on SQLite and PostgreSQL,
+#: with nothing (Alembic, SQLAlchemy) between the store's SQL and the two engines.
+MIGRATIONS: list[Callable[[AnnotationStore, Connection], bool]] = [_ordering_column, _purge_marked_deletions]
 
 
 def _owner(db: Any, kind: str, id_: int) -> str | None:

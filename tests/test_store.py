@@ -382,3 +382,17 @@ def test_a_purge_a_reader_keeps_in_the_wal_says_so(tmp_path, monkeypatch):
     reader.execute("COMMIT")
     assert not store.purge("1", annotations=[2]).left_in_wal
     assert_absent(tmp_path, b"ZEBRA-READ")
+
+
+def test_the_schema_migrates_forward_once_and_a_newer_one_is_refused(store_location):
+    from ml_backend.store import MIGRATIONS
+
+    store = AnnotationStore(store_location)
+    assert rows(store, "SELECT version FROM schema_version ORDER BY version") == [(n,) for n in
+                                                                                  range(1, len(MIGRATIONS) + 1)]
+    AnnotationStore(store_location)  # opened again: nothing applied twice
+    assert len(rows(store, "SELECT version FROM schema_version")) == len(MIGRATIONS)
+    with store._write() as db:  # as a later clinie would leave it
+        db.execute("INSERT INTO schema_version VALUES (?, 't')", (len(MIGRATIONS) + 1,))
+    with pytest.raises(RuntimeError, match="newer than this clinie"):
+        AnnotationStore(store_location)
