@@ -12,7 +12,8 @@ Parts (``--parts``, each on fresh stores; PostgreSQL is a throwaway cluster of D
   concurrent clients for ``--predict-seconds``, to one replica and to two: tasks per second.
 - ``trainings``: ``--projects`` projects of 20 annotations each (NCBI-disease's few-shot file),
   *Start training* for all at once, selection on (``--strategies``): seconds until every project
-  serves its selected strategy, with one worker and with two (the makespan ratio); and seconds
+  serves its selected strategy, with one worker and with two, each given its share of the cores
+  (``OMP_NUM_THREADS``; the makespan ratio); and seconds
   from *Start training* to the selected strategy serving for one project, the embedded thread
   (SQLite) against a worker on PostgreSQL.
 
@@ -225,9 +226,12 @@ def trainings_part(postgres: PostgresServer, tmp: Path, projects: int, strategie
         data_dir = tmp / f"trainings{workers}"
         with BackendServer(data_dir, **settings, CLINIE_DATABASE_URL=url) as web, ExitStack() as stack:
             started = start_trainings(web.url, list(range(1, projects + 1)))
+            # each worker its share of the cores: two torch processes each spinning on all of them
+            # slow each other many-fold (two selections at once took over 18 min where one alone took 3.5)
+            threads = str(max(1, (os.cpu_count() or 1) // workers))
             for w in range(workers):
                 stack.enter_context(WorkerProcess(data_dir, tmp / f"trainings{workers}-{w}.log", **settings,
-                                                  CLINIE_DATABASE_URL=url))
+                                                  CLINIE_DATABASE_URL=url, OMP_NUM_THREADS=threads))
             at = until_selected(url, names, started)
         makespan[f"{workers} worker{'s' * (workers > 1)}"] = {"seconds": max(at.values()), "per_project": at}
     one = {}
