@@ -351,7 +351,8 @@ def main() -> None:
     failed = failures(rounds, hostile_round)
     run = {"seed": args.seed, "rounds": args.rounds, "kinds": kinds, "database": args.database, "code": args.code,
            "senders": args.senders, "cpus": os.cpu_count(), "load_average_before": [round(x, 2) for x in load_before],
-           "results": rounds, "totals": totals(rounds), "hostile": hostile_round, "failures": failed, "command": command}
+           "results": rounds, "totals": totals(rounds), "hostile": hostile_round, "failures": failed,
+           "command": command}
     kept = json.loads(out.read_text())["runs"] if out.exists() else []
     args.out.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"runs": sorted([r for r in kept if key(r) != key(run)] + [run], key=key)},

@@ -267,7 +267,8 @@ def main() -> None:
             run["webhooks"].update(rounds=args.rounds, events=args.events, senders=SENDERS)
             print(json.dumps(run["webhooks"]), flush=True)
         if "predict" in parts:
-            run["predict"] = {"seconds": args.predict_seconds, **predict_part(postgres, Path(tmp), args.predict_seconds)}
+            rates = predict_part(postgres, Path(tmp), args.predict_seconds)
+            run["predict"] = {"seconds": args.predict_seconds, **rates}
             print(json.dumps(run["predict"]), flush=True)
         if "trainings" in parts:
             run["trainings"] = trainings_part(postgres, Path(tmp), args.projects, args.strategies)
