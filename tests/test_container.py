@@ -187,3 +187,11 @@ def test_the_scaled_profile_runs_replicas_and_a_worker_on_one_postgresql_and_one
         assert service["volumes"] == services["clinie"]["volumes"], "one model volume for every process"
     with pytest.raises(AssertionError, match="compose refuses to start without CLINIE_DATABASE_PASSWORD"):
         substitute(postgres["environment"]["POSTGRES_PASSWORD"], filled | {"CLINIE_DATABASE_PASSWORD": ""})
+
+
+def test_both_stages_take_their_base_from_one_build_argument():
+    """No registry is reachable from every machine that builds the image: its base is a build
+    argument (a Debian image made with debootstrap where python:3.11-slim cannot be pulled)."""
+    [(_, default)] = [(op, args) for op, args in DOCKERFILE if op == "ARG" and args.startswith("BASE_IMAGE=")]
+    assert default == "BASE_IMAGE=python:3.11-slim"
+    assert [args.split()[0] for op, args in DOCKERFILE if op == "FROM"] == ["${BASE_IMAGE}", "${BASE_IMAGE}"]
