@@ -561,10 +561,16 @@ def relations_section(results: Path = RESULTS) -> list[str]:
     return lines
 
 
+def loopback_runs(results: Path, bench: str) -> list[dict[str, Any]]:
+    """The runs of a bench on loopback (``bench/results/<bench>/loopback.json``); none if it never ran."""
+    path = results / bench / "loopback.json"
+    return json.loads(path.read_text())["runs"] if path.exists() else []
+
+
 def webhooks_section(results: Path = RESULTS) -> list[str]:
     """Webhook latency under concurrent annotators (``python -m bench.webhooks``)."""
-    path = results / "webhooks" / "loopback.json"
-    if not path.exists():
+    runs = loopback_runs(results, "webhooks")
+    if not runs:
         return []
     lines = ["", "## Webhooks under concurrent annotators", "",
              "`ANNOTATION_CREATED` events from concurrent senders to a `clinie serve` on loopback, one per "
@@ -574,7 +580,7 @@ def webhooks_section(results: Path = RESULTS) -> list[str]:
              "(`CLINIE_WEBHOOK_GROUP_COMMIT=0`); `group`: events arriving together committed at once; `@ REV`: the "
              "same, on the code of git revision REV (`--before REV`: a change measured against its base). Label "
              "Studio gives up on a webhook after 1.0 s."]
-    for run in json.loads(path.read_text())["runs"]:
+    for run in runs:
         rows = [[name, *(f"{s[k]} ms" for k in ("mean_ms", "p50_ms", "p95_ms", "p99_ms", "max_ms")),
                  str(s["over_1s"]), str(s["errors"]), "yes" if s["all_stored"] else "no"]
                 for name, s in run["configs"].items()]
@@ -601,8 +607,8 @@ def fault(round_: dict[str, Any]) -> str:
 
 def faults_section(results: Path = RESULTS) -> list[str]:
     """Nothing acknowledged is lost, under faults (``python -m bench.faults``)."""
-    path = results / "faults" / "loopback.json"
-    if not path.exists():
+    runs = loopback_runs(results, "faults")
+    if not runs:
         return []
     lines = ["", "## Faults: nothing acknowledged is lost", "",
              "Each round floods a `clinie serve` on loopback (fresh store, nothing but the store at work) with "
@@ -618,7 +624,7 @@ def faults_section(results: Path = RESULTS) -> list[str]:
              "database of a throwaway PostgreSQL cluster, read with psycopg after the restart (`integrity_check` is "
              "SQLite's: `ok` there once the table was read whole); no `full-disk` rounds, as a file-size limit on "
              "the backend does not reach the database server's files."]
-    for run in json.loads(path.read_text())["runs"]:
+    for run in runs:
         rows = []
         for n, r in enumerate(run["results"], 1):
             answers = ", ".join(f"{code} ×{k}" for code, k in r["answers"].items())
@@ -652,14 +658,14 @@ def faults_section(results: Path = RESULTS) -> list[str]:
 def scale_section(results: Path = RESULTS) -> list[str]:
     """Beyond one machine: PostgreSQL, replicas and workers against the embedded default
     (``python -m bench.scale``)."""
-    path = results / "scale" / "loopback.json"
-    if not path.exists():
+    runs = loopback_runs(results, "scale")
+    if not runs:
         return []
     lines = ["", "## Beyond one machine", "",
              "The embedded default (SQLite, one process) against the store in PostgreSQL with web replicas and "
              "`clinie worker` processes, all on one machine: replicas and workers share its cores, so the figures say "
              "what the processes cost and whether anything is lost, not what more machines would add."]
-    for run in json.loads(path.read_text())["runs"]:
+    for run in runs:
         lines += ["", f"`{run['command']}`: {run['cpus']} CPUs, load average {run['load_average_before'][0]:.2f} "
                       "before."]
         if hooks := run.get("webhooks"):

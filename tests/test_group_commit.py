@@ -56,6 +56,12 @@ class Gate:
 
         monkeypatch.setattr(store, "write_together", recording)
 
+    @staticmethod
+    def until_queued(commits: GroupCommit, n: int) -> None:
+        """Until ``n`` steps wait behind the gate, for the writer's next transaction."""
+        while commits._queue.qsize() < n:
+            threading.Event().wait(0.01)
+
     def step(self, db: sqlite3.Connection) -> str:
         self.entered.set()
         assert self.release.wait(30)
@@ -71,8 +77,7 @@ def test_steps_waiting_together_are_committed_in_one_transaction_and_answered_on
         held = pool.submit(commits.run, gate.step)
         assert gate.entered.wait(30)
         waiting = [pool.submit(commits.run, annotation_step(store, i)) for i in range(1, 21)]
-        while commits._queue.qsize() < 20:  # all of them queued behind the gate
-            threading.Event().wait(0.01)
+        gate.until_queued(commits, 20)  # all of them queued behind the gate
         assert not any(f.done() for f in waiting) and stored_ids(store._path) == set()
         gate.release.set()
         assert held.result(30) == "gate" and [f.result(30) for f in waiting] == [True] * 20
@@ -96,8 +101,7 @@ def test_a_failing_step_is_undone_alone_and_its_error_goes_to_its_caller(tmp_pat
         good = [pool.submit(commits.run, annotation_step(store, i)) for i in range(1, 6)]
         bad = pool.submit(commits.run, half_written_then_fails)
         good += [pool.submit(commits.run, annotation_step(store, i)) for i in range(6, 11)]
-        while commits._queue.qsize() < 11:
-            threading.Event().wait(0.01)
+        gate.until_queued(commits, 11)
         gate.release.set()
         with pytest.raises(KeyError, match="a bad event"):
             bad.result(30)
@@ -168,8 +172,7 @@ def test_a_failing_event_among_concurrent_ones_gets_its_error_and_the_others_are
         pool.submit(backend.commits.run, gate.step)
         assert gate.entered.wait(30)
         answers = [pool.submit(client.post, "/webhook", json=e) for e in events]
-        while backend.commits._queue.qsize() < 30:
-            threading.Event().wait(0.01)
+        gate.until_queued(backend.commits, 30)
         gate.release.set()
         codes = {e["annotation"]["id"]: a.result(30).status_code for e, a in zip(events, answers)}
     assert gate.batches == [1, 30]
@@ -274,8 +277,7 @@ def test_concurrent_events_beside_a_failing_one_are_answered_their_own_outcome(t
         assert gate.entered.wait(30)
         futures = {i: pool.submit(commits.run, faulty_step(store, i, failure if i == 7 else None))
                    for i in range(1, 21)}
-        while commits._queue.qsize() < 20:
-            threading.Event().wait(0.01)
+        gate.until_queued(commits, 20)
         gate.release.set()
         answered = {i: f.exception(30) is None for i, f in futures.items()}
         assert {i: f.result(30) for i, f in futures.items() if answered[i]} == {i: i for i in answered if answered[i]}
@@ -340,8 +342,7 @@ def test_a_writer_that_dies_answers_every_waiting_event_and_later_ones_commit_al
         waiting = [pool.submit(commits.run, annotation_step(store, i)) for i in range(1, 6)]
         waiting.append(pool.submit(commits.run, kills_the_writer))
         waiting += [pool.submit(commits.run, annotation_step(store, i)) for i in range(6, 11)]
-        while commits._queue.qsize() < 11:
-            threading.Event().wait(0.01)
+        gate.until_queued(commits, 11)
         gate.release.set()
         for future in waiting:  # every one answered (none hangs), none as stored
             assert isinstance(future.exception(30), RuntimeError)
@@ -359,8 +360,7 @@ def test_closing_with_events_queued_commits_them_all_before_the_writer_stops(tmp
         pool.submit(commits.run, gate.step)
         assert gate.entered.wait(30)
         waiting = [pool.submit(commits.run, annotation_step(store, i)) for i in range(1, 21)]
-        while commits._queue.qsize() < 20:
-            threading.Event().wait(0.01)
+        gate.until_queued(commits, 20)
         closing = pool.submit(commits.close)
         gate.release.set()
         assert [f.result(30) for f in waiting] == [True] * 20
