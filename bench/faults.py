@@ -11,7 +11,9 @@ read directly, with no backend beside the reader (a reader beside a live backend
 the faults measured). The round kinds:
 
 - ``full-disk``: the backend runs under a file-size limit (``RLIMIT_FSIZE``, 3 MB; SQLite then
-  fails as on a full disk), 60 events of about 100 KB of note text each;
+  fails as on a full disk), 60 events of about 100 KB of note text each. On PostgreSQL the disk is
+  a real one: the round's own cluster on a filesystem of its own left a few MB free (see
+  ``full_postgres_disk``), 100 events of 100 KB of letters PostgreSQL cannot compress;
 - ``sigkill``: 300 small events, SIGKILL once a number of them drawn from the seed were
   acknowledged;
 - ``second-process``: projects 2 and 3 get a few annotations, then events for project 1 flow
@@ -21,9 +23,10 @@ the faults measured). The round kinds:
   events once both have ended, then SIGKILL. Project 2's annotations must not come back.
 
 Recorded per round: events sent, their answers, acknowledged (200), found after the restart,
-**lost** (acknowledged, not found: must be 0), ``PRAGMA integrity_check`` (must be ``ok``), the
-moment of the kill, and for ``second-process`` the exit codes of purge and report and the purged
-annotations found again (must be 0). Then one hostile-input round: ``--hostile`` malformed
+**lost** (acknowledged, not found: must be 0), ``PRAGMA integrity_check`` (PostgreSQL: amcheck;
+must be ``ok``), the moment of the kill, for ``second-process`` the exit codes of purge and report
+and the purged annotations found again (must be 0), and for ``full-disk`` that the disk did fill
+(some event answered otherwise than 200). Then one hostile-input round: ``--hostile`` malformed
 requests (``tests.support.hostile``) to a live backend; none may be answered 5xx or go unanswered.
 The bench exits 1 when any of these fails.
 
@@ -42,9 +45,13 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import math
 import os
 import random
+import re
+import shutil
 import sqlite3
+import string
 import subprocess
 import sys
 import tempfile
@@ -70,6 +77,8 @@ ENV = {"CLINIE_TRAIN_EVERY": "0", "CLINIE_STRATEGY": "encoder", "CLINIE_SELECT_S
        "CLINIE_LOG_LEVEL": "WARNING"}
 #: How a full disk looks to SQLite: a write past this many bytes of any file fails (EFBIG).
 FILE_SIZE_LIMIT = 3_000_000
+#: PostgreSQL's full disk: its filesystem's size before the round shrinks it, and once the operator freed space.
+DISK_MB = 128
 #: Project 2's and 3's annotation ids start here (project 1's at 1), so that none collide.
 PROJECT_IDS = {2: 200_001, 3: 300_001}
 NOTE = "Patient admitted with fever, productive cough and pleuritic chest pain; chest X-ray shows a right lower " \
@@ -137,6 +146,16 @@ class Flood:
         return self.join()
 
 
+def noise(rng: random.Random, chars: int) -> str:
+    """Letters and spaces at random: a note that PostgreSQL cannot compress (it compresses long
+    values, ``note``'s repetitions to almost nothing), so that 100 KB of it take 100 KB of disk.
+
+    >>> len(noise(random.Random(0), 50)), set(noise(random.Random(0), 500)) <= set(string.ascii_lowercase + " ")
+    (50, True)
+    """
+    return "".join(rng.choices(string.ascii_lowercase + " ", k=chars))
+
+
 def events(project: int, texts: Iterable[str]) -> Iterator[dict]:
     """One new annotation per text, ids from the project's range."""
     first = PROJECT_IDS.get(project, 1)
@@ -164,7 +183,8 @@ def restart_and_read(data_dir: Path) -> dict:
     """Start the backend again on ``data_dir`` (what a user does after a crash; the store recovers
     its write-ahead log), stop it cleanly, then read the store alone: the annotations found, per
     id their project, and ``PRAGMA integrity_check`` (SQLite; PostgreSQL checks its pages as it
-    reads them, ``amcheck`` aside: "ok" once the table was read)."""
+    reads them as far as a query does: ``amcheck`` checks every page of the store's tables, their
+    TOAST included, and its B-tree indexes against the rows, "ok" when it found nothing)."""
     try:
         with BackendServer(data_dir, **settings(data_dir)):
             restarted = "yes"
@@ -175,7 +195,18 @@ def restart_and_read(data_dir: Path) -> dict:
 
         with psycopg.connect(settings(data_dir)["CLINIE_DATABASE_URL"]) as db:
             found = dict(db.execute("SELECT annotation_id, CAST(project AS INTEGER) FROM annotations").fetchall())
-        return {"restarted": restarted, "integrity": "ok", "found": found}
+            db.execute("CREATE EXTENSION IF NOT EXISTS amcheck")
+            mine = "c.relnamespace = 'public'::regnamespace"
+            problems = [row[0] for row in db.execute(
+                f"SELECT c.relname || ' block ' || v.blkno || ': ' || v.msg FROM pg_class c, "
+                f"verify_heapam(c.oid, check_toast => true) v WHERE c.relkind = 'r' AND {mine}")]
+            try:  # raises on the first index that misses a row or is out of order
+                db.execute(f"SELECT bt_index_check(c.oid, true) FROM pg_class c JOIN pg_am a ON a.oid = c.relam "
+                           f"WHERE c.relkind = 'i' AND a.amname = 'btree' AND {mine}")
+            except psycopg.Error as error:
+                problems.append(str(error))
+        integrity = "; ".join(problems)[:300] or "ok"
+        return {"restarted": restarted, "integrity": integrity, "found": found}
     with closing(sqlite3.connect(data_dir / "clinie.sqlite3")) as db:
         try:
             integrity = "; ".join(row[0] for row in db.execute("PRAGMA integrity_check"))[:300]
@@ -199,12 +230,53 @@ def outcome(kind: str, floods: list[Flood], store: dict, started: float, **fault
 def full_disk(data_dir: Path, rng: random.Random, senders: int) -> dict:
     """Killed once every event was answered: those answered 500 are the disk's, those answered 200
     must survive. The restart is without the limit, as once the disk has room again."""
+    if POSTGRES is not None:
+        return full_postgres_disk(data_dir, rng, senders)
     started = time.monotonic()
     with BackendServer(data_dir, file_size_limit=FILE_SIZE_LIMIT, **settings(data_dir)) as server:
         flood = Flood(server.url, events(1, (note(i, rng.randint(90_000, 110_000)) for i in range(60))),
                       senders).join()
         server.kill()
     return outcome("full-disk", [flood], restart_and_read(data_dir), started, file_size_limit=FILE_SIZE_LIMIT)
+
+
+def full_postgres_disk(data_dir: Path, rng: random.Random, senders: int) -> dict:
+    """A file-size limit on the backend does not reach the database server's files: here the
+    round's own cluster has its data directory on a filesystem of its own (a tmpfs,
+    ``PostgresServer(disk_mb=)``) shrunk to leave ``disk_free_mb`` MB free once the store's database
+    exists. Where it fills first decides what PostgreSQL does: a table, ERROR on extending its
+    file, the transaction rolled back, the server running; the WAL, PANIC and a restart, whose
+    recovery may fail on the full disk (FATAL, or ERROR on a checkpoint's write cut short, then
+    FATAL): the server stops. Drawn: whether the WAL has spare files (``spare_wal``: about 20 MB of
+    WAL written and recycled by a checkpoint first); with, a table fills the disk first; without,
+    either may (a race). Then the operator frees space (the filesystem back to ``DISK_MB``) and
+    starts the server if it stopped; the backend is killed, restarted and read as in every round.
+    Recorded besides: what PostgreSQL logged of the full disk (lines per level: ENOSPC, or a write
+    cut short) and whether it had stopped."""
+    import psycopg
+
+    started = time.monotonic()
+    free_mb, spare_wal = rng.randint(4, 10), rng.random() < 0.5
+    texts = (f"note {i}: {noise(rng, rng.randint(90_000, 110_000))}" for i in range(100))
+    with PostgresServer(disk_mb=DISK_MB) as cluster:
+        data_dir.mkdir(parents=True)
+        (data_dir / "database").write_text(cluster.database(f"faults_{data_dir.name}".replace("-", "_")))
+        if spare_wal:
+            with psycopg.connect(cluster.url, autocommit=True) as db:
+                db.execute("CREATE TABLE spare AS SELECT g, md5(g::text) FROM generate_series(1, 200000) g")
+                db.execute("DROP TABLE spare")
+                db.execute("CHECKPOINT")
+        cluster.resize(math.ceil(shutil.disk_usage(cluster.data_dir).used / 2**20) + free_mb)
+        with BackendServer(data_dir, **settings(data_dir)) as server:
+            flood = Flood(server.url, events(1, texts), senders).join()
+            server.kill()
+        cluster.resize(DISK_MB)
+        stopped = cluster.ensure_running()
+        log = cluster.log_path.read_text(errors="replace")
+        said = Counter(re.findall(r"\] (\w+):  .*(?:No space left on device|wrote only \d+ of \d+ bytes)", log))
+        store = restart_and_read(data_dir)
+    return outcome("full-disk", [flood], store, started, disk_free_mb=free_mb, spare_wal=spare_wal,
+                   postgres_said=dict(sorted(said.items())), postgres_stopped=stopped)
 
 
 def sigkill(data_dir: Path, rng: random.Random, senders: int) -> dict:
@@ -304,6 +376,8 @@ def failures(rounds: list[dict], hostile_round: dict | None) -> list[str]:
             out.append(f"{where}: integrity_check: {r['integrity']}")
         if r["restarted"] != "yes":
             out.append(f"{where}: restart {r['restarted']}")
+        if r["kind"] == "full-disk" and set(r["answers"]) == {"200"}:
+            out.append(f"{where}: the disk never filled (every event answered 200)")
     if hostile_round and hostile_round["5xx"]:
         out.append(f"hostile inputs: {hostile_round['5xx']} answered 5xx")
     if hostile_round and hostile_round["unanswered"]:

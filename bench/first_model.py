@@ -75,10 +75,13 @@ def main() -> None:
                 encoder, selected = latency["training"]["sum"], latency.get("selection", {}).get("sum")
                 versions = {m.version: m for m in backend.store.models("1")}
                 [first] = [m for m in versions.values() if "first_model" not in m.info]
-                full = versions.get(first.version + "-full")
+                # the version a selection or the full budget derived from a cut-short first: its encoder is the full one
+                full = next((m for m in versions.values() if first.info["cut_short"]
+                             and m.info.get("first_model") == first.version), None)
                 rows.append({"annotations": size, "first_model_steps": steps, "strategies": args.strategies,
                              "encoder_served_seconds": round(encoder, 1),
-                             "first_model_f1": f1(first.path, test), "full_encoder_f1": full and f1(full.path, test),
+                             "first_model_f1": f1(first.location, test),
+                             "full_encoder_f1": full and f1(full.location, test),
                              "selection_served_seconds": None if selected is None else round(selected, 1),
                              "selected": (record.info.get("selection") or {}).get("strategy"), "command": command})
                 print(rows[-1], flush=True)
@@ -89,7 +92,7 @@ def main() -> None:
         [r for r in kept if key(r) not in measured] + rows, key=key)}, indent=2) + "\n")
 
 
-def f1(model: Path, test: list) -> float:
+def f1(model: str, test: list) -> float:
     """Strict entity F1 of the encoder saved at ``model`` on ``test``."""
     predicted = EncoderTagger.load(model).predict([d.with_annotations(()) for d in test])
     return round(evaluate_spans(test, predicted)["strict"].micro.f1, 4)

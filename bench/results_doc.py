@@ -597,7 +597,14 @@ def fault(round_: dict[str, Any]) -> str:
 
     >>> fault({"kind": "full-disk", "file_size_limit": 3_000_000})
     'files ≤ 3 MB'
+    >>> fault({"kind": "full-disk", "disk_free_mb": 5, "spare_wal": False, "postgres_said": {"FATAL": 1, "PANIC": 1},
+    ...        "postgres_stopped": True})
+    'disk 5 MB free: FATAL ×1, PANIC ×1, stopped'
     """
+    if round_["kind"] == "full-disk" and "disk_free_mb" in round_:  # PostgreSQL's disk
+        said = ", ".join(f"{level} ×{n}" for level, n in round_["postgres_said"].items())
+        return (f"disk {round_['disk_free_mb']} MB free{', spare WAL' * round_['spare_wal']}: {said}"
+                f"{', stopped' * round_['postgres_stopped']}")
     if round_["kind"] == "full-disk":
         return f"files ≤ {round_['file_size_limit'] / 1e6:g} MB"
     if round_["kind"] == "sigkill":
@@ -621,9 +628,18 @@ def faults_section(results: Path = RESULTS) -> list[str]:
              "(must be 0); *purged, back*: project 2's purged annotations, and how many were in the store again "
              "(must be 0). A run with `--code REV` ran the backend and the command line of git revision REV: "
              "the code before a fix, to show what the bench catches. With `--database postgresql` the store is a "
-             "database of a throwaway PostgreSQL cluster, read with psycopg after the restart (`integrity_check` is "
-             "SQLite's: `ok` there once the table was read whole); no `full-disk` rounds, as a file-size limit on "
-             "the backend does not reach the database server's files."]
+             "database of a throwaway PostgreSQL cluster, read with psycopg after the restart; `integrity_check` "
+             "there is amcheck (`verify_heapam` with TOAST, `bt_index_check` with every row) on the store's tables "
+             "and indexes, `ok` when it found nothing. Its `full-disk` is a real full disk, not a file-size limit "
+             "(which does not reach the database server's files): each round's own cluster has its data directory "
+             "on a filesystem of its own (a tmpfs) left the given MB free once the store's database exists, 100 "
+             "events of about 100 KB of random letters (PostgreSQL compresses long values); *spare WAL*: WAL files "
+             "recycled ahead, so that a table rather than the WAL fills the disk first. The fault column then says "
+             "what PostgreSQL logged of the full disk, lines per level (`ERROR`: a table's file not extended, the "
+             "transaction rolled back, or a checkpoint's write cut short; `PANIC`: a WAL write failed, the server "
+             "restarted; `FATAL`: its recovery failed on the full disk), *stopped* when the server had stopped; "
+             "the filesystem is then grown back (the operator freeing space), the server started if it had "
+             "stopped, and the backend restarted as in every round."]
     for run in runs:
         rows = []
         for n, r in enumerate(run["results"], 1):
@@ -651,7 +667,8 @@ def faults_section(results: Path = RESULTS) -> list[str]:
             lines += ["", f"Hostile inputs (`tests.support.hostile`) to a live backend: {hostile['inputs']} tried "
                           f"({answers}); **{hostile['5xx']}** answered 5xx, {hostile['unanswered']} unanswered."]
         lines += ["", "Failed: " + "; ".join(run["failures"]) + "." if run["failures"] else
-                  "Nothing acknowledged lost, nothing purged back, every `integrity_check` ok, no 5xx."]
+                  "Nothing acknowledged lost, nothing purged back, every `integrity_check` ok"
+                  + (", no hostile input answered 5xx." if hostile else ".")]
     return lines
 
 

@@ -49,7 +49,7 @@ def train(data_dir: Path) -> Path:
     backend.store.set_label_config("1", CONFIG)
     record = backend.train("1")
     assert record is not None
-    return record.path
+    return Path(record.location)
 
 
 def quantile(values: list[float], q: float) -> float:

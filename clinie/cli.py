@@ -26,6 +26,7 @@ import shlex
 import sys
 from importlib.metadata import entry_points
 from pathlib import Path
+from typing import Any
 
 from tqdm.auto import tqdm
 
@@ -66,9 +67,12 @@ def _train(args: argparse.Namespace) -> int:
     from clinie.core import LabelSpec
     from clinie.extractors.encoder import EncoderTagger
     from clinie.extractors.relation_encoder import RELATIONS_DIR, RelationClassifier
+    from clinie.model_version import MAIN_PART, ModelVersion
     from clinie.selection import probe_states
     from clinie.strategies import PARTS, Strategy, StrategyBuilder
 
+    if ModelVersion.exists(args.out):
+        raise SystemExit(f"{args.out} exists: a model version is written once; name a new --out")
     docs = list(read_documents(args.data))
     strategy = Strategy.parse(args.strategy)
     unannotated = _unannotated(args, [strategy])
@@ -81,21 +85,20 @@ def _train(args: argparse.Namespace) -> int:
         raise SystemExit(f"{args.data}: no entities to learn from; pass --labels to name them")
     options = {"epochs": args.epochs} if args.epochs else {}
     tagger = EncoderTagger(labels, args.model, **options).fit(docs, progress=True)
-    tagger.save(args.out)
-    print(f"trained on {len(docs)} documents, labels {', '.join(labels)}: {args.out}", file=sys.stderr)
+    parts: dict[str, Any] = {MAIN_PART: tagger}
+    print(f"trained on {len(docs)} documents, labels {', '.join(labels)}", file=sys.stderr)
     build = StrategyBuilder([LabelSpec(label) for label in labels], encoder_model=args.model, encoder_options=options,
                             states=lambda: probe_states(Settings.load()), unannotated=unannotated)
     for name in strategy.kind.saves:  # what the strategy reads besides the encoder, saved beside it
-        part = PARTS[name]
-        part.fit(build, docs, strategy).save(args.out / part.directory)
-        print(f"{strategy.name}: {name} saved in {args.out / part.directory}", file=sys.stderr)
+        parts[PARTS[name].directory] = PARTS[name].fit(build, docs, strategy)
+        print(f"{strategy.name}: {name} fitted", file=sys.stderr)
     if specs := _relation_specs(schema, docs):
-        classifier = RelationClassifier(specs, args.model, **options)
-        classifier.fit(docs, listed=args.pairs == "listed", negatives=args.negatives,
-                       progress=True).save(args.out / RELATIONS_DIR)
+        classifier = parts[RELATIONS_DIR] = RelationClassifier(specs, args.model, **options)
+        classifier.fit(docs, listed=args.pairs == "listed", negatives=args.negatives, progress=True)
         print(f"relation classifier on {classifier.n_train_pairs} pairs and {classifier.n_negative_pairs} unlisted "
-              f"ones, labels {', '.join(classifier.labels)}: "
-              f"{args.out / RELATIONS_DIR}", file=sys.stderr)
+              f"ones, labels {', '.join(classifier.labels)}", file=sys.stderr)
+    ModelVersion.write(args.out, parts, {"labels": labels, "strategy": strategy.name, "n_examples": len(docs)})
+    print(f"saved: {args.out}", file=sys.stderr)
     return 0
 
 
@@ -120,6 +123,7 @@ class _CommandLineParts:
         self.demos = list(read_documents(args.demos)) if args.demos else []
         self.schema = _schema(args)
         self._llm = None
+        self._version = None
 
     @property
     def label_specs(self) -> list:
@@ -137,20 +141,29 @@ class _CommandLineParts:
     def relation_specs(self) -> list:
         return _relation_specs(self.schema, self.demos)
 
+    def version(self, name: str):
+        """The model version ``--model`` names (``DamagedModel`` when it is not one)."""
+        from clinie.model_version import ModelVersion
+
+        if not self.args.model:
+            raise ValueError(f"--model DIR (written by 'clinie train') is needed: the {name} is read from it")
+        if self._version is None:
+            self._version = ModelVersion.open(self.args.model)
+        return self._version
+
     def part(self, name: str):
         from clinie.selection import probe_states
         from clinie.strategies import PARTS
 
-        if not self.args.model:
-            raise ValueError(f"--model DIR (written by 'clinie train') is needed: the {name} is read from it")
         part = PARTS[name]
-        return part.load(self.args.model / part.directory, lambda: probe_states(_llm_settings(self.args)))
+        return part.load(self.version(name).local(part.directory), lambda: probe_states(_llm_settings(self.args)))
 
     def trained_relations(self):
         from clinie.extractors.relation_encoder import RELATIONS_DIR, RelationClassifier
 
-        found = self.args.model and (self.args.model / RELATIONS_DIR).is_dir()
-        return RelationClassifier.load(self.args.model / RELATIONS_DIR) if found else None
+        if not self.args.model or not self.version("relation classifier").has(RELATIONS_DIR):
+            return None
+        return RelationClassifier.load(self.version("relation classifier").local(RELATIONS_DIR))
 
     def llm(self):
         from clinie.llm import make_llm
@@ -302,7 +315,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = commands.add_parser("train", help="fine-tune the encoder tagger on a JSONL file")
     train.add_argument("--data", type=Path, required=True)
-    train.add_argument("--out", type=Path, required=True, help="directory for the trained model")
+    train.add_argument("--out", type=Path, required=True, help="a new directory for the trained model version (written once, with checksums)")
     train.add_argument("--model", help="base encoder: HF name or directory (default: embedded MiniLM)")
     train.add_argument("--labels", help="comma-separated labels (default: those in the data)")
     train.add_argument("--config", type=Path, help="a labeling config: its labels, and its relations with their "

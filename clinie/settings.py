@@ -33,6 +33,10 @@ class Settings:
     #: The annotation store in a PostgreSQL database (``postgresql://user:password@host/db``), for
     #: processes and machines that share it; empty = the SQLite file in ``data_dir``.
     database_url: str = ""
+    #: Where model versions are written and read: a directory every process shares, or an
+    #: S3-compatible bucket (``s3://bucket/prefix``, credentials from ``AWS_*``); empty = ``models/``
+    #: in ``data_dir``.
+    models_url: str = ""
     #: Address ``clinie serve`` listens on; the container sets 0.0.0.0. Any but loopback requires
     #: basic auth (or ``allow_unauthenticated``): see ``validate_serving``.
     host: str = "127.0.0.1"
@@ -234,6 +238,11 @@ class Settings:
     @property
     def models_dir(self) -> Path:
         return self.data_dir / "models"
+
+    @property
+    def models_location(self) -> str:
+        """Where ``ModelStore`` keeps model versions: ``models_url``, else ``models_dir``."""
+        return self.models_url or str(self.models_dir)
 
     @classmethod
     def load(cls, environ: Mapping[str, str] | None = None) -> Settings:

@@ -143,9 +143,10 @@ class Kind:
     parts: tuple[str, ...]  # the fitted parts it reads (``PARTS``)
     reads_llm: bool  # sends text to the LLM: served one task at a time, the encoder answering if it fails
     build: Callable[[Parts, Strategy], Extractor]
-    #: the model version Label Studio sees, from ``model`` (the trained version's name), ``llm``
-    #: (the LLM's provider and model), ``name`` (the strategy's), ``k`` and ``pool`` (the
-    #: annotations: a new one makes Label Studio ask again when they are the LLM's demonstrations)
+    #: the model version Label Studio sees, from ``model`` (the trained version's name: a kind
+    #: that saves parts serves from a version of its own, named for it), ``llm`` (the LLM's
+    #: provider and model), ``name`` (the strategy's), ``k`` and ``pool`` (the annotations: a new
+    #: one makes Label Studio ask again when they are the LLM's demonstrations)
     version: str
     relations_by_llm: bool = False  # relations asked of the LLM, not the version's classifier
 
@@ -277,9 +278,9 @@ def model_version(strategy: Strategy, *, trained: str | None, llm_name: str, poo
 
 register(Kind("encoder", "", parts=("encoder",), reads_llm=False, version="{model}",
               build=lambda parts, s: parts.part("encoder")))
-register(Kind("probe", "", parts=("probe",), reads_llm=False, version="{model}-{name}",
+register(Kind("probe", "", parts=("probe",), reads_llm=False, version="{model}",
               build=lambda parts, s: parts.part("probe")))
-register(Kind("gated", "band", parts=("encoder", "probe"), reads_llm=False, version="{model}-{name}",
+register(Kind("gated", "band", parts=("encoder", "probe"), reads_llm=False, version="{model}",
               build=lambda parts, s: FilterThenProbe(parts.part("encoder"), parts.part("probe"), band=s.band)))
 register(Kind("llm", "k", parts=(), reads_llm=True, relations_by_llm=True, version="clinie-llm-{llm}-k{k}-pool{pool}",
               build=lambda parts, s: parts.llm().tagger(parts.label_specs, s.k, parts.demos)))
@@ -288,9 +289,9 @@ register(Kind("verified", "k", parts=(), reads_llm=True, relations_by_llm=True,
               build=lambda parts, s: parts.llm().verified(parts.label_specs, s.k, parts.demos)))
 register(Kind("rerank", "band", parts=("encoder",), reads_llm=True, version="{model}-{name}-pool{pool}",
               build=lambda parts, s: parts.llm().rerank(parts.part("encoder"), parts.label_specs, s.band, parts.demos)))
-register(Kind("student", "threshold", parts=("student",), reads_llm=False, version="{model}-{name}",
+register(Kind("student", "threshold", parts=("student",), reads_llm=False, version="{model}",
               build=lambda parts, s: parts.part("student")))
-register(Kind("distilled", "", parts=("distilled",), reads_llm=False, version="{model}-{name}",
+register(Kind("distilled", "", parts=("distilled",), reads_llm=False, version="{model}",
               build=lambda parts, s: parts.part("distilled")))
 
 

@@ -20,7 +20,9 @@ from clinie.labelstudio import LabelConfigError
 from clinie.private import restrict_umask
 from clinie.settings import Settings
 from ml_backend.metrics import render_prometheus
-from ml_backend.service import ANNOTATION_ACTIONS, Backend, is_id, project_key
+from ml_backend.protocol import is_id, project_key
+from ml_backend.service import Backend
+from ml_backend.webhooks import ANNOTATION_ACTIONS
 
 log = logging.getLogger(__name__)
 

@@ -11,6 +11,7 @@ from typing import Any
 
 from clinie.settings import Settings
 from ml_backend.annotations import project_documents, unannotated_documents
+from ml_backend.model_store import ModelStore
 from ml_backend.store import AnnotationStore
 
 
@@ -106,7 +107,7 @@ def _purge(args: argparse.Namespace) -> int:
     if args.data_dir:
         settings = replace(settings, data_dir=args.data_dir)
     store = AnnotationStore(_existing_store(settings), keep_history_days=settings.keep_history)
-    purged = store.purge_project(args.project, settings.models_dir)
+    purged = store.purge_project(args.project, ModelStore(settings.models_location, settings.data_dir))
     if settings.llm_cache_path.exists():
         CallCache(settings.llm_cache_path).clear()
     print(f"project {args.project}: {purged.annotations} annotations, their tasks' text, the data of {purged.tasks} "

@@ -5,8 +5,10 @@ One ``Serving`` per process holds what is expensive: every model version's parts
 the probe reads, and each project's assembled extractor until its version, strategy or (for the
 strategies that prompt the LLM with the annotations as demonstrations) its annotations change.
 
-A serving version whose files cannot be loaded (a damaged directory) would fail every /predict
-of its project until the next training: the newest registered version before it serves instead.
+A serving version whose files cannot be loaded (missing, or not matching the checksums its
+manifest lists: ``clinie.model_version``) would fail every /predict of its project until the next
+training: the newest registered version before it serves instead. Versions are read from the
+models location (``ml_backend.model_store``), so any replica serves what any worker trained.
 """
 
 from __future__ import annotations
@@ -25,12 +27,14 @@ from clinie.extractors.relation_encoder import RELATIONS_DIR, RelationClassifier
 from clinie.llm import make_llm
 from clinie.llm.cache import CallCache
 from clinie.llm.hidden import HiddenStates
+from clinie.model_version import ModelVersion
 from clinie.retrieval import Embedder
 from clinie.selection import probe_states, span_specs
 from clinie.settings import Settings
 from clinie.strategies import PARTS, LLMAccess, Strategy, assemble, model_version, parse_strategies
 from ml_backend.annotations import annotated_documents
 from ml_backend.metrics import Metrics
+from ml_backend.model_store import ModelStore
 from ml_backend.store import AnnotationStore, ModelRecord
 
 log = logging.getLogger(__name__)
@@ -65,9 +69,10 @@ class Predictor(NamedTuple):
 
 
 class Serving:
-    def __init__(self, settings: Settings, store: AnnotationStore, metrics: Metrics) -> None:
+    def __init__(self, settings: Settings, store: AnnotationStore, models: ModelStore, metrics: Metrics) -> None:
         self.settings = settings
         self.store = store
+        self.models = models
         self.metrics = metrics
         self._loaded: dict[tuple[str, str], tuple[str, Any]] = {}  # (project, part) -> (version, model)
         self._assembled: dict[str, tuple[str, Extractor]] = {}  # project -> (revision, extractor)
@@ -104,9 +109,17 @@ class Serving:
         strategy = parse_strategies(name, k=self.settings.llm_k)[0]
         if record is None:
             return None if strategy.kind.needs_training else strategy
-        if any(not (record.path / PARTS[part].directory).is_dir() for part in strategy.kind.saves):
-            return Strategy("encoder")  # a version directory pruned by hand
+        version = self._opened(record)
+        if any(not version.has(PARTS[part].directory) for part in strategy.kind.saves):
+            return Strategy("encoder")  # a strategy configured that this version was not trained for
         return strategy
+
+    def _opened(self, record: ModelRecord) -> ModelVersion:
+        """The version's manifest (``DamagedVersion`` when it has none that can be read)."""
+        try:
+            return self.models.open(record.location)
+        except Exception as e:
+            raise DamagedVersion(record) from e
 
     def _version(self, project: str, record: ModelRecord | None, strategy: Strategy) -> str:
         pool = self.store.count_training_examples(project) if strategy.kind.reads_llm else 0
@@ -135,9 +148,14 @@ class Serving:
 
     def model_version(self, project: str) -> str:
         """The version ``predictor`` would answer as, without loading any model."""
-        record = self._record(project)
-        strategy = self._strategy(project, record)
-        return NO_MODEL_VERSION if strategy is None else self._version(project, record, strategy)
+        while True:  # as ``predictor``: a version whose manifest cannot be read is set aside
+            record = self._record(project)
+            try:
+                strategy = self._strategy(project, record)
+            except DamagedVersion as e:
+                self._set_aside(e)
+                continue
+            return NO_MODEL_VERSION if strategy is None else self._version(project, record, strategy)
 
     # --- what answers ---------------------------------------------------------------------
 
@@ -162,7 +180,7 @@ class Serving:
         self.metrics.count("model_fallbacks")
         log.warning("project %s: model version %s cannot be loaded (%s in %s); the version registered before it "
                     "serves until the next training", record.project, record.version,
-                    type(damaged.__cause__).__name__, record.path)
+                    type(damaged.__cause__).__name__, record.location)
 
     def _predictor(self, project: str, schema: Schema, record: ModelRecord | None) -> Predictor:
         strategy = self._strategy(project, record)
@@ -200,13 +218,15 @@ class Serving:
 
     def _relation_classifier(self, record: ModelRecord | None) -> Extractor | None:
         """The version's relation classifier, if it has one."""
-        if record is None or not (record.path / RELATIONS_DIR).is_dir():
+        if record is None or not (version := self._opened(record)).has(RELATIONS_DIR):
             return None
-        return self._load(record, RELATIONS_DIR, lambda: RelationClassifier.load(record.path / RELATIONS_DIR))
+        return self._load(record, RELATIONS_DIR,
+                          lambda: RelationClassifier.load(self.models.local(version, RELATIONS_DIR)))
 
     def _part(self, record: ModelRecord, name: str) -> Extractor:
-        part = PARTS[name]
-        return self._load(record, name, lambda: part.load(record.path / part.directory, self._shared_states))
+        part, version = PARTS[name], self._opened(record)
+        return self._load(record, name, lambda: part.load(self.models.local(version, part.directory),
+                                                          self._shared_states))
 
     def _load(self, record: ModelRecord, name: str, load: Callable[[], Any]) -> Any:
         """``load()`` once per model version and part (concurrent requests wait for the one load).
@@ -257,9 +277,11 @@ class Serving:
         """Load every project's serving parts once, at start, so that the first /predict after a
         restart does not pay for them (Label Studio's opening a task waits on it)."""
         for project in self.store.projects():
-            if (record := self._record(project)) is None or (strategy := self._strategy(project, record)) is None:
+            if (record := self._record(project)) is None:
                 continue
             try:
+                if (strategy := self._strategy(project, record)) is None:
+                    continue
                 for part in dict.fromkeys(("encoder", *strategy.kind.saves)):
                     self._part(record, part)
             except DamagedVersion as e:

@@ -41,8 +41,6 @@ Example:
 from __future__ import annotations
 
 import json
-import re
-import shutil
 import sqlite3
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -55,6 +53,7 @@ from typing import Any, NamedTuple
 from clinie.labelstudio import parse_label_config
 from clinie.sqlite_wal import open_wal, until_unlocked
 from ml_backend import postgres
+from ml_backend.model_store import ModelStore
 
 #: A connection of either engine: the store's SQL is written for both (``ml_backend.postgres``).
 Connection = sqlite3.Connection | postgres.Connection
@@ -159,7 +158,7 @@ class ModelRecord:
     version: str
     project: str
     kind: str
-    path: Path
+    location: str  # the version's directory or URL (``ml_backend.model_store``)
     n_examples: int
     info: dict[str, Any]
     created_at: str
@@ -191,15 +190,6 @@ def _source_time(value: Any) -> str | None:
         return value.astimezone(timezone.utc).isoformat(timespec="microseconds")
     except OverflowError:
         return None
-
-
-def project_models_dir(models_dir: Path, project: str) -> Path:
-    """Where a project's model versions are saved: one directory per project, so that purging
-    the project removes them all (and nothing outside ``models_dir``)."""
-    name = re.sub(r"[^\w.-]", "_", project)
-    if name.strip(".") == "":
-        raise ValueError(f"{project!r} cannot name a project's model directory")
-    return models_dir / name
 
 
 class Outcome(NamedTuple):
@@ -572,10 +562,9 @@ class AnnotationStore:
         """``purged`` once its text is out of the files too (``left_in_wal`` if it could not be)."""
         return replace(purged, left_in_wal=not self._shrink()) if purged.removed else purged
 
-    def purge_project(self, project: str, models_dir: Path) -> Purged:
+    def purge_project(self, project: str, models: ModelStore) -> Purged:
         """Delete everything of the project: its annotations and tasks (as ``purge``), label
-        config, trainings, model versions (rows and ``models_dir/<project>``) and serving row."""
-        project_dir = project_models_dir(models_dir, project)
+        config, trainings, model versions (rows and files) and serving row."""
         with self._write() as db:
             tasks = [r[0] for r in db.execute("SELECT task_id FROM annotations WHERE project = ?1 "
                                               "UNION SELECT task_id FROM tasks WHERE project = ?1", (project,))]
@@ -584,12 +573,13 @@ class AnnotationStore:
             annotations = [r[0] for r in db.execute("SELECT annotation_id FROM annotations WHERE project = ?",
                                                     (project,))]
             purged = self._purge_rows(db, project, annotations, tasks)
-            paths = [Path(r[0]) for r in db.execute("SELECT path FROM models WHERE project = ?", (project,))]
+            locations = [r[0] for r in db.execute("SELECT path FROM models WHERE project = ?", (project,))]
             for table in ("serving", "models", "trainings", "training_progress", "projects"):
                 db.execute(f"DELETE FROM {table} WHERE project = ?", (project,))
         purged = replace(purged, left_in_wal=not self._shrink())
-        for path in [*paths, project_dir]:
-            shutil.rmtree(path, ignore_errors=True)
+        for location in locations:  # those registered elsewhere too (written by an earlier clinie)
+            models.remove(location)
+        models.remove_project(project)
         return purged
 
     def _purge_rows(self, db: Connection, project: str, annotation_ids: Iterable[int],
@@ -740,7 +730,7 @@ class AnnotationStore:
     @staticmethod
     def _serve(db: Connection, model: ModelRecord) -> None:
         db.execute("INSERT INTO models VALUES (?, ?, ?, ?, ?, ?, ?)",
-                   (model.version, model.project, model.kind, str(model.path), model.n_examples,
+                   (model.version, model.project, model.kind, model.location, model.n_examples,
                     _dump(model.info), model.created_at))
         db.execute("INSERT INTO serving (project, version, since) VALUES (?, ?, ?) "
                    "ON CONFLICT (project) DO UPDATE SET version = excluded.version, since = excluded.since",
@@ -833,7 +823,7 @@ def _same_project(owner: str, project: str, what: str) -> None:
 
 
 def _model(row: sqlite3.Row) -> ModelRecord:
-    return ModelRecord(row["version"], row["project"], row["kind"], Path(row["path"]),
+    return ModelRecord(row["version"], row["project"], row["kind"], row["path"],
                        row["n_examples"], json.loads(row["info"]), row["created_at"])
 
 

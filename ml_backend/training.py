@@ -1,47 +1,44 @@
-"""Background training: one worker thread per process, one training at a time.
+"""Background training: one worker thread per process (or ``clinie worker`` processes), one
+training of a project at a time.
 
 Label Studio's webhooks must be answered within a second, so a webhook only *requests* a
-training; this worker does it. A new model version is written to a temporary directory,
-renamed into place, and only then registered as the serving version (one SQLite transaction):
-if anything fails before that, the old version keeps serving and the failure is recorded. An
-encoder trained within ``CLINIE_FIRST_MODEL_STEPS`` serves first; the strategy selection picks is
-recorded with it afterwards (``select_strategy``), its extra parts renamed into the version's
-directory before that — or into a version ``<first>-full`` with the encoder trained to its full
-budget, when the first was cut short and the choice reads it (``full_encoder``). Disk stays
-bounded: the versions beyond the newest ``CLINIE_KEEP_MODELS`` are deleted after each training
-(``prune_versions``), what a crash left half-written at the next start (``remove_partials``).
+training; this worker does it. A new model version is written once (``clinie.model_version``:
+staged, checked, never changed after) into the models location (``ml_backend.model_store``), and
+only then registered as the serving version (one store transaction): if anything fails before
+that, the old version keeps serving and the failure is recorded. An encoder trained within
+``CLINIE_FIRST_MODEL_STEPS`` serves first; the strategy selection picks serves after it
+(``select_strategy``), as a version of its own that carries the first one's parts and adds what it
+reads besides (``<first>-<strategy>``) — with the encoder trained to its full budget when the
+first was cut short and the choice reads it (``<first>-full`` when nothing else is added). Disk
+stays bounded: the versions beyond the newest ``CLINIE_KEEP_MODELS`` are deleted after each
+training (``prune_versions``), what a crash left half-written at the next start
+(``ModelStore.remove_partials``).
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import queue
-import shutil
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Any, Protocol
 
 from clinie.extractors.encoder import EncoderTagger
 from clinie.extractors.relation_encoder import RELATIONS_DIR, RelationClassifier
 from clinie.llm.base import LLM
 from clinie.llm.hidden import HiddenStates
+from clinie.model_version import MAIN_PART, Saveable
 from clinie.selection import builder, candidates, select, selection_record
 from clinie.settings import Settings
 from clinie.strategies import PARTS
 from ml_backend.annotations import Annotations, project_documents, unannotated_documents
-from ml_backend.store import AnnotationStore, ModelRecord, project_models_dir
+from ml_backend.model_store import ModelStore
+from ml_backend.store import AnnotationStore, ModelRecord
 
 log = logging.getLogger(__name__)
-
-#: The suffix of a directory a model is being written into (``_written``).
-PARTIAL = ".partial"
-
 
 class NotEnoughAnnotations(RuntimeError):
     pass
@@ -59,13 +56,13 @@ class Progress(Protocol):
     def training_step(self, project: str, done: int, total: int) -> None: ...
 
 
-def train_project(store: AnnotationStore, settings: Settings, project: str, training_id: int,
+def train_project(store: AnnotationStore, settings: Settings, models: ModelStore, project: str, training_id: int,
                   progress: Progress) -> tuple[ModelRecord, Annotations]:
     """Fine-tune the encoder tagger (and the relation classifier, when the config has relations
     and the annotations draw some) on the project's stored annotations and register it as the
     serving version at once. A project's first model is trained within ``CLINIE_FIRST_MODEL_STEPS``,
     so that it gets one within a minute; which strategy serves after it, with an encoder trained
-    to its full budget (``full_encoder``), is ``select_strategy``'s to say."""
+    to its full budget (``full_tagger``), is ``select_strategy``'s to say."""
     progress.training_stage(project, "encoder")
     started = time.perf_counter()
     annotations = project_documents(store, project)
@@ -78,104 +75,69 @@ def train_project(store: AnnotationStore, settings: Settings, project: str, trai
     budget = {"max_steps": settings.first_model_steps} if settings.first_model_steps and first else {}
     tagger = EncoderTagger(list(schema.span_labels), settings.encoder_model or None, **_epochs(settings),
                            **budget).fit(docs)
+    parts: dict[str, Saveable] = {MAIN_PART: tagger}
     relations = None
     if schema.relation_labels and any(d.relations for d in docs):
         progress.training_stage(project, "relations")
-        relations = RelationClassifier(schema.relation_labels, settings.encoder_model or None,
-                                       **_epochs(settings)).fit(docs)
-
+        relations = parts[RELATIONS_DIR] = RelationClassifier(schema.relation_labels, settings.encoder_model or None,
+                                                              **_epochs(settings)).fit(docs)
     version = f"clinie-encoder-p{project}-t{training_id}-n{len(docs)}"
-    final = project_models_dir(settings.models_dir, project) / version
-    with _written(final) as partial:
-        tagger.save(partial)
-        if relations is not None:
-            relations.save(partial / RELATIONS_DIR)
-    record = ModelRecord(
-        version=version, project=project, kind="encoder", path=final, n_examples=len(docs),
-        info={"labels": list(schema.span_labels), "base_model": settings.encoder_model or "embedded MiniLM",
-              "relations": list(relations.labels) if relations else [],
-              "relation_pairs": relations.n_train_pairs if relations else 0, "selection": None,
-              "annotations": annotations.summary(), "cut_short": tagger.cut_short,
-              "seconds": round(time.perf_counter() - started, 1)},
-        created_at=_now())
+    info = {"labels": list(schema.span_labels), "base_model": settings.encoder_model or "embedded MiniLM",
+            "relations": list(relations.labels) if relations else [],
+            "relation_pairs": relations.n_train_pairs if relations else 0, "selection": None,
+            "annotations": annotations.summary(), "cut_short": tagger.cut_short,
+            "seconds": round(time.perf_counter() - started, 1)}
+    written = models.write(project, version, parts, info)
+    record = ModelRecord(version=version, project=project, kind="encoder", location=written.location,
+                         n_examples=len(docs), info=info, created_at=_now())
     try:
         store.finish_training(training_id, record)
     except LookupError:  # the project was deleted meanwhile: so is what was learned from it
-        shutil.rmtree(final, ignore_errors=True)
+        models.remove(written.location)
         raise
     return record, annotations
 
 
-def full_encoder(settings: Settings, record: ModelRecord, annotations: Annotations,
-                 progress: Progress) -> ModelRecord:
-    """The encoder of a first model that ``CLINIE_FIRST_MODEL_STEPS`` cut short, trained to its
-    full budget as version ``<first>-full`` (the relation classifier, never cut short, copied
-    beside it). Not registered: the caller serves it once what it serves with is in place."""
-    progress.training_stage(record.project, "encoder, full budget")
-    started = time.perf_counter()
-    tagger = EncoderTagger(list(annotations.schema.span_labels), settings.encoder_model or None,
-                           **_epochs(settings)).fit(annotations.docs)
-    final = record.path.with_name(record.version + "-full")
-    with _written(final) as partial:
-        tagger.save(partial)
-        if (record.path / RELATIONS_DIR).is_dir():
-            shutil.copytree(record.path / RELATIONS_DIR, partial / RELATIONS_DIR)
-    return replace(record, version=final.name, path=final, created_at=_now(),
-                   info={**record.info, "cut_short": False, "first_model": record.version,
-                         "seconds": round(time.perf_counter() - started, 1)})
+def full_tagger(settings: Settings, project: str, annotations: Annotations, progress: Progress) -> EncoderTagger:
+    """The encoder of a first model that ``CLINIE_FIRST_MODEL_STEPS`` cut short, trained to its full budget."""
+    progress.training_stage(project, "encoder, full budget")
+    return EncoderTagger(list(annotations.schema.span_labels), settings.encoder_model or None,
+                         **_epochs(settings)).fit(annotations.docs)
 
 
-def serve_full_encoder(store: AnnotationStore, settings: Settings, record: ModelRecord,
+def derive(models: ModelStore, record: ModelRecord, suffix: str, parts: Mapping[str, Saveable],
+           info: Mapping[str, Any]) -> ModelRecord:
+    """A version ``<record>-<suffix>`` with ``parts`` and every part of ``record`` they do not
+    replace (carried, not copied anew: a version is never changed), its ``info`` updated. Not
+    registered: the caller serves it (``serve``) once it is complete."""
+    first = models.open(record.location)
+    carried = {part: first for part in first.parts if part not in parts}
+    version = f"{record.version}-{suffix}"
+    info = {**record.info, **info, "first_model": record.version}
+    written = models.write(record.project, version, parts, info, carried=carried)
+    return replace(record, version=version, location=written.location, created_at=_now(), info=info)
+
+
+def serve_full_encoder(store: AnnotationStore, settings: Settings, models: ModelStore, record: ModelRecord,
                        annotations: Annotations, progress: Progress) -> ModelRecord:
     """What a training serves after a cut-short first model when no selection runs."""
-    return _serve(store, full_encoder(settings, record, annotations, progress))
+    started = time.perf_counter()
+    tagger = full_tagger(settings, record.project, annotations, progress)
+    return serve(store, models, derive(models, record, "full", {MAIN_PART: tagger},
+                                       {"cut_short": False, "seconds": round(time.perf_counter() - started, 1)}))
 
 
-def _serve(store: AnnotationStore, model: ModelRecord) -> ModelRecord:
+def serve(store: AnnotationStore, models: ModelStore, model: ModelRecord) -> ModelRecord:
+    """Register ``model`` and make it serve."""
     try:
         store.serve_model(model)
     except LookupError:  # the project was deleted meanwhile: so is what was learned from it
-        shutil.rmtree(model.path, ignore_errors=True)
+        models.remove(model.location)
         raise
     return model
 
 
-@contextmanager
-def _written(final: Path) -> Iterator[Path]:
-    """A directory to write a model into, renamed to ``final`` once complete: a crash leaves a
-    ``PARTIAL`` directory (removed at the next start, ``remove_partials``), never a half-written
-    version. What was written, then the rename, is flushed to disk before the version can be
-    registered: after a power loss the store must not name a version the file system forgot or
-    holds only in part."""
-    partial = final.with_name(final.name + PARTIAL)
-    shutil.rmtree(partial, ignore_errors=True)
-    yield partial
-    for path in [*partial.rglob("*"), partial]:
-        _flush(path)
-    os.replace(partial, final)
-    _flush(final.parent)
-
-
-def _flush(path: Path) -> None:
-    """``fsync`` a file (its content) or a directory (its entries: a file created or renamed in it)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def remove_partials(models_dir: Path) -> list[Path]:
-    """Remove the ``PARTIAL`` directories a crash left under ``models_dir`` (a version, or a
-    part of one, written when the process died): nothing reads them and each can be the size
-    of a model. Only at start-up, when no training of this process can be writing one."""
-    stale = sorted(p for p in models_dir.rglob("*" + PARTIAL) if p.is_dir()) if models_dir.is_dir() else []
-    for path in stale:
-        shutil.rmtree(path, ignore_errors=True)
-    return stale
-
-
-def prune_versions(store: AnnotationStore, settings: Settings, project: str) -> list[ModelRecord]:
+def prune_versions(store: AnnotationStore, settings: Settings, models: ModelStore, project: str) -> list[ModelRecord]:
     """Unregister and delete the project's model versions beyond the newest ``keep_models``
     (never the serving one): each is as large as the encoder, and a version nothing serves is
     only a way back, which a few recent ones give. The rows go first, so that no request is
@@ -184,7 +146,7 @@ def prune_versions(store: AnnotationStore, settings: Settings, project: str) -> 
         return []
     pruned = store.prune_models(project, settings.keep_models)
     for record in pruned:
-        shutil.rmtree(record.path, ignore_errors=True)
+        models.remove(record.location)
     return pruned
 
 
@@ -197,16 +159,17 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def select_strategy(store: AnnotationStore, settings: Settings, record: ModelRecord, annotations: Annotations,
-                    progress: Progress, *, superseded: Callable[[], bool] = lambda: False,
+def select_strategy(store: AnnotationStore, settings: Settings, models: ModelStore, record: ModelRecord,
+                    annotations: Annotations, progress: Progress, *, superseded: Callable[[], bool] = lambda: False,
                     llm: Callable[[], LLM] | None = None,
                     states: Callable[[], HiddenStates] | None = None) -> dict[str, Any]:
     """Cross-validate ``CLINIE_SELECT_STRATEGIES`` over the annotations ``record`` was trained on
     (``clinie.selection``), fit the parts the chosen strategy reads besides the encoder (the
-    probe, alone or reading the sentences the encoder is unsure of) on all of them, save them
-    beside it, and record the choice with the version: from then on it serves. The project's
-    newest ``CLINIE_STUDENT_POOL`` unannotated tasks are what a student strategy learns from:
-    when one is a candidate, the teacher reads them first, a stage of its own (``teacher``).
+    probe, alone or reading the sentences the encoder is unsure of) on all of them, and serve it:
+    as ``record`` itself when it reads nothing more, else as a version of its own (``derive``).
+    The project's newest ``CLINIE_STUDENT_POOL`` unannotated tasks are what a student strategy
+    learns from: when one is a candidate, the teacher reads them first, a stage of its own
+    (``teacher``).
 
     Raises ``Superseded`` between two fits (or two sentences the teacher reads) once
     ``superseded()`` (a newer training is waiting).
@@ -234,14 +197,17 @@ def select_strategy(store: AnnotationStore, settings: Settings, record: ModelRec
         progress.training_stage(project, "selection")
         cv = select(docs, build, settings, on_fit=fitted)
         selection, chosen = {**selection_record(cv), "unannotated": pool.summary()}, cv.selected
+        parts: dict[str, Saveable] = {}
         if "encoder" in chosen.kind.parts and record.info.get("cut_short"):
-            serving = full_encoder(settings, record, annotations, progress)
+            parts[MAIN_PART] = full_tagger(settings, project, annotations, progress)
             check()
         progress.training_stage(project, f"fitting {chosen.name}")
         for part in chosen.kind.saves:
-            with _written(serving.path / PARTS[part].directory) as partial:
-                PARTS[part].fit(build, docs, chosen).save(partial)
+            parts[PARTS[part].directory] = PARTS[part].fit(build, docs, chosen)
         selection["seconds"] = round(time.perf_counter() - started, 1)
+        if parts:
+            suffix = chosen.name if chosen.kind.saves else "full"
+            serving = derive(models, record, suffix, parts, {"cut_short": False, "selection": selection})
         log.info("project %s: selected %s (cross-validated F1 %.3f over %d annotations)", project,
                  selection["strategy"], selection["strategies"][selection["strategy"]]["mean_f1"], len(docs))
     except Superseded:
@@ -252,7 +218,7 @@ def select_strategy(store: AnnotationStore, settings: Settings, record: ModelRec
     if serving is record:
         store.set_selection(record.version, selection)
     else:
-        _serve(store, replace(serving, info={**serving.info, "selection": selection}))
+        serve(store, models, serving)
     return selection
 
 

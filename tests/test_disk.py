@@ -11,17 +11,19 @@ from pathlib import Path
 
 import pytest
 
+from clinie import model_version
 from clinie.core import read_documents
 from clinie.labelstudio import document_to_result, parse_label_config
 from clinie.llm.cache import CallCache
+from clinie.model_version import MAIN_PART, ModelVersion
 from clinie.settings import Settings
-from ml_backend import training
 from ml_backend.app import create_app
+from ml_backend.model_store import ModelStore
 from ml_backend.service import Backend
-from ml_backend.store import AnnotationStore, ModelRecord, project_models_dir
+from ml_backend.store import AnnotationStore, ModelRecord
 from ml_backend.training import serve_full_encoder, train_project
 from tests.support import DATA
-from tests.support.helpers import DISEASE_CONFIG, assert_regions_match_tasks, webhook_event
+from tests.support.helpers import DISEASE_CONFIG, Files, assert_regions_match_tasks, webhook_event
 
 CONTROL = parse_label_config(DISEASE_CONFIG).span_controls[0]
 DOCS = list(read_documents(DATA / "ncbi_disease" / "fewshot" / "gutierrez_train100_seed42.jsonl"))[:10]
@@ -45,11 +47,11 @@ def annotated(settings: Settings) -> tuple[Backend, object]:
 
 
 def fake_version(store: AnnotationStore, settings: Settings, version: str, day: int = 1) -> ModelRecord:
-    """A version registered (and serving) on ``day`` of January, its directory holding a file."""
-    path = project_models_dir(settings.models_dir, "1") / version
-    path.mkdir(parents=True)
-    (path / "model.safetensors").write_bytes(b"\0" * 1024)
-    record = ModelRecord(version, "1", "encoder", path, 5, {"selection": None}, f"2026-01-{day:02}T00:00:00+00:00")
+    """A version registered (and serving) on ``day`` of January, holding one file."""
+    written = ModelStore(settings.models_location, settings.data_dir).write(
+        "1", version, {MAIN_PART: Files({"model.safetensors": b"\0" * 1024})}, {})
+    record = ModelRecord(version, "1", "encoder", written.location, 5, {"selection": None},
+                         f"2026-01-{day:02}T00:00:00+00:00")
     store.finish_training(store.begin_training("1"), record)
     return record
 
@@ -68,7 +70,7 @@ def test_every_training_prunes_the_versions_beyond_the_newest_kept_but_never_the
 
     assert backend.train("1") is None  # no annotations: nothing trained, yet the bound applies
     assert [m.version for m in backend.store.models("1")] == ["v0", "v3", "v4"]
-    assert [v.path.is_dir() for v in versions] == [True, False, False, True, True]
+    assert [Path(v.location).is_dir() for v in versions] == [True, False, False, True, True]
     assert backend.store.serving_model("1").version == "v0"
 
     unbounded = Backend(replace(settings, keep_models=0), start_worker=False)
@@ -83,15 +85,16 @@ def test_a_training_of_two_versions_keeps_the_newest_and_forgets_the_pruned_ones
     backend, client = annotated(settings)
     old = fake_version(backend.store, settings, "clinie-encoder-p1-t0-n5")
 
-    record, annotations = train_project(backend.store, settings, "1", backend.store.begin_training("1"),
-                                        backend.metrics)
+    record, annotations = train_project(backend.store, settings, backend.models, "1",
+                                        backend.store.begin_training("1"), backend.metrics)
     assert predict(client).json["model_version"] == record.version  # the first model, loaded
-    full = serve_full_encoder(backend.store, settings, record, annotations, backend.metrics)
+    full = serve_full_encoder(backend.store, settings, backend.models, record, annotations, backend.metrics)
     backend.prune_versions("1")
 
     assert [m.version for m in backend.store.models("1")] == [full.version] == [record.version + "-full"]
-    assert not old.path.exists() and not record.path.exists() and full.path.is_dir()
-    assert sorted(os.listdir(project_models_dir(settings.models_dir, "1"))) == [full.version]
+    assert not Path(old.location).exists() and not Path(record.location).exists()
+    assert ModelVersion.open(full.location).has(MAIN_PART), "the first version's encoder is not the full one's"
+    assert sorted(os.listdir(backend.models.project_location("1"))) == [full.version]
     loaded = {version for version, _ in backend.serving._loaded.values()}
     assert record.version not in loaded  # nothing of a pruned version stays in memory
     answer = predict(client)
@@ -105,7 +108,7 @@ def test_a_damaged_serving_version_is_answered_by_the_one_registered_before_it(t
     backend.train("1")
     first, full = backend.store.models("1")
     assert backend.store.serving_model("1").version == full.version == first.version + "-full"
-    (full.path / "config.json").write_text("{ truncated")  # a disk error, a bad restore
+    (Path(full.location) / "config.json").write_text("{ truncated")  # a disk error, a bad restore
 
     for _ in range(2):
         answer = predict(client)
@@ -117,7 +120,7 @@ def test_a_damaged_serving_version_is_answered_by_the_one_registered_before_it(t
 
     restarted = create_app(backend.settings, Backend(backend.settings, start_worker=False)).test_client()
     assert predict(restarted).json["model_version"] == first.version
-    (first.path / "config.json").unlink()  # both damaged: no trained model left, no 500 either
+    (Path(first.location) / "config.json").unlink()  # both damaged: no trained model left, no 500 either
     fresh = Backend(backend.settings, start_worker=False)
     answer = predict(create_app(backend.settings, fresh).test_client())
     assert answer.status_code == 200 and [r["result"] for r in answer.json["results"]] == [[]] * len(TASKS)
@@ -126,7 +129,7 @@ def test_a_damaged_serving_version_is_answered_by_the_one_registered_before_it(t
 
 def test_half_written_model_directories_are_removed_when_the_backend_starts(tmp_path):
     settings = Settings(data_dir=tmp_path / "data")
-    models = project_models_dir(settings.models_dir, "1")
+    models = Path(ModelStore(settings.models_location, settings.data_dir).project_location("1"))
     version = models / "clinie-encoder-p1-t1-n5"
     for partial in (models / "clinie-encoder-p1-t2-n6.partial", version / "probe.partial"):
         partial.mkdir(parents=True)
@@ -149,10 +152,8 @@ def test_a_written_version_is_renamed_durably(tmp_path, monkeypatch):
         flushed.append((os.fstat(fd).st_ino, final.is_dir()))
         real_fsync(fd)
 
-    monkeypatch.setattr(training.os, "fsync", fsync)
-    with training._written(final) as partial:
-        partial.mkdir()
-        (partial / "config.json").write_text("{}")
+    monkeypatch.setattr(model_version.os, "fsync", fsync)
+    ModelVersion.write(final, {MAIN_PART: Files({"config.json": b"{}"})})
     config = (final / "config.json").stat().st_ino
     assert flushed.index((config, False)) < flushed.index((final.parent.stat().st_ino, True))
 

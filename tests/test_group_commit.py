@@ -14,7 +14,8 @@ from pathlib import Path
 
 import hypothesis
 import pytest
-from hypothesis import HealthCheck, given, strategies as st
+from hypothesis import HealthCheck, given
+from hypothesis import strategies as st
 
 from clinie.settings import Settings
 from ml_backend.app import create_app
@@ -216,7 +217,7 @@ def test_group_commit_keeps_refusals_tombstones_ordering_and_the_label_config(se
 def test_every_train_every_changes_a_training_is_requested(settings):
     backend = Backend(replace(settings, train_every=3), start_worker=False)
     requested: list[str] = []
-    backend.request_training = requested.append
+    backend.webhooks.request_training = requested.append  # what the webhooks call to request one
     client = create_app(backend.settings, backend).test_client()
     for i in range(1, 5):
         assert client.post("/webhook", json=webhook_event(i, i, f"note {i}", [])).status_code == 200

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from clinie.labelstudio import LabelConfigError
+from ml_backend.model_store import ModelStore
 from ml_backend.store import AnnotationStore, ModelRecord, ProjectMismatch, Purged
 from tests.support.helpers import DISEASE_CONFIG
 
@@ -82,7 +83,7 @@ def test_registry_swaps_the_serving_version_and_survives_reopening(tmp_path, sto
     assert store.serving_model("1") is None
     for n in (1, 2):
         training = store.begin_training("1")
-        store.finish_training(training, ModelRecord(f"v{n}", "1", "encoder", tmp_path / f"v{n}", 10 * n,
+        store.finish_training(training, ModelRecord(f"v{n}", "1", "encoder", str(tmp_path / f"v{n}"), 10 * n,
                                                     {"labels": ["X"]}, f"2026-01-0{n}"))
     reopened = AnnotationStore(path)
     assert reopened.serving_model("1").version == "v2"
@@ -266,7 +267,7 @@ def test_deleted_note_text_is_gone_from_every_file(tmp_path, deletion):
     elif deletion == "task":
         store.purge("1", tasks=[1])
     else:
-        store.purge_project("1", tmp_path / "models")
+        store.purge_project("1", ModelStore(tmp_path / "models", tmp_path))
     assert_absent(tmp_path / "data", marker.encode())
     assert store.annotation_ids("1") == (set() if deletion == "project" else {2})
 
@@ -281,7 +282,7 @@ def test_a_deleted_unannotated_tasks_text_is_gone_from_every_file(tmp_path, dele
     if deletion == "task":
         store.purge("1", tasks=[3])
     elif deletion == "project":
-        store.purge_project("1", tmp_path / "models")
+        store.purge_project("1", ModelStore(tmp_path / "models", tmp_path))
     else:
         store = AnnotationStore(data / "s.sqlite3", keep_tasks=0)  # CLINIE_UNANNOTATED_TASKS=0 at a restart
     assert_absent(data, marker.encode())
@@ -291,9 +292,10 @@ def test_a_deleted_unannotated_tasks_text_is_gone_from_every_file(tmp_path, dele
 def test_a_training_of_a_project_purged_meanwhile_registers_nothing(store, tmp_path):
     store.record_annotation("1", annotation(1), task(1))
     training = store.begin_training("1")
-    store.purge_project("1", tmp_path / "models")
+    models = ModelStore(tmp_path / "models", tmp_path)
+    store.purge_project("1", models)
     with pytest.raises(LookupError, match="purged"):
-        store.finish_training(training, ModelRecord("v1", "1", "encoder", tmp_path / "models" / "1" / "v1", 1, {}, "t"))
+        store.finish_training(training, ModelRecord("v1", "1", "encoder", models.location("1", "v1"), 1, {}, "t"))
     assert store.models("1") == [] and store.serving_model("1") is None
 
 
@@ -330,7 +332,7 @@ def test_a_deleted_tasks_data_is_purged_and_a_late_predict_never_stores_it_again
     assert store.record_tasks("1", [(7, {"text": "seven"})]) == 0  # a /predict sent before the deletion
     assert store.record_tasks("2", [(7, {"text": "seven"})]) == 0
     assert [t["id"] for t in store.unannotated_tasks("1")] == [8]
-    assert store.purge_project("1", Path("/nonexistent/models")) == Purged(0, (), 1)
+    assert store.purge_project("1", ModelStore("/nonexistent/models", Path("/nonexistent"))) == Purged(0, (), 1)
     assert store.unannotated_counts() == {} and store.task_ids("1") == set()
 
 
@@ -353,7 +355,7 @@ def test_a_project_purge_that_meets_another_projects_task_purges_its_own_text_an
     with sqlite3.connect(path) as db:
         db.execute("INSERT INTO annotations VALUES (7, '1', 201, ?, '[]', 'submitted', 1, 1, 't', 't', NULL)",
                    (json.dumps(task(201, "ZEBRA-PROJECT-1-TEXT")),))
-    purged = store.purge_project("1", tmp_path / "models")
+    purged = store.purge_project("1", ModelStore(tmp_path / "models", tmp_path))
     assert (purged.annotations, purged.refused) == (1, (201,))
     assert_absent(tmp_path / "data", b"ZEBRA-PROJECT-1-TEXT")
     assert [t["id"] for t in store.unannotated_tasks("2")] == [201]

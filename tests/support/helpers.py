@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from pathlib import Path
 
 from clinie.core import Span
 from tests.support import ROOT
@@ -40,3 +41,17 @@ def webhook_event(annotation_id: int, task_id: int, text: str, result: list, pro
                            "project": project, "completed_by": 1},
             "task": {"id": task_id, "data": {"text": text}, "meta": {}},
             "project": {"id": project, "label_config": label_config}}
+
+
+class Files:
+    """A model version's part that saves the given files (what an extractor's ``save`` writes, as
+    bytes): for the tests of storing versions, where what the files hold does not matter."""
+
+    def __init__(self, files: dict[str, bytes]) -> None:
+        self.files = files
+
+    def save(self, directory: Path) -> Path:
+        for name, content in self.files.items():
+            (directory / name).parent.mkdir(parents=True, exist_ok=True)
+            (directory / name).write_bytes(content)
+        return directory
