@@ -68,9 +68,14 @@ def candidates(settings: Settings) -> list[Strategy]:
 
 
 def select(docs: Sequence[Document], build: StrategyBuilder, settings: Settings, *, seed: int = 0,
-           on_fit: Callable[[int, int], None] | None = None) -> CrossValidation:
-    """Cross-validate the configured strategies over ``docs`` (see the module docstring);
-    ``on_fit(done, total)`` before the first fit and after each strategy fitted on a fold
-    (progress; it may raise to stop)."""
-    return cross_validate(docs, candidates(settings), build, k=settings.select_folds, seed=seed,
-                          max_llm_share=settings.select_max_llm_share, prefer=settings.select_prefer, on_fit=on_fit)
+           incumbent: Strategy | None = None, on_fit: Callable[[int, int], None] | None = None) -> CrossValidation:
+    """Cross-validate the configured strategies over ``docs`` (see the module docstring), and the
+    ``incumbent`` (the strategy serving now, a cold-start policy's included) on the same folds:
+    the choice is never below it (``clinie.evaluation.fewshot.pick``). ``on_fit(done, total)``
+    before the first fit and after each strategy fitted on a fold (progress; it may raise to stop)."""
+    strategies = candidates(settings)
+    if incumbent is not None and incumbent.name not in {s.name for s in strategies}:
+        strategies.append(incumbent)
+    return cross_validate(docs, strategies, build, k=settings.select_folds, seed=seed,
+                          max_llm_share=settings.select_max_llm_share, prefer=settings.select_prefer,
+                          incumbent=incumbent.name if incumbent else "", on_fit=on_fit)

@@ -80,10 +80,25 @@ def _report(args: argparse.Namespace) -> int:
                           f"{stored['strategy']} ({stored['created_at']}, over {stored['n_documents']} annotations, "
                           f"{stored.get('seconds', '?')} s of selection after the encoder served)"
                           if stored.get("strategy") else "none"),
+                         ("compared with what served before it", _compared(stored)),
                          ("strategy this cross-validation selects", cv.selected.name)]
     project_report(cv, curve, report, examples=args.examples)
     print(f"report: {write_report(report, args.out)}", file=sys.stderr)
     return 0
+
+
+def _compared(selection: dict[str, Any]) -> str:
+    """Why the selected strategy serves: what served before its training (the incumbent), both
+    cross-validated on the same folds; a challenger below it waits."""
+    incumbent, figures, chosen = selection.get("incumbent"), selection.get("strategies", {}), selection.get("strategy")
+    if chosen not in figures:
+        return "no selection yet"
+    if incumbent not in figures:
+        return "nothing was shown before it"
+    if chosen == incumbent:
+        return f"{incumbent} kept (F1 {figures[incumbent]['mean_f1']:.3f}): no other strategy reached it"
+    return (f"{chosen} (F1 {figures[chosen]['mean_f1']:.3f}) replaced {incumbent} "
+            f"(F1 {figures[incumbent]['mean_f1']:.3f} on the same folds)")
 
 
 def _existing_store(settings: Settings) -> str:

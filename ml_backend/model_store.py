@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 import shutil
 import threading
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -86,6 +86,21 @@ class ModelStore:
                 del self._opened[opened]
         ModelVersion.remove(location)
         shutil.rmtree(self._cached(location), ignore_errors=True)
+
+    def sweep_cache(self, registered: Collection[str]) -> list[Path]:
+        """Remove the cached copies of versions no longer ``registered`` (pruned, or their project
+        purged through another replica, which alone received the webhook): they were learned from
+        notes, and this replica holds them only as long as the store names them."""
+        if not self.cache.is_dir():
+            return []
+        stale = [version for project in self.cache.iterdir() for version in project.iterdir()
+                 if f"{self.root}/{version.relative_to(self.cache).as_posix()}" not in registered]
+        for path in stale:
+            shutil.rmtree(path, ignore_errors=True)
+        for project in self.cache.iterdir():
+            if not any(project.iterdir()):
+                project.rmdir()
+        return stale
 
     def remove_partials(self) -> list[Path]:
         """Remove what a crash left half-written (``PARTIAL`` directories) in the local models

@@ -127,9 +127,13 @@ class TrainingPipeline:
     def _train(self, project: str, training_id: int) -> ModelRecord | None:
         self.metrics.count("trainings_started")
         started = time.perf_counter()
+        selecting = self.settings.strategy == "auto" and bool(self.settings.selection_candidates)
+        # what serves now: a new version replaces it only once the selection found it no worse on
+        # the same folds, unless it is the same strategy (the encoder) retrained on more annotations
+        incumbent = self.serving.strategy(project) if selecting else None
         try:
             record, annotations = train_project(self.store, self.settings, self.models, project, training_id,
-                                                  self.metrics)
+                                                  self.metrics, serve=incumbent is None or incumbent.name == "encoder")
         except NotEnoughAnnotations as e:
             self.store.fail_training(training_id, str(e))
             self.metrics.count("trainings_skipped")
@@ -142,12 +146,14 @@ class TrainingPipeline:
             return None
         self.metrics.count("trainings_succeeded")
         self.metrics.observe("training", time.perf_counter() - started)
-        log.info("project %s: now serving %s (%d examples)", project, record.version, record.n_examples)
-        if self.settings.strategy == "auto" and self.settings.selection_candidates and len(annotations.docs) >= 2:
+        log.info("project %s: trained %s (%d examples)%s", project, record.version, record.n_examples,
+                 "" if incumbent is None or incumbent.name == "encoder" else
+                 f"; {incumbent.name} serves until the selection compares them")
+        if selecting and len(annotations.docs) >= 2:
             try:
                 select_strategy(self.store, self.settings, self.models, record, annotations, self.metrics,
                                 superseded=lambda: self.jobs is not None and self.jobs.is_pending(project),
-                                llm=lambda: self.serving.llm().llm, states=self.serving.states)
+                                incumbent=incumbent, llm=lambda: self.serving.llm().llm, states=self.serving.states)
                 self.metrics.observe("selection", time.perf_counter() - started)
             except Superseded as e:
                 self.metrics.count("selections_superseded")

@@ -35,6 +35,8 @@ from ml_backend.webhooks import Webhooks
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+#: How often a web replica on PostgreSQL drops what it holds of projects purged through another.
+SWEEP_SECONDS = 60
 
 
 def _commit_alone(store: AnnotationStore, step: Callable[[Any], T]) -> T:
@@ -76,17 +78,36 @@ class Backend:
         self.webhooks = Webhooks(self.store, self.models, self.serving, self.metrics, commit=commit, queued=self.queued,
                                  request_training=self.trainings.request_training,
                                  training_due=self.trainings.training_due)
+        self._stopping = threading.Event()
         if start_worker and role == "web":
             threading.Thread(target=self.serving.warm_up, name="clinie-warm-up", daemon=True).start()
             if self.sync:
                 threading.Thread(target=self.trainings.sync_loop, name="clinie-sync", daemon=True).start()
+            if self.queued:
+                threading.Thread(target=self._sweep_loop, name="clinie-sweep", daemon=True).start()
 
     def close(self) -> None:
         """Stop the re-sync schedule (graceful shutdown; a training in flight is left to finish
         or, if the process dies first, is marked failed at the next start)."""
+        self._stopping.set()
         self.trainings.stop()
         if self.commits is not None:
             self.commits.close()
+
+    def sweep(self) -> None:
+        """Drop what this replica holds of versions and projects the store no longer names: a
+        project deleted in Label Studio reaches one replica by webhook, the others find it gone here."""
+        if gone := self.serving.forget_gone(self.store.projects()):
+            log.info("forgot the models of %d projects deleted through another replica", len(gone))
+        if stale := self.models.sweep_cache({m.location for m in self.store.models()}):
+            log.info("removed %d cached model versions no longer registered", len(stale))
+
+    def _sweep_loop(self) -> None:
+        while not self._stopping.wait(SWEEP_SECONDS):
+            try:
+                self.sweep()
+            except Exception:  # the store unreachable for a while: the next sweep tries again
+                log.exception("sweeping what is cached of deleted projects failed")
 
     # --- setup and prediction -------------------------------------------------------------
 

@@ -146,16 +146,33 @@ class Serving:
                 del self._loaded[key]
             self._damaged.difference_update(versions or ())
 
+    def forget_gone(self, projects: Collection[str]) -> list[str]:
+        """``forget`` every project loaded here that is no longer among ``projects`` (purged
+        through another replica); returns them."""
+        with self._lock:
+            loaded = {project for project, _ in self._loaded} | set(self._assembled)
+        gone = sorted(loaded - set(projects))
+        for project in gone:
+            self.forget(project)
+        return gone
+
     def model_version(self, project: str) -> str:
         """The version ``predictor`` would answer as, without loading any model."""
+        record, strategy = self._serving(project)
+        return NO_MODEL_VERSION if strategy is None else self._version(project, record, strategy)
+
+    def strategy(self, project: str) -> Strategy | None:
+        """The strategy that answers ``project`` now (a cold-start policy's included); None while
+        nothing is shown: what a new version must not fall below (``select_strategy``)."""
+        return self._serving(project)[1]
+
+    def _serving(self, project: str) -> tuple[ModelRecord | None, Strategy | None]:
         while True:  # as ``predictor``: a version whose manifest cannot be read is set aside
             record = self._record(project)
             try:
-                strategy = self._strategy(project, record)
+                return record, self._strategy(project, record)
             except DamagedVersion as e:
                 self._set_aside(e)
-                continue
-            return NO_MODEL_VERSION if strategy is None else self._version(project, record, strategy)
 
     # --- what answers ---------------------------------------------------------------------
 

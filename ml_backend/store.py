@@ -705,8 +705,9 @@ class AnnotationStore:
                               "WHERE status = 'running' AND (CAST(? AS TEXT) IS NULL OR project = ?)",
                               (_now(), project, project)).rowcount
 
-    def finish_training(self, training_id: int, model: ModelRecord) -> None:
-        """Register ``model`` and make it the project's serving version, atomically.
+    def finish_training(self, training_id: int, model: ModelRecord, *, serve: bool = True) -> None:
+        """Register ``model`` and (``serve``) make it the project's serving version, atomically;
+        else it waits for the selection to compare it with what serves (``set_selection``).
 
         ``LookupError`` when the training is gone: its project was purged while it ran, and
         a model learned from the purged notes must not serve.
@@ -715,7 +716,9 @@ class AnnotationStore:
             if not db.execute("UPDATE trainings SET status = 'succeeded', finished_at = ?, version = ? WHERE id = ?",
                               (_now(), model.version, training_id)).rowcount:
                 raise LookupError(f"training {training_id} no longer exists: project {model.project} was purged")
-            self._serve(db, model)
+            self._register(db, model)
+            if serve:
+                self._make_serving(db, model.project, model.version)
 
     def serve_model(self, model: ModelRecord) -> None:
         """Register a version a training made after its first (``info["first_model"]``, registered
@@ -725,24 +728,33 @@ class AnnotationStore:
             if not db.execute("SELECT 1 FROM models WHERE version = ?", (model.info.get("first_model"),)).fetchone():
                 raise LookupError(f"{model.info.get('first_model')} is no longer registered: project "
                                   f"{model.project} was purged")
-            self._serve(db, model)
+            self._register(db, model)
+            self._make_serving(db, model.project, model.version)
 
     @staticmethod
-    def _serve(db: Connection, model: ModelRecord) -> None:
+    def _register(db: Connection, model: ModelRecord) -> None:
         db.execute("INSERT INTO models VALUES (?, ?, ?, ?, ?, ?, ?)",
                    (model.version, model.project, model.kind, model.location, model.n_examples,
                     _dump(model.info), model.created_at))
+
+    @staticmethod
+    def _make_serving(db: Connection, project: str, version: str) -> None:
         db.execute("INSERT INTO serving (project, version, since) VALUES (?, ?, ?) "
                    "ON CONFLICT (project) DO UPDATE SET version = excluded.version, since = excluded.since",
-                   (model.project, model.version, _now()))
+                   (project, version, _now()))
 
-    def set_selection(self, version: str, selection: dict[str, Any]) -> None:
-        """Record the strategy selected for a registered model version (``info["selection"]``):
-        the version serves with it from the next /predict on."""
+    def set_selection(self, version: str, selection: dict[str, Any], *, serve: bool = False) -> None:
+        """Record the strategy selected for a registered model version (``info["selection"]``),
+        and (``serve``) make it the serving version in the same transaction: it serves with it
+        from the next /predict on. ``LookupError`` when the version is gone (the project purged)."""
         with self._write() as db:
-            [info] = db.execute("SELECT info FROM models WHERE version = ?", (version,)).fetchone()
+            row = db.execute("SELECT project, info FROM models WHERE version = ?", (version,)).fetchone()
+            if row is None:
+                raise LookupError(f"{version} is no longer registered: its project was purged")
             db.execute("UPDATE models SET info = ? WHERE version = ?",
-                       (_dump({**json.loads(info), "selection": selection}), version))
+                       (_dump({**json.loads(row["info"]), "selection": selection}), version))
+            if serve:
+                self._make_serving(db, row["project"], version)
 
     def set_progress(self, project: str, stage: str, done: int, total: int, started: float) -> None:
         """Where a project's training stands (its stage, steps done of all, its start as a Unix

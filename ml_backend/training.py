@@ -33,7 +33,7 @@ from clinie.llm.hidden import HiddenStates
 from clinie.model_version import MAIN_PART, Saveable
 from clinie.selection import builder, candidates, select, selection_record
 from clinie.settings import Settings
-from clinie.strategies import PARTS
+from clinie.strategies import PARTS, Strategy
 from ml_backend.annotations import Annotations, project_documents, unannotated_documents
 from ml_backend.model_store import ModelStore
 from ml_backend.store import AnnotationStore, ModelRecord
@@ -57,12 +57,14 @@ class Progress(Protocol):
 
 
 def train_project(store: AnnotationStore, settings: Settings, models: ModelStore, project: str, training_id: int,
-                  progress: Progress) -> tuple[ModelRecord, Annotations]:
+                  progress: Progress, *, serve: bool = True) -> tuple[ModelRecord, Annotations]:
     """Fine-tune the encoder tagger (and the relation classifier, when the config has relations
-    and the annotations draw some) on the project's stored annotations and register it as the
-    serving version at once. A project's first model is trained within ``CLINIE_FIRST_MODEL_STEPS``,
-    so that it gets one within a minute; which strategy serves after it, with an encoder trained
-    to its full budget (``full_tagger``), is ``select_strategy``'s to say."""
+    and the annotations draw some) on the project's stored annotations and register it: as the
+    serving version at once when ``serve`` (nothing is shown yet, or the encoder serves already),
+    else it waits for ``select_strategy`` to compare it with what serves. A project's first model
+    is trained within ``CLINIE_FIRST_MODEL_STEPS``, so that it gets one within a minute; which
+    strategy serves after it, with an encoder trained to its full budget (``full_tagger``), is
+    ``select_strategy``'s to say."""
     progress.training_stage(project, "encoder")
     started = time.perf_counter()
     annotations = project_documents(store, project)
@@ -70,7 +72,7 @@ def train_project(store: AnnotationStore, settings: Settings, models: ModelStore
     if len(docs) < max(1, settings.min_annotations):
         raise NotEnoughAnnotations(
             f"project {project} has {len(docs)} usable annotations, {settings.min_annotations} needed")
-    # a quick first model only while nothing serves: a version already serving is better than one cut short
+    # a quick first model only while no trained version serves: one already serving is better than one cut short
     first = store.serving_model(project) is None
     budget = {"max_steps": settings.first_model_steps} if settings.first_model_steps and first else {}
     tagger = EncoderTagger(list(schema.span_labels), settings.encoder_model or None, **_epochs(settings),
@@ -91,7 +93,7 @@ def train_project(store: AnnotationStore, settings: Settings, models: ModelStore
     record = ModelRecord(version=version, project=project, kind="encoder", location=written.location,
                          n_examples=len(docs), info=info, created_at=_now())
     try:
-        store.finish_training(training_id, record)
+        store.finish_training(training_id, record, serve=serve)
     except LookupError:  # the project was deleted meanwhile: so is what was learned from it
         models.remove(written.location)
         raise
@@ -161,12 +163,14 @@ def _now() -> str:
 
 def select_strategy(store: AnnotationStore, settings: Settings, models: ModelStore, record: ModelRecord,
                     annotations: Annotations, progress: Progress, *, superseded: Callable[[], bool] = lambda: False,
-                    llm: Callable[[], LLM] | None = None,
+                    incumbent: Strategy | None = None, llm: Callable[[], LLM] | None = None,
                     states: Callable[[], HiddenStates] | None = None) -> dict[str, Any]:
-    """Cross-validate ``CLINIE_SELECT_STRATEGIES`` over the annotations ``record`` was trained on
-    (``clinie.selection``), fit the parts the chosen strategy reads besides the encoder (the
-    probe, alone or reading the sentences the encoder is unsure of) on all of them, and serve it:
-    as ``record`` itself when it reads nothing more, else as a version of its own (``derive``).
+    """Cross-validate ``CLINIE_SELECT_STRATEGIES`` and the ``incumbent`` (the strategy serving
+    before this training) over the annotations ``record`` was trained on (``clinie.selection``:
+    the choice is never below the incumbent on the same folds), fit the parts the chosen strategy
+    reads besides the encoder (the probe, alone or reading the sentences the encoder is unsure of)
+    on all of them, and serve it: as ``record`` itself when it reads nothing more, else as a
+    version of its own (``derive``).
     The project's newest ``CLINIE_STUDENT_POOL`` unannotated tasks are what a student strategy
     learns from: when one is a candidate, the teacher reads them first, a stage of its own
     (``teacher``).
@@ -174,7 +178,7 @@ def select_strategy(store: AnnotationStore, settings: Settings, models: ModelSto
     Raises ``Superseded`` between two fits (or two sentences the teacher reads) once
     ``superseded()`` (a newer training is waiting).
     A selection that fails otherwise (the LLM cannot be loaded, say) is logged and recorded as
-    failed; the encoder keeps serving.
+    failed; what served before keeps serving (``record`` itself if it served already).
     """
     project, docs = record.project, annotations.docs
     pool = unannotated_documents(store, project, annotations.schema, settings.student_pool or None)
@@ -195,7 +199,7 @@ def select_strategy(store: AnnotationStore, settings: Settings, models: ModelSto
             progress.training_stage(project, "teacher")  # reading the unannotated sentences
             build.read_unannotated(fitted)
         progress.training_stage(project, "selection")
-        cv = select(docs, build, settings, on_fit=fitted)
+        cv = select(docs, build, settings, incumbent=incumbent, on_fit=fitted)
         selection, chosen = {**selection_record(cv), "unannotated": pool.summary()}, cv.selected
         parts: dict[str, Saveable] = {}
         if "encoder" in chosen.kind.parts and record.info.get("cut_short"):
@@ -213,10 +217,11 @@ def select_strategy(store: AnnotationStore, settings: Settings, models: ModelSto
     except Superseded:
         raise
     except Exception as e:
-        log.exception("project %s: strategy selection failed; the encoder serves", project)
-        selection, serving = {"strategy": None, "error": type(e).__name__}, record
+        log.exception("project %s: strategy selection failed; what served before keeps serving", project)
+        store.set_selection(record.version, {"strategy": None, "error": type(e).__name__})
+        return {"strategy": None, "error": type(e).__name__}
     if serving is record:
-        store.set_selection(record.version, selection)
+        store.set_selection(record.version, selection, serve=True)
     else:
         serve(store, models, serving)
     return selection

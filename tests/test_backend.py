@@ -579,7 +579,7 @@ def train_by_webhook(settings: Settings, docs: list, project: int = 1):
 @pytest.mark.slow
 def test_training_selects_a_strategy_by_cross_validation_and_the_backend_serves_it(tmp_path):
     settings = Settings(data_dir=tmp_path / "select", train_every=0, min_annotations=5, encoder_epochs=10, llm_k=2,
-                        select_strategies="encoder,probe,gated-0.8,llm", select_folds=3,
+                        select_strategies="encoder,probe,gated-0.8,llm", cold_start="none", select_folds=3,
                         select_prefer="")  # strategy "auto"; the best mean F1 wins (the rule: test_fewshot)
     # (filter-then-rerank in cross-validation: test_fewshot; served: the LLM-endpoint tests below)
     docs = list(read_documents(NCBI_TRAIN))
@@ -666,7 +666,7 @@ def test_a_student_learns_from_the_projects_predicted_tasks_serves_when_selected
     labels in the background training; the selected student serves from its version directory;
     a deleted unannotated task leaves no byte of its text in the data directory."""
     settings = Settings(data_dir=tmp_path / "student", train_every=0, min_annotations=5, encoder_epochs=2,
-                        select_strategies="student-0.00", select_folds=2)
+                        select_strategies="student-0.00", cold_start="none", select_folds=2)
     docs = list(read_documents(NCBI_TRAIN))
     backend = Backend(settings)
     client = create_app(settings, backend).test_client()
@@ -712,7 +712,7 @@ def test_a_selected_probe_is_saved_with_its_model_version_and_serves_after_a_res
     """Filter-then-probe is selected and trained; after a restart it serves the same answer from
     disk, and so does the probe alone from the same saved version (as if it had been selected)."""
     settings = Settings(data_dir=tmp_path / "probe", train_every=0, min_annotations=5, encoder_epochs=10,
-                        select_strategies="gated-0.90", select_folds=3)
+                        select_strategies="gated-0.90", cold_start="none", select_folds=3)
     docs = list(read_documents(NCBI_TRAIN))
     backend, client = train_by_webhook(settings, docs[:15])
     record = backend.store.serving_model("1")
@@ -741,7 +741,8 @@ def test_region_scores_are_calibrated_and_the_task_score_is_the_least_sure_word(
     from clinie.extractors.encoder import EncoderTagger
 
     settings = Settings(data_dir=tmp_path / "calibrated", train_every=0, min_annotations=5, encoder_epochs=40,
-                        select_strategies="encoder", select_folds=3)  # 40 epochs: 80 steps, enough to find spans
+                        select_strategies="encoder", cold_start="none",
+                        select_folds=3)  # 40 epochs: 80 steps, enough to find spans
     docs = list(read_documents(NCBI_TRAIN))
     backend, client = train_by_webhook(settings, docs[:15])
     record = backend.store.serving_model("1")

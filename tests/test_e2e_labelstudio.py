@@ -174,6 +174,36 @@ def test_a_task_deleted_in_label_studio_is_gone_from_every_file_of_the_backend(l
 DDI_CONFIG = (ROOT / "label_configs" / "drug_interactions.xml").read_text()
 
 
+def test_a_version_worse_in_cross_validation_than_what_serves_is_trained_and_not_served(label_studio, tmp_path):
+    """The LLM with the annotations as demonstrations serves (the cold start); *Start training*
+    trains an encoder given one epoch, which predicts nothing on 10 sentences. The selection
+    cross-validates it against the LLM on the same folds: the encoder's version is registered,
+    yet what Label Studio keeps getting is the LLM's, and the store says why."""
+    api = label_studio.client
+    control = parse_label_config(DISEASE_CONFIG).span_controls[0]
+    docs = list(read_documents(DATA / "ncbi_disease" / "fewshot" / "gutierrez_train100_seed42.jsonl"))[:12]
+    project = api.create_project("worse version (clinie e2e)", DISEASE_CONFIG)
+    task_ids = api.import_tasks(project, [{"text": d.text} for d in docs])
+    settings = {"CLINIE_TRAIN_EVERY": "0", "CLINIE_MIN_ANNOTATIONS": "5", "CLINIE_COLD_START": "llm",
+                "CLINIE_SELECT_STRATEGIES": "encoder", "CLINIE_ENCODER_EPOCHS": "1", "CLINIE_FIRST_MODEL_STEPS": "0"}
+    with BackendServer(tmp_path / "backend", **settings) as server:
+        ml_id = api.connect_ml_backend(project, server.url)
+        for task_id, doc in zip(task_ids[:10], docs[:10]):
+            api.create_annotation(task_id, document_to_result(doc, control)[0])
+        store = AnnotationStore(server.data_dir / "clinie.sqlite3")
+        api.train(ml_id)
+        [model] = wait_for(lambda: [m for m in store.models(str(project)) if m.info.get("selection")], 900,
+                           "the selection after the training")
+        selection = model.info["selection"]
+        figures = selection["strategies"]
+        assert selection["incumbent"] == selection["strategy"] == "llm-k5", server.log_tail()
+        assert figures["encoder"]["mean_f1"] < figures["llm-k5"]["mean_f1"]
+        api.retrieve_predictions(project, task_ids[10:])
+        for task_id in task_ids[10:]:
+            [prediction] = api.predictions(task_id)
+            assert prediction["model_version"] == "clinie-llm-llama.cpp-gemma-3-270m-q4_k_m-k5-pool10"
+
+
 @pytest.mark.heavy
 def test_relations_train_and_come_back_as_arrows_between_predicted_regions(label_studio, backend, tmp_path):
     """A drug-interaction project: annotations with relations are stored by webhook, training

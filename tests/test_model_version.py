@@ -116,3 +116,17 @@ def test_a_directory_written_before_manifests_loads_as_found(tmp_path):
     assert not version.verified and set(version.parts) == {MAIN_PART, "probe"}
     assert version.local("probe") == legacy / "probe"
     assert json.loads((legacy / "clinie.json").read_text()) == {}
+
+
+def test_a_replica_sweeps_its_cached_copies_of_versions_no_longer_registered(tmp_path):
+    """A project deleted through another replica: this one's cached copy goes at its next sweep."""
+    root = f"memory://clinie-sweep-{os.getpid()}"
+    store = ModelStore(root, tmp_path / "data")
+    try:
+        kept, purged = (store.write(project, "v1", {MAIN_PART: Files(ENCODER)}, {}) for project in ("1", "2"))
+        cached = {version.location: store.local(version, MAIN_PART) for version in (kept, purged)}
+        assert store.sweep_cache({kept.location, purged.location}) == []
+        assert store.sweep_cache({kept.location}) == [cached[purged.location]]
+        assert not (store.cache / "2").exists() and read(kept, store, MAIN_PART) == ENCODER
+    finally:
+        fsspec.filesystem("memory").rm(root.removeprefix("memory://"), recursive=True)

@@ -94,13 +94,15 @@ class CrossValidation:
     runs: dict[str, StrategyRun] = field(default_factory=dict)
     max_llm_share: float = 1.0
     prefer: str = ""
+    incumbent: str = ""  # the strategy serving now, among the runs: what a challenger must not fall below
 
     @property
     def selected(self) -> Candidate:
         """The strategy ``pick`` chooses from these figures."""
         figures = {name: {"mean_f1": r.mean_f1, "sd_f1": r.sd_f1, "fold_f1": r.fold_f1, "llm_share": r.llm_share}
                    for name, r in self.runs.items()}
-        return self.runs[pick(figures, max_llm_share=self.max_llm_share, prefer=self.prefer)].strategy
+        return self.runs[pick(figures, max_llm_share=self.max_llm_share, prefer=self.prefer,
+                              incumbent=self.incumbent)].strategy
 
     def fold_predictions(self, name: str) -> list[tuple[list[Document], list[Document]]]:
         """Per fold, (gold, predicted) documents of strategy ``name``."""
@@ -111,12 +113,14 @@ class CrossValidation:
         return {"n_documents": len(self.docs), "n_folds": len(self.folds),
                 "scheme": "leave-one-out" if all(len(f) == 1 for f in self.folds) else f"{len(self.folds)}-fold",
                 "selected": self.selected.name, "max_llm_share": self.max_llm_share, "prefer": self.prefer,
+                "incumbent": self.incumbent or None,
                 "strategies": {name: {"mean_f1": round(r.mean_f1, 4), "sd_f1": round(r.sd_f1, 4),
                                       "fold_f1": [round(f, 4) for f in r.fold_f1], "llm_share": round(r.llm_share, 4)}
                                for name, r in self.runs.items()}}
 
 
-def pick(figures: Mapping[str, Mapping[str, Any]], *, max_llm_share: float = 1.0, prefer: str = "") -> str:
+def pick(figures: Mapping[str, Mapping[str, Any]], *, max_llm_share: float = 1.0, prefer: str = "",
+         incumbent: str = "") -> str:
     """The strategy to serve, from each one's cross-validated ``mean_f1``, ``sd_f1`` (over the
     folds), ``fold_f1`` and ``llm_share``: the best mean F1 among those within the LLM budget (the
     first listed among equals; when none is within it, the one that sends the LLM the fewest
@@ -125,25 +129,35 @@ def pick(figures: Mapping[str, Mapping[str, Any]], *, max_llm_share: float = 1.0
     close strategies: the one-standard-error rule keeps the one the measurements favour at every
     pool size (the probe; docs/results.md) unless another is clearly better.
 
+    Never a strategy below the ``incumbent`` (the one serving now, within the budget) on the same
+    folds: a preference cannot swap in a worse version; the incumbent stays unless the choice
+    reaches its mean.
+
     >>> figures = {"encoder": {"mean_f1": 0.60, "sd_f1": 0.20, "fold_f1": [0.4, 0.8], "llm_share": 0.0},
     ...            "probe": {"mean_f1": 0.50, "sd_f1": 0.10, "fold_f1": [0.4, 0.6], "llm_share": 1.0}}
     >>> pick(figures), pick(figures, prefer="probe"), pick(figures, prefer="probe", max_llm_share=0.5)
     ('encoder', 'probe', 'encoder')
+    >>> pick(figures, prefer="probe", incumbent="encoder"), pick(figures, incumbent="probe")
+    ('encoder', 'encoder')
     """
     names = list(figures)
     eligible = [n for n in names if figures[n]["llm_share"] <= max_llm_share] or \
         [min(names, key=lambda n: figures[n]["llm_share"])]
     best = max(eligible, key=lambda n: figures[n]["mean_f1"])  # max keeps the first of equals
+    choice = best
     if prefer in eligible and prefer != best:
         standard_error = figures[best]["sd_f1"] / math.sqrt(len(figures[best]["fold_f1"]))
         if figures[prefer]["mean_f1"] >= figures[best]["mean_f1"] - standard_error:
-            return prefer
-    return best
+            choice = prefer
+    if incumbent in eligible and figures[choice]["mean_f1"] < figures[incumbent]["mean_f1"]:
+        return incumbent
+    return choice
 
 
 def cross_validate(docs: Sequence[Document], strategies: Sequence[Candidate], build: Build, *, k: int = 5,
                    loo_below: int = 10, seed: int = 0, max_llm_share: float = 1.0, prefer: str = "",
-                   progress: bool = False, on_fit: Callable[[int, int], None] | None = None) -> CrossValidation:
+                   incumbent: str = "", progress: bool = False,
+                   on_fit: Callable[[int, int], None] | None = None) -> CrossValidation:
     """Every strategy fitted on each fold's complement and run on the fold (see module doc);
     ``on_fit(done, total)`` is called before the first fit and after each (a caller's progress:
     how many there will be is known at once; it may raise to stop)."""
@@ -154,7 +168,8 @@ def cross_validate(docs: Sequence[Document], strategies: Sequence[Candidate], bu
     docs = list(docs)
     if len({d.id for d in docs}) != len(docs):
         raise ValueError("document ids repeat: folds could not keep a document out of its own training set")
-    cv = CrossValidation(docs, folds(len(docs), k, loo_below, seed), max_llm_share=max_llm_share, prefer=prefer)
+    cv = CrossValidation(docs, folds(len(docs), k, loo_below, seed), max_llm_share=max_llm_share, prefer=prefer,
+                         incumbent=incumbent)
     predictions: dict[str, list[Document | None]] = {s.name: [None] * len(docs) for s in strategies}
     fold_f1: dict[str, list[float]] = {s.name: [] for s in strategies}
     steps = tqdm(total=len(cv.folds) * len(strategies), desc="cross-validation", unit="fit", disable=not progress)
