@@ -22,7 +22,7 @@ from ml_backend.serving import Serving
 from ml_backend.store import AnnotationStore, ModelRecord
 from ml_backend.sync import LabelStudioSync
 from ml_backend.training import (NotEnoughAnnotations, Superseded, TrainingWorker, prune_versions, select_strategy,
-                                 serve_full_encoder, train_project)
+                                 serve_full_encoder, train_project, train_relations)
 from ml_backend.webhooks import left_in_wal, refused  # what a re-sync refused or left is said as for a webhook
 
 log = logging.getLogger(__name__)
@@ -146,6 +146,13 @@ class TrainingPipeline:
             return None
         self.metrics.count("trainings_succeeded")
         self.metrics.observe("training", time.perf_counter() - started)
+        try:  # the entities serve already; relations follow, and never sink them
+            record = train_relations(self.store, self.settings, self.models, record, annotations,
+                                     self.metrics) or record
+        except Exception:
+            self.metrics.count("trainings_failed")
+            log.exception("project %s: training the relation classifier failed; the entities serve without it",
+                          project)
         log.info("project %s: trained %s (%d examples)%s", project, record.version, record.n_examples,
                  "" if incumbent is None or incumbent.name == "encoder" else
                  f"; {incumbent.name} serves until the selection compares them")

@@ -725,11 +725,19 @@ class AnnotationStore:
         by ``finish_training``) and make it serve. ``LookupError`` when that first version is gone:
         the project was purged while the training ran."""
         with self._write() as db:
-            if not db.execute("SELECT 1 FROM models WHERE version = ?", (model.info.get("first_model"),)).fetchone():
-                raise LookupError(f"{model.info.get('first_model')} is no longer registered: project "
-                                  f"{model.project} was purged")
-            self._register(db, model)
+            self._register_derived(db, model)
             self._make_serving(db, model.project, model.version)
+
+    def register_model(self, model: ModelRecord) -> None:
+        """``serve_model`` without serving it: it waits, as its first version does, for the selection."""
+        with self._write() as db:
+            self._register_derived(db, model)
+
+    def _register_derived(self, db: Connection, model: ModelRecord) -> None:
+        if not db.execute("SELECT 1 FROM models WHERE version = ?", (model.info.get("first_model"),)).fetchone():
+            raise LookupError(f"{model.info.get('first_model')} is no longer registered: project "
+                              f"{model.project} was purged")
+        self._register(db, model)
 
     @staticmethod
     def _register(db: Connection, model: ModelRecord) -> None:

@@ -58,8 +58,7 @@ class Progress(Protocol):
 
 def train_project(store: AnnotationStore, settings: Settings, models: ModelStore, project: str, training_id: int,
                   progress: Progress, *, serve: bool = True) -> tuple[ModelRecord, Annotations]:
-    """Fine-tune the encoder tagger (and the relation classifier, when the config has relations
-    and the annotations draw some) on the project's stored annotations and register it: as the
+    """Fine-tune the encoder tagger on the project's stored annotations and register it: as the
     serving version at once when ``serve`` (nothing is shown yet, or the encoder serves already),
     else it waits for ``select_strategy`` to compare it with what serves. A project's first model
     is trained within ``CLINIE_FIRST_MODEL_STEPS``, so that it gets one within a minute; which
@@ -77,19 +76,12 @@ def train_project(store: AnnotationStore, settings: Settings, models: ModelStore
     budget = {"max_steps": settings.first_model_steps} if settings.first_model_steps and first else {}
     tagger = EncoderTagger(list(schema.span_labels), settings.encoder_model or None, **_epochs(settings),
                            **budget).fit(docs)
-    parts: dict[str, Saveable] = {MAIN_PART: tagger}
-    relations = None
-    if schema.relation_labels and any(d.relations for d in docs):
-        progress.training_stage(project, "relations")
-        relations = parts[RELATIONS_DIR] = RelationClassifier(schema.relation_labels, settings.encoder_model or None,
-                                                              **_epochs(settings)).fit(docs)
     version = f"clinie-encoder-p{project}-t{training_id}-n{len(docs)}"
     info = {"labels": list(schema.span_labels), "base_model": settings.encoder_model or "embedded MiniLM",
-            "relations": list(relations.labels) if relations else [],
-            "relation_pairs": relations.n_train_pairs if relations else 0, "selection": None,
+            "relations": [], "relation_pairs": 0, "selection": None,
             "annotations": annotations.summary(), "cut_short": tagger.cut_short,
             "seconds": round(time.perf_counter() - started, 1)}
-    written = models.write(project, version, parts, info)
+    written = models.write(project, version, {MAIN_PART: tagger}, info)
     record = ModelRecord(version=version, project=project, kind="encoder", location=written.location,
                          n_examples=len(docs), info=info, created_at=_now())
     try:
@@ -98,6 +90,33 @@ def train_project(store: AnnotationStore, settings: Settings, models: ModelStore
         models.remove(written.location)
         raise
     return record, annotations
+
+
+def train_relations(store: AnnotationStore, settings: Settings, models: ModelStore, record: ModelRecord,
+                    annotations: Annotations, progress: Progress) -> ModelRecord | None:
+    """The relation classifier, when the config has relations and the annotations draw some,
+    trained after ``record``'s entities serve (they never wait for it) and added as a version of
+    its own, ``<record>-relations``, which serves in its place if ``record`` serves (else it waits
+    with it for the selection). None when there are no relations to learn."""
+    schema, docs = annotations.schema, annotations.docs
+    if not (schema.relation_labels and any(d.relations for d in docs)):
+        return None
+    progress.training_stage(record.project, "relations")
+    started = time.perf_counter()
+    classifier = RelationClassifier(schema.relation_labels, settings.encoder_model or None,
+                                    **_epochs(settings)).fit(docs)
+    derived = derive(models, record, "relations", {RELATIONS_DIR: classifier},
+                     {"relations": list(classifier.labels), "relation_pairs": classifier.n_train_pairs,
+                      "relations_seconds": round(time.perf_counter() - started, 1)})
+    serving = store.serving_model(record.project)
+    if serving is not None and serving.version == record.version:
+        return serve(store, models, derived)
+    try:
+        store.register_model(derived)
+    except LookupError:
+        models.remove(derived.location)
+        raise
+    return derived
 
 
 def full_tagger(settings: Settings, project: str, annotations: Annotations, progress: Progress) -> EncoderTagger:

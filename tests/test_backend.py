@@ -522,6 +522,11 @@ def test_a_project_with_relations_trains_both_models_and_predicts_arrows_between
     assert sum(sum(r["type"] == "relation" for r in e.result) for e in stored) == sum(len(d.relations) for d in docs)
     record = backend.train("9")
     assert record is not None and record.info["relations"] == list(schema.relation_label_names)
+    # the entities served first, on their own; the relation classifier came after, in a version of its own
+    first, with_relations, *_ = backend.store.models("9")
+    assert not ModelVersion.open(first.location).has("relations") and first.info["relations"] == []
+    assert with_relations.version == first.version + "-relations"
+    assert ModelVersion.open(record.location).has("relations")
     tasks = [{"id": 100 + i, "data": {"text": d.text}} for i, d in enumerate(docs[:10])]
     answer = client.post("/predict", json={"tasks": tasks, "project": "9", "label_config": config}).json
     arrows = 0
