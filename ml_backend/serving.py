@@ -27,7 +27,7 @@ from clinie.extractors.relation_encoder import RELATIONS_DIR, RelationClassifier
 from clinie.llm import make_llm
 from clinie.llm.cache import CallCache
 from clinie.llm.hidden import HiddenStates
-from clinie.model_version import ModelVersion
+from clinie.model_version import DamagedModel, ModelVersion
 from clinie.retrieval import Embedder
 from clinie.selection import probe_states, span_specs
 from clinie.settings import Settings
@@ -115,10 +115,11 @@ class Serving:
         return strategy
 
     def _opened(self, record: ModelRecord) -> ModelVersion:
-        """The version's manifest (``DamagedVersion`` when it has none that can be read)."""
+        """The version's manifest (``DamagedVersion`` when it has none that can be read; a bucket
+        out of reach is not a damaged version, and its error goes to the caller)."""
         try:
             return self.models.open(record.location)
-        except Exception as e:
+        except DamagedModel as e:
             raise DamagedVersion(record) from e
 
     def _version(self, project: str, record: ModelRecord | None, strategy: Strategy) -> str:
