@@ -132,8 +132,10 @@ class ModelVersion:
             manifest = json.loads(fs.cat_file(f"{path}/{MANIFEST}"))
         except FileNotFoundError:
             if not is_remote(location) and (_local_path(location) / "clinie.json").is_file():
-                return cls(location, _checksums(_local_path(location), _legacy_parts(_local_path(location))),
-                           verified=False)
+                directory = _local_path(location)
+                parts = _legacy_parts(directory)  # its files listed, not hashed: nothing to check them against
+                return cls(location, {part: dict.fromkeys(map(str, _files(directory, part, parts)), "")
+                                      for part in parts}, verified=False)
             raise DamagedModel(f"no model version at {location}") from None
         except ValueError as e:
             raise DamagedModel(f"{location}: its manifest cannot be read") from e
