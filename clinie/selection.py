@@ -20,6 +20,7 @@ from typing import Any
 from clinie.core import Document, LabelSpec, Schema
 from clinie.evaluation.fewshot import CrossValidation, cross_validate
 from clinie.evaluation.study import cross_fitted_calibration
+from clinie.evaluation.thresholds import fit_thresholds
 from clinie.llm.base import LLM
 from clinie.llm.hidden import HiddenStates
 from clinie.retrieval import Embedder
@@ -50,13 +51,18 @@ def probe_states(settings: Settings) -> HiddenStates:
                                cache_bytes=settings.feature_cache_mb * 2**20)
 
 
-def selection_record(cv: CrossValidation) -> dict[str, Any]:
-    """What is stored: the choice, the figures behind it, the date, and the calibrator of the
-    chosen strategy's scores (with its raw and cross-fitted expected calibration error)."""
-    record: dict[str, Any] = {"strategy": cv.selected.name,
+def selection_record(cv: CrossValidation, min_precision: float) -> dict[str, Any]:
+    """What is stored: the choice, the figures behind it, the date, the thresholds its regions
+    are shown from (``clinie.evaluation.thresholds``, reaching ``min_precision`` on its
+    cross-validated predictions) and the calibrator of its scores (with its raw and
+    cross-fitted expected calibration error)."""
+    chosen = cv.selected.name
+    record: dict[str, Any] = {"strategy": chosen,
                               "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                              **cv.summary(), "calibrator": None}
-    if calibration := cross_fitted_calibration(cv, cv.selected.name):
+                              **cv.summary(), "calibrator": None,
+                              "thresholds": fit_thresholds(cv.docs, cv.runs[chosen].predictions,
+                                                           min_precision=min_precision).as_dict()}
+    if calibration := cross_fitted_calibration(cv, chosen):
         record.update(calibrator=calibration["calibrator"], calibration_spans=calibration["spans"],
                       ece_raw=round(calibration["ece_raw"], 4), ece_calibrated=round(calibration["ece_calibrated"], 4))
     return record

@@ -85,6 +85,10 @@ class Settings:
     #: The largest share of sentences the selected strategy may send to the LLM (as measured in
     #: the cross-validation); 1 = no limit.
     select_max_llm_share: float = 1.0
+    #: Precision first: per label, regions are shown only from the score on at which at least
+    #: this share of the selected strategy's cross-validated regions were right (the lowest such
+    #: score); a label none reaches is not shown until the model improves; 0 = every region.
+    min_precision: float = 0.5
     #: The causal LM whose hidden states the ``probe`` strategy reads, in-process (transformers):
     #: a GGUF path, a model directory or an HF name available offline; empty = embedded Gemma 3 270M.
     probe_model: str = ""
@@ -280,6 +284,8 @@ class Settings:
             raise ValueError(f"{PREFIX}SELECT_FOLDS must be at least 2")
         if not 0 <= self.select_max_llm_share <= 1:
             raise ValueError(f"{PREFIX}SELECT_MAX_LLM_SHARE must be between 0 and 1")
+        if not 0 <= self.min_precision <= 1:
+            raise ValueError(f"{PREFIX}MIN_PRECISION must be a precision between 0 and 1, not {self.min_precision}")
         if self.llm_provider not in ("llama.cpp", "transformers", "openai"):
             raise ValueError(f"{PREFIX}LLM_PROVIDER must be llama.cpp, transformers or openai, "
                              f"not {self.llm_provider!r}")

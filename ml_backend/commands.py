@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from clinie.evaluation.thresholds import Thresholds
 from clinie.settings import Settings
 from ml_backend.annotations import project_documents, unannotated_documents
 from ml_backend.model_store import ModelStore
@@ -81,6 +82,7 @@ def _report(args: argparse.Namespace) -> int:
                           f"{stored.get('seconds', '?')} s of selection after the encoder served)"
                           if stored.get("strategy") else "none"),
                          ("compared with what served before it", _compared(stored)),
+                         ("regions shown (precision first)", _shown_from(stored)),
                          ("strategy this cross-validation selects", cv.selected.name)]
     project_report(cv, curve, report, examples=args.examples)
     print(f"report: {write_report(report, args.out)}", file=sys.stderr)
@@ -99,6 +101,19 @@ def _compared(selection: dict[str, Any]) -> str:
         return f"{incumbent} kept (F1 {figures[incumbent]['mean_f1']:.3f}): no other strategy reached it"
     return (f"{chosen} (F1 {figures[chosen]['mean_f1']:.3f}) replaced {incumbent} "
             f"(F1 {figures[incumbent]['mean_f1']:.3f} on the same folds)")
+
+
+def _shown_from(selection: dict[str, Any]) -> str:
+    """From which score each label's regions are shown (``clinie.evaluation.thresholds``)."""
+    if not (stored := selection.get("thresholds")):
+        return "all: no thresholds chosen yet"
+    thresholds = Thresholds.from_dict(stored)
+    labels = {**thresholds.spans, **thresholds.relations}
+    if not labels or not thresholds.min_precision:
+        return "all: nothing scored to choose thresholds from"
+    least = ", ".join(f"{label or 'any other label'} " + (f"from score {t:.2f}" if t is not None else "none")
+                      for label, t in labels.items())
+    return f"where at least {thresholds.min_precision:.0%} of cross-validated regions were right: {least}"
 
 
 def _existing_store(settings: Settings) -> str:

@@ -16,6 +16,7 @@ from typing import Any
 
 from clinie.core import Document, Schema
 from clinie.evaluation.calibration import calibrate_documents
+from clinie.evaluation.thresholds import Thresholds
 from clinie.labelstudio import prediction_to_result, task_to_document
 from clinie.settings import Settings
 from ml_backend.metrics import Metrics
@@ -120,6 +121,8 @@ class PredictLoop:
                 docs.append(None)
                 self._task_error(task, "read", e)
         predicted, predictor = self._run_model(predictor, tasks, docs)
+        if predictor.thresholds is not None:  # precision first: what is shown was right often enough
+            predicted = [None if p is None else self._shown(p, predictor.thresholds) for p in predicted]
         if predictor.calibrator is not None:  # the score Label Studio sorts tasks by means "chance it is right"
             predicted = [None if p is None else calibrate_documents(p, predictor.calibrator) for p in predicted]
 
@@ -137,6 +140,12 @@ class PredictLoop:
                 entry["score"] = score
             results.append(entry)
         return results, predictor
+
+    def _shown(self, docs: list[Document], thresholds: Thresholds) -> list[Document]:
+        """``docs`` without the regions under their label's threshold, counted (``regions_not_shown``)."""
+        shown = thresholds.apply(docs)
+        self.metrics.count("regions_not_shown", sum(len(d.entities) for d in docs) - sum(len(d.entities) for d in shown))
+        return shown
 
     def _task_documents(self, task: Any, schema: Schema) -> list[Document]:
         """The texts of a task its span controls annotate; ``TaskTooLong`` beyond

@@ -23,6 +23,7 @@ from typing import Any, NamedTuple
 from clinie import __version__
 from clinie.core import Document, Extractor, LabelSpec, Schema
 from clinie.evaluation.calibration import Calibrator, calibrator_from_dict
+from clinie.evaluation.thresholds import Thresholds
 from clinie.extractors.relation_encoder import RELATIONS_DIR, RelationClassifier
 from clinie.llm import make_llm
 from clinie.llm.cache import CallCache
@@ -66,6 +67,7 @@ class Predictor(NamedTuple):
     calibrator: Calibrator | None
     fallback: Predictor | None  # the trained encoder, when ``model`` reads more than it
     uses_llm: bool = False
+    thresholds: Thresholds | None = None  # the least score of a region shown, per label (precision first)
 
 
 class Serving:
@@ -205,8 +207,10 @@ class Serving:
         if strategy is None:
             return Predictor(NO_MODEL_VERSION, None, None, None)
         selection = (record.info.get("selection") or {}) if record is not None else {}
-        calibrator = calibrator_from_dict(selection["calibrator"]) \
-            if selection.get("calibrator") and selection.get("strategy") == strategy.name else None
+        chosen = selection.get("strategy") == strategy.name
+        calibrator = calibrator_from_dict(selection["calibrator"]) if chosen and selection.get("calibrator") else None
+        thresholds = Thresholds.from_dict(selection["thresholds"]) \
+            if chosen and selection.get("thresholds") and self.settings.min_precision > 0 else None
         model = self._assembled_model(project, schema, record, strategy)
         fallback = None
         if record is not None and strategy.kind.beyond_encoder:
@@ -214,7 +218,7 @@ class Serving:
                                lambda: self._relation_classifier(record))
             fallback = Predictor(record.version, encoder, None, None)
         return Predictor(self._version(project, record, strategy), model, calibrator, fallback,
-                         uses_llm=strategy.kind.reads_llm)
+                         uses_llm=strategy.kind.reads_llm, thresholds=thresholds)
 
     def _assembled_model(self, project: str, schema: Schema, record: ModelRecord | None,
                          strategy: Strategy) -> Extractor:

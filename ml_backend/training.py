@@ -219,7 +219,7 @@ def select_strategy(store: AnnotationStore, settings: Settings, models: ModelSto
             build.read_unannotated(fitted)
         progress.training_stage(project, "selection")
         cv = select(docs, build, settings, incumbent=incumbent, on_fit=fitted)
-        selection, chosen = {**selection_record(cv), "unannotated": pool.summary()}, cv.selected
+        selection, chosen = {**selection_record(cv, settings.min_precision), "unannotated": pool.summary()}, cv.selected
         parts: dict[str, Saveable] = {}
         if "encoder" in chosen.kind.parts and record.info.get("cut_short"):
             parts[MAIN_PART] = full_tagger(settings, project, annotations, progress)

@@ -35,16 +35,17 @@ ISOTONIC_FROM = 200  # spans: below, one temperature; from there on, isotonic re
 _EPS = 1e-6
 
 
+def labelled_outcomes(gold_docs: Iterable[Document], pred_docs: Iterable[Document]) -> list[tuple[str, float, int]]:
+    """Each scored predicted span's label, score, and 1 when it is exactly right (offsets and label)."""
+    gold = {d.id: {(s.start, s.end, s.label) for s in d.entities} for d in gold_docs}
+    return [(s.label, float(s.score), int((s.start, s.end, s.label) in gold.get(d.id, ())))
+            for d in pred_docs for s in d.entities if s.score is not None]
+
+
 def span_outcomes(gold_docs: Iterable[Document], pred_docs: Iterable[Document]) -> tuple[list[float], list[int]]:
     """Each scored predicted span's score, and 1 when it is exactly right (offsets and label)."""
-    gold = {d.id: {(s.start, s.end, s.label) for s in d.entities} for d in gold_docs}
-    scores, correct = [], []
-    for doc in pred_docs:
-        for span in doc.entities:
-            if span.score is not None:
-                scores.append(float(span.score))
-                correct.append(int((span.start, span.end, span.label) in gold.get(doc.id, ())))
-    return scores, correct
+    outcomes = labelled_outcomes(gold_docs, pred_docs)
+    return [score for _, score, _ in outcomes], [ok for _, _, ok in outcomes]
 
 
 def reliability(scores: Sequence[float], correct: Sequence[int], bins: int = 10) -> list[dict[str, float]]:

@@ -26,6 +26,8 @@ from clinie.evaluation.calibration import (auroc, brier, calibrate_documents, cr
                                            expected_calibration_error, fit_calibrator, reliability, span_outcomes)
 from clinie.evaluation.fewshot import (Build, Candidate, CrossValidation, cross_validate, pick, sentence_share,
                                       subsample)
+from clinie.evaluation.metrics import evaluate_spans
+from clinie.evaluation.thresholds import fit_thresholds
 from clinie.settings import Settings
 
 COST_KEYS = ("calls", "cache_hits", "prompt_tokens", "completion_tokens", "sentences", "sentences_to_llm", "seconds")
@@ -65,9 +67,31 @@ def evaluation(gold: Sequence[Document], predicted: Sequence[Document], *, calib
                                brier_calibrated=brier(calibrated, correct), auroc_calibrated=auroc(calibrated, correct),
                                bins_calibrated=reliability(calibrated, correct))
         out["calibration"] = calibration
+        if calibration_from:
+            out["precision_first"] = precision_first(gold, predicted, calibration_gold, calibration_from)
     if (cost := llm_cost(predicted)) is not None:
         out["llm_cost"] = cost
     return out
+
+
+#: The ``CLINIE_MIN_PRECISION`` values a study measures (0: every region shown).
+PRECISION_LEVELS = (0.0, 0.5, 0.6, 0.7, 0.8)
+
+
+def precision_first(gold: Sequence[Document], predicted: Sequence[Document], fit_gold: Sequence[Document],
+                    fit_predicted: Sequence[Document]) -> list[dict[str, Any]]:
+    """Per ``PRECISION_LEVELS``: thresholds chosen on ``fit_predicted`` (cross-validated predictions
+    of ``fit_gold``, never ``gold``), applied to ``predicted``: what is shown of it — precision,
+    recall, F1, and the wrong regions an annotator deletes per 100 documents (sentences, in the
+    few-shot corpora)."""
+    rows = []
+    for level in PRECISION_LEVELS:
+        thresholds = fit_thresholds(fit_gold, fit_predicted, min_precision=level)
+        micro = evaluate_spans(gold, thresholds.apply(predicted) if level else predicted)["strict"].micro
+        rows.append({"min_precision": level, "precision": round(micro.precision, 4), "recall": round(micro.recall, 4),
+                     "f1": round(micro.f1, 4), "wrong_per_100": round(100 * micro.fp / max(1, len(gold)), 1),
+                     "shown": micro.tp + micro.fp, "thresholds": dict(thresholds.spans)})
+    return rows
 
 
 def one_run(pool: Sequence[Document], test: Sequence[Document], strategies: Sequence[Candidate], build: Build, *,
