@@ -1,19 +1,23 @@
-"""How long a project waits after *Start training*: for its first model, and for the strategy
-selection picks; and how good that first model is.
+"""How long a project waits after *Start training*, and how good each version it is served is.
 
-A backend (``ml_backend.service.Backend``, a fresh store, the embedded models) receives
-``--sizes`` NCBI-disease annotations by webhook (the first sentences of
-``fewshot/gutierrez_train100_seed42.jsonl``), then trains as *Start training* asks: the encoder is
-fine-tuned within ``CLINIE_FIRST_MODEL_STEPS`` optimiser steps and serves, then
-``CLINIE_SELECT_STRATEGIES`` are cross-validated and the pick serves. Recorded per size and step
-budget: seconds until the encoder served, its strict F1 on the 200 Chen et al. 2023 items (and
-that of the encoder trained to its full budget after it, when the budget cut it short), and
-seconds until the selected strategy served (both from the start of the training) — before
-selection ran after the first model, a project waited for it, so that figure is also what a first
-model used to cost. Run alone: llama.cpp and torch on 2 cores slow each other many-fold.
+A backend (``ml_backend.service.Backend``, a fresh store, the embedded models, the default
+settings unless named) receives ``--sizes`` NCBI-disease annotations by webhook (the first
+sentences of ``fewshot/gutierrez_train100_seed42.jsonl``), then trains as *Start training* asks.
+What serves is watched throughout (every half second): each model version that served, from
+when, and as which strategy. Afterwards each is scored on the first ``--items`` of the Chen et
+al. 2023 test sample, as /predict shows it (its precision-first thresholds applied): precision,
+recall, F1 and wrong regions per 100 sentences. A cold-start policy that prompts the LLM serves
+before the first model; it is not scored here (seconds a sentence: ``bench.cold_start`` does).
+
+``--busy``: a busy project instead — one annotation every ``--every`` seconds up to ``--busy``,
+a training every ``CLINIE_TRAIN_EVERY`` (10) of them, as annotators working and the background
+trainings keep up: the versions served over time, and each one's F1.
+
+Run alone: llama.cpp and torch on 2 cores slow each other many-fold.
 
     python -m bench.first_model                       # 20 and 100 annotations, the default settings
-    python -m bench.first_model --sizes 20,100 --first-model-steps 100,300 --strategies ""
+    python -m bench.first_model --sizes 20 --strategies encoder --first-model-steps 0
+    python -m bench.first_model --busy 100 --every 20
 
 Writes ``bench/results/first_model/ncbi_disease.json`` (kept in git; a run replaces the rows it
 measured again and keeps the others, each row with the command that made it);
@@ -25,12 +29,15 @@ from __future__ import annotations
 import argparse
 import json
 import tempfile
+import threading
+import time
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 from bench import command_line
 from clinie.core import read_documents
 from clinie.evaluation.metrics import evaluate_spans
-from clinie.extractors.encoder import EncoderTagger
 from clinie.labelstudio import document_to_result, parse_label_config
 from clinie.settings import Settings
 from ml_backend.app import create_app
@@ -42,60 +49,130 @@ OUT = ROOT / "bench" / "results" / "first_model"
 CONFIG = (ROOT / "label_configs" / "disease_ner.xml").read_text()
 
 
+class Watch:
+    """Which version serves the project, polled in a thread: (seconds since ``start``, version)
+    at each change."""
+
+    def __init__(self, backend: Backend, project: str) -> None:
+        self.backend, self.project = backend, project
+        self.started = time.perf_counter()
+        self.served: list[tuple[float, str]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.5):
+            version = self.backend.model_version(self.project)
+            if not self.served or self.served[-1][1] != version:
+                self.served.append((round(time.perf_counter() - self.started, 1), version))
+
+    def stop(self) -> list[tuple[float, str]]:
+        self._stop.set()
+        self._thread.join()
+        return self.served
+
+
+def scored(backend: Backend, version: str, test: list) -> dict[str, Any] | None:
+    """How the trained ``version`` (a model version's name as Label Studio sees it) pre-annotates
+    ``test`` as /predict shows it; None for what answers as no trained version (the LLM)."""
+    record = next((m for m in backend.store.models("1") if m.version == version), None)
+    if record is None:
+        return None
+    predictor = backend.serving.predictor_of(record, parse_label_config(CONFIG))
+    predicted = predictor.model.predict([d.with_annotations(()) for d in test])
+    if predictor.thresholds is not None:
+        predicted = predictor.thresholds.apply(predicted)
+    micro = evaluate_spans(test, predicted)["strict"].micro
+    selection = record.info.get("selection") or {}
+    return {"version": version, "strategy": selection.get("strategy") or "encoder",
+            "precision": round(micro.precision, 4), "recall": round(micro.recall, 4), "f1": round(micro.f1, 4),
+            "wrong_per_100": round(100 * micro.fp / len(test), 1)}
+
+
+def timeline(backend: Backend, served: list[tuple[float, str]], test: list) -> list[dict[str, Any]]:
+    """Each version that served, from when, and its scores (``scored``)."""
+    return [{"seconds": seconds, **(scored(backend, version, test) or {"version": version, "strategy": "cold start"})}
+            for seconds, version in served]
+
+
+def after_start_training(settings: Settings, docs: list, size: int, test: list) -> dict[str, Any]:
+    """``size`` annotations, then *Start training*: the versions served until it ended."""
+    control = parse_label_config(CONFIG).span_controls[0]
+    backend = Backend(settings, start_worker=False)
+    client = create_app(settings, backend).test_client()
+    for i, doc in enumerate(docs[:size]):
+        result = document_to_result(doc, control)[0]
+        assert client.post("/webhook", json=webhook_event(i + 1, i + 1, doc.text, result,
+                                                          label_config=CONFIG)).status_code == 200
+    watch = Watch(backend, "1")
+    assert backend.train("1") is not None, "the training failed: see the log"
+    served = watch.stop()
+    versions = timeline(backend, served, test)
+    trained = [v for v in versions if "f1" in v]
+    return {"annotations": size, "versions": versions,
+            "first_model_seconds": trained[0]["seconds"] if trained else None,
+            "selected_seconds": trained[-1]["seconds"] if trained else None,
+            "selected": trained[-1]["strategy"] if trained else None,
+            "training_seconds": round(time.perf_counter() - watch.started, 1)}
+
+
+def busy(settings: Settings, docs: list, total: int, every: float, test: list) -> dict[str, Any]:
+    """One annotation every ``every`` seconds up to ``total``, trainings in the background thread."""
+    control = parse_label_config(CONFIG).span_controls[0]
+    backend = Backend(settings)
+    client = create_app(settings, backend).test_client()
+    watch = Watch(backend, "1")
+    for i, doc in enumerate(docs[:total]):
+        result = document_to_result(doc, control)[0]
+        assert client.post("/webhook", json=webhook_event(i + 1, i + 1, doc.text, result,
+                                                          label_config=CONFIG)).status_code == 200
+        time.sleep(max(0.0, watch.started + (i + 1) * every - time.perf_counter()))
+    backend.trainings.jobs.wait_idle()
+    served = watch.stop()
+    return {"annotations": total, "every_seconds": every, "train_every": settings.train_every,
+            "versions": timeline(backend, served, test),
+            "trainings": backend.metrics.snapshot()["counts"].get("trainings_started", 0),
+            "selections_superseded": backend.metrics.snapshot()["counts"].get("selections_superseded", 0)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="20,100")
-    parser.add_argument("--strategies", default=Settings().selection_candidates,
-                        help="CLINIE_SELECT_STRATEGIES; empty: no selection, the first model alone")
-    parser.add_argument("--first-model-steps", default=str(Settings().first_model_steps),
-                        help="CLINIE_FIRST_MODEL_STEPS, comma-separated to compare (0: the tagger's budget)")
+    parser.add_argument("--strategies", default="auto", help="CLINIE_SELECT_STRATEGIES; empty: no selection")
+    parser.add_argument("--first-model-steps", type=int, default=Settings().first_model_steps,
+                        help="CLINIE_FIRST_MODEL_STEPS (0: the tagger's budget)")
+    parser.add_argument("--items", type=int, default=100, help="test items each version is scored on")
+    parser.add_argument("--busy", type=int, default=0, help="a busy project of this many annotations instead")
+    parser.add_argument("--every", type=float, default=20.0, help="seconds between a busy project's annotations")
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args()
 
     command = command_line("bench.first_model")
     out = args.out / "ncbi_disease.json"
-    control = parse_label_config(CONFIG).span_controls[0]
     docs = list(read_documents(DATA / "ncbi_disease" / "fewshot" / "gutierrez_train100_seed42.jsonl"))
-    test = list(read_documents(DATA / "ncbi_disease" / "fewshot" / "chen2023_test_sample200.jsonl"))
-    rows = []
-    for size in (int(s) for s in args.sizes.split(",")):
-        for steps in (int(s) for s in args.first_model_steps.split(",")):
-            with tempfile.TemporaryDirectory() as data_dir:
-                settings = Settings(data_dir=Path(data_dir), train_every=0, select_strategies=args.strategies,
-                                    first_model_steps=steps)
-                backend = Backend(settings, start_worker=False)
-                client = create_app(settings, backend).test_client()
-                for i, doc in enumerate(docs[:size]):
-                    result = document_to_result(doc, control)[0]
-                    assert client.post("/webhook", json=webhook_event(i + 1, i + 1, doc.text, result,
-                                                                      label_config=CONFIG)).status_code == 200
-                record = backend.train("1")
-                assert record is not None, "the training failed: see the log"
-                latency = backend.metrics.snapshot()["latency_seconds"]
-                encoder, selected = latency["training"]["sum"], latency.get("selection", {}).get("sum")
-                versions = {m.version: m for m in backend.store.models("1")}
-                [first] = [m for m in versions.values() if "first_model" not in m.info]
-                # the version a selection or the full budget derived from a cut-short first: its encoder is the full one
-                full = next((m for m in versions.values() if first.info["cut_short"]
-                             and m.info.get("first_model") == first.version), None)
-                rows.append({"annotations": size, "first_model_steps": steps, "strategies": args.strategies,
-                             "encoder_served_seconds": round(encoder, 1),
-                             "first_model_f1": f1(first.location, test),
-                             "full_encoder_f1": full and f1(full.location, test),
-                             "selection_served_seconds": None if selected is None else round(selected, 1),
-                             "selected": (record.info.get("selection") or {}).get("strategy"), "command": command})
-                print(rows[-1], flush=True)
-    kept = json.loads(out.read_text())["runs"] if out.exists() else []
-    measured = {key(r) for r in rows}
+    test = list(read_documents(DATA / "ncbi_disease" / "fewshot" / "chen2023_test_sample200.jsonl"))[:args.items]
+    saved = json.loads(out.read_text()) if out.exists() else {}
+    with tempfile.TemporaryDirectory() as data_dir:
+        settings = replace(Settings.load(), data_dir=Path(data_dir), select_strategies=args.strategies,
+                           first_model_steps=args.first_model_steps, keep_models=0)  # every version scored after
+        if args.busy:
+            run = {**busy(settings, docs, args.busy, args.every, test), "command": command}
+            print(json.dumps(run, indent=1), flush=True)
+            saved["busy"] = run
+        else:
+            rows = []
+            for size in (int(s) for s in args.sizes.split(",")):
+                with tempfile.TemporaryDirectory(dir=data_dir) as one:
+                    rows.append({**after_start_training(replace(settings, data_dir=Path(one), train_every=0), docs,
+                                                        size, test), "strategies": args.strategies,
+                                 "first_model_steps": args.first_model_steps, "command": command})
+                print(json.dumps(rows[-1], indent=1), flush=True)
+            measured = {key(r) for r in rows}
+            saved["runs"] = sorted([r for r in saved.get("runs", []) if "versions" in r and key(r) not in measured]
+                                   + rows, key=key)
     args.out.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"corpus": "ncbi_disease", "test_items": len(test), "runs": sorted(
-        [r for r in kept if key(r) not in measured] + rows, key=key)}, indent=2) + "\n")
-
-
-def f1(model: str, test: list) -> float:
-    """Strict entity F1 of the encoder saved at ``model`` on ``test``."""
-    predicted = EncoderTagger.load(model).predict([d.with_annotations(()) for d in test])
-    return round(evaluate_spans(test, predicted)["strict"].micro.f1, 4)
+    out.write_text(json.dumps({**saved, "corpus": "ncbi_disease", "test_items": len(test)}, indent=2) + "\n")
 
 
 def key(row: dict) -> tuple[int, int, str]:

@@ -326,28 +326,61 @@ def cold_start_section(results: Path = RESULTS) -> list[str]:
 
 
 def first_model_section(results: Path = RESULTS) -> list[str]:
-    """How long a project waits after Start training (``python -m bench.first_model``)."""
+    """How long a project waits after Start training, and what it is served (``python -m bench.first_model``)."""
     runs = [json.loads(f.read_text()) for f in sorted((results / "first_model").glob("*.json"))]
     lines = []
     for run in runs:
-        rows = [[str(r["annotations"]), str(r["first_model_steps"] or "none: the full budget"),
-                 f"{r['encoder_served_seconds']:.0f}",
-                 "–" if r.get("first_model_f1") is None else f"{r['first_model_f1']:.3f}",
-                 "–" if r.get("full_encoder_f1") is None else f"{r['full_encoder_f1']:.3f}",
-                 f"`{r['strategies']}`" if r["strategies"] else "none",
-                 "–" if r["selection_served_seconds"] is None else f"{r['selection_served_seconds']:.0f}",
-                 r["selected"] or "–", f"`{r['command']}`" + (f" ({r['note']})" if r.get("note") else "")]
-                for r in run["runs"]]
-        lines += ["", "## Time to a first model", "",
-                  f"After *Start training*, {corpus_name(run['corpus'])} annotations by webhook into a fresh backend on "
-                  "the embedded models: seconds from the start of the training until the encoder served (trained "
-                  "within the first model's step budget, `CLINIE_FIRST_MODEL_STEPS`), that first model's strict F1 "
-                  "on the 200 Chen et al. 2023 items (and the F1 of the encoder trained to the full budget that "
-                  "follows it when the budget cut it short), and seconds until the strategy selection picked served (what "
-                  "a first model cost when selection ran before it); one run each, alone on 2 cores unless noted.", "",
-                  *table(["annotations", "first model's step budget", "encoder serves (s)", "its F1",
-                          "F1 of the encoder trained to the full budget after it",
-                          "selection over", "selected strategy serves (s)", "selected", "command"], rows)]
+        lines += ["", "## Time to a first model, and to the selected strategy", "",
+                  f"After *Start training*, {corpus_name(run['corpus'])} annotations by webhook into a fresh backend "
+                  "on the embedded models: each version that served, seconds after the training started, and how "
+                  f"it pre-annotates the first {run['test_items']} Chen et al. 2023 test items as /predict shows them "
+                  "(precision-first thresholds applied): strict precision, recall, F1 and wrong regions per 100 "
+                  "sentences. The cold start before it (the LLM's confirmed regions) is measured in *Cold start*. "
+                  "One run each, alone on 2 cores."]
+        for row in (r for r in run.get("runs", []) if "versions" in r):  # older rows lack them
+            lines += ["", f"### {row['annotations']} annotations", "", f"`{row['command']}`: the training took "
+                      f"{row['training_seconds']:.0f} s; the selected strategy, {row['selected']}, served at "
+                      f"{row['selected_seconds']:.0f} s.", "", *version_table(row["versions"])]
+        if busy := run.get("busy"):
+            lines += ["", "### A busy project", "",
+                      f"`{busy['command']}`: an annotation every {busy['every_seconds']:g} s up to "
+                      f"{busy['annotations']}, a training every {busy['train_every']} ({busy['trainings']} started, "
+                      f"{busy['selections_superseded']} selections superseded by a newer training): what served "
+                      "over time.", "", *version_table(busy["versions"])]
+    return lines
+
+
+def version_table(versions: Sequence[dict[str, Any]]) -> list[str]:
+    """The versions that served, from when, and how they pre-annotate (``bench.first_model``)."""
+    rows = [[f"{v['seconds']:.0f}", f"`{v['version']}`", v["strategy"],
+             *(("–",) * 4 if "f1" not in v else (f"{v['precision']:.3f}", f"{v['recall']:.3f}", f"{v['f1']:.3f}",
+                                                 f"{v['wrong_per_100']:.0f}"))] for v in versions]
+    return table(["serves from (s)", "version", "strategy", "precision", "recall", "F1", "wrong / 100 sentences"], rows)
+
+
+def precision_section(results: Path = RESULTS) -> list[str]:
+    """What each CLINIE_MIN_PRECISION shows on test items (``python -m bench.precision``)."""
+    from bench.precision import summary
+
+    lines = []
+    for corpus_dir in sorted(p for p in (results / "precision").glob("*") if p.is_dir()):
+        runs = [json.loads(f.read_text()) for f in sorted((corpus_dir / "runs").glob("*.json"))]
+        if not runs:
+            continue
+        if not lines:
+            lines += ["", "## Precision first: what each `CLINIE_MIN_PRECISION` shows", "",
+                      "Thresholds per label chosen on the strategy's cross-validated predictions over the pool alone, "
+                      "applied to its predictions of the 200 Chen et al. 2023 test items (never used to choose them): "
+                      "precision, recall, F1 and wrong regions per 100 sentences of what is shown, mean over seeds; "
+                      "level 0 shows every region. `python -m bench.precision` (alone on 2 cores)."]
+        for size in sorted({r["size"] for r in runs}):
+            at = [r for r in runs if r["size"] == size]
+            for strategy in at[0]["test"]:
+                rows = [[f"{level:g}", f"{m['precision']:.3f}", f"{m['recall']:.3f}", f"{m['f1']:.3f}",
+                         f"{m['wrong_per_100']:.0f}"] for level, m in summary(at, strategy).items()]
+                lines += ["", f"### {corpus_name(corpus_dir.name)}, {size} annotations, {strategy} "
+                              f"(seeds {', '.join(str(r['seed']) for r in at)})", "",
+                          *table(["CLINIE_MIN_PRECISION", "precision", "recall", "F1", "wrong / 100 sentences"], rows)]
     return lines
 
 
@@ -738,7 +771,8 @@ def render_results(results: Path = RESULTS) -> str:
                   "", "Each run (test F1, CV F1 in brackets, each band's share of the test sentences the LLM read):",
                   "", *run_table(study),
                   "", "Counted from these runs:", "", *findings(study)]
-    lines += (cold_start_section(results) + first_model_section(results) + active_section(results)
+    lines += (cold_start_section(results) + precision_section(results) + first_model_section(results)
+              + active_section(results)
               + student_section(results) + adapt_section(results) + relations_section(results)
               + webhooks_section(results) + faults_section(results) + scale_section(results))
     return "\n".join(lines) + "\n"

@@ -30,6 +30,11 @@ from clinie.strategies import Strategy, StrategyBuilder, parse_strategies
 log = logging.getLogger(__name__)
 
 
+#: Annotations a serving LLM strategy that is no candidate is scored on: with the embedded LLM on 2
+#: cores (15 s a sentence with 5 demonstrations, docs/results.md), about a minute and a half.
+INCUMBENT_SAMPLE = 6
+
+
 def span_specs(schema: Schema) -> list[LabelSpec]:
     return list({spec.name: spec for c in schema.span_controls for spec in c.labels}.values())
 
@@ -73,15 +78,37 @@ def candidates(settings: Settings) -> list[Strategy]:
     return parse_strategies(settings.selection_candidates, k=settings.llm_k)
 
 
-def select(docs: Sequence[Document], build: StrategyBuilder, settings: Settings, *, seed: int = 0,
-           incumbent: Strategy | None = None, on_fit: Callable[[int, int], None] | None = None) -> CrossValidation:
-    """Cross-validate the configured strategies over ``docs`` (see the module docstring), and the
-    ``incumbent`` (the strategy serving now, a cold-start policy's included) on the same folds:
-    the choice is never below it (``clinie.evaluation.fewshot.pick``). ``on_fit(done, total)``
-    before the first fit and after each strategy fitted on a fold (progress; it may raise to stop)."""
-    strategies = candidates(settings)
-    if incumbent is not None and incumbent.name not in {s.name for s in strategies}:
-        strategies.append(incumbent)
+def staged(strategies: Sequence[Strategy], likeliest: str, serving: Strategy | None) -> list[list[Strategy]]:
+    """The order of a selection's comparisons: first the ``likeliest`` winner (``CLINIE_SELECT_PREFER``,
+    else the first listed) beside what ``serving`` now, so that it serves as soon as it beats that;
+    then the other strategies, which replace it only where they beat it. No stage is empty.
+
+    >>> names = lambda stages: [[s.name for s in stage] for stage in stages]
+    >>> names(staged(parse_strategies("encoder,gated,probe"), "probe", Strategy("verified")))
+    [['probe', 'verified-k0'], ['encoder', 'gated-0.70', 'gated-0.80', 'gated-0.90']]
+    >>> names(staged(parse_strategies("encoder"), "probe", Strategy("encoder")))
+    [['encoder']]
+    """
+    first = next((s for s in strategies if s.name == likeliest), strategies[0] if strategies else serving)
+    stage = list(dict.fromkeys(s for s in (first, serving) if s is not None))
+    rest = [s for s in strategies if s not in stage]
+    return [stage, rest] if rest else [stage]
+
+
+def select(docs: Sequence[Document], build: StrategyBuilder, settings: Settings, strategies: Sequence[Strategy], *,
+           seed: int = 0, serving: Strategy | None = None, into: CrossValidation | None = None,
+           on_fit: Callable[[int, int], None] | None = None) -> CrossValidation:
+    """Cross-validate ``strategies`` over ``docs`` (see the module docstring), joining the runs of
+    ``into`` on its folds when given (a stage of ``staged``): the choice is never below ``serving``,
+    the strategy serving now (a cold-start policy's included), which must be among the runs
+    (``clinie.evaluation.fewshot.pick``). ``on_fit(done, total)`` before the first fit and after
+    each strategy fitted on a fold (progress; it may raise to stop).
+
+    A ``serving`` strategy that prompts the LLM and is no candidate (a cold-start policy: seconds
+    a sentence on a CPU, the whole selection's time over the annotations) is scored on
+    ``INCUMBENT_SAMPLE`` of them, and a challenger compared with it on those."""
+    sample = {serving.name: INCUMBENT_SAMPLE} if serving is not None and serving.kind.reads_llm and \
+        serving.name not in {s.name for s in candidates(settings)} else None
     return cross_validate(docs, strategies, build, k=settings.select_folds, seed=seed,
                           max_llm_share=settings.select_max_llm_share, prefer=settings.select_prefer,
-                          incumbent=incumbent.name if incumbent else "", on_fit=on_fit)
+                          incumbent=serving.name if serving else "", on_fit=on_fit, into=into, sample=sample)

@@ -97,10 +97,12 @@ def _compared(selection: dict[str, Any]) -> str:
         return "no selection yet"
     if incumbent not in figures:
         return "nothing was shown before it"
+    f1 = selection.get("versus_incumbent") or {name: figures[name]["mean_f1"] for name in (chosen, incumbent)}
+    on = f"on the {selection['incumbent_documents']} annotations it was scored on" \
+        if "versus_incumbent" in selection else "on the same folds"
     if chosen == incumbent:
-        return f"{incumbent} kept (F1 {figures[incumbent]['mean_f1']:.3f}): no other strategy reached it"
-    return (f"{chosen} (F1 {figures[chosen]['mean_f1']:.3f}) replaced {incumbent} "
-            f"(F1 {figures[incumbent]['mean_f1']:.3f} on the same folds)")
+        return f"{incumbent} kept (F1 {f1[incumbent]:.3f} {on}): no other strategy reached it"
+    return f"{chosen} (F1 {f1[chosen]:.3f}) replaced {incumbent} (F1 {f1[incumbent]:.3f} {on})"
 
 
 def _shown_from(selection: dict[str, Any]) -> str:

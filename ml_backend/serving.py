@@ -191,6 +191,11 @@ class Serving:
             except DamagedVersion as e:
                 self._set_aside(e)
 
+    def predictor_of(self, record: ModelRecord, schema: Schema) -> Predictor:
+        """What answers as ``record`` under its own selection, whether it serves or not: a bench
+        compares the versions a training served."""
+        return self._predictor(record.project, schema, record)
+
     def _set_aside(self, damaged: DamagedVersion) -> None:
         """Serve ``damaged.record``'s project from an earlier version from now on (logged and
         counted as ``model_fallbacks``: the directory needs looking at, or a new training)."""
@@ -209,8 +214,7 @@ class Serving:
         selection = (record.info.get("selection") or {}) if record is not None else {}
         chosen = selection.get("strategy") == strategy.name
         calibrator = calibrator_from_dict(selection["calibrator"]) if chosen and selection.get("calibrator") else None
-        thresholds = Thresholds.from_dict(selection["thresholds"]) \
-            if chosen and selection.get("thresholds") and self.settings.min_precision > 0 else None
+        thresholds = _thresholds(self.settings.min_precision, selection if chosen else {}, record)
         model = self._assembled_model(project, schema, record, strategy)
         fallback = None
         if record is not None and strategy.kind.beyond_encoder:
@@ -313,6 +317,15 @@ class Serving:
 
 
 @dataclass
+def _thresholds(min_precision: float, selection: dict[str, Any], record: ModelRecord | None) -> Thresholds | None:
+    """The precision-first thresholds a version's regions (chosen with the ``selection`` it serves
+    under) and relations (chosen when its relation classifier was trained) are shown from; None
+    when ``CLINIE_MIN_PRECISION`` is 0 or none were chosen (every region shown)."""
+    spans = (selection.get("thresholds") or {}).get("spans") or {}
+    relations = (record.info.get("relation_thresholds") if record is not None else None) or {}
+    return Thresholds(min_precision, spans, relations) if min_precision > 0 and (spans or relations) else None
+
+
 class _VersionParts:
     """A model version's saved parts, and the project's annotations (``clinie.strategies.Parts``)."""
 

@@ -19,26 +19,34 @@ from __future__ import annotations
 
 import logging
 import queue
+import random
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from datetime import datetime, timezone
 from typing import Any, Protocol
 
+from clinie.core import Document, RelationSpec
+from clinie.evaluation.fewshot import CrossValidation
+from clinie.evaluation.thresholds import per_label, relation_outcomes
 from clinie.extractors.encoder import EncoderTagger
 from clinie.extractors.relation_encoder import RELATIONS_DIR, RelationClassifier
 from clinie.llm.base import LLM
 from clinie.llm.hidden import HiddenStates
 from clinie.model_version import MAIN_PART, Saveable
-from clinie.selection import builder, candidates, select, selection_record
+from clinie.selection import builder, candidates, select, selection_record, staged
 from clinie.settings import Settings
-from clinie.strategies import PARTS, Strategy
+from clinie.strategies import PARTS, Strategy, StrategyBuilder
 from ml_backend.annotations import Annotations, project_documents, unannotated_documents
 from ml_backend.model_store import ModelStore
 from ml_backend.store import AnnotationStore, ModelRecord
 
 log = logging.getLogger(__name__)
+
+#: The share of the documents with relations that the relation thresholds are chosen on.
+RELATIONS_HELD_OUT = 0.25
+
 
 class NotEnoughAnnotations(RuntimeError):
     pass
@@ -103,11 +111,12 @@ def train_relations(store: AnnotationStore, settings: Settings, models: ModelSto
         return None
     progress.training_stage(record.project, "relations")
     started = time.perf_counter()
+    thresholds = relation_thresholds(settings, schema.relation_labels, docs)
     classifier = RelationClassifier(schema.relation_labels, settings.encoder_model or None,
                                     **_epochs(settings)).fit(docs)
     derived = derive(models, record, "relations", {RELATIONS_DIR: classifier},
                      {"relations": list(classifier.labels), "relation_pairs": classifier.n_train_pairs,
-                      "relations_seconds": round(time.perf_counter() - started, 1)})
+                      "relation_thresholds": thresholds, "relations_seconds": round(time.perf_counter() - started, 1)})
     serving = store.serving_model(record.project)
     if serving is not None and serving.version == record.version:
         return serve(store, models, derived)
@@ -117,6 +126,24 @@ def train_relations(store: AnnotationStore, settings: Settings, models: ModelSto
         models.remove(derived.location)
         raise
     return derived
+
+
+def relation_thresholds(settings: Settings, specs: Sequence[RelationSpec], docs: Sequence[Document],
+                        ) -> dict[str, float | None]:
+    """Precision first for relations (``clinie.evaluation.thresholds``): a classifier fitted on
+    the documents with relations but a held-out share (``RELATIONS_HELD_OUT``, one at least),
+    its relations between the held-out documents' own regions scored against theirs. Empty (every
+    relation shown) with fewer than two documents with relations, or ``min_precision`` 0."""
+    with_relations = [d for d in docs if d.relations]
+    if len(with_relations) < 2 or not settings.min_precision:
+        return {}
+    held = set(random.Random(0).sample([d.id for d in with_relations],
+                                       max(1, round(RELATIONS_HELD_OUT * len(with_relations)))))
+    classifier = RelationClassifier(specs, settings.encoder_model or None, **_epochs(settings)).fit(
+        [d for d in docs if d.id not in held])
+    gold = [d for d in docs if d.id in held]
+    predicted = classifier.predict([d.with_annotations(d.entities, ()) for d in gold])
+    return per_label(relation_outcomes(gold, predicted), min_precision=settings.min_precision)
 
 
 def full_tagger(settings: Settings, project: str, annotations: Annotations, progress: Progress) -> EncoderTagger:
@@ -184,18 +211,19 @@ def select_strategy(store: AnnotationStore, settings: Settings, models: ModelSto
                     annotations: Annotations, progress: Progress, *, superseded: Callable[[], bool] = lambda: False,
                     incumbent: Strategy | None = None, llm: Callable[[], LLM] | None = None,
                     states: Callable[[], HiddenStates] | None = None) -> dict[str, Any]:
-    """Cross-validate ``CLINIE_SELECT_STRATEGIES`` and the ``incumbent`` (the strategy serving
-    before this training) over the annotations ``record`` was trained on (``clinie.selection``:
-    the choice is never below the incumbent on the same folds), fit the parts the chosen strategy
-    reads besides the encoder (the probe, alone or reading the sentences the encoder is unsure of)
-    on all of them, and serve it: as ``record`` itself when it reads nothing more, else as a
-    version of its own (``derive``).
+    """Cross-validate ``CLINIE_SELECT_STRATEGIES`` over the annotations ``record`` was trained on
+    against what serves now — the ``incumbent`` (the strategy serving before this training), or
+    ``record``'s encoder when it serves already — on the same folds (``clinie.selection``: the
+    choice is never below it), in stages (``staged``): the likeliest winner first, served as soon
+    as it is the choice, then the others, which replace it only where they beat it. A choice
+    serves with the parts it reads besides the encoder fitted on all the annotations (the probe,
+    alone or reading the sentences the encoder is unsure of): as ``record`` itself when it reads
+    nothing more, else as a version of its own (``derive``).
     The project's newest ``CLINIE_STUDENT_POOL`` unannotated tasks are what a student strategy
-    learns from: when one is a candidate, the teacher reads them first, a stage of its own
-    (``teacher``).
+    learns from: before the stage with one, the teacher reads them, a stage of its own (``teacher``).
 
     Raises ``Superseded`` between two fits (or two sentences the teacher reads) once
-    ``superseded()`` (a newer training is waiting).
+    ``superseded()`` (a newer training is waiting): what a finished stage served keeps serving.
     A selection that fails otherwise (the LLM cannot be loaded, say) is logged and recorded as
     failed; what served before keeps serving (``record`` itself if it served already).
     """
@@ -212,38 +240,57 @@ def select_strategy(store: AnnotationStore, settings: Settings, models: ModelSto
         progress.training_step(project, done, total)
         check()
 
-    serving = record
+    serving = incumbent or Strategy("encoder")  # the encoder: ``record`` serves (``train_project``)
+    cv: CrossValidation | None = None
+    served: ModelRecord | None = None
+    selection: dict[str, Any] = {}
     try:
-        if build.unannotated and any(s.kind.learns_from_unannotated for s in candidates(settings)):
-            progress.training_stage(project, "teacher")  # reading the unannotated sentences
-            build.read_unannotated(fitted)
-        progress.training_stage(project, "selection")
-        cv = select(docs, build, settings, incumbent=incumbent, on_fit=fitted)
-        selection, chosen = {**selection_record(cv, settings.min_precision), "unannotated": pool.summary()}, cv.selected
-        parts: dict[str, Saveable] = {}
-        if "encoder" in chosen.kind.parts and record.info.get("cut_short"):
-            parts[MAIN_PART] = full_tagger(settings, project, annotations, progress)
-            check()
-        progress.training_stage(project, f"fitting {chosen.name}")
-        for part in chosen.kind.saves:
-            parts[PARTS[part].directory] = PARTS[part].fit(build, docs, chosen)
-        selection["seconds"] = round(time.perf_counter() - started, 1)
-        if parts:
-            suffix = chosen.name if chosen.kind.saves else "full"
-            serving = derive(models, record, suffix, parts, {"cut_short": False, "selection": selection})
-        log.info("project %s: selected %s (cross-validated F1 %.3f over %d annotations)", project,
-                 selection["strategy"], selection["strategies"][selection["strategy"]]["mean_f1"], len(docs))
+        for number, stage in enumerate(staged(candidates(settings), settings.select_prefer, serving)):
+            if build.unannotated and any(s.kind.learns_from_unannotated for s in stage):
+                progress.training_stage(project, "teacher")  # reading the unannotated sentences
+                build.read_unannotated(fitted)
+            progress.training_stage(project, "selection" if number == 0 else "selection, the other strategies")
+            cv = select(docs, build, settings, stage, serving=serving, into=cv, on_fit=fitted)
+            selection = {**selection_record(cv, settings.min_precision), "unannotated": pool.summary(),
+                         "seconds": round(time.perf_counter() - started, 1)}
+            if served is not None and cv.selected.name == serving.name:  # what the first stage served stays
+                store.set_selection(served.version, selection)
+                continue
+            served = _serve_choice(store, settings, models, record, annotations, progress, build, cv.selected,
+                                   selection, check)
+            serving = cv.selected
+            log.info("project %s: %s serves (cross-validated F1 %.3f over %d annotations)", project, serving.name,
+                     selection["strategies"][serving.name]["mean_f1"], len(docs))
     except Superseded:
         raise
     except Exception as e:
         log.exception("project %s: strategy selection failed; what served before keeps serving", project)
-        store.set_selection(record.version, {"strategy": None, "error": type(e).__name__})
-        return {"strategy": None, "error": type(e).__name__}
-    if serving is record:
-        store.set_selection(record.version, selection, serve=True)
-    else:
-        serve(store, models, serving)
+        if served is None:
+            store.set_selection(record.version, {"strategy": None, "error": type(e).__name__})
+            return {"strategy": None, "error": type(e).__name__}
+        return served.info["selection"]
     return selection
+
+
+def _serve_choice(store: AnnotationStore, settings: Settings, models: ModelStore, record: ModelRecord,
+                  annotations: Annotations, progress: Progress, build: StrategyBuilder, chosen: Strategy,
+                  selection: dict[str, Any], check: Callable[[], None]) -> ModelRecord:
+    """Serve ``chosen`` with ``record``: the parts it reads fitted on all the annotations (the
+    encoder trained to its full budget when ``record``'s was cut short), as a version of its own
+    when there are any, else as ``record`` with the selection."""
+    project, docs = record.project, annotations.docs
+    parts: dict[str, Saveable] = {}
+    if "encoder" in chosen.kind.parts and record.info.get("cut_short"):
+        parts[MAIN_PART] = full_tagger(settings, project, annotations, progress)
+        check()
+    progress.training_stage(project, f"fitting {chosen.name}")
+    for part in chosen.kind.saves:
+        parts[PARTS[part].directory] = PARTS[part].fit(build, docs, chosen)
+    if not parts:
+        store.set_selection(record.version, selection, serve=True)
+        return replace(record, info={**record.info, "selection": selection})
+    suffix = chosen.name if chosen.kind.saves else "full"
+    return serve(store, models, derive(models, record, suffix, parts, {"cut_short": False, "selection": selection}))
 
 
 class TrainingWorker:

@@ -527,6 +527,9 @@ def test_a_project_with_relations_trains_both_models_and_predicts_arrows_between
     assert not ModelVersion.open(first.location).has("relations") and first.info["relations"] == []
     assert with_relations.version == first.version + "-relations"
     assert ModelVersion.open(record.location).has("relations")
+    # precision first: thresholds chosen on a held-out quarter of the documents, pooled and per label
+    assert "" in record.info["relation_thresholds"]
+    assert set(record.info["relation_thresholds"]) <= {"", *schema.relation_label_names}
     tasks = [{"id": 100 + i, "data": {"text": d.text}} for i, d in enumerate(docs[:10])]
     answer = client.post("/predict", json={"tasks": tasks, "project": "9", "label_config": config}).json
     arrows = 0
@@ -648,6 +651,48 @@ def test_a_quick_encoder_serves_before_selection_then_the_fully_trained_one_and_
     # how many fits there will be is shown at once; a superseded selection stops before its first
     assert [(s["stage"], s["done"], s["total"]) for s in metrics.seen] == [
         ("selection", 0, 2), ("selection", 0, 2), ("selection", 1, 2), ("selection", 2, 2)]
+
+
+@pytest.mark.slow
+def test_the_likeliest_winner_serves_before_the_other_strategies_are_compared_and_keeps_serving_if_best(tmp_path):
+    """Selection in stages: the probe (``CLINIE_SELECT_PREFER``) is compared with what serves (the
+    first encoder, one optimiser step: it predicts nothing) and serves at once; filter-then-probe
+    is cross-validated after, on the same folds, and replaces it only if it beats it. What is
+    shown is cut at the thresholds chosen on the probe's cross-validated predictions."""
+    settings = Settings(data_dir=tmp_path / "staged", train_every=0, min_annotations=5, encoder_epochs=1,
+                        first_model_steps=1, select_strategies="encoder,gated-0.90,probe", cold_start="none",
+                        select_folds=2)
+    serving_at: dict[str, str] = {}
+    backend = Backend(settings)
+    stage = backend.metrics.training_stage
+    backend.metrics.training_stage = lambda project, name: (
+        serving_at.setdefault(name, getattr(backend.store.serving_model(project), "version", None)),
+        stage(project, name))[-1]
+    client = create_app(settings, backend).test_client()
+    docs = list(read_documents(NCBI_TRAIN))[:10]
+    for i, doc in enumerate(docs):
+        assert client.post("/webhook", json=webhook_event(i + 1, i + 1, doc.text, gold_result(doc))).status_code == 200
+    assert client.post("/webhook", json={"action": "START_TRAINING", "project": {"id": 1}}).status_code == 200
+    assert backend.jobs.wait_idle(timeout=900)
+
+    first = serving_at["selection"]
+    assert serving_at["selection, the other strategies"] == first + "-probe"  # served before gated was compared
+    final = backend.store.serving_model("1")
+    selection = final.info["selection"]
+    assert set(selection["strategies"]) == {"probe", "encoder", "gated-0.90"} and selection["incumbent"] in (
+        "probe", "gated-0.90")
+    figures = {name: f["mean_f1"] for name, f in selection["strategies"].items()}
+    assert figures["encoder"] < figures["probe"] <= figures[selection["strategy"]]
+    thresholds = selection["thresholds"]
+    assert thresholds["min_precision"] == settings.min_precision and "" in thresholds["spans"]
+    answer = client.post("/predict", json={"tasks": [{"id": 100 + i, "data": {"text": d.text}}
+                                                    for i, d in enumerate(docs)], "project": "1",
+                                          "label_config": CONFIG}).json
+    least = {label: t for label, t in thresholds["spans"].items()}
+    for result in answer["results"]:
+        for region in result["result"]:
+            label = region["value"]["labels"][0]
+            assert least.get(label, least[""]) is not None  # a label none of whose scores reached it is not shown
 
 
 @pytest.mark.slow

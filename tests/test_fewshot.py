@@ -70,6 +70,39 @@ def test_the_best_mean_f1_is_selected_and_ties_go_to_the_first_listed():
     assert cv.summary()["selected"] == "rerank-0.80" and cv.summary()["scheme"] == "2-fold"
 
 
+@dataclass(frozen=True)
+class Named:
+    name: str
+
+
+class Answers:
+    """An extractor that answers with the gold ("perfect") or nothing, and says what it was asked."""
+
+    def __init__(self, name: str, asked: dict[str, list[str]]) -> None:
+        self.name, self.asked = name, asked
+
+    def predict(self, docs: Sequence[Document]) -> list[Document]:
+        self.asked.setdefault(self.name, []).extend(d.id for d in docs)
+        return [d if self.name.startswith("perfect") else d.with_annotations(()) for d in docs]
+
+
+def test_an_incumbent_scored_on_a_sample_is_compared_with_a_challenger_on_those_documents(pool):
+    docs, asked = pool[:10], {}
+    build = lambda strategy, train: Answers(strategy.name, asked)  # noqa: E731
+    cv = cross_validate(docs, [Named("nothing"), Named("perfect, slow")], build, k=5, loo_below=2,
+                        incumbent="perfect, slow", sample={"perfect, slow": 3})
+    assert len(asked["nothing"]) == 10 and len(asked["perfect, slow"]) == 3  # one document in each of 3 folds
+    assert len(cv.runs["perfect, slow"].predictions) == 3 and len(cv.runs["perfect, slow"].fold_f1) == 3
+    assert sum(len(gold) for gold, _ in cv.fold_predictions("perfect, slow")) == 3
+    assert cv.versus_incumbent() == {"nothing": 0.0, "perfect, slow": 1.0}
+    assert cv.selected.name == "perfect, slow" and cv.summary()["incumbent_documents"] == 3
+    sampled = set(asked["perfect, slow"])
+    cv = cross_validate(docs, [Named("perfect"), Named("nothing, slow")], build, k=5, loo_below=2,
+                        incumbent="nothing, slow", sample={"nothing, slow": 3})
+    assert set(asked["nothing, slow"]) == sampled  # the same seeded sample
+    assert cv.selected.name == "perfect" and cv.summary()["versus_incumbent"] == {"perfect": 1.0, "nothing, slow": 0.0}
+
+
 def test_the_preferred_strategy_is_kept_while_within_one_standard_error_of_the_best():
     cv = CrossValidation([], [[0, 1], [2, 3]], prefer="probe")
     cv.runs["encoder"] = StrategyRun(Strategy("encoder"), [], [0.9, 0.5])  # mean 0.70, standard error 0.20

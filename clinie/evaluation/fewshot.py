@@ -67,7 +67,8 @@ def sentence_share(docs: Sequence[Document]) -> float:
 
 @dataclass
 class StrategyRun:
-    """A strategy's cross-validated predictions (one per document, in the pool's order) and F1s."""
+    """A strategy's cross-validated predictions (one per document, in the pool's order, or per
+    document of its sample: ``cross_validate``'s ``sample``) and F1s (per fold it scored)."""
 
     strategy: Candidate
     predictions: list[Document]
@@ -102,25 +103,41 @@ class CrossValidation:
         figures = {name: {"mean_f1": r.mean_f1, "sd_f1": r.sd_f1, "fold_f1": r.fold_f1, "llm_share": r.llm_share}
                    for name, r in self.runs.items()}
         return self.runs[pick(figures, max_llm_share=self.max_llm_share, prefer=self.prefer,
-                              incumbent=self.incumbent)].strategy
+                              incumbent=self.incumbent, versus=self.versus_incumbent())].strategy
+
+    def versus_incumbent(self) -> dict[str, float] | None:
+        """Each strategy's F1 over the documents the incumbent was scored on, when that is a
+        sample of them (an incumbent that costs seconds a sentence); None when it is all."""
+        if self.incumbent not in self.runs:
+            return None
+        scored = {d.id for d in self.runs[self.incumbent].predictions}
+        if len(scored) == len(self.docs):
+            return None
+        gold = [d for d in self.docs if d.id in scored]
+        return {name: evaluate_spans(gold, [d for d in run.predictions if d.id in scored])["strict"].micro.f1
+                for name, run in self.runs.items()}
 
     def fold_predictions(self, name: str) -> list[tuple[list[Document], list[Document]]]:
-        """Per fold, (gold, predicted) documents of strategy ``name``."""
-        run = self.runs[name]
-        return [([self.docs[i] for i in fold], [run.predictions[i] for i in fold]) for fold in self.folds]
+        """Per fold, (gold, predicted) documents of strategy ``name`` (those it was scored on)."""
+        predicted = {d.id: d for d in self.runs[name].predictions}
+        return [([self.docs[i] for i in fold if self.docs[i].id in predicted],
+                 [predicted[self.docs[i].id] for i in fold if self.docs[i].id in predicted]) for fold in self.folds]
 
     def summary(self) -> dict[str, Any]:
         return {"n_documents": len(self.docs), "n_folds": len(self.folds),
                 "scheme": "leave-one-out" if all(len(f) == 1 for f in self.folds) else f"{len(self.folds)}-fold",
                 "selected": self.selected.name, "max_llm_share": self.max_llm_share, "prefer": self.prefer,
                 "incumbent": self.incumbent or None,
+                **({"versus_incumbent": {name: round(f1, 4) for name, f1 in versus.items()},
+                    "incumbent_documents": len(self.runs[self.incumbent].predictions)}
+                   if (versus := self.versus_incumbent()) is not None else {}),
                 "strategies": {name: {"mean_f1": round(r.mean_f1, 4), "sd_f1": round(r.sd_f1, 4),
                                       "fold_f1": [round(f, 4) for f in r.fold_f1], "llm_share": round(r.llm_share, 4)}
                                for name, r in self.runs.items()}}
 
 
 def pick(figures: Mapping[str, Mapping[str, Any]], *, max_llm_share: float = 1.0, prefer: str = "",
-         incumbent: str = "") -> str:
+         incumbent: str = "", versus: Mapping[str, float] | None = None) -> str:
     """The strategy to serve, from each one's cross-validated ``mean_f1``, ``sd_f1`` (over the
     folds), ``fold_f1`` and ``llm_share``: the best mean F1 among those within the LLM budget (the
     first listed among equals; when none is within it, the one that sends the LLM the fewest
@@ -131,7 +148,8 @@ def pick(figures: Mapping[str, Mapping[str, Any]], *, max_llm_share: float = 1.0
 
     Never a strategy below the ``incumbent`` (the one serving now, within the budget) on the same
     folds: a preference cannot swap in a worse version; the incumbent stays unless the choice
-    reaches its mean.
+    reaches its mean — or, with ``versus`` (each one's F1 on the documents the incumbent was
+    scored on, when that is a sample), its F1 on those.
 
     >>> figures = {"encoder": {"mean_f1": 0.60, "sd_f1": 0.20, "fold_f1": [0.4, 0.8], "llm_share": 0.0},
     ...            "probe": {"mean_f1": 0.50, "sd_f1": 0.10, "fold_f1": [0.4, 0.6], "llm_share": 1.0}}
@@ -149,18 +167,25 @@ def pick(figures: Mapping[str, Mapping[str, Any]], *, max_llm_share: float = 1.0
         standard_error = figures[best]["sd_f1"] / math.sqrt(len(figures[best]["fold_f1"]))
         if figures[prefer]["mean_f1"] >= figures[best]["mean_f1"] - standard_error:
             choice = prefer
-    if incumbent in eligible and figures[choice]["mean_f1"] < figures[incumbent]["mean_f1"]:
-        return incumbent
+    if incumbent in eligible:
+        f1 = versus if versus is not None else {name: figures[name]["mean_f1"] for name in (choice, incumbent)}
+        if f1[choice] < f1[incumbent]:
+            return incumbent
     return choice
 
 
 def cross_validate(docs: Sequence[Document], strategies: Sequence[Candidate], build: Build, *, k: int = 5,
                    loo_below: int = 10, seed: int = 0, max_llm_share: float = 1.0, prefer: str = "",
-                   incumbent: str = "", progress: bool = False,
-                   on_fit: Callable[[int, int], None] | None = None) -> CrossValidation:
+                   incumbent: str = "", progress: bool = False, on_fit: Callable[[int, int], None] | None = None,
+                   into: CrossValidation | None = None, sample: Mapping[str, int] | None = None) -> CrossValidation:
     """Every strategy fitted on each fold's complement and run on the fold (see module doc);
     ``on_fit(done, total)`` is called before the first fit and after each (a caller's progress:
-    how many there will be is known at once; it may raise to stop)."""
+    how many there will be is known at once; it may raise to stop). With ``into``, a cross-
+    validation of the same documents, the strategies join its runs on its folds (comparisons made
+    in stages: the likeliest winner first), and it is returned with ``incumbent`` updated.
+    ``sample`` names strategies scored on that many documents only (the first of a seeded order,
+    each in its fold): an incumbent that costs seconds a sentence, compared on them alone
+    (``CrossValidation.versus_incumbent``)."""
     if not 0 <= max_llm_share <= 1:
         raise ValueError(f"max_llm_share {max_llm_share} is not a share of sentences (0 to 1)")
     from tqdm.auto import tqdm
@@ -168,28 +193,40 @@ def cross_validate(docs: Sequence[Document], strategies: Sequence[Candidate], bu
     docs = list(docs)
     if len({d.id for d in docs}) != len(docs):
         raise ValueError("document ids repeat: folds could not keep a document out of its own training set")
-    cv = CrossValidation(docs, folds(len(docs), k, loo_below, seed), max_llm_share=max_llm_share, prefer=prefer,
-                         incumbent=incumbent)
+    if into is None:
+        cv = CrossValidation(docs, folds(len(docs), k, loo_below, seed), max_llm_share=max_llm_share, prefer=prefer,
+                             incumbent=incumbent)
+    elif [d.id for d in into.docs] == [d.id for d in docs]:
+        cv = into
+        cv.incumbent = incumbent
+    else:
+        raise ValueError("the strategies must join a cross-validation of the same documents")
+    order = list(range(len(docs)))
+    random.Random(seed).shuffle(order)
+    scored = {s.name: set(order[:max(1, sample[s.name])]) if sample and s.name in sample else set(order)
+              for s in strategies}
+    fits = [(fold, s) for fold in cv.folds for s in strategies if scored[s.name] & set(fold)]
     predictions: dict[str, list[Document | None]] = {s.name: [None] * len(docs) for s in strategies}
     fold_f1: dict[str, list[float]] = {s.name: [] for s in strategies}
-    steps = tqdm(total=len(cv.folds) * len(strategies), desc="cross-validation", unit="fit", disable=not progress)
+    steps = tqdm(total=len(fits), desc="cross-validation", unit="fit", disable=not progress)
     if on_fit is not None:
-        on_fit(0, len(cv.folds) * len(strategies))
-    for fold in cv.folds:
+        on_fit(0, len(fits))
+    for done, (fold, strategy) in enumerate(fits, 1):
         held = set(fold)
         train = [d for i, d in enumerate(docs) if i not in held]
-        test = [docs[i] for i in fold]
-        for strategy in strategies:
-            predicted = build(strategy, train).predict(test)
-            for i, doc in zip(fold, predicted):
-                predictions[strategy.name][i] = doc
-            fold_f1[strategy.name].append(evaluate_spans(test, predicted)["strict"].micro.f1)
-            steps.update()
-            if on_fit is not None:
-                on_fit(sum(map(len, fold_f1.values())), len(cv.folds) * len(strategies))
+        tested = [i for i in fold if i in scored[strategy.name]]
+        test = [docs[i] for i in tested]
+        predicted = build(strategy, train).predict(test)
+        for i, doc in zip(tested, predicted):
+            predictions[strategy.name][i] = doc
+        fold_f1[strategy.name].append(evaluate_spans(test, predicted)["strict"].micro.f1)
+        steps.update()
+        if on_fit is not None:
+            on_fit(done, len(fits))
     steps.close()
     for strategy in strategies:
-        cv.runs[strategy.name] = StrategyRun(strategy, predictions[strategy.name], fold_f1[strategy.name])  # type: ignore[arg-type]
+        cv.runs[strategy.name] = StrategyRun(strategy, [d for d in predictions[strategy.name] if d is not None],
+                                             fold_f1[strategy.name])
     return cv
 
 
