@@ -316,7 +316,6 @@ class Serving:
                 log.warning("project %s: could not load %s: %s", project, record.version, type(e).__name__)
 
 
-@dataclass
 def _thresholds(min_precision: float, selection: dict[str, Any], record: ModelRecord | None) -> Thresholds | None:
     """The precision-first thresholds a version's regions (chosen with the ``selection`` it serves
     under) and relations (chosen when its relation classifier was trained) are shown from; None
@@ -326,6 +325,7 @@ def _thresholds(min_precision: float, selection: dict[str, Any], record: ModelRe
     return Thresholds(min_precision, spans, relations) if min_precision > 0 and (spans or relations) else None
 
 
+@dataclass
 class _VersionParts:
     """A model version's saved parts, and the project's annotations (``clinie.strategies.Parts``)."""
 
