@@ -42,23 +42,41 @@ Training pairs and demonstrations only from ``ddi/fewshot/gutierrez_train100_bal
    low precision), micro precision and recall, macro F1; per seed the priors EM estimated beside
    the true ones of the gold-span candidates (read only, never used).
 
+3. **Long notes** (``--long-notes N``): the classifier as the backend trains it, on exhaustive
+   annotations (every candidate pair of a sentence that DDI lists no relation for is ``false``), of
+   N notes of about ``--note-chars`` characters (a case report's 17,000 by default) made of DDI
+   train sentences drawn with the seed, a paragraph each; scored on ``--test-notes`` notes made of
+   DDI test sentences the same way (gold entities, every candidate pair, strict macro F1). Once per
+   ``--variants``: ``before``, the classifier before issue 40 (20 epochs over every candidate pair,
+   no step budget, no distance limit); ``default``, its defaults (the step budget over a sample of
+   the pairs at their real shares); ``every-pair``, the step budget over every candidate pair. Per
+   variant: the fit's steps and seconds, the pairs learnt, their share of ``false`` beside the real
+   one, the prediction's seconds, F1, and predicted / gold relations. ``--max-steps`` caps the
+   budgeted variants (a small run); the LLM and the few-shot rows are not run.
+
 Writes ``bench/results/relations/ddi.json`` (kept in git; a run replaces the rows it measured again
-with the same settings and keeps the others, each row with the command that made it).
+with the same settings and keeps the others, each row with the command that made it); a long-notes
+run writes ``long_notes.json`` beside it (read by no results page: ``--out`` elsewhere for a small run).
 
     python -m bench.relations --seeds 42,33,21       # all of it: about 50 min on 2 idle cores
     python -m bench.relations --seeds 42 --llm-n 0 --negatives 400 --unannotated 2000   # and a student
     python -m bench.relations --seeds 42 --llm-n 200 --skip-e2e
     python -m bench.relations --seeds 42 --llm-n 0 --train-limit 10 --test-limit 30 --epochs 1 \\
         --tagger-steps 2 --out /tmp/relations-smoke    # smoke: that it runs, no figure to read
+    python -m bench.relations --seeds 42 --long-notes 4 --test-notes 4    # the issue's 4 case reports
+    python -m bench.relations --seeds 42 --long-notes 1 --note-chars 6000 --test-notes 2 --max-steps 60 \\
+        --variants default,every-pair --out /tmp/relations-long    # a few minutes: ratios, not figures
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import random
 import statistics
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -78,6 +96,9 @@ PUBLISHED = {"GPT-3.5 0-shot": 0.3349, "GPT-3.5 1-shot": 0.3440, "GPT-4 0-shot":
 #: The issue's goals (issue 23): macro F1 on the 200 listed pairs, and end to end (the tagger's
 #: entities, every candidate pair, strict).
 GOALS = {"listed pairs": 0.68, "end to end": 0.35}
+#: The classifiers ``--long-notes`` compares: options of ``RelationClassifier``.
+VARIANTS: dict[str, dict[str, Any]] = {"before": {"epochs": 20, "max_distance": None}, "default": {},
+                                       "every-pair": {"max_pairs": 10**9}}
 STEPS = ("gold entities, every candidate pair, as trained", "gold entities, every candidate pair, priors adapted",
          "tagger entities, as trained (predict)", "tagger entities, priors adapted")
 
@@ -208,6 +229,12 @@ def main() -> None:
                         help="train-split sentences whose tagged pairs the classifier teaches a student (0: none)")
     parser.add_argument("--teacher-priors", choices=("adapted", "trained"), default="adapted",
                         help="the teacher's posteriors under the priors EM estimates on those pairs, or as trained")
+    parser.add_argument("--long-notes", type=int, default=0,
+                        help="train on that many long notes of DDI train sentences, exhaustively (0: few-shot runs)")
+    parser.add_argument("--note-chars", type=int, default=17_000, help="characters of a long note")
+    parser.add_argument("--test-notes", type=int, default=4, help="long notes of DDI test sentences scored")
+    parser.add_argument("--variants", default="before,default,every-pair", help=f"of {', '.join(VARIANTS)}")
+    parser.add_argument("--max-steps", type=int, default=0, help="caps the budgeted variants' steps (0: their budget)")
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args()
 
@@ -215,6 +242,9 @@ def main() -> None:
     from clinie.extractors.relation_encoder import RelationClassifier
 
     command = command_line("bench.relations")
+    if args.long_notes:
+        run_long_notes(args, command)
+        return
     limit = args.test_limit or None
     test200 = list(read_documents(DDI / "fewshot" / "chen2023_test_sample200.jsonl"))[:limit]
     full_test = list(read_documents(DDI / "test.jsonl"))[:limit]
@@ -314,6 +344,74 @@ def teach(teacher: Any, tagger: Any, train: list[Document], seed: int, args: arg
                      "priors": None if priors is None else [round(float(p), 4) for p in priors],
                      "seconds": {"tagging and reading the pairs": round(read, 1),
                                  "student fit": round(time.perf_counter() - started, 1)}}
+
+
+def long_notes(sentences: Sequence[Document], n: int, chars: int, seed: int) -> list[Document]:
+    """``n`` notes of at least ``chars`` characters (fewer if the sentences run out), each made of
+    ``sentences`` drawn with ``seed``, a paragraph each (a blank line ends a sentence), with their
+    spans and relations: DDI's exhaustive annotation at a case report's length."""
+    order = random.Random(seed).sample(list(sentences), len(sentences))
+    notes: list[Document] = []
+    while order and len(notes) < n:
+        parts: list[Document] = []
+        while order and sum(len(d.text) + 2 for d in parts) < chars:
+            parts.append(order.pop())
+        spans, relations, offset = [], [], 0
+        for k, doc in enumerate(parts):
+            spans += [replace(s, start=s.start + offset, end=s.end + offset, id=f"{k}.{s.id}") for s in doc.entities]
+            relations += [replace(r, head=f"{k}.{r.head}", tail=f"{k}.{r.tail}") for r in doc.relations]
+            offset += len(doc.text) + 2
+        notes.append(Document(f"note{len(notes)}", "\n\n".join(d.text for d in parts), tuple(spans), tuple(relations)))
+    return notes
+
+
+def run_long_notes(args: argparse.Namespace, command: str) -> None:
+    """The classifier variants on long notes, exhaustively annotated (``--long-notes``): fit
+    and prediction time, the share of ``false`` learnt beside the real one, and F1."""
+    from clinie.extractors.relation_encoder import RelationClassifier
+
+    rows = []
+    for seed in [int(s) for s in args.seeds.split(",")]:
+        train = long_notes(list(read_documents(DDI / "train.jsonl")), args.long_notes, args.note_chars, seed)
+        test = long_notes(list(read_documents(DDI / "test.jsonl")), args.test_notes, args.note_chars, seed)
+        unlabelled = [d.with_annotations(d.entities) for d in test]
+        for name in args.variants.split(","):
+            options = dict(VARIANTS[name])
+            if args.max_steps and "epochs" not in options:
+                options["max_steps"] = args.max_steps
+            steps: list[int] = []
+            started = time.perf_counter()
+            classifier = RelationClassifier(SPECS, seed=seed, **options).fit(
+                train, on_step=lambda done, total: steps.append(done))
+            fit_seconds = time.perf_counter() - started
+            started = time.perf_counter()
+            predicted = classifier.predict(unlabelled)
+            predict_seconds = time.perf_counter() - started
+            distance = classifier.hyperparameters["max_distance"]
+            pairs = sum(len(candidate_pairs(d, classifier.types, max_distance=distance)) for d in unlabelled)
+            row = {"settings": {"seed": seed, "variant": name, "options": options, "notes": len(train),
+                                "note_chars": args.note_chars, "test_notes": len(test)},
+                   "command": command, "train_chars": sum(len(d.text) for d in train),
+                   "labelled_pairs": classifier.n_labelled_pairs, "trained_pairs": classifier.n_train_pairs,
+                   "false_share": {"trained": round(float(classifier.train_priors[0]), 4),
+                                   "real": true_priors(train, classifier.types, classifier.classes)[0]},
+                   "steps": steps[-1], "cut_short": classifier.cut_short,
+                   "seconds": {"fit": round(fit_seconds, 1), "per step": round(fit_seconds / steps[-1], 2),
+                               "predict": round(predict_seconds, 1)},
+                   "test_candidate_pairs": pairs, **outcome(test, predicted)}
+            rows.append(row)
+            print(f"seed {seed}, {name} {options}: {row['trained_pairs']} of {row['labelled_pairs']} pairs, "
+                  f"false {row['false_share']}, {row['steps']} steps in {row['seconds']['fit']} s "
+                  f"(cut short: {row['cut_short']}); predicted {pairs} pairs in {row['seconds']['predict']} s; "
+                  f"macro F1 {row['macro_f1']:.3f}, P {row['precision']:.3f} R {row['recall']:.3f}, "
+                  f"{row['predicted']} predicted / {row['gold']} gold", flush=True)
+    path = args.out / "long_notes.json"
+    kept = json.loads(path.read_text())["runs"] if path.exists() else []
+    measured = {json.dumps(r["settings"], sort_keys=True) for r in rows}
+    args.out.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"corpus": "ddi", "runs": [r for r in kept if json.dumps(r["settings"], sort_keys=True)
+                                                          not in measured] + rows}, indent=2) + "\n")
+    print(f"\nwritten: {path}")
 
 
 def run_llm(train: list[Document], test: list[Document], k: int) -> dict[str, Any]:

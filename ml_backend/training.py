@@ -112,10 +112,11 @@ def train_relations(store: AnnotationStore, settings: Settings, models: ModelSto
     progress.training_stage(record.project, "relations")
     started = time.perf_counter()
     thresholds = relation_thresholds(settings, schema.relation_labels, docs)
-    classifier = RelationClassifier(schema.relation_labels, settings.encoder_model or None,
-                                    **_epochs(settings)).fit(docs)
+    classifier = RelationClassifier(schema.relation_labels, settings.encoder_model or None, **_epochs(settings)).fit(
+        docs, on_step=lambda done, total: progress.training_step(record.project, done, total))
     derived = derive(models, record, "relations", {RELATIONS_DIR: classifier},
                      {"relations": list(classifier.labels), "relation_pairs": classifier.n_train_pairs,
+                      "relation_pairs_labelled": classifier.n_labelled_pairs, "relations_cut_short": classifier.cut_short,
                       "relation_thresholds": thresholds, "relations_seconds": round(time.perf_counter() - started, 1)})
     serving = store.serving_model(record.project)
     if serving is not None and serving.version == record.version:

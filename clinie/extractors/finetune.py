@@ -36,21 +36,36 @@ def annotated_repeats(annotated: int, extra: int, share: float = ANNOTATED_SHARE
     return max(1, math.ceil(share / (1 - share) * extra / max(annotated, 1)))
 
 
+def planned_steps(n_examples: int, *, epochs: int, batch_size: int, max_steps: int | None = None) -> int:
+    """The optimiser steps ``fine_tune`` takes: ``epochs`` passes over ``n_examples`` in batches,
+    at most ``max_steps`` (told beforehand, so that a caller training several times can report
+    its progress over all of them).
+
+    >>> planned_steps(100, epochs=20, batch_size=8), planned_steps(100, epochs=20, batch_size=8, max_steps=50)
+    (260, 50)
+    """
+    planned = math.ceil(n_examples / batch_size) * epochs
+    return planned if max_steps is None else min(planned, max_steps)
+
+
 def fine_tune(parameters: Sequence[Any], examples: list[Example], batch_loss: Callable[[list[Example]], Any], *,
               epochs: int, learning_rate: float, batch_size: int, seed: int, max_steps: int | None = None,
-              progress: bool = False, desc: str = "fine-tuning") -> bool:
+              progress: bool = False, desc: str = "fine-tuning",
+              on_step: Callable[[int, int], None] | None = None) -> bool:
     """AdamW (weight decay 0.01), 10 % linear warm-up then linear decay, gradients clipped at 1;
     ``examples`` are reshuffled in place every epoch by a seeded generator, so the same seed
     and data give the same model. ``batch_loss`` returns the loss of a batch of examples.
     ``epochs`` passes over the data, stopping after ``max_steps`` optimiser steps if given (the
-    schedule spans the steps actually taken). True when ``max_steps`` cut the epochs short."""
+    schedule spans the steps actually taken). ``on_step(done, total)`` is called after every
+    optimiser step (what a server shows of a training in flight). True when ``max_steps`` cut
+    the epochs short."""
     import torch
     from tqdm.auto import tqdm
     from transformers import get_linear_schedule_with_warmup
 
     parameters = list(parameters)
-    planned = math.ceil(len(examples) / batch_size) * epochs
-    steps = planned if max_steps is None else min(planned, max_steps)
+    planned = planned_steps(len(examples), epochs=epochs, batch_size=batch_size)
+    steps = planned_steps(len(examples), epochs=epochs, batch_size=batch_size, max_steps=max_steps)
     optimizer = torch.optim.AdamW(parameters, lr=learning_rate, weight_decay=0.01)
     schedule = get_linear_schedule_with_warmup(optimizer, int(0.1 * steps), steps)
     shuffler = random.Random(seed)
@@ -70,6 +85,8 @@ def fine_tune(parameters: Sequence[Any], examples: list[Example], batch_loss: Ca
                 optimizer.zero_grad()
                 bar.update()
                 bar.set_postfix(loss=f"{loss.item():.3f}")
+                if on_step is not None:
+                    on_step(taken, steps)
     return steps < planned
 
 

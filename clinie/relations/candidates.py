@@ -1,11 +1,11 @@
 """Candidate pairs for relation extraction, and the labelled pairs a classifier learns from.
 
 A candidate is two spans of a document within ``window`` sentences of each other (1: the same
-sentence), with the relation labels its span labels allow (``PairTypes``). Relations whose
-``RelationSpec`` declares head and tail labels are oriented by that declaration, in either
-text order; the others run from the earlier span to the later one, and their type constraints
-are learned from the annotations (the span-label pairs seen with each relation, in either
-order) — until a relation has been seen, any pair may carry it.
+sentence) and at most ``max_distance`` characters apart, with the relation labels its span labels
+allow (``PairTypes``). Relations whose ``RelationSpec`` declares head and tail labels are
+oriented by that declaration, in either text order; the others run from the earlier span to the
+later one, and their type constraints are learned from the annotations (the span-label pairs seen
+with each relation, in either order) — until a relation has been seen, any pair may carry it.
 
 Example:
     >>> from clinie.core import Document, Relation, RelationSpec, Span
@@ -25,15 +25,25 @@ Example:
 from __future__ import annotations
 
 import bisect
-from collections import defaultdict
+import random
+from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 from clinie.core import NO_RELATION, Document, RelationSpec, Span, mark_spans, split_sentences
 
 
 #: Markers of a pair's head and tail in the text an encoder reads (Baldini Soares et al. 2019).
 ENTITY_MARKERS = ("[E1]", "[/E1]", "[E2]", "[/E2]")
+#: The most characters between a candidate pair's two spans. A sentence splitter that finds no
+#: end in a table or a list of a long note makes one "sentence" of it, and pairing every span of
+#: it with every other is quadratic in its spans; a pair further apart than this hardly fits the
+#: relation classifier's 256 sub-words (about 3.3 characters each on DDI) with its mentions and
+#: some context. No gold relation of DDI's test set is further apart (21 of the 3,536 of its
+#: train set are, 0.6 %).
+MAX_DISTANCE = 600
+Item = TypeVar("Item")
 
 
 @dataclass(frozen=True)
@@ -84,9 +94,12 @@ class PairTypes:
         return cls(specs, {name: {frozenset(pair) for pair in pairs} for name, pairs in data.items()})
 
 
-def candidate_pairs(doc: Document, types: PairTypes, window: int = 1) -> list[Pair]:
-    """Every pair of ``doc``'s spans at most ``window - 1`` sentences apart that some relation
-    label allows, in text order of the pair's first span. Overlapping spans are never paired."""
+def candidate_pairs(doc: Document, types: PairTypes, window: int = 1,
+                    max_distance: int | None = MAX_DISTANCE) -> list[Pair]:
+    """Every pair of ``doc``'s spans at most ``window - 1`` sentences and ``max_distance``
+    characters apart (from the end of the first to the start of the second; None: any) that
+    some relation label allows, in text order of the pair's first span. Overlapping spans are
+    never paired."""
     if window < 1:
         raise ValueError("window must be at least 1 (the same sentence)")
     starts = [start for start, _ in split_sentences(doc.text)] or [0]
@@ -96,7 +109,7 @@ def candidate_pairs(doc: Document, types: PairTypes, window: int = 1) -> list[Pa
     for i, a in enumerate(spans):
         for j in range(i + 1, len(spans)):
             b = spans[j]
-            if sentence[j] - sentence[i] >= window:
+            if sentence[j] - sentence[i] >= window or (max_distance is not None and b.start - a.end > max_distance):
                 break
             if a.overlaps(b):
                 continue
@@ -107,8 +120,8 @@ def candidate_pairs(doc: Document, types: PairTypes, window: int = 1) -> list[Pa
     return pairs
 
 
-def labelled_pairs(doc: Document, types: PairTypes, window: int = 1, *,
-                   listed: bool = False) -> list[tuple[Pair, str]]:
+def labelled_pairs(doc: Document, types: PairTypes, window: int = 1, *, listed: bool = False,
+                   max_distance: int | None = MAX_DISTANCE) -> list[tuple[Pair, str]]:
     """Training pairs of an annotated document, each with its label or ``NO_RELATION``.
 
     Exhaustive by default: every candidate the annotation has no relation for is a negative
@@ -128,13 +141,14 @@ def labelled_pairs(doc: Document, types: PairTypes, window: int = 1, *,
         return out
     gold = {(r.head, r.tail): r.label for r in doc.relations if r.label != NO_RELATION}
     out = []
-    for pair in candidate_pairs(doc, types, window):
+    for pair in candidate_pairs(doc, types, window, max_distance):
         label = gold.get((pair.head.id, pair.tail.id)) or gold.get((pair.tail.id, pair.head.id))
         out.append((pair, label if label in pair.labels else NO_RELATION))
     return out
 
 
-def unlisted_pairs(docs: Sequence[Document], types: PairTypes, window: int = 1) -> list[tuple[Document, Pair]]:
+def unlisted_pairs(docs: Sequence[Document], types: PairTypes, window: int = 1,
+                   max_distance: int | None = MAX_DISTANCE) -> list[tuple[Document, Pair]]:
     """The candidate pairs of a pair-level file's texts that none of its rows lists (in either
     direction), each with the first document of its text: what ``labelled_pairs(listed=True)``
     leaves unknown. Most candidate pairs are no relation (about 83 % of DDI's), so these are the
@@ -155,8 +169,38 @@ def unlisted_pairs(docs: Sequence[Document], types: PairTypes, window: int = 1) 
         where = {s.id: (s.start, s.end) for s in doc.entities}
         listed[doc.text].update(frozenset((where[r.head], where[r.tail])) for r in doc.relations
                                 if r.head in where and r.tail in where)
-    return [(doc, pair) for text, doc in first.items() for pair in candidate_pairs(doc, types, window)
+    return [(doc, pair) for text, doc in first.items() for pair in candidate_pairs(doc, types, window, max_distance)
             if frozenset(((pair.head.start, pair.head.end), (pair.tail.start, pair.tail.end))) not in listed[text]]
+
+
+def sample_at_shares(labelled: Sequence[tuple[Item, str]], size: int, seed: int) -> list[tuple[Item, str]]:
+    """At most ``size`` of ``labelled`` (items with their labels), drawn with ``seed``, in their
+    order: each label keeps its share of them (largest remainders), so a sample of a long note's
+    candidate pairs has their real share of ``NO_RELATION`` and a classifier trained on it learns
+    the text's priors; a label present is kept at least once when ``size`` allows (never seen, it
+    could never be predicted). All of them when there are no more than ``size``.
+
+    >>> labelled = [(n, "false" if n % 10 else "effect") for n in range(100)]
+    >>> sample = sample_at_shares(labelled, 20, seed=1)
+    >>> len(sample), sum(label == "effect" for _, label in sample)
+    (20, 2)
+    """
+    if len(labelled) <= size:
+        return list(labelled)
+    by_label: dict[str, list[int]] = defaultdict(list)
+    for n, (_, label) in enumerate(labelled):
+        by_label[label].append(n)
+    quotas = {label: len(members) * size / len(labelled) for label, members in by_label.items()}
+    counts = Counter({label: int(quota) for label, quota in quotas.items()})
+    for label in sorted(quotas, key=lambda label: counts[label] - quotas[label])[: size - sum(counts.values())]:
+        counts[label] += 1
+    if size >= len(by_label):
+        for label in [label for label in by_label if not counts[label]]:
+            counts[counts.most_common(1)[0][0]] -= 1
+            counts[label] = 1
+    rng = random.Random(seed)
+    return [labelled[n] for n in sorted(n for label, members in by_label.items()
+                                        for n in rng.sample(members, counts[label]))]
 
 
 def mark(text: str, pair: Pair, markers: tuple[str, str, str, str] = ENTITY_MARKERS,
