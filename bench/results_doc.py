@@ -372,7 +372,7 @@ def precision_section(results: Path = RESULTS) -> list[str]:
                       "Thresholds per label chosen on the strategy's cross-validated predictions over the pool alone, "
                       "applied to its predictions of the 200 Chen et al. 2023 test items (never used to choose them): "
                       "precision, recall, F1 and wrong regions per 100 sentences of what is shown, mean over seeds; "
-                      "level 0 shows every region. `python -m bench.precision` (alone on 2 cores)."]
+                      "level 0 shows every region. `python -m bench.precision` (its runs so far below; no timing)."]
         for size in sorted({r["size"] for r in runs}):
             at = [r for r in runs if r["size"] == size]
             for strategy in at[0]["test"]:
