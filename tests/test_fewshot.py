@@ -96,6 +96,8 @@ def test_an_incumbent_scored_on_a_sample_is_compared_with_a_challenger_on_those_
     assert sum(len(gold) for gold, _ in cv.fold_predictions("perfect, slow")) == 3
     assert cv.versus_incumbent() == {"nothing": 0.0, "perfect, slow": 1.0}
     assert cv.selected.name == "perfect, slow" and cv.summary()["incumbent_documents"] == 3
+    cv.incumbent = "nothing"  # once another serves, a strategy scored on a sample is no challenger
+    assert cv.selected.name == "nothing"
     sampled = set(asked["perfect, slow"])
     cv = cross_validate(docs, [Named("perfect"), Named("nothing, slow")], build, k=5, loo_below=2,
                         incumbent="nothing, slow", sample={"nothing, slow": 3})
