@@ -103,7 +103,7 @@ class CrossValidation:
         documents only as the incumbent: its figures are not comparable with the others')."""
         figures = {name: {"mean_f1": r.mean_f1, "sd_f1": r.sd_f1, "fold_f1": r.fold_f1, "llm_share": r.llm_share}
                    for name, r in self.runs.items()
-                   if name == self.incumbent or len(r.predictions) == len(self.docs)}
+                   if name == self.incumbent or len(r.predictions) >= len(self.docs)}
         return self.runs[pick(figures, max_llm_share=self.max_llm_share, prefer=self.prefer,
                               incumbent=self.incumbent, versus=self.versus_incumbent())].strategy
 
