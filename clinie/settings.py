@@ -88,6 +88,7 @@ class Settings:
     #: Precision first: per label, regions are shown only from the score on at which at least
     #: this share of the selected strategy's cross-validated regions were right (the lowest such
     #: score); a label none reaches is not shown until the model improves; 0 = every region.
+    #: Thresholds are chosen at each training: a new value takes effect from the next one (0 at once).
     min_precision: float = 0.5
     #: The causal LM whose hidden states the ``probe`` strategy reads, in-process (transformers):
     #: a GGUF path, a model directory or an HF name available offline; empty = embedded Gemma 3 270M.
