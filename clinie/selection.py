@@ -30,8 +30,8 @@ from clinie.strategies import Strategy, StrategyBuilder, parse_strategies
 log = logging.getLogger(__name__)
 
 
-#: Annotations a serving LLM strategy that is no candidate is scored on: with the embedded LLM on 2
-#: cores (15 s a sentence with 5 demonstrations, docs/results.md), about a minute and a half.
+#: Annotations a serving LLM strategy that is no candidate is scored on: with the embedded LLM on a
+#: CPU each costs seconds (docs/results.md, cold start), and the likeliest winner waits for them.
 INCUMBENT_SAMPLE = 6
 
 

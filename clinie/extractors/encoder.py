@@ -34,11 +34,10 @@ import numpy as np
 
 from clinie.core import (Document, Span, Token, bio_labels, bio_to_spans, number_spans, spans_to_bio, word_pieces)
 from clinie.embedded import encoder_path
-from clinie.extractors.finetune import STEP_BUDGET, annotated_repeats, fine_tune, read_meta, write_meta
+from clinie.extractors.finetune import (annotated_repeats, default_epochs, fine_tune, read_meta, step_budget,
+                                        write_meta)
 
 KIND = "encoder-tagger"
-EPOCHS = 20  # the default number of epochs...
-MIN_STEPS = 100  # ...raised for small training sets until training takes this many optimiser steps
 
 
 @dataclass(frozen=True)
@@ -247,17 +246,11 @@ class EncoderTagger:
         return out
 
     def _epochs(self, n_examples: int) -> int:
-        """The epochs asked for, or by default ``EPOCHS`` and at least ``MIN_STEPS`` steps."""
-        batches = math.ceil(n_examples / self.hyperparameters["batch_size"])
-        return self.hyperparameters["epochs"] or max(EPOCHS, math.ceil(MIN_STEPS / max(batches, 1)))
+        hp = self.hyperparameters
+        return default_epochs(n_examples, batch_size=hp["batch_size"], epochs=hp["epochs"])
 
     def _step_budget(self) -> int | None:
-        """``max_steps`` when given (it caps explicit epochs too), else ``STEP_BUDGET`` unless the
-        epochs were given."""
-        hp = self.hyperparameters
-        if hp["max_steps"] is not None:
-            return hp["max_steps"]
-        return None if hp["epochs"] else STEP_BUDGET
+        return step_budget(epochs=self.hyperparameters["epochs"], max_steps=self.hyperparameters["max_steps"])
 
     def _examples(self, docs: Sequence[Document],
                   soft: Sequence[Mapping[int, np.ndarray]] | None = None) -> list[tuple[Window, np.ndarray]]:
@@ -317,9 +310,11 @@ class EncoderTagger:
             self.base_model, num_labels=len(self.tags), id2label=dict(enumerate(self.tags)),
             label2id={t: i for i, t in enumerate(self.tags)}, ignore_mismatched_sizes=True).to(self.device)
         self._model.train()
+        epochs = self._epochs(len(annotated))
         self.cut_short = fine_tune(self._model.parameters(), examples, self._loss,
-                  epochs=math.ceil(self._epochs(len(annotated)) / repeats), learning_rate=hp["learning_rate"],
-                  batch_size=hp["batch_size"], seed=hp["seed"], max_steps=self._step_budget(), progress=progress)
+                  epochs=math.ceil(epochs / repeats), learning_rate=hp["learning_rate"], batch_size=hp["batch_size"],
+                  seed=hp["seed"], max_steps=self._step_budget(),
+                  progress=progress)
         self._model.eval()
         self.n_train_docs, self.n_taught_docs = len(docs), len(taught)
         return self

@@ -18,6 +18,8 @@ CONFIG_FILE = "clinie.json"
 #: sentences are 260 steps (batch 8), but 40 long case reports would be 2,820 (about 50 minutes
 #: on 2 cores); past this budget, more text means fewer epochs, not more time.
 STEP_BUDGET = 300
+EPOCHS = 20  # the default number of epochs...
+MIN_STEPS = 100  # ...raised for small training sets until training takes this many optimiser steps
 #: The share of an epoch the annotations keep when extra examples (a teacher's sentences, a
 #: sample of the pairs a listed file leaves out) outnumber them (``annotated_repeats``).
 ANNOTATED_SHARE = 0.5
@@ -46,6 +48,25 @@ def planned_steps(n_examples: int, *, epochs: int, batch_size: int, max_steps: i
     """
     planned = math.ceil(n_examples / batch_size) * epochs
     return planned if max_steps is None else min(planned, max_steps)
+
+
+def default_epochs(n_examples: int, *, batch_size: int, epochs: int | None) -> int:
+    """``epochs`` when asked for, or by default ``EPOCHS`` and at least ``MIN_STEPS`` steps: a new
+    head needs steps, and a few examples are few batches.
+
+    >>> default_epochs(16, batch_size=8, epochs=None), default_epochs(800, batch_size=8, epochs=None)
+    (50, 20)
+    """
+    batches = math.ceil(n_examples / batch_size)
+    return epochs or max(EPOCHS, math.ceil(MIN_STEPS / max(batches, 1)))
+
+
+def step_budget(*, epochs: int | None, max_steps: int | None) -> int | None:
+    """``max_steps`` when given (it caps explicit epochs too), else ``STEP_BUDGET`` unless the
+    epochs were given."""
+    if max_steps is not None:
+        return max_steps
+    return None if epochs else STEP_BUDGET
 
 
 def fine_tune(parameters: Sequence[Any], examples: list[Example], batch_loss: Callable[[list[Example]], Any], *,

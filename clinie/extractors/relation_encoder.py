@@ -47,9 +47,8 @@ import numpy as np
 
 from clinie.core import NO_RELATION, Document, Relation, RelationSpec, split_sentences
 from clinie.embedded import encoder_path
-from clinie.extractors.encoder import EPOCHS, MIN_STEPS
-from clinie.extractors.finetune import (STEP_BUDGET, annotated_repeats, fine_tune, planned_steps, read_meta,
-                                        write_meta)
+from clinie.extractors.finetune import (annotated_repeats, default_epochs, fine_tune, planned_steps, read_meta,
+                                        step_budget, write_meta)
 from clinie.relations import (ENTITY_MARKERS, MAX_DISTANCE, Pair, PairTypes, candidate_pairs, labelled_pairs, mark,
                               sample_at_shares, unlisted_pairs)
 from clinie.relations.priors import (Calibration, adjust_to_priors, estimate_priors, fit_calibration,
@@ -259,18 +258,11 @@ class RelationClassifier:
         return [c == NO_RELATION or c in pair.labels for c in self.classes]
 
     def _epochs(self, n_examples: int) -> int:
-        """The epochs asked for, or by default ``EPOCHS`` and at least ``MIN_STEPS`` steps (as the
-        tagger: a new head needs steps, and a few pairs are few batches)."""
-        batches = math.ceil(n_examples / self.hyperparameters["batch_size"])
-        return self.hyperparameters["epochs"] or max(EPOCHS, math.ceil(MIN_STEPS / max(batches, 1)))
+        hp = self.hyperparameters
+        return default_epochs(n_examples, batch_size=hp["batch_size"], epochs=hp["epochs"])
 
     def _step_budget(self) -> int | None:
-        """``max_steps`` when given (it caps explicit epochs too), else ``STEP_BUDGET`` unless the
-        epochs were given."""
-        hp = self.hyperparameters
-        if hp["max_steps"] is not None:
-            return hp["max_steps"]
-        return None if hp["epochs"] else STEP_BUDGET
+        return step_budget(epochs=self.hyperparameters["epochs"], max_steps=self.hyperparameters["max_steps"])
 
     def _pair_cap(self) -> int | None:
         """How many of an exhaustive annotation's candidate pairs a fit learns: ``max_pairs`` when
@@ -290,9 +282,10 @@ class RelationClassifier:
 
     def _steps(self, n_examples: int, n_extra: int) -> int:
         """The optimiser steps of a fit on ``n_examples`` and ``n_extra`` others."""
+        hp = self.hyperparameters
         repeats, epochs = self._schedule(n_examples, n_extra)
-        return planned_steps(n_examples * repeats + n_extra, epochs=epochs,
-                             batch_size=self.hyperparameters["batch_size"], max_steps=self._step_budget())
+        return planned_steps(n_examples * repeats + n_extra, epochs=epochs, batch_size=hp["batch_size"],
+                             max_steps=self._step_budget())
 
     @staticmethod
     def _report(on_step: Callable[[int, int], None], before: int, total: int) -> Callable[[int, int], None]:
@@ -323,8 +316,9 @@ class RelationClassifier:
         repeats, epochs = self._schedule(len(examples), len(extra))
         cut_short = fine_tune([*self._encoder.parameters(), *self._head.parameters()], examples * repeats + extra,
                               batch_loss, epochs=epochs, learning_rate=hp["learning_rate"],
-                              batch_size=hp["batch_size"], seed=hp["seed"], max_steps=self._step_budget(),
-                              progress=progress, desc="fine-tuning relations", on_step=on_step)
+                              batch_size=hp["batch_size"], seed=hp["seed"],
+                              max_steps=self._step_budget(), progress=progress, desc="fine-tuning relations",
+                              on_step=on_step)
         self._encoder.eval()
         self._head.eval()
         return cut_short
