@@ -20,7 +20,7 @@ to scored regions only: a strategy that scores nothing is shown as it is.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 from clinie.core import Document
@@ -83,9 +83,6 @@ class Thresholds:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Thresholds:
         return cls(float(data["min_precision"]), dict(data.get("spans") or {}), dict(data.get("relations") or {}))
-
-    def with_relations(self, relations: Mapping[str, float | None]) -> Thresholds:
-        return replace(self, relations=dict(relations))
 
 
 def per_label(outcomes: Iterable[tuple[str, float, int]], *, min_precision: float) -> dict[str, float | None]:
