@@ -16,14 +16,18 @@ Example (not run here: it loads the model):
     states = HiddenStates.shared()  # the process's one copy: loading dequantizes the GGUF (~20 s, ~1 GB)
     words = tokenize("Familial breast cancer")
     states.words("Familial breast cancer", words).shape  # (3, 2560): 4 layers of 640
+    [one, two] = states.many([(text, tokenize(text)) for text in ("Gout.", "Familial breast cancer")])
+    one.features.shape, two.calls + one.calls  # (2, 2560), 1: both sentences in one forward pass
 """
 
 from __future__ import annotations
 
 import threading
+import time
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -54,6 +58,29 @@ def last_token_in(offsets: Sequence[tuple[int, int]], start: int, end: int) -> i
 
 #: The feature cache's default bound (``CLINIE_FEATURE_CACHE_MB`` in a backend).
 DEFAULT_CACHE_BYTES = 512 * 2**20
+#: Texts per forward pass: on 2 (busy) CPU cores, 16 and 32 read about as fast, 8 and 64 slower
+#: (``python -m bench.serve --parts probe --batch-sizes 8,32,64``).
+BATCH_SIZE = 16
+
+Key = tuple[str, tuple[tuple[int, int], ...]]  # a text and its words' offsets: what the features are cached under
+
+
+class Reading(NamedTuple):
+    """The features of one text's words and its share of what reading them cost, so that a caller
+    reading several documents in one call can say what each cost: ``calls`` is 1 for the first
+    text of each forward pass (summed over a call's readings: its forward passes), ``cache_hits`` 1
+    when the features were cached (or asked for twice in the call), ``prompt_tokens`` the text's
+    own (padding not counted), ``seconds`` its share of its pass's time, by tokens."""
+
+    features: np.ndarray
+    calls: int
+    cache_hits: int
+    prompt_tokens: int
+    seconds: float
+
+
+class _DeepestRead(Exception):
+    """Raised by the hook on the deepest layer read: nothing above it is needed."""
 
 
 class HiddenStates:
@@ -85,10 +112,10 @@ class HiddenStates:
         self.layers = tuple(sorted({max(1, round(f * depth)) for f in DEPTHS}))
         self.dim = self._lm.config.hidden_size * len(self.layers)
         self._torch = torch
-        self._cache: OrderedDict[tuple[str, tuple[tuple[int, int], ...]], np.ndarray] = OrderedDict()
+        self._cache: OrderedDict[Key, np.ndarray] = OrderedDict()
         self._cache_bytes, self._cached_bytes = cache_bytes, 0
         self.lock = threading.Lock()
-        self.usage = {"calls": 0, "cache_hits": 0, "prompt_tokens": 0}  # forward passes, as an LLM's calls
+        self.usage = {"calls": 0, "cache_hits": 0, "prompt_tokens": 0}  # forward passes (of a batch), as an LLM's calls
 
     def forget(self) -> None:
         """Drop every cached feature: they are read from note text (a project's unannotated tasks
@@ -107,27 +134,100 @@ class HiddenStates:
 
     def words(self, text: str, words: Sequence[Token]) -> np.ndarray:
         """A row per word of ``text`` (offsets into ``text``): its echo features, ``(len(words), dim)``."""
-        if not words:
-            return np.zeros((0, self.dim), dtype=np.float32)
-        key = (text, tuple((w.start, w.end) for w in words))
+        return self.many([(text, words)])[0].features
+
+    def many(self, items: Sequence[tuple[str, Sequence[Token]]], *, batch_size: int = BATCH_SIZE) -> list[Reading]:
+        """``words`` for each ``(text, words)`` of ``items``, in their order, read in forward passes of up
+        to ``batch_size`` texts: the matrix products of a pass over many rows run much nearer the
+        CPU's peak than those of one sentence (on 2 cores, 2-4 times the sentences per second).
+        Texts are batched by token count, so that the padding (after each row: a causal model's
+        state at a token never sees the tokens after it) costs little. A text asked for twice is
+        read once. The lock is taken per forward pass, so that a long reading (a training's) lets a
+        ``/predict`` through between two."""
+        readings: dict[int, Reading] = {}  # by index in items
+        pending: dict[Key, tuple[list[int], list[int], list[int]]] = {}  # key: (ids, rows, indices in items)
         with self.lock:
-            if (cached := self._cache.get(key)) is not None:
-                self._cache.move_to_end(key)
-                self.usage["cache_hits"] += 1
-                return cached
-            prefix = ECHO.format(text=text)
-            encoded = self._tokenizer(prefix + text, return_offsets_mapping=True)
-            ids = self._torch.tensor([encoded.input_ids], device=self.device)
-            self.usage["calls"] += 1
-            self.usage["prompt_tokens"] += ids.shape[1]
-            with self._torch.inference_mode():
-                hidden = self._lm.model(input_ids=ids, output_hidden_states=True).hidden_states
-            states = self._torch.cat([hidden[layer][0] for layer in self.layers], dim=-1).float().cpu().numpy()
-            base = len(prefix)
-            rows = [last_token_in(encoded.offset_mapping, base + w.start, base + w.end) for w in words]
-            features = states[rows]
-            self._cache[key] = features
-            self._cached_bytes += features.nbytes
-            while self._cached_bytes > self._cache_bytes and len(self._cache) > 1:
-                self._cached_bytes -= self._cache.popitem(last=False)[1].nbytes
-            return features
+            for i, (text, words) in enumerate(items):
+                key = (text, tuple((w.start, w.end) for w in words))
+                if not words:
+                    readings[i] = Reading(np.zeros((0, self.dim), dtype=np.float32), 0, 0, 0, 0.0)
+                elif key in pending:
+                    pending[key][2].append(i)
+                elif (cached := self._cache.get(key)) is not None:
+                    self._cache.move_to_end(key)
+                    self.usage["cache_hits"] += 1
+                    readings[i] = Reading(cached, 0, 1, 0, 0.0)
+                else:
+                    pending[key] = (*self._prompt(text, words), [i])
+        order = sorted(pending, key=lambda k: len(pending[k][0]))
+        for start in range(0, len(order), batch_size):
+            batch = order[start:start + batch_size]
+            with self.lock:
+                started = time.perf_counter()
+                states = self._forward([pending[key][0] for key in batch])
+                seconds = time.perf_counter() - started
+                tokens = sum(len(pending[key][0]) for key in batch)
+                self.usage["calls"] += 1
+                self.usage["prompt_tokens"] += tokens
+                for n, (key, state) in enumerate(zip(batch, states)):
+                    ids, rows, indices = pending[key]
+                    features = self._remember(key, state[rows])
+                    first, *again = indices
+                    readings[first] = Reading(features, int(n == 0), 0, len(ids), seconds * len(ids) / tokens)
+                    for i in again:
+                        self.usage["cache_hits"] += 1
+                        readings[i] = Reading(features, 0, 1, 0, 0.0)
+        return [readings[i] for i in range(len(items))]
+
+    def _prompt(self, text: str, words: Sequence[Token]) -> tuple[list[int], list[int]]:
+        """The echo prompt's token ids, and per word the position of the token that stands for it."""
+        prefix = ECHO.format(text=text)
+        encoded = self._tokenizer(prefix + text, return_offsets_mapping=True)
+        base = len(prefix)
+        return encoded.input_ids, [last_token_in(encoded.offset_mapping, base + w.start, base + w.end) for w in words]
+
+    def _forward(self, batch: Sequence[Sequence[int]]) -> list[np.ndarray]:
+        """The states of each row of ``batch`` at ``self.layers``, concatenated: ``(len(row), dim)``.
+
+        Rows are right-padded and given no attention mask: a causal model's states at a row's own
+        tokens are those of the row alone (to float rounding), and without a mask the attention
+        takes its causal fast path. The pass stops at the deepest layer read, not running the
+        layers above it (a sixth of Gemma 270M's) nor the final norm: a hook on each layer read
+        keeps its output, the deepest one's ends the pass.
+        """
+        torch = self._torch
+        width = max(len(row) for row in batch)
+        pad = self._tokenizer.pad_token_id or 0
+        ids = torch.tensor([[*row, *[pad] * (width - len(row))] for row in batch], device=self.device)
+        kept: dict[int, Any] = {}
+
+        def keep(layer: int) -> Callable[..., None]:
+            def hook(module: Any, args: Any, output: Any) -> None:
+                kept[layer] = output[0] if isinstance(output, tuple) else output
+                if layer == self.layers[-1]:
+                    raise _DeepestRead
+
+            return hook
+
+        decoders = self._lm.model.layers
+        hooks = [decoders[layer - 1].register_forward_hook(keep(layer)) for layer in self.layers]
+        try:
+            with torch.inference_mode():
+                self._lm.model(input_ids=ids, use_cache=False)
+        except _DeepestRead:
+            pass
+        finally:
+            for hook in hooks:
+                hook.remove()
+        states = torch.cat([kept[layer] for layer in self.layers], dim=-1).float().cpu().numpy()
+        return [states[i, :len(row)] for i, row in enumerate(batch)]
+
+    def _remember(self, key: Key, features: np.ndarray) -> np.ndarray:
+        """Cache ``features`` under ``key``, dropping the least recently used beyond the bound."""
+        if (old := self._cache.pop(key, None)) is not None:  # read meanwhile by another thread's call
+            self._cached_bytes -= old.nbytes
+        self._cache[key] = features
+        self._cached_bytes += features.nbytes
+        while self._cached_bytes > self._cache_bytes and len(self._cache) > 1:
+            self._cached_bytes -= self._cache.popitem(last=False)[1].nbytes
+        return features
