@@ -3,15 +3,17 @@ and filter-then-probe, the probe reading only the sentences a real encoder is un
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 
 from clinie.core import Document, read_documents, split_sentences, tokenize
 from clinie.evaluation import evaluate_spans
-from clinie.extractors.encoder import EncoderTagger
+from clinie.extractors.encoder import EncoderTagger, decoded_probabilities
 from clinie.extractors.gated import FilterThenProbe, shift
 from clinie.extractors.probe import ProbeTagger
-from clinie.llm.hidden import HiddenStates
+from clinie.llm.hidden import BATCH_SIZE, HiddenStates
 from tests.support import DATA
 from tests.support.helpers import assert_spans_match_text
 
@@ -52,9 +54,11 @@ def test_the_probe_learns_spans_that_keep_their_offsets(probe, train):
     held = train[60:100]
     predicted = probe.predict([d.with_annotations(()) for d in held])
     assert evaluate_spans(held, predicted)["strict"].micro.f1 > 0.3  # a head that learnt nothing finds none
-    cost = predicted[0].meta["llm"]  # one forward pass per sentence, nothing generated
-    assert cost["calls"] + cost["cache_hits"] == 1 and cost["completion_tokens"] == 0
-    assert cost["sentences_to_llm"] == cost["sentences"] >= 1
+    costs = [d.meta["llm"] for d in predicted]  # the sentences read in batched forward passes, nothing generated
+    read = sum(c["prompt_tokens"] > 0 for c in costs)
+    assert sum(c["calls"] for c in costs) == math.ceil(read / BATCH_SIZE)
+    assert read + sum(c["cache_hits"] for c in costs) == len(held)  # a sentence each
+    assert all(c["completion_tokens"] == 0 and c["sentences_to_llm"] == c["sentences"] >= 1 for c in costs)
     for doc in predicted:
         assert_spans_match_text(doc.text, doc.entities)
         assert all(0 < s.score <= 1 and s.label == "Disease" for s in doc.entities)
@@ -62,8 +66,26 @@ def test_the_probe_learns_spans_that_keep_their_offsets(probe, train):
     [doc] = probe.predict([odd])  # long: cut in pieces of whole sentences
     assert_spans_match_text(odd.text, doc.entities)
     [words] = probe.predict_words([odd])
+    note = len(probe.states._tokenizer(odd.text).input_ids)
+    assert len(words) > 1 and doc.meta["llm"]["prompt_tokens"] < 2.5 * note  # each piece echoes its own text
     assert sum(len(w) for w, _ in words) == len(tokenize(odd.text))
     assert all(p.shape == (len(w), 3) and np.allclose(p.sum(axis=1), 1, atol=1e-5) for w, p in words)
+
+
+def test_batching_the_sentences_of_a_call_changes_no_prediction(probe, states, train):
+    docs = [d.with_annotations(()) for d in train[50:60]]
+    states.forget()
+    alone = [probe.predict([doc])[0] for doc in docs]  # a forward pass per sentence
+    assert all(d.meta["llm"]["calls"] == 1 for d in alone)
+    states.forget()
+    batched = probe.predict(docs)
+    assert sum(d.meta["llm"]["calls"] for d in batched) == math.ceil(len(docs) / BATCH_SIZE)
+    assert [[(s.start, s.end, s.label) for s in d.entities] for d in batched] == \
+        [[(s.start, s.end, s.label) for s in d.entities] for d in alone]
+    def sureness(doc: Document) -> list[float]:  # read from the tag distributions: equal to float rounding
+        return [doc.meta["confidence"], *(s.score for s in doc.entities)]
+
+    assert np.allclose([x for d in batched for x in sureness(d)], [x for d in alone for x in sureness(d)], atol=1e-3)
 
 
 def test_save_and_load_give_the_same_predictions_and_refuse_other_states(probe, states, train, tmp_path):
@@ -122,7 +144,8 @@ def test_filter_then_probe_reads_only_the_sentences_the_encoder_is_unsure_of(enc
         assert_spans_match_text(doc.text, out.entities)
         if read:  # how sure the reading is counts the probe's words where the probe read
             parts = [Document("part", doc.text[a:b]) for a, b in read]
-            probe_least = min(float(p.max(axis=1).min()) for pieces in probe.predict_words(parts) for _, p in pieces)
+            probe_least = min(float(decoded_probabilities(p, probe.tags).min())
+                              for pieces in probe.predict_words(parts) for _, p in pieces)
             assert out.meta["confidence"] <= probe_least + 1e-6
         read_in_all += len(read)
     assert 0 < read_in_all < sum(len(split_sentences(d.text)) for d in docs)  # a filter, not all or nothing

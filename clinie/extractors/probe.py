@@ -11,7 +11,8 @@ Kept apart like the encoder tagger: **preprocess** (words in pieces of whole sen
 echo features), **forward** (the head's tag distribution per word), **postprocess**
 (``clinie.extractors.encoder.word_spans``: argmax tags to character spans of the original text,
 scored by the mean probability of their words' tags). ``predict_words`` gives what
-filter-then-rerank reads, as the encoder tagger's does.
+filter-then-rerank reads, as the encoder tagger's does. Each call hands the pieces of all its
+documents to the LLM at once (``HiddenStates.many``), which reads them in batched forward passes.
 
 Example (not run here: it loads the LLM):
     probe = ProbeTagger(["Disease"], HiddenStates.shared()).fit(train_docs)
@@ -31,22 +32,34 @@ from typing import Any
 import numpy as np
 
 from clinie.core import Document, Span, Token, bio_labels, number_spans, spans_to_bio, split_sentences, word_pieces
-from clinie.extractors.encoder import with_confidence, word_spans
+from clinie.extractors.encoder import decoded_probabilities, with_confidence, word_spans
 from clinie.extractors.finetune import fine_tune, read_meta, write_meta
-from clinie.llm.hidden import HiddenStates
+from clinie.llm.hidden import BATCH_SIZE, HiddenStates, Reading
 
 KIND = "probe-tagger"
 HEAD_FILE = "head.pt"
 SCALE_FILE = "scale.json"
 
 
+def cost(usage: dict[str, int], seconds: float, *, sentences: int, read: int) -> dict[str, float]:
+    """``usage`` (``HiddenStates.usage``'s keys) and ``seconds`` in the keys the LLM strategies
+    count: forward passes as calls, no completion tokens, ``read`` of ``sentences`` through the LLM."""
+    return {**usage, "completion_tokens": 0, "sentences": sentences, "sentences_to_llm": read,
+            "seconds": round(seconds, 3)}
+
+
 def reading_cost(states: HiddenStates, before: dict[str, int], started: float, *, sentences: int,
                  read: int) -> dict[str, float]:
     """What reading a document cost since ``before`` (``states.usage`` then) and ``started``
-    (``time.perf_counter()`` then), in the keys the LLM strategies count: forward passes as
-    calls, no completion tokens, ``read`` of its ``sentences`` through the LLM."""
-    return {**{k: v - before[k] for k, v in states.usage.items()}, "completion_tokens": 0, "sentences": sentences,
-            "sentences_to_llm": read, "seconds": round(time.perf_counter() - started, 3)}
+    (``time.perf_counter()`` then): ``cost``."""
+    return cost({k: v - before[k] for k, v in states.usage.items()}, time.perf_counter() - started,
+                sentences=sentences, read=read)
+
+
+def usage_of(readings: Sequence[Reading]) -> dict[str, int]:
+    """What ``readings`` cost, in ``HiddenStates.usage``'s keys: a document's share of a batched reading."""
+    return {"calls": sum(r.calls for r in readings), "cache_hits": sum(r.cache_hits for r in readings),
+            "prompt_tokens": sum(r.prompt_tokens for r in readings)}
 
 
 def _head(dim: int, n_tags: int, hidden: int, dropout: float) -> Any:
@@ -97,20 +110,34 @@ class ProbeTagger:
 
     # --- preprocess -----------------------------------------------------------------------
 
+    def _read(self, docs: Sequence[Document]) -> list[tuple[int, list[Token], Reading]]:
+        """Every word of every document in one piece, with the piece's reading: all in one call to
+        the LLM, which batches them. The LLM reads each piece's own text (its sentences), not its
+        document's: a long note's every piece would otherwise cost a pass over the whole note."""
+        pieces = word_pieces([d.text for d in docs], self.hyperparameters["max_words_per_chunk"])
+        items = []
+        for i, words in pieces:
+            start, end = words[0].start, words[-1].end
+            items.append((docs[i].text[start:end], [Token(w.start - start, w.end - start, w.text) for w in words]))
+        readings = self.states.many(items)
+        return [(i, words, reading) for (i, words), reading in zip(pieces, readings)]
+
     def _pieces(self, docs: Sequence[Document]) -> list[tuple[int, list[Token], np.ndarray]]:
         """Every word of every document in one piece, with the piece's features."""
-        return [(i, words, self.states.words(docs[i].text, words))
-                for i, words in word_pieces([d.text for d in docs], self.hyperparameters["max_words_per_chunk"])]
+        return [(i, words, reading.features) for i, words, reading in self._read(docs)]
 
-    def read(self, docs: Sequence[Document], on_read: Callable[[int, int], None] | None = None) -> None:
-        """Read the features of ``docs`` into the LLM's feature cache, a document at a time (what
-        ``fit`` and ``predict`` would read first), calling ``on_read(done, total)`` after each: a
-        long reading reports how far it has got and may be stopped (``on_read`` raising)
-        between two documents."""
-        for done, doc in enumerate(docs, 1):
-            self._pieces([doc])
+    def read(self, docs: Sequence[Document], on_read: Callable[[int, int], None] | None = None,
+             group: int = 4 * BATCH_SIZE) -> None:
+        """Read the features of ``docs`` into the LLM's feature cache (what ``fit`` and ``predict``
+        would read first), ``group`` documents per call to the LLM (enough for full batches of
+        sentences of like length), calling ``on_read(done, total)`` after each document: a long
+        reading reports how far it has got and may be stopped (``on_read`` raising) between two
+        groups."""
+        for start in range(0, len(docs), group):
+            self._read(docs[start:start + group])
             if on_read is not None:
-                on_read(done, len(docs))
+                for done in range(start + 1, min(start + group, len(docs)) + 1):
+                    on_read(done, len(docs))
 
     # --- forward --------------------------------------------------------------------------
 
@@ -153,34 +180,49 @@ class ProbeTagger:
         self.n_train_docs = len(docs)
         return self
 
+    def _trained(self) -> None:
+        """Refuse an untrained probe (no head) before the LLM reads anything for it."""
+        if self._head is None:
+            raise RuntimeError("the probe is not trained: call fit() or ProbeTagger.load()")
+
+    def _tag(self, features: np.ndarray) -> np.ndarray:
+        """The head's tag distribution per word of one piece: a row per word, columns in ``self.tags`` order."""
+        import torch
+
+        with torch.inference_mode():
+            return torch.softmax(self._head(self._tensor(features))[0], dim=-1).numpy()
+
     def predict_words(self, docs: Sequence[Document]) -> list[list[tuple[list[Token], np.ndarray]]]:
         """Per document, its pieces in text order: the words and each word's tag distribution
         (a row per word, columns in ``self.tags`` order)."""
-        import torch
-
-        if self._head is None:
-            raise RuntimeError("the probe is not trained: call fit() or ProbeTagger.load()")
+        self._trained()
         out: list[list[tuple[list[Token], np.ndarray]]] = [[] for _ in docs]
-        with torch.inference_mode():
-            for i, words, features in self._pieces(docs):
-                out[i].append((words, torch.softmax(self._head(self._tensor(features))[0], dim=-1).numpy()))
+        for i, words, features in self._pieces(docs):
+            out[i].append((words, self._tag(features)))
         return out
 
     # --- postprocess ----------------------------------------------------------------------
 
     def predict(self, docs: Sequence[Document]) -> list[Document]:
         """Each document with the predicted spans (ids ``T1``... in text order, scored);
-        ``meta["llm"]`` says what reading it cost: one forward pass per piece (``calls``, no
-        completion tokens), every sentence through the LLM, seconds."""
+        ``meta["llm"]`` says what reading it cost: its share of the batched forward passes (``calls``:
+        summed over ``docs``, the passes made; ``HiddenStates.many``), no completion tokens, every
+        sentence through the LLM, seconds (its share of the passes and its own tagging)."""
+        self._trained()
+        pieces: list[list[tuple[list[Token], Reading]]] = [[] for _ in docs]
+        for i, words, reading in self._read(docs):
+            pieces[i].append((words, reading))
         out = []
-        for doc in docs:
-            started, before = time.perf_counter(), dict(self.states.usage)
-            [pieces] = self.predict_words([doc])
-            spans: list[Span] = [s for words, p in pieces for s in word_spans(doc.text, words, p, self.tags)]
+        for doc, mine in zip(docs, pieces):
+            started = time.perf_counter()
+            tagged = [(words, self._tag(reading.features)) for words, reading in mine]
+            spans: list[Span] = [s for words, p in tagged for s in word_spans(doc.text, words, p, self.tags)]
+            answer = with_confidence(number_spans(doc, spans), [decoded_probabilities(p, self.tags) for _, p in tagged])
+            readings = [reading for _, reading in mine]
+            seconds = time.perf_counter() - started + sum(r.seconds for r in readings)
             sentences = len(split_sentences(doc.text))
-            cost = reading_cost(self.states, before, started, sentences=sentences, read=sentences)
-            read = with_confidence(number_spans(doc, spans), [p for _, p in pieces])
-            out.append(replace(read, meta={**read.meta, "llm": cost}))
+            spent = cost(usage_of(readings), seconds, sentences=sentences, read=sentences)
+            out.append(replace(answer, meta={**answer.meta, "llm": spent}))
         return out
 
     # --- persistence ----------------------------------------------------------------------

@@ -30,6 +30,7 @@ import numpy as np
 from clinie.core import (Document, LabelSpec, Span, Token, bio_to_spans, mark_spans, number_spans, sentence_of,
                          split_sentences, tokenize, word_ranges)
 from clinie.extractors.choice import MultipleChoice
+from clinie.extractors.decoding import bio_viterbi
 from clinie.extractors.encoder import EncoderTagger
 from clinie.llm.base import LLM
 from clinie.llm.cache import CallCache
@@ -64,7 +65,7 @@ def triage(text: str, words: Sequence[Token], probabilities: np.ndarray, tags: S
     low, high = band
     labels = list(dict.fromkeys(tag[2:] for tag in tags if tag != "O"))
     columns = {label: [i for i, tag in enumerate(tags) if tag[2:] == label] for label in labels}
-    best = probabilities.argmax(axis=1)
+    best = bio_viterbi(probabilities, tags)  # decoded as every tagger's (``word_spans``)
     word_tags = [tags[i] for i in best]
     spans = bio_to_spans(text, words, word_tags, [float(probabilities[w, i]) for w, i in enumerate(best)])
 
