@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import statistics
 import sys
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -327,12 +328,15 @@ def cold_start_section(results: Path = RESULTS) -> list[str]:
 
 def first_model_section(results: Path = RESULTS) -> list[str]:
     """How long a project waits after Start training, and what it is served (``python -m bench.first_model``)."""
-    runs = [json.loads(f.read_text()) for f in sorted((results / "first_model").glob("*.json"))]
+    runs = [json.loads(f.read_text()) for f in sorted((results / "first_model").glob("*.json"))
+            if f.name != "relations.json"]
     lines = []
     for run in runs:
         lines += ["", "## Time to a first model, and to the selected strategy", "",
                   f"After *Start training*, {corpus_name(run['corpus'])} annotations by webhook into a fresh backend "
-                  "on the embedded models: each version that served, seconds after the training started, and how "
+                  "on the embedded models, which loaded what it loads at start (the LLMs of the cold start and of "
+                  "the probe; rows before that change loaded them within the training): each version that served, "
+                  "seconds after the training started, and how "
                   f"it pre-annotates the first {run['test_items']} Chen et al. 2023 test items as /predict shows them "
                   "(precision-first thresholds applied): strict precision, recall, F1 and wrong regions per 100 "
                   "sentences. The cold start before it (the LLM's confirmed regions) is measured in *Cold start*. "
@@ -340,14 +344,36 @@ def first_model_section(results: Path = RESULTS) -> list[str]:
         for row in (r for r in run.get("runs", []) if "versions" in r):  # older rows lack them
             lines += ["", f"### {row['annotations']} annotations", "", f"`{row['command']}`: the training took "
                       f"{row['training_seconds']:.0f} s; the selected strategy, {row['selected']}, served at "
-                      f"{row['selected_seconds']:.0f} s.", "", *version_table(row["versions"])]
+                      f"{row['selected_seconds']:.0f} s.", "", *version_table(row["versions"]),
+                      *(["", f"Its stages: {stages_text(row['stages'])}."] if row.get("stages") else [])]
         if busy := run.get("busy"):
             lines += ["", "### A busy project", "",
                       f"`{busy['command']}`: an annotation every {busy['every_seconds']:g} s up to "
                       f"{busy['annotations']}, a training every {busy['train_every']} ({busy['trainings']} started, "
                       f"{busy['selections_superseded']} selections superseded by a newer training): what served "
                       "over time.", "", *version_table(busy["versions"])]
+    if (path := results / "first_model" / "relations.json").exists():
+        run = json.loads(path.read_text())
+        rows = [[f"{v['seconds']:.0f}", f"`{v['version']}`", "yes" if v["relations"] else "no"]
+                for v in run["versions"]]
+        lines += ["", "### A relation project on long notes", "",
+                  f"`{run['command']}`: {run['notes']} notes of "
+                  f"{min(run['characters']):,}–{max(run['characters']):,} "
+                  f"characters made of DDI training sentences ({run['regions']} regions, {run['arrows']} arrows), "
+                  "imported with their region ids under the drug-interaction config, then *Start training*, alone on "
+                  f"2 cores: the entities served at {run['entities_seconds']:.0f} s, the relations at "
+                  + (f"{run['relations_seconds']:.0f} s" if run["relations_seconds"] is not None else "no time (never)")
+                  + f"; the training took {run['training_seconds']:.0f} s. The version served last "
+                  f"(`{run['served_last']}`) on {run['test_notes']} notes of DDI test sentences: entity F1 "
+                  f"{run['entity_f1']:.3f} (precision {run['entity_precision']:.3f}), relation F1 (end to end) "
+                  f"{run['relation_f1']:.3f}.", "", *table(["serves from (s)", "version", "relations"], rows),
+                  "", f"Its stages: {stages_text(run['stages'])}."]
     return lines
+
+
+def stages_text(stages: Sequence[Sequence[Any]]) -> str:
+    """A training's stages as ``bench.first_model`` watched them: each one's name and start."""
+    return "; ".join(f"{name} from {seconds:.0f} s" for seconds, name in stages)
 
 
 def version_table(versions: Sequence[dict[str, Any]]) -> list[str]:
@@ -381,6 +407,38 @@ def precision_section(results: Path = RESULTS) -> list[str]:
                 lines += ["", f"### {corpus_name(corpus_dir.name)}, {size} annotations, {strategy} "
                               f"(seeds {', '.join(str(r['seed']) for r in at)})", "",
                           *table(["CLINIE_MIN_PRECISION", "precision", "recall", "F1", "wrong / 100 sentences"], rows)]
+    return lines
+
+
+def mean_sd_of(values: Sequence[float]) -> str:
+    """``0.684 ± 0.022`` (the sample's sd), or the one value."""
+    return f"{statistics.fmean(values):.3f} ± {statistics.stdev(values):.3f}" if len(values) > 1 else f"{values[0]:.3f}"
+
+
+def quality_section(results: Path = RESULTS) -> list[str]:
+    """Decoding and combinations at 100 annotations (``python -m bench.quality``)."""
+    lines: list[str] = []
+    for corpus_dir in sorted(p for p in (results / "quality").glob("*") if p.is_dir()):
+        runs = [json.loads(f.read_text()) for f in sorted(corpus_dir.glob("seed*.json"))]
+        if not runs:
+            continue
+        if not lines:
+            lines += ["", "## Quality at 100 annotations: decoding, the probe and the encoder combined", "",
+                      "The encoder and the probe fitted once per seed on the 100 sentences of the pool, each variant "
+                      "decoded from their per-word tag distributions on the 200 Chen et al. 2023 test items "
+                      "(`-bio`: BIO-constrained decoding, `clinie.extractors.decoding`; `averaged`: the mean of the "
+                      "probe's and the encoder's distributions, equal weights fixed a priori; `probe-L…`: the probe "
+                      "on those layers of the LLM instead of its default ones). Strict F1, mean ± sd over the seeds, "
+                      "and per seed; nothing tuned on the test items."]
+        seeds = [r["seed"] for r in runs]
+        variants = sorted((v for v in runs[0]["variants"] if all(v in r["variants"] for r in runs)),
+                          key=lambda v: v.startswith("probe-L"))
+        rows = [[v, mean_sd_of([r["variants"][v]["f1"] for r in runs]),
+                 f"{statistics.fmean(r['variants'][v]['precision'] for r in runs):.3f}",
+                 " / ".join(f"{r['variants'][v]['f1']:.3f}" for r in runs)] for v in variants]
+        commands = ", ".join(sorted({f"`{c['command']}`" for r in runs for c in r["commands"]}))
+        lines += ["", f"### {corpus_name(corpus_dir.name)} (seeds {', '.join(map(str, seeds))})", "",
+                  *table(["variant", "F1", "precision (mean)", "F1 per seed"], rows), "", f"Run by {commands}."]
     return lines
 
 
@@ -705,6 +763,27 @@ def faults_section(results: Path = RESULTS) -> list[str]:
     return lines
 
 
+def probe_speed_section(results: Path = RESULTS) -> list[str]:
+    """How fast the probe reads, batched against one sentence at a time (``python -m bench.serve --parts probe``)."""
+    path = results / "serve" / "probe.json"
+    if not path.exists():
+        return []
+    lines = ["", "## How fast the probe reads", "",
+             "A trained probe tags Chen et al. 2023 test sentences one at a time (a forward pass each) and all at "
+             "once (the LLM reading them in batched forward passes), each path on an empty feature cache, in turn: "
+             "sentences per second per round and the median of each path's ratio to one at a time in the same round "
+             "(the figure to compare: absolute rates move with the machine's load, given before and after)."]
+    for run in json.loads(path.read_text())["runs"]:
+        rows = [[name, " / ".join(f"{v:.2f}" for v in figures["sentences_per_second"]), f"{figures['median']:.2f}",
+                 f"{figures['median_ratio']:.2f}"] for name, figures in run["paths"].items()]
+        lines += ["", f"`{run['command']}`: {run['sentences']} sentences, {run['rounds']} rounds, {run['cpus']} CPUs, "
+                      f"load average {run['load_average_before'][0]:.1f} before and {run['load_average_after'][0]:.1f} "
+                      f"after; batched and one at a time found the same spans: "
+                      f"{'yes' if run['same_spans'] else 'no'}.", "",
+                  *table(["path", "sentences / s, per round", "median", "ratio to one at a time (median)"], rows)]
+    return lines
+
+
 def scale_section(results: Path = RESULTS) -> list[str]:
     """Beyond one machine: PostgreSQL, replicas and workers against the embedded default
     (``python -m bench.scale``)."""
@@ -771,10 +850,12 @@ def render_results(results: Path = RESULTS) -> str:
                   "", "Each run (test F1, CV F1 in brackets, each band's share of the test sentences the LLM read):",
                   "", *run_table(study),
                   "", "Counted from these runs:", "", *findings(study)]
-    lines += (cold_start_section(results) + precision_section(results) + first_model_section(results)
+    lines += (cold_start_section(results) + precision_section(results) + quality_section(results)
+              + first_model_section(results)
               + active_section(results)
               + student_section(results) + adapt_section(results) + relations_section(results)
-              + webhooks_section(results) + faults_section(results) + scale_section(results))
+              + webhooks_section(results) + faults_section(results) + scale_section(results)
+              + probe_speed_section(results))
     return "\n".join(lines) + "\n"
 
 

@@ -21,8 +21,8 @@ from ml_backend.model_store import ModelStore
 from ml_backend.serving import Serving
 from ml_backend.store import AnnotationStore, ModelRecord
 from ml_backend.sync import LabelStudioSync
-from ml_backend.training import (NotEnoughAnnotations, Superseded, TrainingWorker, prune_versions, select_strategy,
-                                 serve_full_encoder, train_project, train_relations)
+from ml_backend.training import (NotEnoughAnnotations, Superseded, TrainingWorker, complete, prune_versions,
+                                 select_strategy, serve_full_encoder, train_project)
 from ml_backend.webhooks import left_in_wal, refused  # what a re-sync refused or left is said as for a webhook
 
 log = logging.getLogger(__name__)
@@ -44,7 +44,8 @@ class TrainingPipeline:
         self.sync = sync
         self.queued = queued
         self._stopping = threading.Event()
-        self.jobs: Jobs | None = QueuedJobs(store) if queued else TrainingWorker(self.train) if start_worker else None
+        self.jobs: Jobs | None = QueuedJobs(store) if queued else \
+            TrainingWorker(self.train, serving.warm_up_trainings) if start_worker else None
 
     def stop(self) -> None:
         """End ``sync_loop`` (a training in flight is left to finish)."""
@@ -131,9 +132,13 @@ class TrainingPipeline:
         # what serves now: a new version replaces it only once the selection found it no worse on
         # the same folds, unless it is the same strategy (the encoder) retrained on more annotations
         incumbent = self.serving.strategy(project) if selecting else None
+        serve = incumbent is None or incumbent.name == "encoder"
+        # a cold-start policy serves: the selection's first stage (the likeliest winner) comes
+        # first, and the encoder and the relations are added to what it serves (``complete``)
+        cold = not serve and self.store.serving_model(project) is None
         try:
             record, annotations = train_project(self.store, self.settings, self.models, project, training_id,
-                                                  self.metrics, serve=incumbent is None or incumbent.name == "encoder")
+                                                  self.metrics, serve=serve, encoder=not cold)
         except NotEnoughAnnotations as e:
             self.store.fail_training(training_id, str(e))
             self.metrics.count("trainings_skipped")
@@ -146,21 +151,29 @@ class TrainingPipeline:
             return None
         self.metrics.count("trainings_succeeded")
         self.metrics.observe("training", time.perf_counter() - started)
-        try:  # the entities serve already; relations follow, and never sink them
-            record = train_relations(self.store, self.settings, self.models, record, annotations,
-                                     self.metrics) or record
-        except Exception:
-            self.metrics.count("trainings_failed")
-            log.exception("project %s: training the relation classifier failed; the entities serve without it",
-                          project)
+        selects = selecting and len(annotations.docs) >= 2
+
+        def completed(base: ModelRecord) -> ModelRecord:
+            """``base`` with what it lacks (``complete``); ``base`` when that fails: its entities
+            serve without it."""
+            try:
+                return complete(self.store, self.settings, self.models, base, annotations, self.metrics) or base
+            except Exception:
+                self.metrics.count("trainings_failed")
+                log.exception("project %s: training the relation classifier or the encoder failed; %s serves "
+                              "without it", project, base.version)
+                return base
+
+        if not (cold and selects):  # the entities serve already (or wait for the selection): now the relations
+            record = completed(record)
         log.info("project %s: trained %s (%d examples)%s", project, record.version, record.n_examples,
-                 "" if incumbent is None or incumbent.name == "encoder" else
-                 f"; {incumbent.name} serves until the selection compares them")
-        if selecting and len(annotations.docs) >= 2:
+                 "" if serve else f"; {incumbent.name} serves until the selection compares them")
+        if selects:
             try:
                 select_strategy(self.store, self.settings, self.models, record, annotations, self.metrics,
                                 superseded=lambda: self.jobs is not None and self.jobs.is_pending(project),
-                                incumbent=incumbent, llm=lambda: self.serving.llm().llm, states=self.serving.states)
+                                incumbent=incumbent, llm=lambda: self.serving.llm().llm, states=self.serving.states,
+                                after_first=completed if cold else None)
                 self.metrics.observe("selection", time.perf_counter() - started)
             except Superseded as e:
                 self.metrics.count("selections_superseded")

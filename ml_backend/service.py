@@ -47,6 +47,17 @@ def _commit_alone(store: AnnotationStore, step: Callable[[Any], T]) -> T:
     return outcome.result
 
 
+def _resolve_lazy_imports() -> None:
+    """Resolve, in the calling thread, the names the model code imports from transformers: its
+    lazy module is not safe to resolve from two threads at once (a warm-up and a training
+    starting together failed with ``cannot import name 'AutoConfig'``)."""
+    import transformers
+
+    for name in ("AutoConfig", "AutoModel", "AutoModelForCausalLM", "AutoModelForTokenClassification",
+                 "AutoTokenizer", "DynamicCache", "get_linear_schedule_with_warmup"):
+        getattr(transformers, name)
+
+
 class Backend:
     """``role``: ``web`` answers Label Studio (and, with SQLite, trains in a thread of its own
     unless ``start_worker`` is false); ``worker`` only trains, for ``clinie worker`` (PostgreSQL)."""
@@ -67,6 +78,8 @@ class Backend:
                 log.warning("%d trainings were interrupted by a restart and are marked failed", abandoned)
             if stale := self.models.remove_partials():
                 log.warning("removed %d model directories a crash left half-written", len(stale))
+        if start_worker:  # threads that load models start below
+            _resolve_lazy_imports()
         self.sync = LabelStudioSync(self.store, settings.label_studio_url, settings.label_studio_api_key) \
             if settings.label_studio_url else None
         self.trainings = TrainingPipeline(settings, self.store, self.models, self.serving, self.metrics, self.sync,

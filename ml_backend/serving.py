@@ -28,9 +28,9 @@ from clinie.extractors.relation_encoder import RELATIONS_DIR, RelationClassifier
 from clinie.llm import make_llm
 from clinie.llm.cache import CallCache
 from clinie.llm.hidden import HiddenStates
-from clinie.model_version import DamagedModel, ModelVersion
+from clinie.model_version import MAIN_PART, DamagedModel, ModelVersion
 from clinie.retrieval import Embedder
-from clinie.selection import probe_states, span_specs
+from clinie.selection import candidates, probe_states, span_specs
 from clinie.settings import Settings
 from clinie.strategies import PARTS, LLMAccess, Strategy, assemble, model_version, parse_strategies
 from ml_backend.annotations import annotated_documents
@@ -65,7 +65,7 @@ class Predictor(NamedTuple):
     version: str
     model: Extractor | None
     calibrator: Calibrator | None
-    fallback: Predictor | None  # the trained encoder, when ``model`` reads more than it
+    fallback: Predictor | None  # the trained encoder, when ``model`` reads more than it and the version has one
     uses_llm: bool = False
     thresholds: Thresholds | None = None  # the least score of a region shown, per label (precision first)
 
@@ -217,7 +217,7 @@ class Serving:
         thresholds = _thresholds(self.settings.min_precision, selection if chosen else {}, record)
         model = self._assembled_model(project, schema, record, strategy)
         fallback = None
-        if record is not None and strategy.kind.beyond_encoder:
+        if record is not None and strategy.kind.beyond_encoder and self._opened(record).has(MAIN_PART):
             encoder = assemble(Strategy("encoder"), _VersionParts(self, record, [], []), (),
                                lambda: self._relation_classifier(record))
             fallback = Predictor(record.version, encoder, None, None)
@@ -300,21 +300,34 @@ class Serving:
             return self._states
 
     def warm_up(self) -> None:
-        """Load every project's serving parts once, at start, so that the first /predict after a
-        restart does not pay for them (Label Studio's opening a task waits on it)."""
+        """Load, once at start, what the first requests would wait for (Label Studio's opening a
+        task waits on /predict): every project's serving parts (the relation classifier too, when
+        the strategy asks it for the relations) and the LLM a project's cold-start policy prompts."""
         for project in self.store.projects():
-            if (record := self._record(project)) is None:
-                continue
+            record = self._record(project)
             try:
                 if (strategy := self._strategy(project, record)) is None:
                     continue
-                for part in dict.fromkeys(("encoder", *strategy.kind.saves)):
+                if record is None:  # a cold-start policy
+                    if strategy.kind.reads_llm:
+                        self.llm()
+                    continue
+                encoder = ("encoder",) if self._opened(record).has(MAIN_PART) else ()
+                for part in dict.fromkeys((*encoder, *strategy.kind.saves)):
                     self._part(record, part)
+                if not strategy.kind.relations_by_llm:
+                    self._relation_classifier(record)
             except DamagedVersion as e:
                 self._set_aside(e)
             except Exception as e:  # the first /predict will say so again, per task
-                log.warning("project %s: could not load %s: %s", project, record.version, type(e).__name__)
+                log.warning("project %s: could not load %s: %s", project, record and record.version,
+                            type(e).__name__)
 
+    def warm_up_trainings(self) -> None:
+        """Load the probe's LLM when the selection compares strategies that read it: loading
+        dequantizes it, seconds a first training would otherwise spend before its first fit."""
+        if self.settings.strategy == "auto" and any("probe" in s.kind.parts for s in candidates(self.settings)):
+            self.states()
 
 def _thresholds(min_precision: float, selection: dict[str, Any], record: ModelRecord | None) -> Thresholds | None:
     """The precision-first thresholds a version's regions (chosen with the ``selection`` it serves

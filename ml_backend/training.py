@@ -9,7 +9,9 @@ that, the old version keeps serving and the failure is recorded. An encoder trai
 ``CLINIE_FIRST_MODEL_STEPS`` serves first; the strategy selection picks serves after it
 (``select_strategy``), as a version of its own that carries the first one's parts and adds what it
 reads besides (``<first>-<strategy>``) — with the encoder trained to its full budget when the
-first was cut short and the choice reads it (``<first>-full`` when nothing else is added). Disk
+first was cut short and the choice reads it (``<first>-full`` when nothing else is added). While
+a cold-start policy serves, the first version has no part and the selection's first stage comes
+at once; the encoder and the relations are added to what it served after it (``complete``). Disk
 stays bounded: the versions beyond the newest ``CLINIE_KEEP_MODELS`` are deleted after each
 training (``prune_versions``), what a crash left half-written at the next start
 (``ModelStore.remove_partials``).
@@ -65,59 +67,76 @@ class Progress(Protocol):
 
 
 def train_project(store: AnnotationStore, settings: Settings, models: ModelStore, project: str, training_id: int,
-                  progress: Progress, *, serve: bool = True) -> tuple[ModelRecord, Annotations]:
+                  progress: Progress, *, serve: bool = True, encoder: bool = True) -> tuple[ModelRecord, Annotations]:
     """Fine-tune the encoder tagger on the project's stored annotations and register it: as the
     serving version at once when ``serve`` (nothing is shown yet, or the encoder serves already),
     else it waits for ``select_strategy`` to compare it with what serves. A project's first model
     is trained within ``CLINIE_FIRST_MODEL_STEPS``, so that it gets one within a minute; which
     strategy serves after it, with an encoder trained to its full budget (``full_tagger``), is
-    ``select_strategy``'s to say."""
-    progress.training_stage(project, "encoder")
+    ``select_strategy``'s to say. Without ``encoder`` (a cold-start policy serves, which an
+    encoder cut short would not beat), the version registered has no part yet: the selection's
+    first stage comes first, and ``complete`` adds the encoder to what it serves."""
+    progress.training_stage(project, "encoder" if encoder else "annotations")
     started = time.perf_counter()
     annotations = project_documents(store, project)
     schema, docs = annotations.schema, annotations.docs
     if len(docs) < max(1, settings.min_annotations):
         raise NotEnoughAnnotations(
             f"project {project} has {len(docs)} usable annotations, {settings.min_annotations} needed")
-    # a quick first model only while no trained version serves: one already serving is better than one cut short
-    first = store.serving_model(project) is None
-    budget = {"max_steps": settings.first_model_steps} if settings.first_model_steps and first else {}
-    tagger = EncoderTagger(list(schema.span_labels), settings.encoder_model or None, **_epochs(settings),
-                           **budget).fit(docs)
-    version = f"clinie-encoder-p{project}-t{training_id}-n{len(docs)}"
+    parts: dict[str, Saveable] = {}
+    cut_short = False
+    if encoder:
+        # a quick first model only while no trained version serves: one already serving is better than one cut short
+        first = store.serving_model(project) is None
+        budget = {"max_steps": settings.first_model_steps} if settings.first_model_steps and first else {}
+        tagger = EncoderTagger(list(schema.span_labels), settings.encoder_model or None, **_epochs(settings),
+                               **budget).fit(docs)
+        parts[MAIN_PART], cut_short = tagger, tagger.cut_short
+    version = f"clinie-{'encoder-' if encoder else ''}p{project}-t{training_id}-n{len(docs)}"
     info = {"labels": list(schema.span_labels), "base_model": settings.encoder_model or "embedded MiniLM",
             "relations": [], "relation_pairs": 0, "selection": None,
-            "annotations": annotations.summary(), "cut_short": tagger.cut_short,
+            "annotations": annotations.summary(), "cut_short": cut_short,
             "seconds": round(time.perf_counter() - started, 1)}
-    written = models.write(project, version, {MAIN_PART: tagger}, info)
-    record = ModelRecord(version=version, project=project, kind="encoder", location=written.location,
-                         n_examples=len(docs), info=info, created_at=_now())
+    written = models.write(project, version, parts, info)
+    record = ModelRecord(version=version, project=project, kind="encoder" if encoder else "annotations",
+                         location=written.location, n_examples=len(docs), info=info, created_at=_now())
     try:
-        store.finish_training(training_id, record, serve=serve)
+        store.finish_training(training_id, record, serve=serve and encoder)
     except LookupError:  # the project was deleted meanwhile: so is what was learned from it
         models.remove(written.location)
         raise
     return record, annotations
 
 
-def train_relations(store: AnnotationStore, settings: Settings, models: ModelStore, record: ModelRecord,
-                    annotations: Annotations, progress: Progress) -> ModelRecord | None:
-    """The relation classifier, when the config has relations and the annotations draw some,
-    trained after ``record``'s entities serve (they never wait for it) and added as a version of
-    its own, ``<record>-relations``, which serves in its place if ``record`` serves (else it waits
-    with it for the selection). None when there are no relations to learn."""
+def complete(store: AnnotationStore, settings: Settings, models: ModelStore, record: ModelRecord,
+             annotations: Annotations, progress: Progress) -> ModelRecord | None:
+    """What ``record`` lacks, added as a version of its own (``<record>-<parts added>``) that serves
+    in its place if ``record`` serves (else it waits with it for the selection): the encoder, when
+    it has none (it answers when what serves cannot, and the selection's next stage reads it), and
+    the relation classifier, when the config has relations and the annotations draw some — trained
+    after ``record``'s entities serve, so that they never wait for it. None when nothing is lacking."""
     schema, docs = annotations.schema, annotations.docs
-    if not (schema.relation_labels and any(d.relations for d in docs)):
+    parts: dict[str, Saveable] = {}
+    info: dict[str, Any] = {}
+    if not has_encoder(models, record):
+        started = time.perf_counter()
+        parts[MAIN_PART] = full_tagger(settings, record.project, annotations, progress)
+        info.update(cut_short=False, encoder_seconds=round(time.perf_counter() - started, 1))
+    if schema.relation_labels and any(d.relations for d in docs):
+        progress.training_stage(record.project, "relations")
+        started = time.perf_counter()
+        thresholds = relation_thresholds(settings, schema.relation_labels, docs)
+        classifier = RelationClassifier(schema.relation_labels, settings.encoder_model or None,
+                                        **_epochs(settings)).fit(
+            docs, on_step=lambda done, total: progress.training_step(record.project, done, total))
+        parts[RELATIONS_DIR] = classifier
+        info.update(relations=list(classifier.labels), relation_pairs=classifier.n_train_pairs,
+                    relation_pairs_labelled=classifier.n_labelled_pairs, relations_cut_short=classifier.cut_short,
+                    relation_thresholds=thresholds, relations_seconds=round(time.perf_counter() - started, 1))
+    if not parts:
         return None
-    progress.training_stage(record.project, "relations")
-    started = time.perf_counter()
-    thresholds = relation_thresholds(settings, schema.relation_labels, docs)
-    classifier = RelationClassifier(schema.relation_labels, settings.encoder_model or None, **_epochs(settings)).fit(
-        docs, on_step=lambda done, total: progress.training_step(record.project, done, total))
-    derived = derive(models, record, "relations", {RELATIONS_DIR: classifier},
-                     {"relations": list(classifier.labels), "relation_pairs": classifier.n_train_pairs,
-                      "relation_pairs_labelled": classifier.n_labelled_pairs, "relations_cut_short": classifier.cut_short,
-                      "relation_thresholds": thresholds, "relations_seconds": round(time.perf_counter() - started, 1)})
+    derived = derive(models, record, "-".join("encoder" if part == MAIN_PART else part for part in parts), parts,
+                     info)
     serving = store.serving_model(record.project)
     if serving is not None and serving.version == record.version:
         return serve(store, models, derived)
@@ -127,6 +146,11 @@ def train_relations(store: AnnotationStore, settings: Settings, models: ModelSto
         models.remove(derived.location)
         raise
     return derived
+
+
+def has_encoder(models: ModelStore, record: ModelRecord) -> bool:
+    """``record``'s version has the encoder (a training's first version may not: ``train_project``)."""
+    return models.open(record.location).has(MAIN_PART)
 
 
 def relation_thresholds(settings: Settings, specs: Sequence[RelationSpec], docs: Sequence[Document],
@@ -211,7 +235,8 @@ def _now() -> str:
 def select_strategy(store: AnnotationStore, settings: Settings, models: ModelStore, record: ModelRecord,
                     annotations: Annotations, progress: Progress, *, superseded: Callable[[], bool] = lambda: False,
                     incumbent: Strategy | None = None, llm: Callable[[], LLM] | None = None,
-                    states: Callable[[], HiddenStates] | None = None) -> dict[str, Any]:
+                    states: Callable[[], HiddenStates] | None = None,
+                    after_first: Callable[[ModelRecord], ModelRecord] | None = None) -> dict[str, Any]:
     """Cross-validate ``CLINIE_SELECT_STRATEGIES`` over the annotations ``record`` was trained on
     against what serves now — the ``incumbent`` (the strategy serving before this training), or
     ``record``'s encoder when it serves already — on the same folds (``clinie.selection``: the
@@ -220,6 +245,9 @@ def select_strategy(store: AnnotationStore, settings: Settings, models: ModelSto
     serves with the parts it reads besides the encoder fitted on all the annotations (the probe,
     alone or reading the sentences the encoder is unsure of): as ``record`` itself when it reads
     nothing more, else as a version of its own (``derive``).
+    ``after_first(version)``, when given, runs after the first stage, on the version it served (else
+    ``record``), and gives the version the later stages build on (``complete``: what the first
+    choice served without, so that it served sooner).
     The project's newest ``CLINIE_STUDENT_POOL`` unannotated tasks are what a student strategy
     learns from: before the stage with one, the teacher reads them, a stage of its own (``teacher``).
 
@@ -245,8 +273,12 @@ def select_strategy(store: AnnotationStore, settings: Settings, models: ModelSto
     cv: CrossValidation | None = None
     served: ModelRecord | None = None
     selection: dict[str, Any] = {}
+    stages = staged(candidates(settings), settings.select_prefer, serving)
     try:
-        for number, stage in enumerate(staged(candidates(settings), settings.select_prefer, serving)):
+        for number, stage in enumerate(stages):
+            if number == 1 and after_first is not None:
+                record = after_first(served or record)
+                served = served and record
             if build.unannotated and any(s.kind.learns_from_unannotated for s in stage):
                 progress.training_stage(project, "teacher")  # reading the unannotated sentences
                 build.read_unannotated(fitted)
@@ -262,6 +294,8 @@ def select_strategy(store: AnnotationStore, settings: Settings, models: ModelSto
             serving = cv.selected
             log.info("project %s: %s serves (cross-validated F1 %.3f over %d annotations)", project, serving.name,
                      selection["strategies"][serving.name]["mean_f1"], len(docs))
+        if len(stages) == 1 and after_first is not None:
+            after_first(served or record)
     except Superseded:
         raise
     except Exception as e:
@@ -277,11 +311,11 @@ def _serve_choice(store: AnnotationStore, settings: Settings, models: ModelStore
                   annotations: Annotations, progress: Progress, build: StrategyBuilder, chosen: Strategy,
                   selection: dict[str, Any], check: Callable[[], None]) -> ModelRecord:
     """Serve ``chosen`` with ``record``: the parts it reads fitted on all the annotations (the
-    encoder trained to its full budget when ``record``'s was cut short), as a version of its own
-    when there are any, else as ``record`` with the selection."""
+    encoder trained to its full budget when ``record``'s was cut short or ``record`` has none), as
+    a version of its own when there are any, else as ``record`` with the selection."""
     project, docs = record.project, annotations.docs
     parts: dict[str, Saveable] = {}
-    if "encoder" in chosen.kind.parts and record.info.get("cut_short"):
+    if "encoder" in chosen.kind.parts and (record.info.get("cut_short") or not has_encoder(models, record)):
         parts[MAIN_PART] = full_tagger(settings, project, annotations, progress)
         check()
     progress.training_stage(project, f"fitting {chosen.name}")
@@ -290,15 +324,18 @@ def _serve_choice(store: AnnotationStore, settings: Settings, models: ModelStore
     if not parts:
         store.set_selection(record.version, selection, serve=True)
         return replace(record, info={**record.info, "selection": selection})
-    suffix = chosen.name if chosen.kind.saves else "full"
+    suffix = chosen.name if chosen.kind.saves else "full" if has_encoder(models, record) else "encoder"
     return serve(store, models, derive(models, record, suffix, parts, {"cut_short": False, "selection": selection}))
 
 
 class TrainingWorker:
-    """Runs ``train(project)`` for requested projects, each queued at most once at a time."""
+    """Runs ``train(project)`` for requested projects, each queued at most once at a time, after
+    ``warm_up()`` (what the trainings read, loaded in the thread that reads it: libraries that
+    import lazily are not safe to import from two threads at once)."""
 
-    def __init__(self, train: Callable[[str], None]) -> None:
+    def __init__(self, train: Callable[[str], None], warm_up: Callable[[], None] = lambda: None) -> None:
         self._train = train
+        self._warm_up = warm_up
         self._queue: queue.Queue[str] = queue.Queue()
         self._pending: set[str] = set()
         self._lock = threading.Lock()
@@ -327,6 +364,10 @@ class TrainingWorker:
         return self._idle.wait(timeout)
 
     def _run(self) -> None:
+        try:
+            self._warm_up()
+        except Exception:  # the first training will load it again, and say why it cannot
+            log.exception("loading what the trainings read failed")
         while True:
             project = self._queue.get()
             with self._lock:

@@ -16,6 +16,7 @@ import requests
 from werkzeug.serving import make_server
 
 from clinie.core import read_documents
+from clinie.extractors.relation_encoder import RELATIONS_DIR
 from clinie.labelstudio import document_to_result, parse_label_config
 from clinie.llm.hidden import HiddenStates
 from clinie.model_version import MAIN_PART, MANIFEST, ModelVersion
@@ -23,7 +24,7 @@ from clinie.settings import Settings
 from ml_backend.app import create_app
 from ml_backend.metrics import Metrics
 from ml_backend.service import Backend
-from ml_backend.serving import NO_MODEL_VERSION
+from ml_backend.serving import NO_MODEL_VERSION, Serving
 from ml_backend.store import ModelRecord
 from ml_backend.training import Superseded, select_strategy, train_project
 from tests.support import DATA
@@ -500,6 +501,11 @@ def test_a_fresh_project_is_pre_annotated_by_the_llm_and_new_annotations_join_it
         assert task["data"]["text"][r["value"]["start"]:r["value"]["end"]] == r["value"]["text"]
         assert r["value"]["labels"] == ["Disease"] and 0 < r["score"] <= 1
     assert client.get("/health").json["remote_endpoints"] == []  # nothing leaves the machine
+    backend = client.application.extensions["clinie"]
+    restarted = Serving(settings, backend.store, backend.models, backend.metrics)
+    restarted.warm_up()  # at a restart: the LLM the cold start prompts
+    restarted.warm_up_trainings()  # and, in the training thread, the one the selection's probe reads
+    assert restarted._llm is not None and restarted._states is not None
 
 
 @pytest.mark.heavy
@@ -542,6 +548,9 @@ def test_a_project_with_relations_trains_both_models_and_predicts_arrows_between
         for r in regions.values():
             assert task["data"]["text"][r["value"]["start"]:r["value"]["end"]] == r["value"]["text"]
     assert arrows > 0, "trained on these very sentences, the classifier finds some of their interactions"
+    restarted = Serving(settings, backend.store, backend.models, backend.metrics)
+    restarted.warm_up()  # what a restart loads before the first /predict: the relation classifier too
+    assert {part for project, part in restarted._loaded if project == "9"} == {"encoder", RELATIONS_DIR}
 
 
 @pytest.mark.slow
@@ -694,6 +703,39 @@ def test_the_likeliest_winner_serves_before_the_other_strategies_are_compared_an
 
 
 @pytest.mark.slow
+def test_while_the_cold_start_serves_the_first_stage_comes_first_then_the_encoder_and_relations_join(tmp_path):
+    """The LLM serves a drug-interaction project (its cold start); *Start training*: no encoder is
+    trained before the selection's first stage (one cut short would not beat the LLM), which
+    compares the probe with the LLM at once; the encoder and the relation classifier are added
+    to what it served after it, in a version that takes its place."""
+    config = (ROOT / "label_configs" / "drug_interactions.xml").read_text()
+    schema = parse_label_config(config)
+    settings = Settings(data_dir=tmp_path / "cold", train_every=0, min_annotations=5, encoder_epochs=1, llm_k=1,
+                        cold_start="llm", select_strategies="probe", select_folds=2)
+    backend = Backend(settings, start_worker=False)
+    client = create_app(settings, backend).test_client()
+    docs = [d for d in read_documents(DATA / "ddi" / "train.jsonl") if d.relations and len(d.text) < 120][:6]
+    for i, doc in enumerate(docs):
+        result, _ = document_to_result(doc, schema.span_controls[0], schema.relation_label_names)
+        assert client.post("/webhook", json=webhook_event(i + 1, i + 1, doc.text, result, project=2,
+                                                          label_config=config)).json["stored"]
+    serving_at: dict[str, str | None] = {}
+    stage = backend.metrics.training_stage
+    backend.metrics.training_stage = lambda project, name: (
+        serving_at.setdefault(name, getattr(backend.store.serving_model(project), "version", None)),
+        stage(project, name))[-1]
+    final = backend.train("2")
+    first = backend.store.models("2")[0]
+    assert not ModelVersion.open(first.location).parts and first.kind == "annotations"  # no encoder trained first
+    assert list(serving_at)[:2] == ["annotations", "selection"] and serving_at["selection"] is None
+    stage_one = serving_at["encoder, full budget"]  # what the first stage served: the encoder came after it
+    assert stage_one is not None and stage_one.startswith(first.version)
+    assert final.version == stage_one + "-encoder-relations" and serving_at["relations"] == stage_one
+    assert ModelVersion.open(final.location).has(MAIN_PART) and ModelVersion.open(final.location).has(RELATIONS_DIR)
+    assert final.info["selection"]["incumbent"] == "llm-k1" and final.info["relations"]
+
+
+@pytest.mark.slow
 def test_with_no_selection_the_fully_trained_encoder_follows_a_cut_short_first_model(tmp_path):
     settings = Settings(data_dir=tmp_path / "nosel", train_every=0, min_annotations=2, encoder_epochs=2,
                         first_model_steps=1, strategy="encoder")
@@ -760,7 +802,8 @@ def test_a_selected_probe_is_saved_with_its_model_version_and_serves_after_a_res
     """Filter-then-probe is selected and trained; after a restart it serves the same answer from
     disk, and so does the probe alone from the same saved version (as if it had been selected)."""
     settings = Settings(data_dir=tmp_path / "probe", train_every=0, min_annotations=5, encoder_epochs=10,
-                        select_strategies="gated-0.90", cold_start="none", select_folds=3)
+                        select_strategies="gated-0.90", cold_start="none", select_folds=3,
+                        min_precision=0.0)  # every region shown: what is compared is what the version predicts
     docs = list(read_documents(NCBI_TRAIN))
     backend, client = train_by_webhook(settings, docs[:15])
     record = backend.store.serving_model("1")

@@ -193,8 +193,8 @@ def test_a_version_worse_in_cross_validation_than_what_serves_is_trained_and_not
             api.create_annotation(task_id, document_to_result(doc, control)[0])
         store = AnnotationStore(server.data_dir / "clinie.sqlite3")
         api.train(ml_id)
-        [model] = wait_for(lambda: [m for m in store.models(str(project)) if m.info.get("selection")], 900,
-                           "the selection after the training")
+        model, *_ = wait_for(lambda: [m for m in store.models(str(project)) if m.info.get("selection")], 900,
+                             "the selection after the training")
         selection = model.info["selection"]
         figures = selection["strategies"]
         assert selection["incumbent"] == selection["strategy"] == "llm-k5", server.log_tail()

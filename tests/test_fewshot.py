@@ -13,7 +13,8 @@ import pytest
 
 from clinie.cli import main
 from clinie.core import Document, LabelSpec, Span, read_documents
-from clinie.evaluation.fewshot import CrossValidation, StrategyRun, cross_validate, folds, label_specs, subsample
+from clinie.evaluation.fewshot import (SAMPLED_CHARS, CrossValidation, StrategyRun, cross_validate, folds, label_specs,
+                                      subsample)
 from clinie.evaluation.study import load_run, run_study
 from clinie.extractors.gated import FilterThenProbe
 from clinie.extractors.llm import LLMTagger
@@ -103,6 +104,37 @@ def test_an_incumbent_scored_on_a_sample_is_compared_with_a_challenger_on_those_
                         incumbent="nothing, slow", sample={"nothing, slow": 3})
     assert set(asked["nothing, slow"]) == sampled  # the same seeded sample
     assert cv.selected.name == "perfect" and cv.summary()["versus_incumbent"] == {"perfect": 1.0, "nothing, slow": 0.0}
+
+
+def test_a_sampled_incumbent_reads_the_opening_of_long_notes_and_is_compared_on_it_alone(pool):
+    """A long note would cost a strategy of seconds a sentence an hour: it reads the note's
+    opening sentences, and the challengers are compared with it on that opening only."""
+    notes = []
+    for n in range(6):
+        parts = pool[10 * n:10 * n + 10]
+        text, spans = "", []
+        for doc in parts:
+            spans += [replace(s, start=s.start + len(text), end=s.end + len(text), id=f"{len(spans) + k}")
+                      for k, s in enumerate(doc.entities)]
+            text += doc.text + "\n\n"
+        notes.append(Document(f"note{n}", text, tuple(spans)))
+    asked: dict[str, list[str]] = {}
+
+    class Texts(Answers):
+        def predict(self, docs):
+            asked.setdefault(self.name, []).extend(d.text for d in docs)
+            return [d if self.name != "late" else d.with_annotations([s for s in d.entities if s.start >= 1000])
+                    for d in docs]
+
+    build = lambda strategy, train: Texts(strategy.name, asked)  # noqa: E731
+    cv = cross_validate(notes, [Named("late"), Named("perfect, slow")], build, k=3, loo_below=2,
+                        incumbent="perfect, slow", sample={"perfect, slow": 2})
+    read = asked["perfect, slow"]
+    assert len(read) == 2 and all(SAMPLED_CHARS <= len(t) < 1000 and any(n.text.startswith(t) for n in notes)
+                                  for t in read)
+    assert sorted(asked["late"]) == sorted(n.text for n in notes)  # the challenger reads every note whole
+    # right only beyond the opening: on what the incumbent read, it found nothing
+    assert cv.versus_incumbent() == {"late": 0.0, "perfect, slow": 1.0} and cv.selected.name == "perfect, slow"
 
 
 def test_the_preferred_strategy_is_kept_while_within_one_standard_error_of_the_best():

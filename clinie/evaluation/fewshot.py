@@ -24,10 +24,10 @@ import math
 import random
 import statistics
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
-from clinie.core import Document, Extractor, LabelSpec
+from clinie.core import Document, Extractor, LabelSpec, split_sentences
 from clinie.evaluation.metrics import evaluate_spans
 
 
@@ -63,6 +63,38 @@ def sentence_share(docs: Sequence[Document]) -> float:
     costs = [d.meta["llm"] for d in docs if "llm" in d.meta]
     sentences = sum(c.get("sentences", 0) for c in costs)
     return sum(c.get("sentences_to_llm", 0) for c in costs) / sentences if sentences else 0.0
+
+
+#: The characters of a document a sampled strategy reads (``cross_validate``'s ``sample``): its
+#: sentences up to the first that ends past them. A strategy scored on a sample costs seconds a
+#: sentence; a long note's every sentence would cost it an hour.
+SAMPLED_CHARS = 400
+
+
+def cut(doc: Document, end: int) -> Document:
+    """``doc``'s text up to ``end``, with the spans, and the relations between spans, wholly before it.
+
+    >>> from clinie.core import Span
+    >>> doc = Document("n", "Gout. Fever and rash.", (Span(0, 4, "D", "Gout"), Span(16, 20, "D", "rash")))
+    >>> [s.text for s in cut(doc, 5).entities], cut(doc, 5).text
+    (['Gout'], 'Gout.')
+    """
+    if end >= len(doc.text):
+        return doc
+    kept = tuple(s for s in doc.entities if s.end <= end)
+    ids = {s.id for s in kept}
+    return replace(doc, text=doc.text[:end], entities=kept,
+                   relations=tuple(r for r in doc.relations if r.head in ids and r.tail in ids))
+
+
+def leading(doc: Document, chars: int = SAMPLED_CHARS) -> Document:
+    """``doc`` cut after its first sentence that ends at or past ``chars`` (whole when shorter): a
+    long note's opening, a sentence or a short note whole.
+
+    >>> leading(Document("n", "Gout. Fever and rash."), 3).text
+    'Gout.'
+    """
+    return cut(doc, next((end for _, end in split_sentences(doc.text) if end >= chars), len(doc.text)))
 
 
 @dataclass
@@ -108,16 +140,17 @@ class CrossValidation:
                               incumbent=self.incumbent, versus=self.versus_incumbent())].strategy
 
     def versus_incumbent(self) -> dict[str, float] | None:
-        """Each strategy's F1 over the documents the incumbent was scored on, when that is a
-        sample of them (an incumbent that costs seconds a sentence); None when it is all."""
+        """Each strategy's F1 over the documents the incumbent was scored on (as far as it read
+        them: ``leading``), when that is a sample of them (an incumbent that costs seconds a
+        sentence); None when it is all."""
         if self.incumbent not in self.runs:
             return None
-        scored = {d.id for d in self.runs[self.incumbent].predictions}
-        if len(scored) == len(self.docs):
+        scored = {d.id: len(d.text) for d in self.runs[self.incumbent].predictions}
+        if len(scored) == len(self.docs) and all(scored[d.id] == len(d.text) for d in self.docs):
             return None
-        gold = [d for d in self.docs if d.id in scored]
-        return {name: evaluate_spans(gold, [d for d in run.predictions if d.id in scored])["strict"].micro.f1
-                for name, run in self.runs.items()}
+        gold = [cut(d, scored[d.id]) for d in self.docs if d.id in scored]
+        return {name: evaluate_spans(gold, [cut(d, scored[d.id]) for d in run.predictions if d.id in scored]
+                                     )["strict"].micro.f1 for name, run in self.runs.items()}
 
     def fold_predictions(self, name: str) -> list[tuple[list[Document], list[Document]]]:
         """Per fold, (gold, predicted) documents of strategy ``name`` (those it was scored on)."""
@@ -186,8 +219,8 @@ def cross_validate(docs: Sequence[Document], strategies: Sequence[Candidate], bu
     validation of the same documents, the strategies join its runs on its folds (comparisons made
     in stages: the likeliest winner first), and it is returned with ``incumbent`` updated.
     ``sample`` names strategies scored on that many documents only (the first of a seeded order,
-    each in its fold): an incumbent that costs seconds a sentence, compared on them alone
-    (``CrossValidation.versus_incumbent``)."""
+    each in its fold, read as far as ``leading`` cuts it): an incumbent that costs seconds a
+    sentence, compared on them alone (``CrossValidation.versus_incumbent``)."""
     if not 0 <= max_llm_share <= 1:
         raise ValueError(f"max_llm_share {max_llm_share} is not a share of sentences (0 to 1)")
     from tqdm.auto import tqdm
@@ -217,7 +250,7 @@ def cross_validate(docs: Sequence[Document], strategies: Sequence[Candidate], bu
         held = set(fold)
         train = [d for i, d in enumerate(docs) if i not in held]
         tested = [i for i in fold if i in scored[strategy.name]]
-        test = [docs[i] for i in tested]
+        test = [leading(docs[i]) if sample and strategy.name in sample else docs[i] for i in tested]
         predicted = build(strategy, train).predict(test)
         for i, doc in zip(tested, predicted):
             predictions[strategy.name][i] = doc
