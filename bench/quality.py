@@ -18,7 +18,10 @@ every variant is decoded from those distributions and scored by strict entity F1
 Nothing is tuned on the test items: the variants have no parameter (the average is an equal one,
 fixed a priori). ``--probe-layers 3,6,9,12,15,18`` adds ``probe-L3-6-9-12-15-18`` (and its
 ``-bio`` decoding): the probe on the hidden states of those layers instead of ``DEPTHS``' (Gemma
-270M: 6, 9, 12, 15), read by a second copy of the LLM.
+270M: 6, 9, 12, 15), read by a second copy of the LLM. ``--probe-steps 3000`` adds
+``probe-S3000``: the probe's head trained for at most 3,000 steps (``probe.STEP_BUDGET``, its
+default since; ``probe`` in the runs saved before it is the 60 epochs unbudgeted, as its
+hyperparameters say).
 
 Each (corpus, seed) run is a JSON file ``--out/<corpus>/seed<seed>.json`` with the command that
 wrote it; a saved run is read, not run again, and only the variants it lacks are computed (the
@@ -28,6 +31,7 @@ encoder is then fitted only if an encoder variant is missing).
     python -m bench.quality --corpora ncbi_disease --seeds 42
     python -m bench.quality --variants probe,probe-bio        # the probe's alone: minutes
     python -m bench.quality --variants= --probe-layers 3,6,9,12,15,18  # the layers variant alone, added
+    python -m bench.quality --variants= --probe-steps 3000    # the step-budget variant alone, added
     python -m bench.quality --saved                           # the table of the runs saved so far
 """
 
@@ -102,10 +106,14 @@ def layered_states(layers: Sequence[int]) -> HiddenStates:
     return states
 
 
+#: a probe variant beside the default one: its name, and the probe it fits (given the labels)
+OtherProbe = tuple[str, Callable[[Sequence[str]], ProbeTagger]]
+
+
 def one_run(corpus: str, seed: int, test: Sequence[Document], saved: dict[str, Any] | None,
-            states: Callable[[], HiddenStates], layered: tuple[str, Callable[[], HiddenStates]] | None,
+            states: Callable[[], HiddenStates], others: Sequence[OtherProbe],
             command: str, base: Sequence[str] = BASE) -> dict[str, Any]:
-    """The run of (corpus, seed): ``saved`` with the variants of ``base`` (and ``layered``'s) it lacks."""
+    """The run of (corpus, seed): ``saved`` with the variants of ``base`` (and ``others``') it lacks."""
     labels = [LABELS[corpus]]
     pool = subsample(list(read_documents(DATA / corpus / "fewshot" / f"gutierrez_train100_seed{seed}.jsonl")),
                      POOL_SIZE, seed)
@@ -114,13 +122,13 @@ def one_run(corpus: str, seed: int, test: Sequence[Document], saved: dict[str, A
                     "test_items": len(test), "variants": {}, "seconds": {}, "commands": []}
     if run["pool_ids"] != [d.id for d in pool]:
         raise ValueError(f"{corpus} seed {seed}: the saved run was fitted on another pool")
-    wanted = [*base, *([layered[0], f"{layered[0]}-bio"] if layered else [])]
+    wanted = [*base, *(v for name, _ in others for v in (name, f"{name}-bio"))]
     missing = [v for v in wanted if v not in run["variants"]]
     if not missing:
         return run
     read: dict[str, list[Pieces]] = {}
     tags: list[str] = []
-    if any(v.startswith(("probe", "averaged")) and not v.startswith("probe-L") for v in missing):
+    if any(v.removesuffix("-bio") in ("probe", "averaged") for v in missing):
         started = time.perf_counter()
         probe = ProbeTagger(labels, states).fit(pool)
         read["probe"] = probe.predict_words(test)
@@ -134,13 +142,14 @@ def one_run(corpus: str, seed: int, test: Sequence[Document], saved: dict[str, A
         tags = list(encoder.tags)
         run["seconds"]["encoder"] = round(time.perf_counter() - started, 1)
         run["encoder"] = {"base_model": encoder.base_model, "hyperparameters": encoder.hyperparameters}
-    if layered and any(v.startswith(layered[0]) for v in missing):
-        started = time.perf_counter()
-        probe = ProbeTagger(labels, layered[1]).fit(pool)
-        read[layered[0]] = probe.predict_words(test)
-        tags = list(probe.tags)
-        run["seconds"][layered[0]] = round(time.perf_counter() - started, 1)
-        run[layered[0]] = {"layers": list(probe.states.layers), "hyperparameters": probe.hyperparameters}
+    for name, other in others:
+        if any(v.removesuffix("-bio") == name for v in missing):
+            started = time.perf_counter()
+            probe = other(labels).fit(pool)
+            read[name] = probe.predict_words(test)
+            tags = list(probe.tags)
+            run["seconds"][name] = round(time.perf_counter() - started, 1)
+            run[name] = {"layers": list(probe.states.layers), "hyperparameters": probe.hyperparameters}
     if "probe" in read and "encoder" in read:
         read["averaged"] = [average_words(p, e) for p, e in zip(read["probe"], read["encoder"])]
     for variant in missing:
@@ -163,6 +172,7 @@ def main() -> None:
     parser.add_argument("--variants", default=",".join(BASE),
                         help="of " + ", ".join(BASE) + " (those of the probe alone need no encoder)")
     parser.add_argument("--probe-layers", default="", help="also the probe on these layers (comma-separated)")
+    parser.add_argument("--probe-steps", type=int, default=0, help="also the probe of at most these many steps")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "quality")
     parser.add_argument("--saved", action="store_true", help="run nothing: the table of the saved runs")
     args = parser.parse_args()
@@ -179,7 +189,10 @@ def main() -> None:
             shared["default"] = HiddenStates.shared()
         return shared["default"]
 
-    layered = None
+    others: list[OtherProbe] = []
+    if args.probe_steps:
+        others.append((f"probe-S{args.probe_steps}",
+                       lambda labels: ProbeTagger(labels, states, max_steps=args.probe_steps)))
     if args.probe_layers:
         layers = [int(n) for n in args.probe_layers.split(",")]
 
@@ -188,7 +201,8 @@ def main() -> None:
                 shared["layers"] = layered_states(layers)
             return shared["layers"]
 
-        layered = ("probe-L" + "-".join(map(str, sorted(set(layers)))), other)
+        others.append(("probe-L" + "-".join(map(str, sorted(set(layers)))),
+                       lambda labels: ProbeTagger(labels, other)))
 
     runs: dict[str, list[dict[str, Any]]] = {c: [] for c in corpora}
     for corpus in corpora:
@@ -201,7 +215,7 @@ def main() -> None:
                     runs[corpus].append(saved)
                 continue
             started = time.perf_counter()
-            run = one_run(corpus, seed, test, saved, states, layered, command, variants)
+            run = one_run(corpus, seed, test, saved, states, others, command, variants)
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(json.dumps(run, indent=1), encoding="utf-8")
             runs[corpus].append(run)

@@ -428,11 +428,13 @@ def quality_section(results: Path = RESULTS) -> list[str]:
                       "decoded from their per-word tag distributions on the 200 Chen et al. 2023 test items "
                       "(`-bio`: BIO-constrained decoding, `clinie.extractors.decoding`; `averaged`: the mean of the "
                       "probe's and the encoder's distributions, equal weights fixed a priori; `probe-L…`: the probe "
-                      "on those layers of the LLM instead of its default ones). Strict F1, mean ± sd over the seeds, "
+                      "on those layers of the LLM instead of its default ones; `probe-S…`: the probe's head trained for "
+                      "at most that many steps, `probe` being the 60 epochs unbudgeted). Strict F1, mean ± sd over "
+                      "the seeds, "
                       "and per seed; nothing tuned on the test items."]
         seeds = [r["seed"] for r in runs]
         variants = sorted((v for v in runs[0]["variants"] if all(v in r["variants"] for r in runs)),
-                          key=lambda v: v.startswith("probe-L"))
+                          key=lambda v: v.startswith(("probe-L", "probe-S")))
         rows = [[v, mean_sd_of([r["variants"][v]["f1"] for r in runs]),
                  f"{statistics.fmean(r['variants'][v]['precision'] for r in runs):.3f}",
                  " / ".join(f"{r['variants'][v]['f1']:.3f}" for r in runs)] for v in variants]

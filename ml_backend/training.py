@@ -315,7 +315,8 @@ def _serve_choice(store: AnnotationStore, settings: Settings, models: ModelStore
     a version of its own when there are any, else as ``record`` with the selection."""
     project, docs = record.project, annotations.docs
     parts: dict[str, Saveable] = {}
-    if "encoder" in chosen.kind.parts and (record.info.get("cut_short") or not has_encoder(models, record)):
+    had_encoder = has_encoder(models, record)
+    if "encoder" in chosen.kind.parts and (record.info.get("cut_short") or not had_encoder):
         parts[MAIN_PART] = full_tagger(settings, project, annotations, progress)
         check()
     progress.training_stage(project, f"fitting {chosen.name}")
@@ -324,7 +325,7 @@ def _serve_choice(store: AnnotationStore, settings: Settings, models: ModelStore
     if not parts:
         store.set_selection(record.version, selection, serve=True)
         return replace(record, info={**record.info, "selection": selection})
-    suffix = chosen.name if chosen.kind.saves else "full" if has_encoder(models, record) else "encoder"
+    suffix = chosen.name if chosen.kind.saves else "full" if had_encoder else "encoder"
     return serve(store, models, derive(models, record, suffix, parts, {"cut_short": False, "selection": selection}))
 
 

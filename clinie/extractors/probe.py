@@ -82,22 +82,32 @@ def _head(dim: int, n_tags: int, hidden: int, dropout: float) -> Any:
     return Head()
 
 
+#: The most optimiser steps (one piece of at most 128 words each) a probe's head takes, whatever
+#: the annotations' number: about 30 s on 2 cores (9.5 ms a step). 60 epochs up to 50 pieces (the
+#: first trainings, unchanged); past them, fewer epochs rather than more time — at 100 annotations
+#: a cross-validation fold's fit took 45 s, five of them most of the wait for the selected strategy.
+#: Fixed from the time it allows, before its test figures (bench.quality ``--probe-steps``).
+STEP_BUDGET = 3000
+
+
 class ProbeTagger:
     """BIO tagging from ``states`` (a ``HiddenStates``, or a function that loads one on first use).
 
     Defaults, fixed before any test figure was seen: 60 epochs of one sentence per step, learning
     rate 1e-3 (AdamW, warm-up and linear decay, as ``fine_tune`` does), LSTM of 128 per direction,
-    dropout 0.3; features standardised with the training set's mean and deviation.
+    dropout 0.3; features standardised with the training set's mean and deviation. At most
+    ``STEP_BUDGET`` steps (``max_steps``; None: the epochs alone).
     """
 
     def __init__(self, labels: Sequence[str], states: HiddenStates | Callable[[], HiddenStates], *,
                  epochs: int = 60, learning_rate: float = 1e-3, hidden: int = 128, dropout: float = 0.3,
-                 max_words_per_chunk: int = 128, seed: int = 13) -> None:
+                 max_words_per_chunk: int = 128, seed: int = 13, max_steps: int | None = STEP_BUDGET) -> None:
         self.labels = tuple(labels)
         self.tags = bio_labels(self.labels)
         self._states = states
         self.hyperparameters = {"epochs": epochs, "learning_rate": learning_rate, "hidden": hidden,
-                                "dropout": dropout, "max_words_per_chunk": max_words_per_chunk, "seed": seed}
+                                "dropout": dropout, "max_words_per_chunk": max_words_per_chunk, "seed": seed,
+                                "max_steps": max_steps}
         self.n_train_docs = 0
         self._head: Any = None
         self._scale: tuple[np.ndarray, np.ndarray] | None = None
@@ -175,7 +185,8 @@ class ProbeTagger:
             return torch.nn.functional.cross_entropy(self._head(x)[0], y)
 
         fine_tune(self._head.parameters(), examples, loss, epochs=hp["epochs"], learning_rate=hp["learning_rate"],
-                  batch_size=1, seed=hp["seed"], progress=progress, desc="training the probe")
+                  batch_size=1, seed=hp["seed"], max_steps=hp["max_steps"], progress=progress,
+                  desc="training the probe")
         self._head.eval()
         self.n_train_docs = len(docs)
         return self
