@@ -363,7 +363,7 @@ def first_model_section(results: Path = RESULTS) -> list[str]:
                   "imported with their region ids under the drug-interaction config, then *Start training*, alone on "
                   f"2 cores: the entities served at {run['entities_seconds']:.0f} s, the relations at "
                   + (f"{run['relations_seconds']:.0f} s" if run["relations_seconds"] is not None else "no time (never)")
-                  + f"; the training took {run['training_seconds']:.0f} s. The version served last "
+                  + f" (watched until then; the selection's later stages went on). The version served last "
                   f"(`{run['served_last']}`) on {run['test_notes']} notes of DDI test sentences: entity F1 "
                   f"{run['entity_f1']:.3f} (precision {run['entity_precision']:.3f}), relation F1 (end to end) "
                   f"{run['relation_f1']:.3f}.", "", *table(["serves from (s)", "version", "relations"], rows),
