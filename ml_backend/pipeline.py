@@ -133,12 +133,13 @@ class TrainingPipeline:
         # the same folds, unless it is the same strategy (the encoder) retrained on more annotations
         incumbent = self.serving.strategy(project) if selecting else None
         serve = incumbent is None or incumbent.name == "encoder"
-        # a cold-start policy serves: the selection's first stage (the likeliest winner) comes
-        # first, and the encoder and the relations are added to what it serves (``complete``)
-        cold = not serve and self.store.serving_model(project) is None
+        # another strategy serves (a cold-start policy, or the probe a selection chose), which an
+        # encoder alone would not replace: the selection's first stage (the likeliest winner) comes
+        # first, and the relations and the encoder are added to what it serves (``complete``)
+        first_stage_first = not serve
         try:
             record, annotations = train_project(self.store, self.settings, self.models, project, training_id,
-                                                  self.metrics, serve=serve, encoder=not cold)
+                                                  self.metrics, serve=serve, encoder=not first_stage_first)
         except NotEnoughAnnotations as e:
             self.store.fail_training(training_id, str(e))
             self.metrics.count("trainings_skipped")
@@ -164,7 +165,7 @@ class TrainingPipeline:
                               "without it", project, base.version)
                 return base
 
-        if not (cold and selects):  # the entities serve already (or wait for the selection): now the relations
+        if not (first_stage_first and selects):  # the entities serve already: now the relations
             record = completed(record)
         log.info("project %s: trained %s (%d examples)%s", project, record.version, record.n_examples,
                  "" if serve else f"; {incumbent.name} serves until the selection compares them")
@@ -173,7 +174,7 @@ class TrainingPipeline:
                 select_strategy(self.store, self.settings, self.models, record, annotations, self.metrics,
                                 superseded=lambda: self.jobs is not None and self.jobs.is_pending(project),
                                 incumbent=incumbent, llm=lambda: self.serving.llm().llm, states=self.serving.states,
-                                after_first=completed if cold else None)
+                                after_first=completed if first_stage_first else None)
                 self.metrics.observe("selection", time.perf_counter() - started)
             except Superseded as e:
                 self.metrics.count("selections_superseded")

@@ -110,18 +110,15 @@ def train_project(store: AnnotationStore, settings: Settings, models: ModelStore
 
 def complete(store: AnnotationStore, settings: Settings, models: ModelStore, record: ModelRecord,
              annotations: Annotations, progress: Progress) -> ModelRecord | None:
-    """What ``record`` lacks, added as a version of its own (``<record>-<parts added>``) that serves
-    in its place if ``record`` serves (else it waits with it for the selection): the encoder, when
-    it has none (it answers when what serves cannot, and the selection's next stage reads it), and
-    the relation classifier, when the config has relations and the annotations draw some — trained
-    after ``record``'s entities serve, so that they never wait for it. None when nothing is lacking."""
+    """What ``record`` lacks, each added as soon as it is trained, as a version of its own
+    (``<record>-relations``, then ``-encoder``) that serves in its place if ``record`` serves
+    (else it waits with it for the selection): the relation classifier first, when the config has
+    relations and the annotations draw some — it is what nothing else answers — then the encoder,
+    when ``record`` has none (it answers when what serves cannot, and a selection's later stage
+    reads it). Both come after ``record``'s entities serve, so that those never wait for them.
+    None when nothing is lacking."""
     schema, docs = annotations.schema, annotations.docs
-    parts: dict[str, Saveable] = {}
-    info: dict[str, Any] = {}
-    if not has_encoder(models, record):
-        started = time.perf_counter()
-        parts[MAIN_PART] = full_tagger(settings, record.project, annotations, progress)
-        info.update(cut_short=False, encoder_seconds=round(time.perf_counter() - started, 1))
+    completed = None
     if schema.relation_labels and any(d.relations for d in docs):
         progress.training_stage(record.project, "relations")
         started = time.perf_counter()
@@ -129,14 +126,22 @@ def complete(store: AnnotationStore, settings: Settings, models: ModelStore, rec
         classifier = RelationClassifier(schema.relation_labels, settings.encoder_model or None,
                                         **_epochs(settings)).fit(
             docs, on_step=lambda done, total: progress.training_step(record.project, done, total))
-        parts[RELATIONS_DIR] = classifier
-        info.update(relations=list(classifier.labels), relation_pairs=classifier.n_train_pairs,
-                    relation_pairs_labelled=classifier.n_labelled_pairs, relations_cut_short=classifier.cut_short,
-                    relation_thresholds=thresholds, relations_seconds=round(time.perf_counter() - started, 1))
-    if not parts:
-        return None
-    derived = derive(models, record, "-".join("encoder" if part == MAIN_PART else part for part in parts), parts,
-                     info)
+        completed = _add(store, models, record, "relations", {RELATIONS_DIR: classifier}, {
+            "relations": list(classifier.labels), "relation_pairs": classifier.n_train_pairs,
+            "relation_pairs_labelled": classifier.n_labelled_pairs, "relations_cut_short": classifier.cut_short,
+            "relation_thresholds": thresholds, "relations_seconds": round(time.perf_counter() - started, 1)})
+    if not has_encoder(models, record):
+        started = time.perf_counter()
+        tagger = full_tagger(settings, record.project, annotations, progress)
+        completed = _add(store, models, completed or record, "encoder", {MAIN_PART: tagger},
+                         {"cut_short": False, "encoder_seconds": round(time.perf_counter() - started, 1)})
+    return completed
+
+
+def _add(store: AnnotationStore, models: ModelStore, record: ModelRecord, suffix: str, parts: Mapping[str, Saveable],
+         info: Mapping[str, Any]) -> ModelRecord:
+    """``record`` with ``parts`` (``derive``): serving in its place if it serves, else registered."""
+    derived = derive(models, record, suffix, parts, info)
     serving = store.serving_model(record.project)
     if serving is not None and serving.version == record.version:
         return serve(store, models, derived)
@@ -245,14 +250,16 @@ def select_strategy(store: AnnotationStore, settings: Settings, models: ModelSto
     serves with the parts it reads besides the encoder fitted on all the annotations (the probe,
     alone or reading the sentences the encoder is unsure of): as ``record`` itself when it reads
     nothing more, else as a version of its own (``derive``).
-    ``after_first(version)``, when given, runs after the first stage, on the version it served (else
-    ``record``), and gives the version the later stages build on (``complete``: what the first
-    choice served without, so that it served sooner).
+    ``after_first(version)``, when given, runs after the first stage on the version it served, and
+    gives the version the later stages build on (``complete``: what the first choice served
+    without, so that it served sooner).
     The project's newest ``CLINIE_STUDENT_POOL`` unannotated tasks are what a student strategy
     learns from: before the stage with one, the teacher reads them, a stage of its own (``teacher``).
 
-    Raises ``Superseded`` between two fits (or two sentences the teacher reads) once
-    ``superseded()`` (a newer training is waiting): what a finished stage served keeps serving.
+    Raises ``Superseded`` between two fits (or two sentences the teacher reads) of a later stage
+    once ``superseded()`` (a newer training is waiting): what the first stage served keeps
+    serving. The first stage is never superseded: were it, trainings that come faster than it
+    ends would each start it again and none would serve.
     A selection that fails otherwise (the LLM cannot be loaded, say) is logged and recorded as
     failed; what served before keeps serving (``record`` itself if it served already).
     """
@@ -262,7 +269,7 @@ def select_strategy(store: AnnotationStore, settings: Settings, models: ModelSto
     started = time.perf_counter()
 
     def check() -> None:
-        if superseded():
+        if served is not None and superseded():
             raise Superseded(f"project {project}: a newer training supersedes the selection for {record.version}")
 
     def fitted(done: int, total: int) -> None:
@@ -275,27 +282,25 @@ def select_strategy(store: AnnotationStore, settings: Settings, models: ModelSto
     selection: dict[str, Any] = {}
     stages = staged(candidates(settings), settings.select_prefer, serving)
     try:
-        for number, stage in enumerate(stages):
-            if number == 1 and after_first is not None:
-                record = after_first(served or record)
-                served = served and record
+        for stage in stages:
             if build.unannotated and any(s.kind.learns_from_unannotated for s in stage):
                 progress.training_stage(project, "teacher")  # reading the unannotated sentences
                 build.read_unannotated(fitted)
-            progress.training_stage(project, "selection" if number == 0 else "selection, the other strategies")
+            progress.training_stage(project, "selection" if served is None else "selection, the other strategies")
             cv = select(docs, build, settings, stage, serving=serving, into=cv, on_fit=fitted)
             selection = {**selection_record(cv, settings.min_precision), "unannotated": pool.summary(),
                          "seconds": round(time.perf_counter() - started, 1)}
             if served is not None and cv.selected.name == serving.name:  # what the first stage served stays
                 store.set_selection(served.version, selection)
                 continue
+            first = served is None
             served = _serve_choice(store, settings, models, record, annotations, progress, build, cv.selected,
                                    selection, check)
             serving = cv.selected
             log.info("project %s: %s serves (cross-validated F1 %.3f over %d annotations)", project, serving.name,
                      selection["strategies"][serving.name]["mean_f1"], len(docs))
-        if len(stages) == 1 and after_first is not None:
-            after_first(served or record)
+            if first and after_first is not None:
+                served = record = after_first(served)
     except Superseded:
         raise
     except Exception as e:

@@ -645,19 +645,22 @@ def test_a_quick_encoder_serves_before_selection_then_the_fully_trained_one_and_
                                         backend.store.begin_training("1"), metrics)
     assert record.info["selection"] is None and backend.model_version("1") == record.version  # serving already
     assert record.info["cut_short"]  # 1 step of the 2 epochs' 4
+    # a newer training is waiting throughout: the first stage (the encoder) ends and serves all the
+    # same, else trainings that come faster than it ends would none serve; the second never starts
+    two_stages = replace(settings, select_strategies="encoder,probe", select_prefer="encoder")
     with pytest.raises(Superseded):
-        select_strategy(backend.store, settings, backend.models, record, annotations, metrics, superseded=lambda: True)
-    assert backend.store.serving_model("1").info["selection"] is None
-    selection = select_strategy(backend.store, settings, backend.models, record, annotations, metrics)
+        select_strategy(backend.store, two_stages, backend.models, record, annotations, metrics,
+                        superseded=lambda: True)
     full = backend.store.serving_model("1")  # the encoder selection reads, trained again to its full budget
+    selection = full.info["selection"]
     assert full.version == record.version + "-full" and full.info["first_model"] == record.version
     assert full.info["selection"] == selection and selection["strategy"] == "encoder" and not full.info["cut_short"]
     assert selection["unannotated"] == {"documents": 1, "skipped": 1}  # task 1 is annotated
     assert backend.model_version("1") == full.version
     assert Path(record.location, MANIFEST).is_file() and Path(full.location, MANIFEST).is_file()
-    # how many fits there will be is shown at once; a superseded selection stops before its first
+    # how many fits there will be is shown at once; a superseded stage stops before its first
     assert [(s["stage"], s["done"], s["total"]) for s in metrics.seen] == [
-        ("selection", 0, 2), ("selection", 0, 2), ("selection", 1, 2), ("selection", 2, 2)]
+        ("selection", 0, 2), ("selection", 1, 2), ("selection", 2, 2), ("selection, the other strategies", 0, 2)]
 
 
 @pytest.mark.slow
@@ -707,32 +710,44 @@ def test_while_the_cold_start_serves_the_first_stage_comes_first_then_the_encode
     """The LLM serves a drug-interaction project (its cold start); *Start training*: no encoder is
     trained before the selection's first stage (one cut short would not beat the LLM), which
     compares the probe with the LLM at once; the encoder and the relation classifier are added
-    to what it served after it, in a version that takes its place."""
+    to what it served after it, the relations first, each in a version that takes its place. The
+    next training, the probe serving, goes the same way."""
     config = (ROOT / "label_configs" / "drug_interactions.xml").read_text()
     schema = parse_label_config(config)
     settings = Settings(data_dir=tmp_path / "cold", train_every=0, min_annotations=5, encoder_epochs=1, llm_k=1,
-                        cold_start="llm", select_strategies="probe", select_folds=2)
+                        cold_start="llm", select_strategies="probe", select_folds=2, keep_models=0)
     backend = Backend(settings, start_worker=False)
     client = create_app(settings, backend).test_client()
-    docs = [d for d in read_documents(DATA / "ddi" / "train.jsonl") if d.relations and len(d.text) < 120][:6]
-    for i, doc in enumerate(docs):
-        result, _ = document_to_result(doc, schema.span_controls[0], schema.relation_label_names)
-        assert client.post("/webhook", json=webhook_event(i + 1, i + 1, doc.text, result, project=2,
+    docs = [d for d in read_documents(DATA / "ddi" / "train.jsonl") if d.relations and len(d.text) < 120][:7]
+
+    def annotate(i: int) -> None:
+        result, _ = document_to_result(docs[i], schema.span_controls[0], schema.relation_label_names)
+        assert client.post("/webhook", json=webhook_event(i + 1, i + 1, docs[i].text, result, project=2,
                                                           label_config=config)).json["stored"]
+
+    for i in range(6):
+        annotate(i)
     serving_at: dict[str, str | None] = {}
     stage = backend.metrics.training_stage
     backend.metrics.training_stage = lambda project, name: (
         serving_at.setdefault(name, getattr(backend.store.serving_model(project), "version", None)),
         stage(project, name))[-1]
     final = backend.train("2")
-    first = backend.store.models("2")[0]
+    first = min(backend.store.models("2"), key=lambda m: len(m.version))  # each later one is named after it
     assert not ModelVersion.open(first.location).parts and first.kind == "annotations"  # no encoder trained first
     assert list(serving_at)[:2] == ["annotations", "selection"] and serving_at["selection"] is None
-    stage_one = serving_at["encoder, full budget"]  # what the first stage served: the encoder came after it
+    stage_one = serving_at["relations"]  # what the first stage served: the relations came after it, then the encoder
     assert stage_one is not None and stage_one.startswith(first.version)
-    assert final.version == stage_one + "-encoder-relations" and serving_at["relations"] == stage_one
+    assert serving_at["encoder, full budget"] == stage_one + "-relations"  # they serve before the encoder is trained
+    assert final.version == stage_one + "-relations-encoder"
     assert ModelVersion.open(final.location).has(MAIN_PART) and ModelVersion.open(final.location).has(RELATIONS_DIR)
     assert final.info["selection"]["incumbent"] == "llm-k1" and final.info["relations"]
+    # the probe serves: an encoder alone would not replace it either
+    annotate(6)
+    serving_at.clear()
+    again = backend.train("2")
+    assert list(serving_at)[:2] == ["annotations", "selection"] and serving_at["selection"] == final.version
+    assert again.version.endswith("-n7-probe-relations-encoder") and again.info["selection"]["incumbent"] == "probe"
 
 
 @pytest.mark.slow
