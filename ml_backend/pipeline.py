@@ -97,7 +97,8 @@ class TrainingPipeline:
     def train(self, project: str) -> ModelRecord | None:
         """Re-sync, then train now (in the calling thread): the encoder first, which serves as soon
         as it is saved, then (under ``auto``) the selection of the strategy that serves with it,
-        given up when a newer training of the project is waiting. None when there is nothing to
+        its second stage given up when a newer training of the project is waiting; while another
+        strategy than the encoder serves, the selection's first stage first. None when there is nothing to
         train yet; else the model version as it ends up. Its stage is in /metrics throughout."""
         self.resync(project)
         if self.queued:  # the queue runs one training of a project at a time: one left running died

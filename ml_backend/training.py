@@ -10,8 +10,9 @@ that, the old version keeps serving and the failure is recorded. An encoder trai
 (``select_strategy``), as a version of its own that carries the first one's parts and adds what it
 reads besides (``<first>-<strategy>``) — with the encoder trained to its full budget when the
 first was cut short and the choice reads it (``<first>-full`` when nothing else is added). While
-a cold-start policy serves, the first version has no part and the selection's first stage comes
-at once; the encoder and the relations are added to what it served after it (``complete``). Disk
+another strategy serves (a cold-start policy, or the probe a selection chose), the first version
+has no part and the selection's first stage comes at once; the relations, then the encoder, are
+added to what it served after it (``complete``). Disk
 stays bounded: the versions beyond the newest ``CLINIE_KEEP_MODELS`` are deleted after each
 training (``prune_versions``), what a crash left half-written at the next start
 (``ModelStore.remove_partials``).
