@@ -10,7 +10,7 @@ every variant is decoded from those distributions and scored by strict entity F1
 
 - ``probe``, ``encoder``: argmax per word (what the strategies did before these runs);
 - ``probe-bio``, ``encoder-bio``: BIO-constrained decoding (``clinie.extractors.decoding``), which
-  every tagger does since (``word_spans``);
+  every tagger does since (``decode``);
 - ``averaged``, ``averaged-bio``: per word, the mean of the probe's and the encoder's
   distributions (``average_words``), argmax or constrained: not better than ``probe-bio`` over
   the seeds, so no strategy.
@@ -52,7 +52,7 @@ from bench.loop import LABELS
 from clinie.core import Document, Token, number_spans, read_documents
 from clinie.evaluation.fewshot import subsample
 from clinie.evaluation.metrics import evaluate_spans
-from clinie.extractors.encoder import EncoderTagger, word_spans
+from clinie.extractors.encoder import EncoderTagger, decode
 from clinie.extractors.probe import ProbeTagger
 from clinie.llm.hidden import HiddenStates
 from tests.support import DATA, ROOT
@@ -89,7 +89,7 @@ POOL_SIZE = 100
 def decoded(test: Sequence[Document], read: Sequence[Pieces], tags: Sequence[str], constrained: bool) -> list[Document]:
     """``test`` with the spans decoded from each document's pieces."""
     return [number_spans(doc, [s for words, p in pieces
-                               for s in word_spans(doc.text, words, p, tags, constrained=constrained)])
+                               for s in decode(doc.text, words, p, tags, constrained=constrained)[0]])
             for doc, pieces in zip(test, read)]
 
 

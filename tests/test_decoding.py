@@ -8,7 +8,7 @@ import pytest
 
 from clinie.core import bio_labels, tokenize
 from clinie.extractors.decoding import allowed_transitions, bio_viterbi
-from clinie.extractors.encoder import word_spans
+from clinie.extractors.encoder import decode
 
 TAGS = bio_labels(["Disease", "Chemical"])  # O B-Disease I-Disease B-Chemical I-Chemical
 
@@ -82,9 +82,10 @@ def test_zero_probabilities_and_no_words():
 
 
 @pytest.mark.parametrize("constrained", [False, True])
-def test_word_spans_decodes_either_way(constrained):
+def test_decode_reads_spans_and_each_words_probability_either_way(constrained):
     text = "no acute asthma"
     p = np.array([[.9, .1, 0], [.4, .3, .3], [.1, .3, .6]])  # argmax O O I-D; constrained O B-D I-D
-    spans = word_spans(text, tokenize(text), p, ["O", "B-D", "I-D"], constrained=constrained)
+    spans, decoded = decode(text, tokenize(text), p, ["O", "B-D", "I-D"], constrained=constrained)
     assert [(s.text, round(s.score, 2)) for s in spans] == ([("acute asthma", 0.45)] if constrained
                                                             else [("asthma", 0.6)])
+    assert decoded.tolist() == ([.9, .3, .6] if constrained else [.9, .4, .6])

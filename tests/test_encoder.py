@@ -11,7 +11,7 @@ from clinie.core import Document, Span, read_documents, spans_to_bio, tokenize
 from clinie.embedded import encoder_path
 from clinie.evaluation.calibration import auroc
 from clinie.extractors import Extractor
-from clinie.extractors.encoder import EncoderTagger, Window, aggregate_first, decoded_probabilities, postprocess
+from clinie.extractors.encoder import EncoderTagger, Window, aggregate_first, decode, postprocess
 from tests.support import DATA
 from tests.support.helpers import assert_spans_match_text
 
@@ -55,12 +55,13 @@ def test_postprocess_tags_each_word_by_its_first_subword():
         9: [0.1, 0.0, 0.9], 10: [1.0, 0.0, 0.0], 11: [0.99, 0.01, 0.0]}
     probs = np.array([rows.get(i, [1.0, 0.0, 0.0]) for i in range(len(word_ids))])
     window = Window(0, words, list(range(len(word_ids))), word_ids)
-    spans = postprocess(text, window, probs, TAGS)
+    spans, decoded = postprocess(text, window, probs, TAGS)
     assert_spans_match_text(text, spans)
     assert [(s.text, s.label) for s in spans] == [
         ("Familial adenomatous polyposis", "Disease"), ("colonic\tcarcinoma", "Disease")]
     assert spans[0].score == pytest.approx((0.7 + 0.8 + 0.7) / 3)
     assert spans[1].score == pytest.approx((0.6 + 0.9) / 2)
+    assert decoded.tolist() == pytest.approx([0.7, 0.8, 0.7, 0.6, 0.6, 0.9, 0.99])  # each word's, "O" included
 
 
 def test_windows_cover_every_word_of_a_long_note_exactly_once(train):
@@ -159,7 +160,7 @@ def test_the_task_confidence_is_the_least_sure_word_and_ranks_wrong_readings_fir
     blank = [d.with_annotations(()) for d in test]
     predicted = trained.predict(blank)
     for doc, windows in zip(predicted, trained.predict_words(blank)):
-        least_sure = min(float(decoded_probabilities(p, trained.tags).min()) for _, p in windows)
+        least_sure = min(float(decode(doc.text, words, p, trained.tags)[1].min()) for words, p in windows)
         assert doc.meta["confidence"] == pytest.approx(least_sure, abs=1e-6)
         assert all(doc.meta["confidence"] <= s.score + 1e-6 for s in doc.entities)  # "O" words count too
     assert any(not d.entities for d in predicted)  # a reading with no span is scored as well

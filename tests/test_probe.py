@@ -10,7 +10,7 @@ import pytest
 
 from clinie.core import Document, read_documents, split_sentences, tokenize
 from clinie.evaluation import evaluate_spans
-from clinie.extractors.encoder import EncoderTagger, decoded_probabilities
+from clinie.extractors.encoder import EncoderTagger, decode
 from clinie.extractors.gated import FilterThenProbe, shift
 from clinie.extractors.probe import ProbeTagger
 from clinie.llm.hidden import BATCH_SIZE, HiddenStates
@@ -144,8 +144,8 @@ def test_filter_then_probe_reads_only_the_sentences_the_encoder_is_unsure_of(enc
         assert_spans_match_text(doc.text, out.entities)
         if read:  # how sure the reading is counts the probe's words where the probe read
             parts = [Document("part", doc.text[a:b]) for a, b in read]
-            probe_least = min(float(decoded_probabilities(p, probe.tags).min())
-                              for pieces in probe.predict_words(parts) for _, p in pieces)
+            probe_least = min(float(decode(part.text, words, p, probe.tags)[1].min())
+                              for part, pieces in zip(parts, probe.predict_words(parts)) for words, p in pieces)
             assert out.meta["confidence"] <= probe_least + 1e-6
         read_in_all += len(read)
     assert 0 < read_in_all < sum(len(split_sentences(d.text)) for d in docs)  # a filter, not all or nothing

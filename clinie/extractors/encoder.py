@@ -8,9 +8,10 @@ Kept apart as in Hugging Face's ``TokenClassificationPipeline``:
   sub-words, with the index of the word each sub-word came from;
 - **forward**: the encoder's tag distribution per sub-word, in padded batches;
 - **postprocess** (``postprocess``, pure): ``aggregate_first`` gives each word the distribution
-  of its first sub-word (the "first" strategy: the sub-word the model was trained on), the tag
-  is the argmax, and ``bio_to_spans`` turns word tags into character spans of the original
-  text, each scored by the mean probability of its words' tags.
+  of its first sub-word (the "first" strategy: the sub-word the model was trained on), the tags
+  are the valid BIO sequence of highest probability, and ``bio_to_spans`` turns them into
+  character spans of the original text, each scored by the mean probability of its words' tags
+  (``decode``).
 
 Every word keeps the character offsets ``tokenize`` gave it in the original text, so a span is
 always ``text[start:end]``, however the note was chunked or windowed.
@@ -72,58 +73,50 @@ def aggregate_first(probabilities: np.ndarray, word_ids: Sequence[int | None], n
     return out
 
 
-def postprocess(text: str, window: Window, probabilities: np.ndarray, tags: Sequence[str]) -> list[Span]:
-    """Spans of ``text`` from one window's sub-word tag distributions ("first" aggregation).
-
-    Each word's tag is the argmax of its first sub-word's distribution, its score that
-    probability; a span's score is the mean over its words.
+def postprocess(text: str, window: Window, probabilities: np.ndarray, tags: Sequence[str],
+                ) -> tuple[list[Span], np.ndarray]:
+    """Spans of ``text`` from one window's sub-word tag distributions ("first" aggregation), and
+    each word's probability of its tag (``decode``: each word reads its first sub-word's
+    distribution; a span's score is the mean over its words).
 
     >>> from clinie.core import tokenize
     >>> text = "neuroblastoma in kids"
     >>> words = tokenize(text)
     >>> window = Window(0, words, [101, 1, 2, 3, 4, 102], [None, 0, 0, 1, 2, None])
     >>> p = np.array([[1, 0, 0], [.1, .9, 0], [.8, .1, .1], [.7, 0, .3], [1, 0, 0], [1, 0, 0]])
-    >>> [(s.text, s.label, round(s.score, 2)) for s in postprocess(text, window, p, ["O", "B-D", "I-D"])]
+    >>> [(s.text, s.label, round(s.score, 2)) for s in postprocess(text, window, p, ["O", "B-D", "I-D"])[0]]
     [('neuroblastoma', 'D', 0.9)]
     """
-    return word_spans(text, window.words, aggregate_first(probabilities, window.word_ids, len(window.words)), tags)
+    return decode(text, window.words, aggregate_first(probabilities, window.word_ids, len(window.words)), tags)
 
 
-def word_spans(text: str, words: Sequence[Token], word_probs: np.ndarray, tags: Sequence[str], *,
-               constrained: bool = True) -> list[Span]:
-    """Spans from per-word tag distributions (what every tagger here returns): the valid BIO
-    sequence of highest probability (``clinie.extractors.decoding.bio_viterbi``), each word scored
-    by its tag's probability, a span by the mean over its words. Decoded so, a word the tagger
-    hesitates on joins the span its neighbours open instead of starting a broken one: never worse
-    than each word's argmax in 12 runs at 100 annotations, better on average (``python -m
-    bench.quality``; docs/results.md). ``constrained=False``: each word's argmax, for comparison.
+def decode(text: str, words: Sequence[Token], word_probs: np.ndarray, tags: Sequence[str], *,
+           constrained: bool = True) -> tuple[list[Span], np.ndarray]:
+    """Spans from per-word tag distributions (what every tagger here returns), and each word's
+    probability of the tag decoded for it (what ``word_confidence`` reads): the valid BIO sequence
+    of highest probability (``clinie.extractors.decoding.bio_viterbi``), each word scored by its
+    tag's probability, a span by the mean over its words. Decoded so, a word the tagger hesitates
+    on joins the span its neighbours open instead of starting a broken one: never worse than each
+    word's argmax at 100 annotations, better on average (``python -m bench.quality``;
+    docs/results.md). ``constrained=False``: each word's argmax, for comparison.
 
     >>> from clinie.core import tokenize
     >>> text = "no acute asthma"
     >>> p = np.array([[.9, .1, 0], [.4, .3, .3], [.1, .3, .6]])  # argmax: O O I-D
-    >>> [s.text for s in word_spans(text, tokenize(text), p, ["O", "B-D", "I-D"], constrained=False)]
+    >>> [s.text for s in decode(text, tokenize(text), p, ["O", "B-D", "I-D"], constrained=False)[0]]
     ['asthma']
-    >>> [s.text for s in word_spans(text, tokenize(text), p, ["O", "B-D", "I-D"])]
-    ['acute asthma']
+    >>> spans, decoded = decode(text, tokenize(text), p, ["O", "B-D", "I-D"])
+    >>> [s.text for s in spans], decoded.tolist()
+    (['acute asthma'], [0.9, 0.3, 0.6])
     """
-    best = bio_viterbi(word_probs, tags) if constrained else word_probs.argmax(axis=1)
-    return bio_to_spans(text, words, [tags[i] for i in best], [float(word_probs[w, i]) for w, i in enumerate(best)])
-
-
-def decoded_probabilities(word_probs: np.ndarray, tags: Sequence[str]) -> np.ndarray:
-    """Each word's probability of the tag ``word_spans`` decodes for it (its argmax's, unless the
-    BIO constraint overrode that): what ``word_confidence`` reads.
-
-    >>> decoded_probabilities(np.array([[.6, .3, .1], [.2, .3, .5]]), ["O", "B-D", "I-D"]).tolist()
-    [0.6, 0.3]
-    """
-    best = bio_viterbi(word_probs, tags)
-    return np.asarray(word_probs)[np.arange(len(best)), best]
+    best = bio_viterbi(word_probs, tags) if constrained else np.asarray(word_probs).argmax(axis=1)
+    decoded = np.asarray(word_probs)[np.arange(len(best)), best]
+    return bio_to_spans(text, words, [tags[i] for i in best], [float(p) for p in decoded]), decoded
 
 
 def word_confidence(decoded: Sequence[np.ndarray]) -> float | None:
     """How sure a tagger is of its whole reading: the probability of its least sure word's
-    decoded tag (``decoded_probabilities``), "O" included (a word barely called "O" may be a
+    decoded tag (``decode``), "O" included (a word barely called "O" may be a
     missed entity). The task score Label Studio sorts by (``clinie.labelstudio.task_score``):
     the lowest first is what annotating would teach the model most; never above a region's
     score. None for a text with no words.
@@ -373,9 +366,9 @@ class EncoderTagger:
         spans: list[list[Span]] = [[] for _ in docs]
         read: list[list[np.ndarray]] = [[] for _ in docs]
         for window, p in self._forward(docs, batch_size, progress):
-            spans[window.doc_index].extend(postprocess(docs[window.doc_index].text, window, p, self.tags))
-            read[window.doc_index].append(decoded_probabilities(aggregate_first(p, window.word_ids, len(window.words)),
-                                                                self.tags))
+            found, decoded = postprocess(docs[window.doc_index].text, window, p, self.tags)
+            spans[window.doc_index].extend(found)
+            read[window.doc_index].append(decoded)
         return [with_confidence(number_spans(doc, found), probs) for doc, found, probs in zip(docs, spans, read)]
 
     def predict_words(self, docs: Sequence[Document], batch_size: int = 32) -> list[list[tuple[list[Token], np.ndarray]]]:

@@ -25,7 +25,7 @@ from dataclasses import replace
 import numpy as np
 
 from clinie.core import Document, Span, Token, number_spans, sentence_of, split_sentences
-from clinie.extractors.encoder import EncoderTagger, decoded_probabilities, with_confidence, word_spans
+from clinie.extractors.encoder import EncoderTagger, decode, with_confidence
 from clinie.extractors.probe import ProbeTagger, reading_cost
 from clinie.extractors.rerank import triage
 
@@ -74,17 +74,19 @@ class FilterThenProbe:
             started, before = time.perf_counter(), dict(self.probe.states.usage)
             sentences = split_sentences(doc.text)
             read = [sentences[i] for i in self.hard_sentences(doc, windows, sentences)]
-            spans = [s for words, p in windows for s in word_spans(doc.text, words, p, self.encoder.tags)
+            decoded = [(words, *decode(doc.text, words, p, self.encoder.tags)) for words, p in windows]
+            spans = [s for _, found, _ in decoded for s in found
                      if not any(s.start < end and start < s.end for start, end in read)]
             # how sure the reading is: the encoder's words outside the sentences the probe read, the probe's inside
-            confident = [decoded_probabilities(p, self.encoder.tags)[
-                [i for i, w in enumerate(words) if not any(start <= w.start < end for start, end in read)]]
-                for words, p in windows]
+            confident = [probabilities[[i for i, w in enumerate(words)
+                                        if not any(start <= w.start < end for start, end in read)]]
+                         for words, _, probabilities in decoded]
             parts = [Document(f"{doc.id}@{start}", doc.text[start:end]) for start, end in read]
             for (start, _), part, pieces in zip(read, parts, self.probe.predict_words(parts)):
-                spans.extend(shift(s, doc.text, start) for words, p in pieces
-                             for s in word_spans(part.text, words, p, self.probe.tags))
-                confident.extend(decoded_probabilities(p, self.probe.tags) for _, p in pieces)
+                for words, p in pieces:
+                    found, probabilities = decode(part.text, words, p, self.probe.tags)
+                    spans.extend(shift(s, doc.text, start) for s in found)
+                    confident.append(probabilities)
             cost = reading_cost(self.probe.states, before, started, sentences=len(sentences), read=len(read))
             answer = with_confidence(number_spans(doc, spans), confident)
             out.append(replace(answer, meta={**answer.meta, "llm": cost}))

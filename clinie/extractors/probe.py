@@ -9,7 +9,7 @@ the features of a sentence are computed once however many folds train on it.
 
 Kept apart like the encoder tagger: **preprocess** (words in pieces of whole sentences, their
 echo features), **forward** (the head's tag distribution per word), **postprocess**
-(``clinie.extractors.encoder.word_spans``: argmax tags to character spans of the original text,
+(``clinie.extractors.encoder.decode``: argmax tags to character spans of the original text,
 scored by the mean probability of their words' tags). ``predict_words`` gives what
 filter-then-rerank reads, as the encoder tagger's does. Each call hands the pieces of all its
 documents to the LLM at once (``HiddenStates.many``), which reads them in batched forward passes.
@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from clinie.core import Document, Span, Token, bio_labels, number_spans, spans_to_bio, split_sentences, word_pieces
-from clinie.extractors.encoder import decoded_probabilities, with_confidence, word_spans
+from clinie.extractors.encoder import decode, with_confidence
 from clinie.extractors.finetune import fine_tune, read_meta, write_meta
 from clinie.llm.hidden import BATCH_SIZE, HiddenStates, Reading
 
@@ -226,9 +226,9 @@ class ProbeTagger:
         out = []
         for doc, mine in zip(docs, pieces):
             started = time.perf_counter()
-            tagged = [(words, self._tag(reading.features)) for words, reading in mine]
-            spans: list[Span] = [s for words, p in tagged for s in word_spans(doc.text, words, p, self.tags)]
-            answer = with_confidence(number_spans(doc, spans), [decoded_probabilities(p, self.tags) for _, p in tagged])
+            decoded = [decode(doc.text, words, self._tag(reading.features), self.tags) for words, reading in mine]
+            spans: list[Span] = [s for found, _ in decoded for s in found]
+            answer = with_confidence(number_spans(doc, spans), [probabilities for _, probabilities in decoded])
             readings = [reading for _, reading in mine]
             seconds = time.perf_counter() - started + sum(r.seconds for r in readings)
             sentences = len(split_sentences(doc.text))

@@ -65,7 +65,7 @@ def triage(text: str, words: Sequence[Token], probabilities: np.ndarray, tags: S
     low, high = band
     labels = list(dict.fromkeys(tag[2:] for tag in tags if tag != "O"))
     columns = {label: [i for i, tag in enumerate(tags) if tag[2:] == label] for label in labels}
-    best = bio_viterbi(probabilities, tags)  # decoded as every tagger's (``word_spans``)
+    best = bio_viterbi(probabilities, tags)  # decoded as every tagger's (``decode``)
     word_tags = [tags[i] for i in best]
     spans = bio_to_spans(text, words, word_tags, [float(probabilities[w, i]) for w, i in enumerate(best)])
 
