@@ -10,7 +10,7 @@
 # CLINIE_ALLOW_UNAUTHENTICATED=1 behind a proxy that authenticates); Label Studio then connects
 # at http://ls:<password>@<host>:9090.
 
-# The base: any Debian-based image with Python 3.10+ and venv; where no registry is reachable,
+# The base: any Debian-based image with Python 3.11+ and venv; where no registry is reachable,
 # one made from Debian's packages (../shared/CONTAINERS.md: debootstrap, then podman import):
 #   podman build --build-arg BASE_IMAGE=localhost/debian-python:bookworm ...
 ARG BASE_IMAGE=python:3.11-slim

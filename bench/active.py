@@ -63,7 +63,8 @@ def evaluate(model: EncoderTagger, test: Sequence[Document]) -> dict[str, object
     strict = evaluate_spans(test, predicted)["strict"].micro
     spans, span_right = span_outcomes(test, predicted)
     tasks = [task_score([p], []) for p in predicted]
-    task_right = [int({(s.start, s.end, s.label) for s in g.entities} == {(s.start, s.end, s.label) for s in p.entities})
+    task_right = [int({(s.start, s.end, s.label) for s in g.entities}
+                      == {(s.start, s.end, s.label) for s in p.entities})
                   for g, p in zip(test, predicted)]
     kept = [(s, r) for s, r in zip(tasks, task_right) if s is not None]
     return {"f1": round(strict.f1, 4), "precision": round(strict.precision, 4), "recall": round(strict.recall, 4),

@@ -91,7 +91,8 @@ def table(rows: Sequence[dict[str, Any]]) -> list[str]:
     """Markdown: both taggers' F1 seed by seed, mean ± sd, and the adaptation's time."""
     seeds = [r["settings"]["seed"] for r in rows]
     lines = ["| | " + " | ".join(f"seed {s}" for s in seeds) + " | mean ± sd |", "|---" * (len(seeds) + 2) + "|"]
-    for name, key, digits in (("encoder from MiniLM", "encoder_f1", 3), ("encoder from MiniLM adapted", "adapted_f1", 3),
+    for name, key, digits in (("encoder from MiniLM", "encoder_f1", 3),
+                              ("encoder from MiniLM adapted", "adapted_f1", 3),
                               ("adapted − MiniLM", None, 3), ("adaptation seconds", "adapt_seconds", 0)):
         values = [r[key] if key else r["adapted_f1"] - r["encoder_f1"] for r in rows]
         sd = statistics.stdev(values) if len(values) > 1 else 0.0

@@ -69,7 +69,8 @@ def main() -> None:
             scores, correct = span_outcomes(test, predicted)
             options[strategy.name] = {
                 "precision": round(strict.precision, 4), "recall": round(strict.recall, 4), "f1": round(strict.f1, 4),
-                "regions_shown": strict.tp + strict.fp, "wrong_per_100_sentences": round(100 * strict.fp / len(test), 1),
+                "regions_shown": strict.tp + strict.fp,
+                "wrong_per_100_sentences": round(100 * strict.fp / len(test), 1),
                 "auroc": None if (a := auroc(scores, correct)) is None else round(a, 4),
                 "seconds_per_sentence": round(seconds / len(test), 2)}
             print(f"{corpus} {strategy.name}: P {strict.precision:.3f} R {strict.recall:.3f} F1 {strict.f1:.3f}, "

@@ -73,9 +73,8 @@ class Providers:
             return TransformersLLM(device="cpu")
         if runtime != "server":
             raise SystemExit(f"unknown mode {runtime!r}")
-        from tests.support.backend_server import LlamaServer  # the tests' harness: llama_cpp.server on a free port
-
         from clinie.llm.openai_compat import OpenAICompatibleLLM
+        from tests.support.backend_server import LlamaServer  # the tests' harness: llama_cpp.server on a free port
 
         server = self._stack.enter_context(LlamaServer(llm_gguf(), ROOT / "bench" / "llama-server.log"))
         return OpenAICompatibleLLM("gemma", base_url=server.url + "/v1", timeout=600, logprobs=False)

@@ -108,7 +108,8 @@ def macro_f1(gold: list[Document], pred: list[Document], mode: str) -> float:
     return statistics.mean(scores.per_label[t].f1 if t in scores.per_label else 0.0 for t in TYPES)
 
 
-def classify_listed(test: list[Document], classify: Callable[[Document, Pair], tuple[str, float | None]]) -> list[Document]:
+def classify_listed(test: list[Document],
+                    classify: Callable[[Document, Pair], tuple[str, float | None]]) -> list[Document]:
     """Each test document with a prediction for its one listed pair (gold spans given)."""
     out = []
     for doc in test:
@@ -194,7 +195,8 @@ def write(out: Path, rows: list[dict[str, Any]]) -> Path:
 def table(rows: list[dict[str, Any]]) -> list[str]:
     """The rows as a markdown table, seeds as columns, then the mean and sd."""
     seeds = [r["settings"]["seed"] for r in rows]
-    lines = ["| DDI, macro F1 over the 4 interaction types | " + " | ".join(f"seed {s}" for s in seeds) + " | mean ± sd |",
+    lines = ["| DDI, macro F1 over the 4 interaction types | " + " | ".join(f"seed {s}" for s in seeds)
+             + " | mean ± sd |",
              "|---|" + "---|" * (len(seeds) + 1)]
     figures = {"encoder, gold entities (200 listed pairs)": [r["gold_200_macro_f1"] for r in rows]}
     if all("steps" in r for r in rows):
@@ -206,7 +208,8 @@ def table(rows: list[dict[str, Any]]) -> list[str]:
         figures["candidate ceiling, gold spans, learnt types"] = [r["ceiling"]["learnt types"]["share"] for r in rows]
     for name, values in figures.items():
         sd = statistics.stdev(values) if len(values) > 1 else 0.0
-        lines.append(f"| {name} | " + " | ".join(f"{v:.3f}" for v in values) + f" | {statistics.mean(values):.3f} ± {sd:.3f} |")
+        lines.append(f"| {name} | " + " | ".join(f"{v:.3f}" for v in values)
+                     + f" | {statistics.mean(values):.3f} ± {sd:.3f} |")
     return lines
 
 
@@ -382,7 +385,7 @@ def run_long_notes(args: argparse.Namespace, command: str) -> None:
             steps: list[int] = []
             started = time.perf_counter()
             classifier = RelationClassifier(SPECS, seed=seed, **options).fit(
-                train, on_step=lambda done, total: steps.append(done))
+                train, on_step=lambda done, total, steps=steps: steps.append(done))
             fit_seconds = time.perf_counter() - started
             started = time.perf_counter()
             predicted = classifier.predict(unlabelled)

@@ -428,8 +428,8 @@ def quality_section(results: Path = RESULTS) -> list[str]:
                       "decoded from their per-word tag distributions on the 200 Chen et al. 2023 test items "
                       "(`-bio`: BIO-constrained decoding, `clinie.extractors.decoding`; `averaged`: the mean of the "
                       "probe's and the encoder's distributions, equal weights fixed a priori; `probe-L…`: the probe "
-                      "on those layers of the LLM instead of its default ones; `probe-S…`: the probe's head trained for "
-                      "at most that many steps, `probe` being the 60 epochs unbudgeted). Strict F1, mean ± sd over "
+                      "on those layers of the LLM instead of its default ones; `probe-S…`: the probe's head trained "
+                      "for at most that many steps, `probe` being the 60 epochs unbudgeted). Strict F1, mean ± sd over "
                       "the seeds, "
                       "and per seed; nothing tuned on the test items."]
         seeds = [r["seed"] for r in runs]
@@ -468,12 +468,14 @@ def active_section(results: Path = RESULTS) -> list[str]:
             rows.append([str(size), mean_sd_text(f1["random"]), mean_sd_text(f1["clinie"]),
                          f"{fmean(f1['clinie']) - fmean(f1['random']):+.3f}",
                          f"{sum(b > a for a, b in zip(f1['random'], f1['clinie']))} of {len(seeds)}",
-                         f"{fmean([p['words'] for p in at['random']]):.0f}", f"{fmean([p['words'] for p in at['clinie']]):.0f}"])
+                         f"{fmean([p['words'] for p in at['random']]):.0f}",
+                         f"{fmean([p['words'] for p in at['clinie']]):.0f}"])
             for kind in ("span_scores", "task_scores"):
                 values = [p[kind] for p in at["clinie"]]
                 aurocs = [v["auroc"] for v in values if v["auroc"] is not None]
                 separation.append([str(size), kind.split("_")[0], "–" if not aurocs else f"{fmean(aurocs):.2f}",
-                                   f"{fmean([v['brier'] for v in values]):.3f}", f"{fmean([v['ece'] for v in values]):.3f}"])
+                                   f"{fmean([v['brier'] for v in values]):.3f}",
+                                   f"{fmean([v['ece'] for v in values]):.3f}"])
         commands = sorted({r["command"] for r in seeds})
         lines += ["", f"### {corpus_name(run['corpus'])}: seeds {', '.join(str(r['seed']) for r in seeds)}, "
                       f"a pool of {seeds[0]['pool']} train sentences, {seeds[0]['start']} random annotations first", "",
@@ -526,8 +528,9 @@ def goals_table(runs: dict[str, list[dict[str, Any]]], results: Path = RESULTS, 
         gpt4 = f"{PUBLISHED['GPT-4 0-shot']:.3f} / {PUBLISHED['GPT-4 1-shot']:.3f}"
         figures = [("DDI relations, gold entities (200 listed pairs, macro)", lambda r: r["gold_200_macro_f1"], gpt4,
                     RELATION_GOALS["listed pairs"])]
-        figures += [(f"DDI relations end to end ({how}, strict macro)", lambda r, step=step: r["steps"][step]["macro_f1"],
-                     "–", RELATION_GOALS["end to end"]) for step, how in zip(STEPS[2:], ("as trained", "priors adapted"))]
+        figures += [(f"DDI relations end to end ({how}, strict macro)",
+                     lambda r, step=step: r["steps"][step]["macro_f1"], "–", RELATION_GOALS["end to end"])
+                    for step, how in zip(STEPS[2:], ("as trained", "priors adapted"))]
         for name, figure, published, goal in figures:
             rows.append([name, seeds, mean_sd_text([figure(t) for t, _ in pairs]), "–",
                          mean_sd_text([figure(s) for _, s in pairs]), "–", published, f"{goal:.2f}"])
@@ -537,7 +540,8 @@ def goals_table(runs: dict[str, list[dict[str, Any]]], results: Path = RESULTS, 
             "Mean ± sd over the seeds named. *Best student*: the student variant with the best mean test F1, named "
             "(read on the test, so an upper bound on what choosing a variant gives); *CV's pick*: what "
             "cross-validation over the annotations picked with the students among the candidates, counted over the "
-            "seeds. On DDI the *encoder* is the relation classifier, the students' teacher, measured in the same run.", "",
+            "seeds. On DDI the *encoder* is the relation classifier, the students' teacher, measured in the same "
+            "run.", "",
             *table(["", "seeds", "encoder", "probe", "best student", "CV's pick", "GPT-4 0-shot / 1-shot (published)",
                     "goal"], rows)]
 
@@ -564,8 +568,8 @@ def student_section(results: Path = RESULTS) -> list[str]:
              "cross-validation, on the fold's alone); `student-0.NN` is an encoder trained on the annotations and on "
              "the sentences the teacher labels at least 0.NN sure (`student-0.00`: all of them); `distilled` is an "
              "encoder trained on the annotations and on every unannotated sentence, each word learnt as the "
-             "teacher's distribution over the tags (soft labels). Cross-validation over the pool picks among the strategies, each then fitted on the whole pool and scored on the test "
-             "items."]
+             "teacher's distribution over the tags (soft labels). Cross-validation over the pool picks among the "
+             "strategies, each then fitted on the whole pool and scored on the test items."]
     lines += goals_table(runs, results)
     for corpus, complete in runs.items():
         if complete or under_way[corpus]:
@@ -573,7 +577,8 @@ def student_section(results: Path = RESULTS) -> list[str]:
         if complete:
             commands = sorted({run["command"] for run in complete if "command" in run})
             lines += ["", "Runs made by " + "; ".join(f"`{c}`" for c in commands)
-                      + f" (resumable), read from `bench/results/student/{corpus}/runs/`.", "", *tables(corpus, complete)]
+                      + f" (resumable), read from `bench/results/student/{corpus}/runs/`.", "",
+                      *tables(corpus, complete)]
         if under_way[corpus]:
             lines += ["", "Under way, not in the tables: "
                       + "; ".join(f"pool {r['size']}, seed {r['seed']}, {', '.join(sorted(every - set(r['test'])))} "
@@ -627,8 +632,8 @@ def relations_section(results: Path = RESULTS) -> list[str]:
              "other rows score every candidate pair of the full DDI test set (strict: both spans exact, label "
              "right), one change at a time: gold or tagger entities, labelled as trained (the sample's 20 % "
              "`false`) or under the class priors EM estimates on the unlabelled candidate pairs themselves "
-             "(`clinie.relations.priors`; `RelationClassifier.predict` labels as trained). *Predicted / gold relations* "
-             "above 1 is over-prediction.",
+             "(`clinie.relations.priors`; `RelationClassifier.predict` labels as trained). *Predicted / gold "
+             "relations* above 1 is over-prediction.",
              "", "Read from `bench/results/relations/ddi.json`; one table per configuration, each with the runs "
              "that made it."]
     for configuration, group in configurations(runs).items():
@@ -637,7 +642,8 @@ def relations_section(results: Path = RESULTS) -> list[str]:
         title = f"Posteriors calibrated by {folds}-fold cross-validation" if folds else "Posteriors as trained"
         title += f", {negatives} unlisted pairs learnt as `false`" if negatives else ", listed pairs only"
         if settings.get("unannotated"):
-            priors = "under the priors EM estimates on them" if settings["teacher_priors"] == "adapted" else "as trained"
+            priors = ("under the priors EM estimates on them" if settings["teacher_priors"] == "adapted"
+                      else "as trained")
             title += (f"; its student, also taught the pairs between the tagger's spans in {settings['unannotated']} "
                       f"unannotated train sentences as the classifier reads them ({priors})")
         commands = "; ".join(sorted({f"`{r['command']}`" for r in group}))
@@ -897,7 +903,8 @@ def render_summary(results: Path = RESULTS) -> str:
             best = best_single(at["strategies"], names)
             gap = at["strategies"]["default"]["f1_mean"] - at["strategies"][best]["f1_mean"]
             rows.append([f"{size} ({', '.join(map(str, at['seeds']))})", corpus_name(corpus),
-                         *(mean_sd_text(at["strategies"][n]["f1"]) if n in names else "–" for n in ("encoder", "probe")),
+                         *(mean_sd_text(at["strategies"][n]["f1"]) if n in names else "–"
+                           for n in ("encoder", "probe")),
                          best, f"{mean_sd_text(at['strategies']['default']['f1'])}: {_count(at['default'])}",
                          f"{gap:+.3f}", f"{GPT4_ZERO_SHOT[corpus]:.3f}" if corpus in GPT4_ZERO_SHOT else "–"])
     rows.sort(key=lambda row: int(row[0].split()[0]))

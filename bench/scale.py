@@ -168,7 +168,8 @@ def predict_part(postgres: PostgresServer, tmp: Path, seconds: float) -> dict:
             deadline = time.monotonic() + seconds
             turn = itertools.count()
 
-            def client() -> None:
+            def client(servers: list[BackendServer], replicas: int, deadline: float, turn: itertools.count,
+                       answered: itertools.count) -> None:
                 while time.monotonic() < deadline:
                     i = next(turn)
                     predict(servers[i % replicas].url, [texts[(i * 8 + k) % len(texts)] for k in range(8)])
@@ -177,7 +178,7 @@ def predict_part(postgres: PostgresServer, tmp: Path, seconds: float) -> dict:
             started = time.monotonic()
             with ThreadPoolExecutor(max_workers=4) as pool:
                 for _ in range(4):
-                    pool.submit(client)
+                    pool.submit(client, servers, replicas, deadline, turn, answered)
             tasks = 8 * next(answered)
             results[f"{replicas} replica{'s' * (replicas > 1)}"] = {
                 "tasks": tasks, "tasks_per_second": round(tasks / (time.monotonic() - started), 2)}

@@ -49,8 +49,7 @@ from bench.loop import GPT4_ZERO_SHOT, LABELS
 from clinie.core import Document, Extractor, LabelSpec, read_documents
 from clinie.evaluation.fewshot import subsample
 from clinie.evaluation.report import new_report, write_report
-from clinie.evaluation.study import (PICKS, load_run, mean_sd_text, run_study, save_run, study_report,
-                                     summarise)
+from clinie.evaluation.study import PICKS, load_run, mean_sd_text, run_study, save_run, study_report, summarise
 from clinie.extractors.probe import ProbeTagger
 from clinie.llm.hidden import HiddenStates
 from clinie.strategies import Strategy, StrategyBuilder, parse_strategies

@@ -82,7 +82,8 @@ def burst(url: str, events: list[dict], senders: int) -> tuple[list[float], int]
 
 def summary(latencies: list[float], errors: int, stored: int, sent: int) -> dict:
     ms = lambda s: round(s * 1000, 1)  # noqa: E731
-    return {"events": len(latencies), "mean_ms": ms(sum(latencies) / len(latencies)), "p50_ms": ms(quantile(latencies, 0.50)), "p95_ms": ms(quantile(latencies, 0.95)),
+    return {"events": len(latencies), "mean_ms": ms(sum(latencies) / len(latencies)),
+            "p50_ms": ms(quantile(latencies, 0.50)), "p95_ms": ms(quantile(latencies, 0.95)),
             "p99_ms": ms(quantile(latencies, 0.99)), "max_ms": ms(max(latencies)),
             "over_1s": sum(t > LABEL_STUDIO_TIMEOUT_S for t in latencies), "errors": errors,
             "stored": stored, "all_stored": stored == sent}
@@ -133,7 +134,7 @@ def measure(configs: dict[str, dict[str, str]], events_per_round: int, senders: 
     for server in servers.values():
         server.__enter__()
     try:
-        for name, server in servers.items():  # warm-up: connections, the first transaction
+        for server in servers.values():  # warm-up: connections, the first transaction
             for i in range(5):
                 event = webhook_event(10**9 + i, 10**9 + i, f"warm-up {i}", [])
                 requests.post(server.url + "/webhook", json=event, timeout=30).raise_for_status()

@@ -173,7 +173,8 @@ class _CommandLineParts:
 
         if self._llm is None:
             settings = _llm_settings(self.args)
-            self._llm = LLMAccess(make_llm(settings), Embedder(), CallCache(self.args.cache) if self.args.cache else None,
+            self._llm = LLMAccess(make_llm(settings), Embedder(),
+                                  CallCache(self.args.cache) if self.args.cache else None,
                                   guided=bool(settings.llm_guided))
         return self._llm
 
@@ -265,7 +266,8 @@ def _fewshot(args: argparse.Namespace) -> int:
                      max_llm_share=args.max_llm_share, runs_dir=args.out / "runs",
                      examples=KEPT_DOCUMENTS if args.keep_documents else 0, progress=True)
     report = new_report(f"True few-shot study: {args.pool.name} -> {args.test.name}", "fewshot", args.command_line)
-    report["summary"] = [("pool", f"{args.pool} ({len(pool)} documents)"), ("test", f"{args.test} ({len(test)} documents)"),
+    report["summary"] = [("pool", f"{args.pool} ({len(pool)} documents)"),
+                         ("test", f"{args.test} ({len(test)} documents)"),
                          *([("unannotated", f"{args.unannotated} ({len(build.unannotated)} sentences, entities "
                                              "ignored)")] if args.unannotated else []),
                          ("pool sizes", ", ".join(map(str, sizes))), ("seeds", ", ".join(map(str, seeds))),
@@ -315,7 +317,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = commands.add_parser("train", help="fine-tune the encoder tagger on a JSONL file")
     train.add_argument("--data", type=Path, required=True)
-    train.add_argument("--out", type=Path, required=True, help="a new directory for the trained model version (written once, with checksums)")
+    train.add_argument("--out", type=Path, required=True,
+                       help="a new directory for the trained model version (written once, with checksums)")
     train.add_argument("--model", help="base encoder: HF name or directory (default: embedded MiniLM)")
     train.add_argument("--labels", help="comma-separated labels (default: those in the data)")
     train.add_argument("--config", type=Path, help="a labeling config: its labels, and its relations with their "

@@ -451,7 +451,7 @@ def _schema_from_results(tasks: Sequence[dict[str, Any]]) -> Schema:
         raise ValueError("the export has no labelled regions: nothing to read the labels from")
     if missing := [to for to, key in value_keys.items() if not key]:
         raise ValueError(f"cannot tell which data field <Text name={missing[0]!r}> shows: pass the labeling config")
-    return Schema(tuple(SpanControl(name, to_name, value_keys[to_name], tuple(LabelSpec(l) for l in labels))
+    return Schema(tuple(SpanControl(name, to_name, value_keys[to_name], tuple(LabelSpec(label) for label in labels))
                         for (name, to_name), labels in controls.items()),
                   tuple(RelationSpec(label) for label in relation_labels))
 

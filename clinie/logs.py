@@ -25,7 +25,8 @@ import json
 import logging
 import re
 import traceback
-from datetime import datetime, timezone
+from datetime import UTC, datetime
+
 
 class RedactingFormatter(logging.Formatter):
     """Plain ``time level logger: message`` lines, or JSON lines; exception messages redacted
@@ -41,7 +42,7 @@ class RedactingFormatter(logging.Formatter):
             exception = "".join(traceback.format_exception(record.exc_info[1])).rstrip() \
                 if record.levelno <= logging.DEBUG else redacted_traceback(record.exc_info[1])
         if self.json_lines:
-            line = {"time": datetime.fromtimestamp(record.created, timezone.utc).isoformat(timespec="milliseconds"),
+            line = {"time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
                     "level": record.levelname, "logger": record.name, "message": record.getMessage()}
             if exception:
                 line["exception"] = exception

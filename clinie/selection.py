@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from clinie.core import Document, LabelSpec, Schema
@@ -63,7 +63,7 @@ def selection_record(cv: CrossValidation, min_precision: float) -> dict[str, Any
     cross-fitted expected calibration error)."""
     chosen = cv.selected.name
     record: dict[str, Any] = {"strategy": chosen,
-                              "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                              "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
                               **cv.summary(), "calibrator": None,
                               "thresholds": fit_thresholds(cv.docs, cv.runs[chosen].predictions,
                                                            min_precision=min_precision).as_dict()}

@@ -293,7 +293,8 @@ class Settings:
         if self.llm_guided not in ("", "llama.cpp", "vllm"):
             raise ValueError(f"{PREFIX}LLM_GUIDED must be empty, llama.cpp or vllm, not {self.llm_guided!r}")
         if bool(self.label_studio_url) != bool(self.label_studio_api_key):
-            raise ValueError(f"{PREFIX}LABEL_STUDIO_URL and {PREFIX}LABEL_STUDIO_API_KEY go together (re-sync needs both)")
+            raise ValueError(f"{PREFIX}LABEL_STUDIO_URL and {PREFIX}LABEL_STUDIO_API_KEY go together "
+                             "(re-sync needs both)")
         if bool(self.basic_auth_user) != bool(self.basic_auth_password):
             missing = "BASIC_AUTH_PASSWORD" if self.basic_auth_user else "BASIC_AUTH_USER"
             raise ValueError(f"{PREFIX}{missing} is not set: basic auth needs both {PREFIX}BASIC_AUTH_USER and "

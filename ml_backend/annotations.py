@@ -10,8 +10,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from clinie.core import Document, Schema
-from clinie.labelstudio import (UNREADABLE, UnusableAnnotation, annotation_to_document, parse_label_config,
-                                task_to_document)
+from clinie.labelstudio import (
+    UNREADABLE,
+    UnusableAnnotation,
+    annotation_to_document,
+    parse_label_config,
+    task_to_document,
+)
 from ml_backend.store import AnnotationStore
 
 log = logging.getLogger(__name__)

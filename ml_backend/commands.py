@@ -133,7 +133,7 @@ def _purge(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
     from clinie.llm.cache import CallCache
-    
+
 
     settings = Settings.load()
     if args.data_dir:

@@ -21,8 +21,16 @@ from ml_backend.model_store import ModelStore
 from ml_backend.serving import Serving
 from ml_backend.store import AnnotationStore, ModelRecord
 from ml_backend.sync import LabelStudioSync
-from ml_backend.training import (NotEnoughAnnotations, Superseded, TrainingWorker, complete, prune_versions,
-                                 select_strategy, serve_full_encoder, train_project)
+from ml_backend.training import (
+    NotEnoughAnnotations,
+    Superseded,
+    TrainingWorker,
+    complete,
+    prune_versions,
+    select_strategy,
+    serve_full_encoder,
+    train_project,
+)
 from ml_backend.webhooks import left_in_wal, refused  # what a re-sync refused or left is said as for a webhook
 
 log = logging.getLogger(__name__)

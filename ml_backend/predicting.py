@@ -144,7 +144,8 @@ class PredictLoop:
     def _shown(self, docs: list[Document], thresholds: Thresholds) -> list[Document]:
         """``docs`` without the regions under their label's threshold, counted (``regions_not_shown``)."""
         shown = thresholds.apply(docs)
-        self.metrics.count("regions_not_shown", sum(len(d.entities) for d in docs) - sum(len(d.entities) for d in shown))
+        self.metrics.count("regions_not_shown",
+                           sum(len(d.entities) for d in docs) - sum(len(d.entities) for d in shown))
         return shown
 
     def _task_documents(self, task: Any, schema: Schema) -> list[Document]:

@@ -46,7 +46,7 @@ import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -165,7 +165,7 @@ class ModelRecord:
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
 
 
 def _dump(value: Any) -> str:
@@ -185,9 +185,9 @@ def _source_time(value: Any) -> str | None:
     if not isinstance(value, datetime):
         return None
     if value.tzinfo is None:
-        value = value.replace(tzinfo=timezone.utc)
+        value = value.replace(tzinfo=UTC)
     try:
-        return value.astimezone(timezone.utc).isoformat(timespec="microseconds")
+        return value.astimezone(UTC).isoformat(timespec="microseconds")
     except OverflowError:
         return None
 
@@ -482,10 +482,11 @@ class AnnotationStore:
         or of all); the current version of each annotation is never superseded."""
         if self.keep_history_days is None:
             return 0
-        cutoff = (datetime.now(timezone.utc) - timedelta(days=self.keep_history_days)).isoformat(
+        cutoff = (datetime.now(UTC) - timedelta(days=self.keep_history_days)).isoformat(
             timespec="milliseconds")
         return db.execute(
-            "DELETE FROM annotation_versions AS v WHERE (CAST(?1 AS BIGINT) IS NULL OR v.annotation_id = ?1) AND EXISTS ("
+            "DELETE FROM annotation_versions AS v WHERE (CAST(?1 AS BIGINT) IS NULL OR v.annotation_id = ?1) "
+            "AND EXISTS ("
             "SELECT 1 FROM annotation_versions AS later WHERE later.annotation_id = v.annotation_id "
             "AND later.version > v.version AND later.received_at <= ?2)", (annotation_id, cutoff)).rowcount
 
@@ -531,7 +532,8 @@ class AnnotationStore:
                                "(SELECT 1 FROM annotations AS a WHERE a.task_id = tasks.task_id)", (project,)).rowcount
         return annotated + db.execute(
             "DELETE FROM tasks WHERE task_id IN (SELECT task_id FROM (SELECT task_id, ROW_NUMBER() OVER "
-            "(PARTITION BY project ORDER BY task_id DESC) AS n FROM tasks WHERE CAST(?1 AS TEXT) IS NULL OR project = ?1) "
+            "(PARTITION BY project ORDER BY task_id DESC) AS n FROM tasks "
+            "WHERE CAST(?1 AS TEXT) IS NULL OR project = ?1) "
             "AS ranked WHERE n > ?2)", (project, keep)).rowcount
 
     def unannotated_tasks(self, project: str, limit: int | None = None) -> list[dict[str, Any]]:
@@ -801,7 +803,8 @@ class AnnotationStore:
             rows = db.execute("SELECT * FROM models WHERE project = ? "
                               "AND version NOT IN (SELECT version FROM serving WHERE project = ?) "
                               "AND version NOT IN (SELECT version FROM models WHERE project = ? "
-                              "ORDER BY created_at DESC, version DESC LIMIT ?)", (project, project, project, keep)).fetchall()
+                              "ORDER BY created_at DESC, version DESC LIMIT ?)",
+                              (project, project, project, keep)).fetchall()
             db.executemany("DELETE FROM models WHERE version = ?", [(r["version"],) for r in rows])
         return [_model(r) for r in rows]
 

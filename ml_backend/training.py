@@ -27,7 +27,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from clinie.core import Document, RelationSpec
@@ -235,7 +235,7 @@ def _epochs(settings: Settings) -> dict[str, int]:
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 def select_strategy(store: AnnotationStore, settings: Settings, models: ModelStore, record: ModelRecord,

@@ -6,7 +6,15 @@ import numpy as np
 
 from clinie.core import Document, Span, read_documents
 from clinie.evaluation import evaluate_spans
-from clinie.evaluation.analysis import NONE, bootstrap_f1, confusion, document_counts, error_kinds, per_label, worst_documents
+from clinie.evaluation.analysis import (
+    NONE,
+    bootstrap_f1,
+    confusion,
+    document_counts,
+    error_kinds,
+    per_label,
+    worst_documents,
+)
 
 
 def shifted(docs: list[Document], every: int = 3) -> list[Document]:
@@ -28,7 +36,8 @@ def test_per_label_figures_agree_with_the_metrics_and_intervals_hold_them(data_d
     pred = shifted(gold)
     figures = per_label(gold, pred, n=500)
     strict = evaluate_spans(gold, pred)["strict"]
-    assert figures["all"]["f1"] == strict.micro.f1 and figures["Disease"]["support"] == strict.micro.tp + strict.micro.fn
+    assert (figures["all"]["f1"] == strict.micro.f1
+            and figures["Disease"]["support"] == strict.micro.tp + strict.micro.fn)
     assert figures["all"]["f1_low"] < figures["all"]["f1"] < figures["all"]["f1_high"] < 1
     # more documents, narrower interval
     few = per_label(gold[:20], pred[:20], n=500)["all"]

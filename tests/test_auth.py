@@ -60,7 +60,8 @@ def test_the_override_is_read_from_the_environment():
 def test_clinie_serve_on_every_address_without_auth_exits_with_one_clear_line(tmp_path):
     """``--host`` counts as much as ``CLINIE_HOST``; refused before gunicorn binds the port."""
     env = {"PATH": "/usr/bin:/bin", "CLINIE_DATA_DIR": str(tmp_path / "data")}
-    done = subprocess.run([sys.executable, "-m", "clinie.cli", "serve", "--host", "0.0.0.0", "--port", str(free_port())],
+    done = subprocess.run([sys.executable, "-m", "clinie.cli", "serve", "--host", "0.0.0.0",
+                           "--port", str(free_port())],
                           env=env, capture_output=True, text=True, timeout=120, cwd=Path(__file__).resolve().parents[1])
     assert done.returncode == 2
     assert done.stderr.startswith("clinie serve: refusing to serve on 0.0.0.0 without authentication")

@@ -163,7 +163,8 @@ def marked(settings):
 
 def test_annotations_deleted_purges_the_annotation_and_a_late_re_delivery_is_a_no_op(marked, settings):
     backend, client = marked
-    deleted = {"action": "ANNOTATIONS_DELETED", "project": {"id": 1, "label_config": CONFIG}, "annotations": [{"id": 9}]}
+    deleted = {"action": "ANNOTATIONS_DELETED", "project": {"id": 1, "label_config": CONFIG},
+               "annotations": [{"id": 9}]}
     assert client.post("/webhook", json=deleted).json["stored"] is True
     assert_marker_gone(settings.data_dir)
     late = webhook_event(9, 4, f"Patient {MARKER} was seen for asthma.", [])
@@ -220,13 +221,15 @@ def test_an_invalid_label_config_in_a_webhook_is_not_stored(settings):
     backend = Backend(settings, start_worker=False)
     client = create_app(settings, backend).test_client()
     assert client.post("/setup", json={"project": "1.17", "schema": CONFIG}).status_code == 200
-    answer = client.post("/webhook", json={"action": "PROJECT_UPDATED", "project": {"id": 1, "label_config": "<not xml"}})
+    answer = client.post("/webhook", json={"action": "PROJECT_UPDATED",
+                                           "project": {"id": 1, "label_config": "<not xml"}})
     assert answer.status_code == 200 and "label_config_refused" in answer.json
     event = webhook_event(12, 6, "A new note.", [], label_config="<View><Text name='text' value='$text'/></View>")
     answer = client.post("/webhook", json=event).json
     assert answer["stored"] is True and "no <Labels>" in answer["label_config_refused"]  # the annotation is kept
     assert backend.store.label_config("1") == CONFIG
-    assert client.post("/predict", json={"tasks": [{"id": 6, "data": {"text": "x"}}], "project": "1.17"}).status_code == 200
+    assert client.post("/predict", json={"tasks": [{"id": 6, "data": {"text": "x"}}],
+                                         "project": "1.17"}).status_code == 200
     assert backend.metrics.snapshot()["counts"]["label_configs_refused"] == 2
 
 
@@ -356,7 +359,8 @@ def test_a_webhook_flood_of_200_concurrent_events_loses_none(settings):
     url = f"http://127.0.0.1:{server.server_port}/webhook"
     try:
         def send(i: int) -> int:
-            return requests.post(url, json=webhook_event(1000 + i, i, f"note {i} — café\r\n", []), timeout=30).status_code
+            return requests.post(url, json=webhook_event(1000 + i, i, f"note {i} — café\r\n", []),
+                                 timeout=30).status_code
 
         with ThreadPoolExecutor(max_workers=200) as pool:
             codes = list(pool.map(send, range(200)))
@@ -931,7 +935,8 @@ def test_an_llm_endpoint_down_or_hanging_leaves_the_trained_encoder_serving(trai
     remote = Backend(replace(settings, data_dir=data_dir, strategy="auto", llm_provider="openai",
                              llm_base_url=base_url, llm_model="any", llm_timeout_seconds=1), start_worker=False)
     record = remote.store.serving_model("1")
-    selected = replace(record, version=record.version + "-s", info={**record.info, "selection": {"strategy": "rerank-0.90"}})
+    selected = replace(record, version=record.version + "-s",
+                       info={**record.info, "selection": {"strategy": "rerank-0.90"}})
     remote.store.finish_training(remote.store.begin_training("1"), selected)
     assert remote.health()["remote_endpoints"] == [base_url]
 

@@ -6,9 +6,18 @@ import numpy as np
 import pytest
 
 from clinie.core import Document, Span
-from clinie.evaluation.calibration import (ISOTONIC_FROM, Isotonic, Temperature, calibrate_documents,
-                                           calibrator_from_dict, cross_fitted, expected_calibration_error,
-                                           fit_calibrator, reliability, span_outcomes)
+from clinie.evaluation.calibration import (
+    ISOTONIC_FROM,
+    Isotonic,
+    Temperature,
+    calibrate_documents,
+    calibrator_from_dict,
+    cross_fitted,
+    expected_calibration_error,
+    fit_calibrator,
+    reliability,
+    span_outcomes,
+)
 from clinie.evaluation.study import evaluation
 
 
@@ -73,7 +82,8 @@ def test_span_outcomes_and_calibrated_documents_keep_offsets():
                                   Span.from_text(text, 8, 11, "Disease", "T3")))]  # unscored: left alone
     assert span_outcomes(gold, pred) == ([0.99, 0.98], [1, 0])
     [calibrated] = calibrate_documents(pred, Temperature(3.0))
-    assert [(s.start, s.end, s.text) for s in calibrated.entities] == [(s.start, s.end, s.text) for s in pred[0].entities]
+    assert ([(s.start, s.end, s.text) for s in calibrated.entities]
+            == [(s.start, s.end, s.text) for s in pred[0].entities])
     assert calibrated.entities[0].score < 0.99 and calibrated.entities[2].score is None
 
 

@@ -80,7 +80,8 @@ def test_the_image_command_serves_with_the_image_settings_and_its_health_check_p
     port = free_port()
     env = {k: in_checkout(v) for k, v in image_env().items()}
     # CLINIE_COLD_START=llm: the embedded LLM pre-annotates before any model (by default it shows nothing)
-    env |= {"CLINIE_DATA_DIR": str(tmp_path / "data"), "CLINIE_PORT": str(port), "CLINIE_COLD_START": "llm"} | CREDENTIALS
+    env |= {"CLINIE_DATA_DIR": str(tmp_path / "data"), "CLINIE_PORT": str(port),
+            "CLINIE_COLD_START": "llm"} | CREDENTIALS
     assert Path(env["CLINIE_LLM_MODEL"]).read_bytes()[:4] == b"GGUF"
     assert env["CLINIE_PROBE_MODEL"] == env["CLINIE_LLM_MODEL"]  # the probe reads the same assembled file
     [cmd] = [json.loads(args) for op, args in RUNTIME if op == "CMD"]

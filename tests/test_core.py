@@ -8,11 +8,23 @@ import json
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from clinie.core import (Document, Relation, Span, bio_labels, bio_to_spans, chunk, read_documents,
-                         spans_to_bio, split_sentences, tokenize, write_documents)
+from clinie.core import (
+    Document,
+    Relation,
+    Span,
+    bio_labels,
+    bio_to_spans,
+    chunk,
+    read_documents,
+    spans_to_bio,
+    split_sentences,
+    tokenize,
+    write_documents,
+)
 from tests.support.helpers import assert_spans_match_text
 
-ADVERSARIAL = "Pt on aspirin 81mg\r\nq.d.\tBRCA1-associated non-Hodgkin's lymphoma (NHL).  Café über—test e.g. 5-FU\u00a0x"
+ADVERSARIAL = ("Pt on aspirin 81mg\r\nq.d.\tBRCA1-associated non-Hodgkin's lymphoma (NHL).  "
+               "Café über—test e.g. 5-FU\u00a0x")
 
 
 def test_span_reads_its_text_from_the_document():

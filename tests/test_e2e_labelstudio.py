@@ -158,14 +158,15 @@ def test_a_task_deleted_in_label_studio_is_gone_from_every_file_of_the_backend(l
             return db.execute("SELECT COUNT(*) FROM calls").fetchone()[0]
 
     for marker in (annotated, predicted):
-        assert "clinie.sqlite3" in {name.split("-")[0] for name in wait_for(lambda: holding(marker), 30,
+        assert "clinie.sqlite3" in {name.split("-")[0] for name in wait_for(lambda marker=marker: holding(marker), 30,
                                                                            f"{marker} stored")}, backend.log_tail()
     store = AnnotationStore(backend.data_dir / "clinie.sqlite3")
     assert [t["id"] for t in store.unannotated_tasks(str(project))] == tasks[1:]
     assert calls() > 0
     api.delete_tasks(project, tasks)
     for marker in (annotated, predicted):
-        wait_for(lambda: not holding(marker), 30, f"{marker} gone from every file (still in {holding(marker)})")
+        wait_for(lambda marker=marker: not holding(marker), 30,
+                 f"{marker} gone from every file (still in {holding(marker)})")
     assert calls() == 0
     assert store.annotation_ids(str(project)) == set() and store.task_projects(tasks) == {}
     assert store.unannotated_tasks(str(project)) == []
@@ -196,7 +197,7 @@ def test_a_version_worse_in_cross_validation_than_what_serves_is_trained_and_not
         model, *_ = wait_for(lambda: [m for m in store.models(str(project)) if m.info.get("selection")], 900,
                              "the selection after the training")
         selection = model.info["selection"]
-        figures = selection["strategies"]
+        assert "strategies" in selection
         assert selection["incumbent"] == selection["strategy"] == "llm-k5", server.log_tail()
         assert selection["incumbent_documents"] == 6
         assert selection["versus_incumbent"]["encoder"] < selection["versus_incumbent"]["llm-k5"]
@@ -221,7 +222,8 @@ def test_relations_train_and_come_back_as_arrows_between_predicted_regions(label
     ml_id = api.connect_ml_backend(project, backend.url)
 
     def submitted() -> int:
-        return requests.get(backend.url + "/metrics?format=json", timeout=10).json()["store"]["annotations"].get("submitted", 0)
+        metrics = requests.get(backend.url + "/metrics?format=json", timeout=10).json()
+        return metrics["store"]["annotations"].get("submitted", 0)
 
     before = submitted()
     for task_id, doc in zip(task_ids[:15], docs[:15]):

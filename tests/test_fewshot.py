@@ -13,8 +13,15 @@ import pytest
 
 from clinie.cli import main
 from clinie.core import Document, LabelSpec, Span, read_documents
-from clinie.evaluation.fewshot import (SAMPLED_CHARS, CrossValidation, StrategyRun, cross_validate, folds, label_specs,
-                                      subsample)
+from clinie.evaluation.fewshot import (
+    SAMPLED_CHARS,
+    CrossValidation,
+    StrategyRun,
+    cross_validate,
+    folds,
+    label_specs,
+    subsample,
+)
 from clinie.evaluation.study import load_run, run_study
 from clinie.extractors.gated import FilterThenProbe
 from clinie.extractors.llm import LLMTagger

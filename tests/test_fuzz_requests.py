@@ -15,8 +15,18 @@ from clinie.settings import Settings
 from ml_backend.app import create_app
 from tests.support.backend_server import BackendServer
 from tests.support.helpers import DISEASE_CONFIG, webhook_event
-from tests.support.hostile import (HUGE_INTEGERS, ODD_DATES, PATHS, RAW_TOKENS, bodies, encode, encoded,
-                                   hostile_requests, raw_bodies, send_hostile)
+from tests.support.hostile import (
+    HUGE_INTEGERS,
+    ODD_DATES,
+    PATHS,
+    RAW_TOKENS,
+    bodies,
+    encode,
+    encoded,
+    hostile_requests,
+    raw_bodies,
+    send_hostile,
+)
 
 REFUSED = {400, 413, 415, 422}
 DELETIONS = ("ANNOTATIONS_DELETED", "TASKS_DELETED", "PROJECT_DELETED")

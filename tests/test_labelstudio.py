@@ -7,12 +7,18 @@ import logging
 from pathlib import Path
 
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
+from hypothesis import given, settings, strategies as st
 
 from clinie.core import Document, Relation, Span, read_documents, tokenize
-from clinie.labelstudio import (LabelConfigError, UnknownLabelError, UnusableAnnotation, annotation_to_document,
-                                document_to_result, parse_label_config, task_to_document)
+from clinie.labelstudio import (
+    LabelConfigError,
+    UnknownLabelError,
+    UnusableAnnotation,
+    annotation_to_document,
+    document_to_result,
+    parse_label_config,
+    task_to_document,
+)
 from tests.support.helpers import assert_spans_match_text
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -72,7 +72,8 @@ def test_choices_are_scored_from_the_logits_and_sum_to_one(gemma):
 
 
 TAG_PROMPT = ("Tag every word. Copy each word, then / and its tag (B-Disease, I-Disease or O).\n"
-              "Sentence: Patients with cystic fibrosis\nTagged: Patients/O with/O cystic/B-Disease fibrosis/I-Disease\n\n"
+              "Sentence: Patients with cystic fibrosis\n"
+              "Tagged: Patients/O with/O cystic/B-Disease fibrosis/I-Disease\n\n"
               "Sentence: Risk of breast cancer\nTagged:")
 
 

@@ -11,7 +11,6 @@ from clinie.core import Document, Span, read_documents, spans_to_bio, tokenize
 from clinie.evaluation import evaluate_spans
 
 
-
 def test_strict_and_partial_per_label_micro_macro():
     text = "aspirin and warfarin cause bleeding"
     gold = [Document("1", text, (Span.from_text(text, 0, 7, "drug"), Span.from_text(text, 12, 20, "drug"),

@@ -86,7 +86,8 @@ def test_a_remote_versions_damaged_cached_copy_is_fetched_again(tmp_path):
         cached = store.local(version, MAIN_PART)
         assert cached.is_relative_to(store.cache) and read(version, store, MAIN_PART) == ENCODER
         (cached / "config.json").write_text("altered")
-        assert store.local(version, MAIN_PART) == cached and (cached / "config.json").read_bytes() == ENCODER["config.json"]
+        assert (store.local(version, MAIN_PART) == cached
+                and (cached / "config.json").read_bytes() == ENCODER["config.json"])
         store.remove_project("1")
         assert not cached.exists() and not fsspec.filesystem("memory").exists(root.removeprefix("memory://") + "/1")
     finally:

@@ -8,8 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import assume, given
-from hypothesis import strategies as st
+from hypothesis import assume, given, strategies as st
 
 from clinie.core import NO_RELATION, Document, Relation, Span, read_documents
 from clinie.embedded import llm_gguf
@@ -61,7 +60,8 @@ def test_declared_types_orient_and_prune_pairs_within_a_sentence():
 
 def test_a_dosage_before_its_medication_is_still_the_tail():
     text = "Give 5 mg of warfarin."
-    doc = Document("d", text, (Span.from_text(text, 5, 9, "Dosage", "d"), Span.from_text(text, 13, 21, "Medication", "m")))
+    doc = Document("d", text, (Span.from_text(text, 5, 9, "Dosage", "d"),
+                               Span.from_text(text, 13, 21, "Medication", "m")))
     [pair] = candidate_pairs(doc, PairTypes(MEDICATION))
     assert (pair.head.text, pair.tail.text, pair.labels) == ("warfarin", "5 mg", ("has_dosage",))
 
@@ -89,7 +89,8 @@ def test_listed_pairs_are_the_only_examples_of_a_pair_file():
     listed = [labelled_pairs(d, PairTypes(SPECS), listed=True) for d in docs]
     assert all(len(pairs) == 1 for pairs in listed)
     labels = [label for pairs in listed for _, label in pairs]
-    assert labels.count(NO_RELATION) == 20 and all(labels.count(t) == 20 for t in ("advise", "effect", "int", "mechanism"))
+    assert (labels.count(NO_RELATION) == 20
+            and all(labels.count(t) == 20 for t in ("advise", "effect", "int", "mechanism")))
     exhaustive = labelled_pairs(docs[0], PairTypes(SPECS))
     assert len(exhaustive) >= 1
 

@@ -10,8 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
+from hypothesis import given, strategies as st
 
 from clinie.core import NO_RELATION, Document, Span, read_documents
 from clinie.extractors.finetune import STEP_BUDGET, fine_tune, planned_steps

@@ -68,7 +68,8 @@ def test_negative_demonstrations_are_unannotated_words():
 
 def test_the_question_names_each_candidate_and_not_an_entity():
     options = option_texts([LabelSpec("Drug", "a medication"), LabelSpec("Disease")], "aspirin")
-    assert options == ['"aspirin" is a Drug: a medication.', '"aspirin" is a Disease.', '"aspirin" is not a Drug or Disease.']
+    assert options == ['"aspirin" is a Drug: a medication.', '"aspirin" is a Disease.',
+                       '"aspirin" is not a Drug or Disease.']
     prompt = generate_prompt("took << aspirin >> daily", options, [("<< gout >> flared", options[1:], 0)])
     assert prompt.count("Options:") == 2 and prompt.endswith("Answer:") and "Answer: A\n" in prompt
 
@@ -96,7 +97,7 @@ def test_the_llm_decides_only_the_hard_cases_and_each_document_says_what_it_cost
     answers = {d.meta["answer"] for d in rerank.pool.docs}
     assert answers == {0, 1}  # annotated mentions and unannotated words both shown
     predicted = rerank.predict(test)
-    for doc, before in zip(predicted, alone):
+    for doc, _before in zip(predicted, alone):
         cost = doc.meta["llm"]
         hard = sum(len(triage(doc.text, w, p, encoder.tags, (0.0, 1.0))[1]) for w, p in encoder.predict_words([doc])[0])
         assert cost["questions"] == hard and cost["calls"] + cost["cache_hits"] == hard

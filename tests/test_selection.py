@@ -45,7 +45,8 @@ def test_the_unannotated_documents_are_the_newest_stored_tasks_without_an_annota
     store = AnnotationStore(tmp_path / "store.sqlite3")
     store.record_tasks("1", [(1, {"text": "The oldest note ."}), (2, {"body": TEXT}), (3, {"text": ""}),
                              (4, {"text": "An annotated note ."}), (5, {"text": TEXT})])
-    store.record_annotation("1", {"id": 9, "result": [disease(0, 15)], "completed_by": 1}, {"id": 4, "data": {"text": TEXT}})
+    store.record_annotation("1", {"id": 9, "result": [disease(0, 15)], "completed_by": 1},
+                            {"id": 4, "data": {"text": TEXT}})
     schema = parse_label_config(CONFIG)
     read = unannotated_documents(store, "1", schema, limit=None)
     assert [(d.id, d.text, d.entities) for d in read.docs] == [("1", "The oldest note .", ()), ("5", TEXT, ())]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -173,7 +173,7 @@ def test_deleting_a_task_purges_all_its_annotations_and_a_late_one_stays_out(sto
 
 
 def _age_versions(store: AnnotationStore, days: float) -> None:
-    received = (datetime.now(timezone.utc) - timedelta(days=days)).isoformat(timespec="milliseconds")
+    received = (datetime.now(UTC) - timedelta(days=days)).isoformat(timespec="milliseconds")
     with store._write() as db:
         db.execute("UPDATE annotation_versions SET received_at = ?", (received,))
 
@@ -225,7 +225,8 @@ def test_a_store_that_only_marked_deletions_is_purged_when_opened(tmp_path):
         db.executescript(OLD_SCHEMA)
         for aid, state in ((1, "submitted"), (2, "deleted")):
             data = json.dumps({"id": aid, "data": {"text": f"ZEBRA-OLD-{aid}"}})
-            db.execute("INSERT INTO annotations VALUES (?, '1', ?, ?, '[]', ?, 1, 1, 't', 't')", (aid, aid, data, state))
+            db.execute("INSERT INTO annotations VALUES (?, '1', ?, ?, '[]', ?, 1, 1, 't', 't')",
+                       (aid, aid, data, state))
             db.execute("INSERT INTO annotation_versions VALUES (?, 1, 'X', ?, ?, '[]', 't')", (aid, state, data))
     store = AnnotationStore(path)
     assert store.annotation_counts("1") == {"submitted": 1, "deleted": 1}

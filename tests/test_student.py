@@ -14,8 +14,16 @@ from clinie.core import Document, LabelSpec, read_documents, split_sentences, wr
 from clinie.evaluation.fewshot import cross_validate
 from clinie.extractors.encoder import EncoderTagger
 from clinie.llm.hidden import HiddenStates
-from clinie.strategies import (DEFAULT_THRESHOLD, KINDS, PARTS, Strategy, StrategyBuilder, model_version,
-                               parse_strategies, strategy_forms)
+from clinie.strategies import (
+    DEFAULT_THRESHOLD,
+    KINDS,
+    PARTS,
+    Strategy,
+    StrategyBuilder,
+    model_version,
+    parse_strategies,
+    strategy_forms,
+)
 from tests.support import DATA
 from tests.support.helpers import assert_spans_match_text
 

@@ -36,7 +36,8 @@ def test_a_label_with_little_evidence_takes_the_pooled_threshold():
     # 30 of the 37 regions from 0.53 on are right; with the rare ones (all wrong, all 0.99), no cut reaches 0.8
     assert "Rare" not in thresholds and thresholds["Common"] == pytest.approx(0.53)
     assert thresholds[POOLED] is None
-    assert Thresholds(0.8, spans=thresholds).apply([_doc([Span.from_text(_doc([]).text, 0, 7, "Rare", score=0.99)])])[0].entities == ()
+    assert Thresholds(0.8, spans=thresholds).apply(
+        [_doc([Span.from_text(_doc([]).text, 0, 7, "Rare", score=0.99)])])[0].entities == ()
     assert per_label([], min_precision=0.8) == {}
 
 

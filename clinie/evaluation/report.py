@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from html import escape
 from pathlib import Path
 from typing import Any
@@ -24,7 +24,7 @@ Block = tuple  # ("h2", text) | ("p", text) | ("table", columns, rows) | ("plot"
 
 def new_report(title: str, kind: str, command: str) -> dict[str, Any]:
     return {"title": title, "kind": kind, "command": command, "clinie_version": __version__,
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+            "created": datetime.now(UTC).isoformat(timespec="seconds")}
 
 
 def _auroc(value: float | None) -> str:
@@ -69,8 +69,8 @@ def _evaluation_blocks(ev: dict[str, Any], of: str) -> Iterator[Block]:
                     "band of filter-then-rerank) cost nothing and are counted apart.")
         yield ("table", ["documents", "calls", "cached", "prompt tokens", "completion tokens", "sentences to the LLM",
                          "seconds per document"],
-               [[str(cost["documents"]), str(cost["calls"]), str(cost.get("cache_hits", "?")), str(cost["prompt_tokens"]),
-                 str(cost["completion_tokens"]),
+               [[str(cost["documents"]), str(cost["calls"]), str(cost.get("cache_hits", "?")),
+                 str(cost["prompt_tokens"]), str(cost["completion_tokens"]),
                  f"{cost['sentences_to_llm']}/{cost['sentences']} ({cost['sentence_share']:.0%})",
                  f"{cost['seconds'] / n:.2f}"]])
     if ev.get("worst_errors"):

@@ -22,10 +22,17 @@ from typing import Any
 
 from clinie.core import Document
 from clinie.evaluation.analysis import confusion, error_kinds, per_label, worst_documents
-from clinie.evaluation.calibration import (auroc, brier, calibrate_documents, cross_fitted,
-                                           expected_calibration_error, fit_calibrator, reliability, span_outcomes)
-from clinie.evaluation.fewshot import (Build, Candidate, CrossValidation, cross_validate, pick, sentence_share,
-                                      subsample)
+from clinie.evaluation.calibration import (
+    auroc,
+    brier,
+    calibrate_documents,
+    cross_fitted,
+    expected_calibration_error,
+    fit_calibrator,
+    reliability,
+    span_outcomes,
+)
+from clinie.evaluation.fewshot import Build, Candidate, CrossValidation, cross_validate, pick, sentence_share, subsample
 from clinie.evaluation.metrics import evaluate_spans
 from clinie.evaluation.thresholds import fit_thresholds
 from clinie.settings import Settings
@@ -266,7 +273,8 @@ def summarise(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
             row["strategies"][name] = {"f1_mean": mean, "f1_sd": sd, "f1": f1, "f1_min": min(f1), "f1_max": max(f1),
                                        "sentence_share": statistics.fmean(shares)}
             if name not in PICKS:
-                row["strategies"][name]["cv_f1_mean"] = statistics.fmean(r["cv"]["strategies"][name]["mean_f1"] for r in at)
+                row["strategies"][name]["cv_f1_mean"] = statistics.fmean(r["cv"]["strategies"][name]["mean_f1"]
+                                                                         for r in at)
         row.update({name: [rule(r) for r in at] for name, rule in PICKS.items()})
         table[size] = row
     return {"sizes": sizes, "strategies": names, "by_size": table}
@@ -280,7 +288,8 @@ def study_report(runs: Sequence[dict[str, Any]], report: dict[str, Any]) -> dict
     sizes, names = summary["sizes"], summary["strategies"]
     by_size = summary["by_size"]
     largest = sizes[-1]
-    columns = ["strategy", *[f"n={size}" for size in sizes], f"CV F1 at n={largest}", f"sentences to LLM at n={largest}"]
+    columns = ["strategy", *[f"n={size}" for size in sizes], f"CV F1 at n={largest}",
+               f"sentences to LLM at n={largest}"]
     budgets = {r["cv"].get("max_llm_share", 1.0) for r in runs}
     titles = {**{name: name for name in names}, "selected": "selected by CV"}
     if max(budgets) < 1:  # without a budget the two picks are one

@@ -43,7 +43,8 @@ class MultipleChoice:
                 self.usage.prompt_tokens += session.prompt_tokens
                 self.usage.completion_tokens += 1
         else:
-            completion = self.llm.complete(prompt, max_tokens=4, stop=["\n"], grammar=grammar(n) if self.guided else None)
+            completion = self.llm.complete(prompt, max_tokens=4, stop=["\n"],
+                                           grammar=grammar(n) if self.guided else None)
             self.usage.prompt_tokens += completion.prompt_tokens
             self.usage.completion_tokens += completion.completion_tokens
             parsed = parse_response(completion.text, n)

@@ -33,11 +33,10 @@ from typing import Any
 
 import numpy as np
 
-from clinie.core import (Document, Span, Token, bio_labels, bio_to_spans, number_spans, spans_to_bio, word_pieces)
+from clinie.core import Document, Span, Token, bio_labels, bio_to_spans, number_spans, spans_to_bio, word_pieces
 from clinie.embedded import encoder_path
 from clinie.extractors.decoding import bio_viterbi
-from clinie.extractors.finetune import (annotated_repeats, default_epochs, fine_tune, read_meta, step_budget,
-                                        write_meta)
+from clinie.extractors.finetune import annotated_repeats, default_epochs, fine_tune, read_meta, step_budget, write_meta
 
 KIND = "encoder-tagger"
 
@@ -147,8 +146,9 @@ class EncoderTagger:
     40, too few for the new classifier head (cross-validated on 16 NCBI sentences, 8 epochs
     predicted no span at all), and a large one stops at ``STEP_BUDGET`` steps, so that long notes
     do not multiply the training time. An explicit ``epochs`` is taken as given. An explicit
-    ``max_steps`` caps any of these (the backend's quick first model: ``CLINIE_FIRST_MODEL_STEPS``). Training is AdamW (weight
-    decay 0.01), 10 % linear warm-up then linear decay, gradients clipped at 1.
+    ``max_steps`` caps any of these (the backend's quick first model: ``CLINIE_FIRST_MODEL_STEPS``).
+    Training is AdamW (weight decay 0.01), 10 % linear warm-up then linear decay, gradients clipped
+    at 1.
 
     ``max_subwords`` caps a window in sub-words (specials included); the default is the
     encoder's own maximum length. ``max_words_per_chunk`` is the sentence-packing budget.
@@ -371,7 +371,8 @@ class EncoderTagger:
             read[window.doc_index].append(decoded)
         return [with_confidence(number_spans(doc, found), probs) for doc, found, probs in zip(docs, spans, read)]
 
-    def predict_words(self, docs: Sequence[Document], batch_size: int = 32) -> list[list[tuple[list[Token], np.ndarray]]]:
+    def predict_words(self, docs: Sequence[Document],
+                      batch_size: int = 32) -> list[list[tuple[list[Token], np.ndarray]]]:
         """Per document, its windows in text order: the words and each word's tag distribution
         (a row per word, columns in ``self.tags`` order) — what filter-then-rerank reads."""
         out: list[list[tuple[list[Token], np.ndarray]]] = [[] for _ in docs]

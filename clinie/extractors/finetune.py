@@ -7,7 +7,7 @@ import json
 import math
 import random
 from collections.abc import Callable, Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -114,7 +114,7 @@ def fine_tune(parameters: Sequence[Any], examples: list[Example], batch_loss: Ca
 def write_meta(directory: Path, kind: str, **fields: Any) -> None:
     """``clinie.json``: what a saved model is, what it was trained from, by which clinie, when."""
     meta = {"kind": kind, **fields, "clinie_version": __version__,
-            "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+            "created_at": datetime.now(UTC).isoformat(timespec="seconds")}
     (directory / CONFIG_FILE).write_text(json.dumps(meta, indent=2))
 
 

@@ -11,12 +11,23 @@ from the source words' own offsets: the model never states an offset.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
-from clinie.core import (Document, LabelSpec, Span, Token, bio_to_spans, chunk, number_spans, split_document,
-                         split_sentences, spans_to_bio, tokenize)
+from clinie.core import (
+    Document,
+    LabelSpec,
+    Span,
+    Token,
+    bio_to_spans,
+    chunk,
+    number_spans,
+    spans_to_bio,
+    split_document,
+    split_sentences,
+    tokenize,
+)
 from clinie.llm.base import LLM, SupportsDecoding
 from clinie.llm.cache import CallCache
 from clinie.prompting.wordtag import ParseStats, decode_constrained, generate_prompt, grammar, parse_response

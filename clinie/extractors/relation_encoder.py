@@ -47,12 +47,27 @@ import numpy as np
 
 from clinie.core import NO_RELATION, Document, Relation, RelationSpec, split_sentences
 from clinie.embedded import encoder_path
-from clinie.extractors.finetune import (annotated_repeats, default_epochs, fine_tune, planned_steps, read_meta,
-                                        step_budget, write_meta)
-from clinie.relations import (ENTITY_MARKERS, MAX_DISTANCE, Pair, PairTypes, candidate_pairs, labelled_pairs, mark,
-                              sample_at_shares, unlisted_pairs)
-from clinie.relations.priors import (Calibration, adjust_to_priors, estimate_priors, fit_calibration,
-                                     label_frequencies)
+from clinie.extractors.finetune import (
+    annotated_repeats,
+    default_epochs,
+    fine_tune,
+    planned_steps,
+    read_meta,
+    step_budget,
+    write_meta,
+)
+from clinie.relations import (
+    ENTITY_MARKERS,
+    MAX_DISTANCE,
+    Pair,
+    PairTypes,
+    candidate_pairs,
+    labelled_pairs,
+    mark,
+    sample_at_shares,
+    unlisted_pairs,
+)
+from clinie.relations.priors import Calibration, adjust_to_priors, estimate_priors, fit_calibration, label_frequencies
 
 MARKERS = ENTITY_MARKERS
 HEAD_FILE = "relation_head.pt"

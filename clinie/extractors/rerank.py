@@ -4,13 +4,13 @@ decides only the hard cases.
 ``triage`` (pure) reads the encoder's per-word tag distributions: a span it predicts whose
 confidence (mean probability of its words' tags) falls in ``band = (low, high)`` is a hard case,
 and so is a mention it may have missed: among words it tags ``O`` with a probability of ``O``
-in the band, the spans their second-best tags form (up to ``MAX_MISSED_WORDS``); everything outside the band keeps the encoder's answer. Each hard case
-becomes a multiple-choice question (``clinie.prompting.entity_mc``): the encoder's ``top``
-labels for the mention, each verbalised, and "not an entity". The LLM's choice replaces the
-encoder's there only; its probability is the span's score. Demonstrations are the annotated
-mentions most similar to the question (and, as negatives, one unannotated word per annotated
-sentence). The band is what true few-shot selection tunes: (0, 0) asks nothing (the encoder
-alone); a wider band sends more sentences to the LLM.
+in the band, the spans their second-best tags form (up to ``MAX_MISSED_WORDS``); everything
+outside the band keeps the encoder's answer. Each hard case becomes a multiple-choice question
+(``clinie.prompting.entity_mc``): the encoder's ``top`` labels for the mention, each verbalised,
+and "not an entity". The LLM's choice replaces the encoder's there only; its probability is the
+span's score. Demonstrations are the annotated mentions most similar to the question (and, as
+negatives, one unannotated word per annotated sentence). The band is what true few-shot selection
+tunes: (0, 0) asks nothing (the encoder alone); a wider band sends more sentences to the LLM.
 
 Example (not run here: it trains an encoder and loads an LLM):
     encoder = EncoderTagger(["Disease"])
@@ -27,8 +27,19 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from clinie.core import (Document, LabelSpec, Span, Token, bio_to_spans, mark_spans, number_spans, sentence_of,
-                         split_sentences, tokenize, word_ranges)
+from clinie.core import (
+    Document,
+    LabelSpec,
+    Span,
+    Token,
+    bio_to_spans,
+    mark_spans,
+    number_spans,
+    sentence_of,
+    split_sentences,
+    tokenize,
+    word_ranges,
+)
 from clinie.extractors.choice import MultipleChoice
 from clinie.extractors.decoding import bio_viterbi
 from clinie.extractors.encoder import EncoderTagger
@@ -37,7 +48,6 @@ from clinie.llm.cache import CallCache
 from clinie.prompting.choice import MARKS
 from clinie.prompting.entity_mc import generate_prompt, option_texts
 from clinie.retrieval import DemoPool, Embedder
-
 
 MAX_MISSED_WORDS = 6  # a possibly missed mention longer than this is not asked about
 
@@ -81,7 +91,8 @@ def triage(text: str, words: Sequence[Token], probabilities: np.ndarray, tags: S
             sure.append(span)
     # Words tagged O without confidence: their best entity tags (second choice) say which
     # mentions the encoder may have missed; too long a run says only that it is lost there.
-    outside = np.asarray([tag == "O" for tag in word_tags]) & (probabilities[:, 0] >= low) & (probabilities[:, 0] < high)
+    outside = (np.asarray([tag == "O" for tag in word_tags])
+               & (probabilities[:, 0] >= low) & (probabilities[:, 0] < high))
     second = [tags[1 + int(row[1:].argmax())] for row in probabilities]
     i = 0
     while i < len(words):
@@ -151,7 +162,8 @@ class FilterThenRerank:
                     mentions.append((negative, ""))
             for n, (span, label) in enumerate(mentions):
                 others = [name for name in self.labels if name != label]
-                candidates = sorted([label, *others][: self.top] if label else others[: self.top], key=self.labels.index)
+                candidates = sorted([label, *others][: self.top] if label else others[: self.top],
+                                    key=self.labels.index)
                 options = self._options(candidates, span.text)
                 answer = candidates.index(label) if label else len(candidates)
                 demos.append(Document(f"{doc.id}#{n}", mark_spans(doc.text, [(span, *MARKS)], sentences),

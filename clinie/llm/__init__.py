@@ -16,7 +16,8 @@ def make_llm(settings: Settings) -> LLM:
 
         return OpenAICompatibleLLM(settings.llm_model, base_url=settings.llm_base_url,
                                    api_key=settings.llm_api_key or None, chat=bool(settings.llm_chat),
-                                   timeout=settings.llm_timeout_seconds, grammar_style=settings.llm_guided or "llama.cpp")
+                                   timeout=settings.llm_timeout_seconds,
+                                   grammar_style=settings.llm_guided or "llama.cpp")
     if settings.llm_provider == "transformers":
         from clinie.llm.transformers_lm import TransformersLLM
 

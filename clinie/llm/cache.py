@@ -24,7 +24,6 @@ from typing import Any
 
 from clinie.sqlite_wal import open_wal, until_unlocked
 
-
 #: The share of the stored calls one eviction removes, oldest first: a cache at its bound evicts
 #: once per many calls, not on each.
 EVICTED_SHARE = 0.1

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
@@ -27,7 +27,7 @@ MARKS = ("<<", ">>")  # how a mention is marked in the sentence the model reads
 _TEMPLATES = Path(__file__).parent / "templates"
 
 
-@lru_cache(maxsize=None)
+@cache
 def template(version: str) -> str:
     return (_TEMPLATES / f"{version}.txt").read_text(encoding="utf-8")
 

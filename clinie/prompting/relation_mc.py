@@ -8,8 +8,11 @@ Example:
     >>> from clinie.core import RelationSpec
     >>> specs = [RelationSpec("effect", template="{head} changes the effect of {tail}.")]
     >>> options = option_texts(specs, ("effect",), "aspirin", "warfarin")
-    >>> print(generate_prompt("<< aspirin >> boosts << warfarin >> .", options).splitlines()[-3:])
-    ['A. aspirin changes the effect of warfarin.', 'B. None of these: aspirin and warfarin are not related so.', 'Answer:']
+    >>> for line in generate_prompt("<< aspirin >> boosts << warfarin >> .", options).splitlines()[-3:]:
+    ...     print(line)
+    A. aspirin changes the effect of warfarin.
+    B. None of these: aspirin and warfarin are not related so.
+    Answer:
 """
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ from __future__ import annotations
 import difflib
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 from clinie.core import LabelSpec
@@ -31,7 +31,7 @@ TEMPLATE_VERSION = "wordtag.v1"
 _TEMPLATES = Path(__file__).parent / "templates"
 
 
-@lru_cache(maxsize=None)
+@cache
 def template(version: str = TEMPLATE_VERSION) -> str:
     return (_TEMPLATES / f"{version}.txt").read_text(encoding="utf-8")
 

@@ -33,7 +33,6 @@ from typing import TypeVar
 
 from clinie.core import NO_RELATION, Document, RelationSpec, Span, mark_spans, split_sentences
 
-
 #: Markers of a pair's head and tail in the text an encoder reads (Baldini Soares et al. 2019).
 ENTITY_MARKERS = ("[E1]", "[/E1]", "[E2]", "[/E2]")
 #: The most characters between a candidate pair's two spans. A sentence splitter that finds no

@@ -60,7 +60,8 @@ class ServerProcess:
                 pass
             time.sleep(0.5)
         self.__exit__(None, None, None)
-        raise TimeoutError(f"{self._argv[:3]} did not answer {self._health} in {self._timeout:.0f} s:\n{self.log_tail()}")
+        raise TimeoutError(f"{self._argv[:3]} did not answer {self._health} in {self._timeout:.0f} s:\n"
+                           f"{self.log_tail()}")
 
     def __exit__(self, *exc: object) -> None:
         if self._process and self._process.poll() is None:
