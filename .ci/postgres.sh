@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Debian's PostgreSQL server, for the tests of the store on PostgreSQL: each test run starts a
-# throwaway cluster of its own (tests/support/postgres_server.py); the package's own cluster is
+# throwaway cluster of its own (harness/postgres_server.py); the package's own cluster is
 # not used.
 set -euo pipefail
 if compgen -G "/usr/lib/postgresql/*/bin/initdb" > /dev/null; then

@@ -1,5 +1,6 @@
 """Benchmarks: run each from the repository's root as a module (``python -m bench.<name>``), so
-that they import the tests' harness and the corpora's location (``tests.support``) as a package."""
+that they import the harness (the real servers they run against) and the corpora's location
+(``harness``) as a package. The benches never import the tests."""
 
 import shlex
 import subprocess

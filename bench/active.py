@@ -43,7 +43,7 @@ from clinie.evaluation.calibration import auroc, brier, expected_calibration_err
 from clinie.evaluation.metrics import evaluate_spans
 from clinie.extractors.encoder import EncoderTagger
 from clinie.labelstudio import task_score
-from tests.support import DATA, ROOT
+from harness import DATA, ROOT
 
 OUT = ROOT / "bench" / "results" / "active"
 

@@ -36,7 +36,7 @@ from clinie.embedded import encoder_path
 from clinie.evaluation import evaluate_spans
 from clinie.extractors.encoder import EncoderTagger
 from clinie.extractors.finetune import fine_tune
-from tests.support import DATA, ROOT
+from harness import DATA, ROOT
 
 OUT = ROOT / "bench" / "results" / "adapt"
 

@@ -38,7 +38,7 @@ from clinie.evaluation.metrics import evaluate_spans
 from clinie.llm import make_llm
 from clinie.settings import Settings
 from clinie.strategies import StrategyBuilder, parse_strategies
-from tests.support import DATA, ROOT
+from harness import DATA, ROOT
 
 OUT = ROOT / "bench" / "results" / "cold_start"
 

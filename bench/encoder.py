@@ -24,7 +24,7 @@ import torch
 from clinie.core import Document, Span, read_documents
 from clinie.evaluation import evaluate_spans
 from clinie.extractors.encoder import EncoderTagger
-from tests.support import DATA
+from harness import DATA
 
 NCBI = DATA / "ncbi_disease"
 

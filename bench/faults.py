@@ -4,7 +4,7 @@ clinie answers a webhook 200 only once the annotation is committed; Label Studio
 acknowledged event again, so one lost after a 200 is lost for good (unless re-sync is configured).
 Each round starts a real ``clinie serve`` (gunicorn, as deployed, on loopback) on a fresh data
 directory with nothing but the store at work (no training, no model), floods it with
-``ANNOTATION_CREATED`` events (``tests.support.helpers.webhook_event``) from ``--senders``
+``ANNOTATION_CREATED`` events (``harness.helpers.webhook_event``) from ``--senders``
 concurrent senders, one new connection per event as Label Studio does, injects a fault, SIGKILLs
 it, starts it again on the same directory (no limit) and stops it cleanly; then the store file is
 read directly, with no backend beside the reader (a reader beside a live backend is itself one of
@@ -27,7 +27,7 @@ Recorded per round: events sent, their answers, acknowledged (200), found after 
 must be ``ok``), the moment of the kill, for ``second-process`` the exit codes of purge and report
 and the purged annotations found again (must be 0), and for ``full-disk`` that the disk did fill
 (some event answered otherwise than 200). Then one hostile-input round: ``--hostile`` malformed
-requests (``tests.support.hostile``) to a live backend; none may be answered 5xx or go unanswered.
+requests (``harness.hostile``) to a live backend; none may be answered 5xx or go unanswered.
 The bench exits 1 when any of these fails.
 
     python -m bench.faults                               # 10 rounds of each kind, 1000 hostile inputs, seed 0
@@ -65,11 +65,11 @@ from pathlib import Path
 import requests
 
 from bench import command_line, revision_env
-from tests.support import ROOT
-from tests.support.backend_server import BackendServer
-from tests.support.helpers import webhook_event
-from tests.support.hostile import send_hostile
-from tests.support.postgres_server import PostgresServer
+from harness import ROOT
+from harness.backend_server import BackendServer
+from harness.helpers import webhook_event
+from harness.hostile import send_hostile
+from harness.postgres_server import PostgresServer
 
 OUT = ROOT / "bench" / "results" / "faults"
 #: Nothing but the store: no training, no model loaded, no selection.
@@ -326,7 +326,7 @@ KINDS: dict[str, Callable[[Path, random.Random, int], dict]] = {
 
 
 def hostile(data_dir: Path, seed: int, n: int) -> dict:
-    """``n`` hostile requests (``tests.support.hostile``, those the fuzz tests draw) to a live
+    """``n`` hostile requests (``harness.hostile``, those the fuzz tests draw) to a live
     backend, one at a time: none may be answered 5xx or go unanswered. Counted per answer, with the
     first few failures, so that the table says what the backend made of them."""
     with BackendServer(data_dir, **settings(data_dir)) as server:

@@ -56,10 +56,10 @@ from clinie.core import read_documents
 from clinie.evaluation.metrics import evaluate_relations, evaluate_spans
 from clinie.labelstudio import document_to_result, parse_label_config
 from clinie.settings import Settings
+from harness import DATA, ROOT
+from harness.helpers import webhook_event
 from ml_backend.app import create_app
 from ml_backend.service import Backend
-from tests.support import DATA, ROOT
-from tests.support.helpers import webhook_event
 
 OUT = ROOT / "bench" / "results" / "first_model"
 CONFIG = (ROOT / "label_configs" / "disease_ner.xml").read_text()

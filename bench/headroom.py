@@ -32,7 +32,7 @@ from clinie.llm.cache import CallCache
 from clinie.retrieval import Embedder
 from clinie.settings import Settings
 from clinie.strategies import LLMAccess
-from tests.support import DATA
+from harness import DATA
 
 LABELS = {"ncbi_disease": "Disease", "bc5cdr_chem": "Chemical"}
 

@@ -30,7 +30,7 @@ from clinie.extractors.llm import LLMTagger
 from clinie.llm.base import LLM
 from clinie.llm.llamacpp import LlamaCppLLM
 from clinie.retrieval import Embedder
-from tests.support import DATA, ROOT
+from harness import DATA, ROOT
 
 NCBI = DATA / "ncbi_disease" / "fewshot"
 LABELS = [LabelSpec("Disease", "a disease, disorder, syndrome or abnormal condition")]
@@ -74,7 +74,7 @@ class Providers:
         if runtime != "server":
             raise SystemExit(f"unknown mode {runtime!r}")
         from clinie.llm.openai_compat import OpenAICompatibleLLM
-        from tests.support.backend_server import LlamaServer  # the tests' harness: llama_cpp.server on a free port
+        from harness.backend_server import LlamaServer  # the tests' harness: llama_cpp.server on a free port
 
         server = self._stack.enter_context(LlamaServer(llm_gguf(), ROOT / "bench" / "llama-server.log"))
         return OpenAICompatibleLLM("gemma", base_url=server.url + "/v1", timeout=600, logprobs=False)

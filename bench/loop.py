@@ -36,7 +36,7 @@ from clinie.llm import make_llm
 from clinie.llm.cache import CallCache
 from clinie.settings import Settings
 from clinie.strategies import StrategyBuilder, parse_strategies
-from tests.support import DATA, ROOT
+from harness import DATA, ROOT
 
 LABELS = {"ncbi_disease": "Disease", "bc5cdr_chem": "Chemical"}
 #: Published, not measured here: Chen et al. 2023 (arXiv 2305.16326), strict entity F1 of GPT-4

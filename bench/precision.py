@@ -26,7 +26,7 @@ from bench.loop import LABELS
 from clinie.core import LabelSpec, read_documents
 from clinie.evaluation.study import PRECISION_LEVELS, run_study
 from clinie.strategies import StrategyBuilder, parse_strategies
-from tests.support import DATA, ROOT
+from harness import DATA, ROOT
 
 OUT = ROOT / "bench" / "results" / "precision"
 

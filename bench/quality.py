@@ -55,7 +55,7 @@ from clinie.evaluation.metrics import evaluate_spans
 from clinie.extractors.encoder import EncoderTagger, decode
 from clinie.extractors.probe import ProbeTagger
 from clinie.llm.hidden import HiddenStates
-from tests.support import DATA, ROOT
+from harness import DATA, ROOT
 
 Pieces = list[tuple[list[Token], np.ndarray]]  # a document's words and tag distributions, piece by piece
 

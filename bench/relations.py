@@ -86,7 +86,7 @@ from clinie.core import NO_RELATION, Document, Relation, read_documents
 from clinie.evaluation import evaluate_relations, evaluate_spans
 from clinie.labelstudio import parse_label_config
 from clinie.relations import Pair, PairTypes, candidate_pairs, labelled_pairs
-from tests.support import DATA, ROOT
+from harness import DATA, ROOT
 
 DDI = DATA / "ddi"
 OUT = ROOT / "bench" / "results" / "relations"

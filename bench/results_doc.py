@@ -763,7 +763,7 @@ def faults_section(results: Path = RESULTS) -> list[str]:
                               for kind, t in run["totals"].items()])]
         if hostile := run["hostile"]:
             answers = ", ".join(f"{code} ×{k}" for code, k in hostile["answers"].items())
-            lines += ["", f"Hostile inputs (`tests.support.hostile`) to a live backend: {hostile['inputs']} tried "
+            lines += ["", f"Hostile inputs (`harness.hostile`) to a live backend: {hostile['inputs']} tried "
                           f"({answers}); **{hostile['5xx']}** answered 5xx, {hostile['unanswered']} unanswered."]
         lines += ["", "Failed: " + "; ".join(run["failures"]) + "." if run["failures"] else
                   "Nothing acknowledged lost, nothing purged back, every `integrity_check` ok"

@@ -45,11 +45,11 @@ from bench import command_line
 from bench.webhooks import quantile
 from clinie.core import read_documents
 from clinie.labelstudio import document_to_result, parse_label_config
+from harness import DATA, ROOT
+from harness.backend_server import BackendServer, WorkerProcess
+from harness.helpers import DISEASE_CONFIG, webhook_event
+from harness.postgres_server import PostgresServer
 from ml_backend.store import AnnotationStore
-from tests.support import DATA, ROOT
-from tests.support.backend_server import BackendServer, WorkerProcess
-from tests.support.helpers import DISEASE_CONFIG, webhook_event
-from tests.support.postgres_server import PostgresServer
 
 OUT = ROOT / "bench" / "results" / "scale"
 DOCS = list(read_documents(DATA / "ncbi_disease" / "fewshot" / "gutierrez_train100_seed42.jsonl"))

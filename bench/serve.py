@@ -58,9 +58,9 @@ from clinie.extractors.probe import ProbeTagger
 from clinie.labelstudio import document_to_result, parse_label_config
 from clinie.llm.hidden import BATCH_SIZE, HiddenStates
 from clinie.settings import Settings
+from harness import DATA, ROOT
+from harness.backend_server import BackendServer
 from ml_backend.service import Backend
-from tests.support import DATA, ROOT
-from tests.support.backend_server import BackendServer
 
 NCBI = DATA / "ncbi_disease" / "fewshot"
 CONFIG = (ROOT / "label_configs" / "disease_ner.xml").read_text()

@@ -53,7 +53,7 @@ from clinie.evaluation.study import PICKS, load_run, mean_sd_text, run_study, sa
 from clinie.extractors.probe import ProbeTagger
 from clinie.llm.hidden import HiddenStates
 from clinie.strategies import Strategy, StrategyBuilder, parse_strategies
-from tests.support import DATA, ROOT
+from harness import DATA, ROOT
 
 
 def unannotated_sentences(train: Sequence[Document], excluded: Sequence[Document], n: int,

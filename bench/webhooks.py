@@ -4,7 +4,7 @@ Label Studio sends each webhook once and gives up after 1.0 s (an event lost unl
 configured), so what matters is the tail. ``clinie serve`` (gunicorn, one worker, 8 threads, as
 deployed) runs on loopback, one server per configuration compared, each on a fresh store, all
 started before the first event; then ``--rounds`` rounds, each sending ``--events``
-``ANNOTATION_CREATED`` events (``tests.support.helpers.webhook_event``, every one a new
+``ANNOTATION_CREATED`` events (``harness.helpers.webhook_event``, every one a new
 annotation) to each server in turn from ``--senders`` concurrent senders, one new connection per
 event as Label Studio does. Alternating the servers round by round exposes both to the same
 background load, so the comparison holds on a busy machine; the figures alone do not.
@@ -42,9 +42,9 @@ from pathlib import Path
 import requests
 
 from bench import command_line, revision_env
-from tests.support import ROOT
-from tests.support.backend_server import BackendServer
-from tests.support.helpers import webhook_event
+from harness import ROOT
+from harness.backend_server import BackendServer
+from harness.helpers import webhook_event
 
 OUT = ROOT / "bench" / "results" / "webhooks"
 CONFIGS = {"per-event": {"CLINIE_WEBHOOK_GROUP_COMMIT": "0"}, "group": {"CLINIE_WEBHOOK_GROUP_COMMIT": "1"}}

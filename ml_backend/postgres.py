@@ -7,7 +7,7 @@ One SQL text serves both databases (the store keeps to what both understand: ``O
 engines, not in the queries. Connections are in autocommit mode, as the store's SQLite ones are:
 a write transaction is an explicit ``BEGIN`` (the store's ``_write``).
 
-Example (needs a server; see tests/support/postgres_server.py):
+Example (needs a server; see harness/postgres_server.py):
 
     db = connect("postgresql://postgres@127.0.0.1:5432/clinie")
     db.execute("SELECT ?1 + ?1", (20,)).fetchone()[0]   # 40

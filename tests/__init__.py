@@ -1,2 +1,2 @@
-"""clinie's tests: a package, so that ``tests.support`` (the harness) imports the same way from
-the tests, from ``conftest.py`` and from the bench scripts (``python -m bench.<name>``)."""
+"""clinie's tests: a package, run from the repository's root, where the harness (``harness``)
+imports the same way from the tests, ``conftest.py`` and the bench scripts."""

@@ -3,7 +3,7 @@ import pathlib
 
 import pytest
 
-from tests.support import DATA
+from harness import DATA
 
 # transformers reports every fresh classifier head it initialises: noise in test logs
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
@@ -27,7 +27,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 @pytest.fixture(scope="session")
 def data_dir() -> pathlib.Path:
-    """The corpora, in the repository's ``data/`` (``tests.support.DATA``; see data/README.md)."""
+    """The corpora, in the repository's ``data/`` (``harness.DATA``; see data/README.md)."""
     return DATA
 
 
@@ -35,7 +35,7 @@ def data_dir() -> pathlib.Path:
 def label_studio():
     """One real Label Studio for every test that needs one (each makes its own projects): its
     start, a fresh database through all of Label Studio's migrations, is the slow part."""
-    from tests.support.labelstudio_server import LabelStudio
+    from harness.labelstudio_server import LabelStudio
 
     with LabelStudio() as server:
         print(f"Label Studio healthy after {server.startup_seconds:.1f} s at {server.url}")
@@ -44,9 +44,9 @@ def label_studio():
 
 @pytest.fixture(scope="session")
 def postgres_server():
-    """One throwaway PostgreSQL cluster for the session (``tests.support.postgres_server``): each
+    """One throwaway PostgreSQL cluster for the session (``harness.postgres_server``): each
     test that needs one makes its own database in it."""
-    from tests.support.postgres_server import PostgresServer, bin_dir
+    from harness.postgres_server import PostgresServer, bin_dir
 
     if bin_dir() is None:
         pytest.skip("PostgreSQL is not installed: .ci/run installs it (apt-get install postgresql)")

@@ -14,11 +14,11 @@ import pytest
 import requests
 
 from clinie.settings import Settings
+from harness.backend_server import BackendServer
+from harness.helpers import webhook_event
+from harness.labelstudio_server import free_port
 from ml_backend.app import create_app
 from ml_backend.service import Backend
-from tests.support.backend_server import BackendServer
-from tests.support.helpers import webhook_event
-from tests.support.labelstudio_server import free_port
 
 AUTH = {"basic_auth_user": "ls", "basic_auth_password": "s3cret"}
 

@@ -21,15 +21,15 @@ from clinie.labelstudio import document_to_result, parse_label_config
 from clinie.llm.hidden import HiddenStates
 from clinie.model_version import MAIN_PART, MANIFEST, ModelVersion
 from clinie.settings import Settings
+from harness import DATA
+from harness.helpers import Files, assert_regions_match_tasks, assert_spans_match_text, webhook_event
+from harness.labelstudio_server import free_port
 from ml_backend.app import create_app
 from ml_backend.metrics import Metrics
 from ml_backend.service import Backend
 from ml_backend.serving import NO_MODEL_VERSION, Serving
 from ml_backend.store import ModelRecord
 from ml_backend.training import Superseded, select_strategy, train_project
-from tests.support import DATA
-from tests.support.helpers import Files, assert_regions_match_tasks, assert_spans_match_text, webhook_event
-from tests.support.labelstudio_server import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = (ROOT / "label_configs" / "disease_ner.xml").read_text()

@@ -11,8 +11,8 @@ import pytest
 
 from clinie.cli import main
 from clinie.core import read_documents, write_documents
-from tests.support import DATA
-from tests.support.helpers import assert_spans_match_text
+from harness import DATA
+from harness.helpers import assert_spans_match_text
 
 NCBI = DATA / "ncbi_disease" / "fewshot"
 
@@ -103,7 +103,7 @@ def test_relations_train_predict_on_gold_spans_and_evaluate(tmp_path, capsys):
     """DDI's pair-level files: train the tagger and the relation classifier (the listed pairs and
     a sample of the unlisted ones as negatives), predict relations between the given spans, and
     score them per listed pair."""
-    from tests.support.helpers import assert_relations_join_spans
+    from harness.helpers import assert_relations_join_spans
 
     ddi = DATA / "ddi" / "fewshot"
     train, test = tmp_path / "train.jsonl", tmp_path / "test.jsonl"

@@ -20,9 +20,9 @@ import yaml
 from werkzeug.serving import make_server
 
 from clinie.settings import Settings
+from harness.backend_server import ServerProcess
+from harness.labelstudio_server import LS_VERSION, free_port
 from ml_backend.app import create_app
-from tests.support.backend_server import ServerProcess
-from tests.support.labelstudio_server import LS_VERSION, free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 #: What a deployment sets: the image listens on every address, so it requires them.

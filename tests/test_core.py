@@ -21,7 +21,7 @@ from clinie.core import (
     tokenize,
     write_documents,
 )
-from tests.support.helpers import assert_spans_match_text
+from harness.helpers import assert_spans_match_text
 
 ADVERSARIAL = ("Pt on aspirin 81mg\r\nq.d.\tBRCA1-associated non-Hodgkin's lymphoma (NHL).  "
                "Café über—test e.g. 5-FU\u00a0x")

@@ -17,13 +17,13 @@ from clinie.labelstudio import document_to_result, parse_label_config
 from clinie.llm.cache import CallCache
 from clinie.model_version import MAIN_PART, ModelVersion
 from clinie.settings import Settings
+from harness import DATA
+from harness.helpers import DISEASE_CONFIG, Files, assert_regions_match_tasks, webhook_event
 from ml_backend.app import create_app
 from ml_backend.model_store import ModelStore
 from ml_backend.service import Backend
 from ml_backend.store import AnnotationStore, ModelRecord
 from ml_backend.training import serve_full_encoder, train_project
-from tests.support import DATA
-from tests.support.helpers import DISEASE_CONFIG, Files, assert_regions_match_tasks, webhook_event
 
 CONTROL = parse_label_config(DISEASE_CONFIG).span_controls[0]
 DOCS = list(read_documents(DATA / "ncbi_disease" / "fewshot" / "gutierrez_train100_seed42.jsonl"))[:10]

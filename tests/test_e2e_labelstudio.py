@@ -21,10 +21,10 @@ from label_studio_sdk.client import LabelStudio
 from clinie.cli import main
 from clinie.core import read_documents, write_documents
 from clinie.labelstudio import document_to_result, parse_label_config
+from harness import DATA
+from harness.backend_server import BackendServer
 from ml_backend.annotations import project_documents
 from ml_backend.store import AnnotationStore
-from tests.support import DATA
-from tests.support.backend_server import BackendServer
 
 pytestmark = [
     pytest.mark.e2e,
@@ -252,7 +252,7 @@ def test_relations_train_and_come_back_as_arrows_between_predicted_regions(label
             with_arrows.append(task_id)
     assert with_arrows, "no stored prediction has a relation"
 
-    from tests.support.browser import screenshot_task
+    from harness.browser import screenshot_task
 
     shot = Path(os.environ.get("CLINIE_ARTIFACTS", ROOT / "artifacts")) / "ddi_labeling_view.png"
     # an unannotated task, where the view shows the prediction itself, when one has arrows

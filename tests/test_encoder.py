@@ -12,8 +12,8 @@ from clinie.embedded import encoder_path
 from clinie.evaluation.calibration import auroc
 from clinie.extractors import Extractor
 from clinie.extractors.encoder import EncoderTagger, Window, aggregate_first, decode, postprocess
-from tests.support import DATA
-from tests.support.helpers import assert_spans_match_text
+from harness import DATA
+from harness.helpers import assert_spans_match_text
 
 NCBI = DATA / "ncbi_disease" / "fewshot"
 TAGS = ["O", "B-Disease", "I-Disease"]

@@ -19,10 +19,10 @@ import requests
 
 from clinie.core import read_documents
 from clinie.labelstudio import document_to_result, parse_label_config
+from harness import DATA
+from harness.backend_server import BackendServer
+from harness.helpers import DISEASE_CONFIG, webhook_event
 from ml_backend.store import AnnotationStore
-from tests.support import DATA
-from tests.support.backend_server import BackendServer
-from tests.support.helpers import DISEASE_CONFIG, webhook_event
 
 NCBI_TRAIN = DATA / "ncbi_disease" / "fewshot" / "gutierrez_train100_seed42.jsonl"
 CONTROL = parse_label_config(DISEASE_CONFIG).span_controls[0]

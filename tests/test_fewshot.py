@@ -28,8 +28,8 @@ from clinie.extractors.llm import LLMTagger
 from clinie.extractors.rerank import FilterThenRerank
 from clinie.llm.llamacpp import LlamaCppLLM
 from clinie.strategies import Strategy, StrategyBuilder, parse_strategies
-from tests.support import DATA
-from tests.support.helpers import assert_spans_match_text
+from harness import DATA
+from harness.helpers import assert_spans_match_text
 
 NCBI = DATA / "ncbi_disease" / "fewshot"
 LABELS = [LabelSpec("Disease", "a disease, disorder or syndrome")]

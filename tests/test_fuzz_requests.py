@@ -12,10 +12,9 @@ import requests
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from clinie.settings import Settings
-from ml_backend.app import create_app
-from tests.support.backend_server import BackendServer
-from tests.support.helpers import DISEASE_CONFIG, webhook_event
-from tests.support.hostile import (
+from harness.backend_server import BackendServer
+from harness.helpers import DISEASE_CONFIG, webhook_event
+from harness.hostile import (
     HUGE_INTEGERS,
     ODD_DATES,
     PATHS,
@@ -27,6 +26,7 @@ from tests.support.hostile import (
     raw_bodies,
     send_hostile,
 )
+from ml_backend.app import create_app
 
 REFUSED = {400, 413, 415, 422}
 DELETIONS = ("ANNOTATIONS_DELETED", "TASKS_DELETED", "PROJECT_DELETED")

@@ -17,12 +17,12 @@ import pytest
 from hypothesis import HealthCheck, given, strategies as st
 
 from clinie.settings import Settings
+from harness import ROOT
+from harness.helpers import webhook_event
 from ml_backend.app import create_app
 from ml_backend.group_commit import GroupCommit
 from ml_backend.service import Backend
 from ml_backend.store import AnnotationStore
-from tests.support import ROOT
-from tests.support.helpers import webhook_event
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ import torch
 
 from clinie.core import read_documents, tokenize
 from clinie.llm.hidden import HiddenStates
-from tests.support import DATA
+from harness import DATA
 
 
 @pytest.fixture(scope="module")

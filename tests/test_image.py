@@ -19,9 +19,9 @@ import requests
 
 from clinie.core import read_documents
 from clinie.labelstudio import document_to_result, parse_label_config
-from tests.support import DATA, ROOT
-from tests.support.helpers import DISEASE_CONFIG, assert_regions_match_tasks, webhook_event
-from tests.support.labelstudio_server import free_port
+from harness import DATA, ROOT
+from harness.helpers import DISEASE_CONFIG, assert_regions_match_tasks, webhook_event
+from harness.labelstudio_server import free_port
 
 pytestmark = [pytest.mark.heavy, pytest.mark.slow]
 

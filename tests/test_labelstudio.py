@@ -19,7 +19,7 @@ from clinie.labelstudio import (
     parse_label_config,
     task_to_document,
 )
-from tests.support.helpers import assert_spans_match_text
+from harness.helpers import assert_spans_match_text
 
 ROOT = Path(__file__).resolve().parents[1]
 

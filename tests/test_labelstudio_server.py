@@ -1,4 +1,4 @@
-"""Smoke test of the Label Studio harness (tests/support/labelstudio_server.py) against a real Label Studio.
+"""Smoke test of the Label Studio harness (harness/labelstudio_server.py) against a real Label Studio.
 
 The ML-backend calls are exercised with a tiny recording HTTP server defined here: it checks the
 harness and Label Studio's side of the protocol only, it is not a stand-in for clinie.
@@ -13,7 +13,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from tests.support.labelstudio_server import LabelStudioError
+from harness.labelstudio_server import LabelStudioError
 
 pytestmark = [
     pytest.mark.e2e,

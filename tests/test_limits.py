@@ -4,9 +4,9 @@ and a real ``Backend``)."""
 from __future__ import annotations
 
 from clinie.settings import Settings
+from harness.helpers import DISEASE_CONFIG
 from ml_backend.app import create_app
 from ml_backend.service import Backend
-from tests.support.helpers import DISEASE_CONFIG
 
 
 def test_a_predict_of_more_tasks_than_allowed_is_refused_with_a_clear_413_and_predicts_nothing(tmp_path):

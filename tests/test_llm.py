@@ -19,7 +19,7 @@ from clinie.llm.llamacpp import LlamaCppLLM
 from clinie.llm.openai_compat import OpenAICompatibleLLM
 from clinie.llm.transformers_lm import TransformersLLM
 from clinie.prompting.wordtag import decode_constrained
-from tests.support.backend_server import LlamaServer, smollm2_gguf
+from harness.backend_server import LlamaServer, smollm2_gguf
 
 PROMPT = "Q: What is the capital of France?\nA: The capital of France is"
 

@@ -12,9 +12,9 @@ from clinie.llm.cache import CallCache
 from clinie.llm.llamacpp import LlamaCppLLM
 from clinie.llm.openai_compat import OpenAICompatibleLLM
 from clinie.retrieval import Embedder
-from tests.support import DATA
-from tests.support.backend_server import LlamaServer, smollm2_gguf
-from tests.support.helpers import assert_spans_match_text
+from harness import DATA
+from harness.backend_server import LlamaServer, smollm2_gguf
+from harness.helpers import assert_spans_match_text
 
 NCBI = DATA / "ncbi_disease" / "fewshot"
 LABELS = [LabelSpec("Disease", "a disease, disorder or syndrome")]

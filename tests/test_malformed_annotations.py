@@ -11,11 +11,11 @@ import pytest
 
 from clinie.labelstudio import UnusableAnnotation, annotation_problem, annotation_to_document, parse_label_config
 from clinie.settings import Settings
+from harness.helpers import DISEASE_CONFIG, webhook_event
 from ml_backend.annotations import annotated_documents
 from ml_backend.app import create_app
 from ml_backend.service import Backend
 from ml_backend.store import AnnotationStore
-from tests.support.helpers import DISEASE_CONFIG, webhook_event
 
 SCHEMA = parse_label_config(DISEASE_CONFIG)
 TEXT = "Cystic fibrosis causes lung disease ."

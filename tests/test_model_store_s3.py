@@ -1,5 +1,5 @@
 """Model versions in an S3-compatible bucket (``CLINIE_MODELS_URL=s3://bucket/prefix``), on a real
-S3 server (moto's, a subprocess: ``tests.support.s3_server``) reached over HTTP through s3fs,
+S3 server (moto's, a subprocess: ``harness.s3_server``) reached over HTTP through s3fs,
 configured as a deployment is: the ``AWS_*`` variables only, the endpoint from ``AWS_ENDPOINT_URL``.
 test_model_version.py covers the same code on fsspec's in-memory file system; here it is the
 bucket's own semantics (no directories, only keys under a prefix; listings; deletes in batches)."""
@@ -14,9 +14,9 @@ import pytest
 import s3fs
 
 from clinie.model_version import MAIN_PART, MANIFEST, PARTIAL, DamagedModel, ModelVersion
+from harness.helpers import Files
+from harness.s3_server import MotoS3
 from ml_backend.model_store import ModelStore
-from tests.support.helpers import Files
-from tests.support.s3_server import MotoS3
 
 BUCKET = "clinie-models"
 ROOT_URL = f"s3://{BUCKET}/models"

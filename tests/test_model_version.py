@@ -12,8 +12,8 @@ import fsspec
 import pytest
 
 from clinie.model_version import MAIN_PART, MANIFEST, PARTIAL, DamagedModel, ModelVersion
+from harness.helpers import Files
 from ml_backend.model_store import ModelStore
-from tests.support.helpers import Files
 
 ENCODER = {"config.json": b'{"a": 1}', "model.safetensors": b"\x00" * 4096, "clinie.json": b"{}"}
 PROBE = {"head.pt": b"probe weights", "clinie.json": b"{}"}

@@ -12,10 +12,10 @@ import pytest
 
 from clinie.cli import main
 from clinie.settings import Settings
+from harness.helpers import DISEASE_CONFIG, webhook_event
 from ml_backend.app import create_app
 from ml_backend.service import Backend
 from ml_backend.store import AnnotationStore
-from tests.support.helpers import DISEASE_CONFIG, webhook_event
 
 
 @pytest.fixture

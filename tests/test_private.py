@@ -14,10 +14,10 @@ from clinie.cli import main
 from clinie.core import read_documents, write_documents
 from clinie.llm.cache import CallCache
 from clinie.settings import Settings
+from harness import DATA
+from harness.helpers import DISEASE_CONFIG, webhook_event
 from ml_backend.app import create_app
 from ml_backend.store import AnnotationStore
-from tests.support import DATA
-from tests.support.helpers import DISEASE_CONFIG, webhook_event
 
 
 @pytest.fixture(autouse=True)

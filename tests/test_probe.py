@@ -14,8 +14,8 @@ from clinie.extractors.encoder import EncoderTagger, decode
 from clinie.extractors.gated import FilterThenProbe, shift
 from clinie.extractors.probe import ProbeTagger
 from clinie.llm.hidden import BATCH_SIZE, HiddenStates
-from tests.support import DATA
-from tests.support.helpers import assert_spans_match_text
+from harness import DATA
+from harness.helpers import assert_spans_match_text
 
 NCBI = DATA / "ncbi_disease" / "fewshot"
 

@@ -24,9 +24,9 @@ from clinie.prompting.relation_mc import generate_prompt, option_texts
 from clinie.relations import Pair, PairTypes, candidate_pairs, labelled_pairs, mark, unlisted_pairs
 from clinie.relations.priors import Calibration, adjust_to_priors, estimate_priors, fit_calibration, label_frequencies
 from clinie.retrieval import Embedder
-from tests.support import DATA
-from tests.support.backend_server import LlamaServer
-from tests.support.helpers import assert_relations_join_spans, assert_spans_match_text
+from harness import DATA
+from harness.backend_server import LlamaServer
+from harness.helpers import assert_relations_join_spans, assert_spans_match_text
 
 ROOT = Path(__file__).resolve().parents[1]
 DDI = DATA / "ddi"

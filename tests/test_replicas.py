@@ -14,9 +14,9 @@ from label_studio_sdk.client import LabelStudio
 
 from clinie.core import read_documents
 from clinie.labelstudio import document_to_result, parse_label_config
-from tests.support import DATA
-from tests.support.backend_server import BackendServer, WorkerProcess
-from tests.support.helpers import DISEASE_CONFIG
+from harness import DATA
+from harness.backend_server import BackendServer, WorkerProcess
+from harness.helpers import DISEASE_CONFIG
 
 pytestmark = [
     pytest.mark.e2e,

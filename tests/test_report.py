@@ -11,7 +11,7 @@ import pytest
 
 from clinie.evaluation.report import new_report, render_markdown, write_report
 from clinie.evaluation.study import load_run, study_report, summarise
-from tests.support.browser import screenshot_page
+from harness.browser import screenshot_page
 
 ROOT = Path(__file__).resolve().parents[1]
 COMMAND = "python -m bench.loop --corpora ncbi_disease --sizes 100 --seeds 42 --strategies encoder,gated,probe"

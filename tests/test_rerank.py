@@ -11,8 +11,8 @@ from clinie.extractors.rerank import MAX_MISSED_WORDS, FilterThenRerank, negativ
 from clinie.llm.llamacpp import LlamaCppLLM
 from clinie.prompting.entity_mc import generate_prompt, option_texts
 from clinie.retrieval import Embedder
-from tests.support import DATA
-from tests.support.helpers import assert_spans_match_text
+from harness import DATA
+from harness.helpers import assert_spans_match_text
 
 NCBI = DATA / "ncbi_disease" / "fewshot"
 TAGS = ["O", "B-Disease", "I-Disease", "B-Drug", "I-Drug"]

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from clinie.llm.cache import CallCache
+from harness.helpers import DISEASE_CONFIG
 from ml_backend.store import AnnotationStore
-from tests.support.helpers import DISEASE_CONFIG
 
 
 def _cache_write(path: str) -> None:

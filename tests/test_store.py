@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from clinie.labelstudio import LabelConfigError
+from harness.helpers import DISEASE_CONFIG
 from ml_backend.model_store import ModelStore
 from ml_backend.store import AnnotationStore, ModelRecord, ProjectMismatch, Purged
-from tests.support.helpers import DISEASE_CONFIG
 
 
 def annotation(aid: int, result: list | None = None, cancelled: bool = False) -> dict:

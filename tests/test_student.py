@@ -24,8 +24,8 @@ from clinie.strategies import (
     parse_strategies,
     strategy_forms,
 )
-from tests.support import DATA
-from tests.support.helpers import assert_spans_match_text
+from harness import DATA
+from harness.helpers import assert_spans_match_text
 
 NCBI = DATA / "ncbi_disease"
 

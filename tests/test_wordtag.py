@@ -7,7 +7,7 @@ from hypothesis import given, settings, strategies as st
 
 from clinie.core import LabelSpec, bio_to_spans, tokenize
 from clinie.prompting.wordtag import allowed_tags, generate_prompt, parse_response
-from tests.support.helpers import assert_spans_match_text
+from harness.helpers import assert_spans_match_text
 
 LABELS = (LabelSpec("Disease", "a disease or disorder"), LabelSpec("Chemical", "a drug or chemical"))
 TEXT = "Tamoxifen\treduces breast cancer risk\r\nin BRCA1 carriers ."

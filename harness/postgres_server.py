@@ -22,7 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from tests.support.labelstudio_server import free_port
+from harness.labelstudio_server import free_port
 
 
 def bin_dir() -> Path | None:

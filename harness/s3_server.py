@@ -22,7 +22,7 @@ from typing import Any
 
 import requests
 
-from tests.support.labelstudio_server import free_port
+from harness.labelstudio_server import free_port
 
 KEY_ID = "testing-key"
 SECRET = "testing-secret"

@@ -68,7 +68,7 @@ from typing import Any
 
 import requests
 
-from tests.support import ROOT as REPO_ROOT
+from harness import ROOT as REPO_ROOT
 
 LS_VERSION = "1.23.2"
 VENV_SCRIPT = REPO_ROOT / ".ci" / "labelstudio-venv.sh"
@@ -362,7 +362,7 @@ class LabelStudio:
 
 
 def main() -> None:  # pragma: no cover - manual use
-    """``python -m tests.support.labelstudio_server``: start one, print url/credentials, run until Ctrl-C."""
+    """``python -m harness.labelstudio_server``: start one, print url/credentials, run until Ctrl-C."""
     with LabelStudio(keep_data=True) as ls:
         print(json.dumps({"url": ls.url, "username": ls.username, "password": ls.password, "token": ls.token,
                           "data_dir": str(ls.data_dir), "startup_seconds": round(ls.startup_seconds, 1)}), flush=True)

@@ -6,7 +6,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from clinie.core import Span
-from tests.support import ROOT
+from harness import ROOT
 
 DISEASE_CONFIG = (ROOT / "label_configs" / "disease_ner.xml").read_text()
 

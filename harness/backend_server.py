@@ -15,7 +15,7 @@ from pathlib import Path
 
 import requests
 
-from tests.support.labelstudio_server import free_port
+from harness.labelstudio_server import free_port
 
 
 class ServerProcess:

@@ -21,7 +21,7 @@ import requests
 from hypothesis import HealthCheck, Phase, given, seed as seeded, settings, strategies as st
 from hypothesis.strategies import SearchStrategy
 
-from tests.support.helpers import DISEASE_CONFIG
+from harness.helpers import DISEASE_CONFIG
 
 ACTIONS = ["ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATIONS_DELETED", "START_TRAINING", "PROJECT_UPDATED",
            "TASKS_DELETED", "PROJECT_DELETED"]
