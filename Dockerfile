@@ -1,5 +1,5 @@
 # clinie backend image. Every step below is one CI runs outside Docker on each submission
-# (tests/test_container.py: the install script, the model assembly, the serve command with
+# (tests/e2e/test_container.py: the install script, the model assembly, the serve command with
 # these environment variables, the health check), so the image cannot silently rot.
 #
 #   docker build -t clinie . && docker run -p 9090:9090 -v clinie-data:/data \

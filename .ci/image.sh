@@ -9,7 +9,7 @@
 #   source .ci/image.sh --podman       # or: defines the shell function clinie_podman
 #
 # Progress goes to stderr; stdout is only the podman command prefix (its last line), which
-# tests/test_image.py reuses. CLINIE_IMAGE_CACHE (default ~/.cache/clinie/image) holds
+# tests/e2e/test_image.py reuses. CLINIE_IMAGE_CACHE (default ~/.cache/clinie/image) holds
 # containers.conf, the build's pip cache and a lock; CLINIE_IMAGE (default localhost/clinie:test)
 # names the image.
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"

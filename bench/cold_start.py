@@ -35,8 +35,7 @@ from bench.loop import LABELS
 from clinie.core import LabelSpec, read_documents
 from clinie.evaluation.calibration import auroc, span_outcomes
 from clinie.evaluation.metrics import evaluate_spans
-from clinie.llm import make_llm
-from clinie.settings import Settings
+from clinie.llm import LLMOptions, make_llm
 from clinie.strategies import StrategyBuilder, parse_strategies
 from harness import DATA, ROOT
 
@@ -53,7 +52,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args()
 
-    llm = make_llm(Settings(llm_threads=args.threads))
+    llm = make_llm(LLMOptions(threads=args.threads))
     args.out.mkdir(parents=True, exist_ok=True)
     for corpus in args.corpora.split(","):
         files = DATA / corpus / "fewshot"

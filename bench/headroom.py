@@ -27,10 +27,9 @@ from clinie.evaluation import evaluate_spans
 from clinie.evaluation.fewshot import subsample
 from clinie.extractors.encoder import EncoderTagger
 from clinie.extractors.rerank import HardCase, triage
-from clinie.llm import make_llm
+from clinie.llm import LLMOptions, make_llm
 from clinie.llm.cache import CallCache
 from clinie.retrieval import Embedder
-from clinie.settings import Settings
 from clinie.strategies import LLMAccess
 from harness import DATA
 
@@ -60,7 +59,7 @@ def main() -> None:
     pool = subsample(list(read_documents(files / f"gutierrez_train100_seed{args.seed}.jsonl")), 100, args.seed)
     test = list(read_documents(files / "chen2023_test_sample200.jsonl"))
     encoder = EncoderTagger([LABELS[args.corpus]]).fit(pool)
-    access = LLMAccess(make_llm(Settings(llm_threads=args.threads)), Embedder(), CallCache(":memory:"))
+    access = LLMAccess(make_llm(LLMOptions(threads=args.threads)), Embedder(), CallCache(":memory:"))
     rerank = access.rerank(encoder, [LabelSpec(LABELS[args.corpus])], (0.0, args.band), pool)
 
     kinds = ("encoder", "drop hard", "oracle", "oracle + boundaries")

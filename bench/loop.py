@@ -32,9 +32,8 @@ from pathlib import Path
 from clinie.core import LabelSpec, read_documents
 from clinie.evaluation.report import new_report, write_report
 from clinie.evaluation.study import PICKS, load_run, mean_sd_text, run_study, study_report, summarise
-from clinie.llm import make_llm
+from clinie.llm import LLMOptions, make_llm
 from clinie.llm.cache import CallCache
-from clinie.settings import Settings
 from clinie.strategies import StrategyBuilder, parse_strategies
 from harness import DATA, ROOT
 
@@ -63,7 +62,7 @@ def main() -> None:
     corpora, seeds = args.corpora.split(","), [int(s) for s in args.seeds.split(",")]
     sizes = sorted((int(s) for s in args.sizes.split(",")), reverse=True)
     strategies = parse_strategies(args.strategies)
-    llm = functools.cache(lambda: make_llm(Settings(llm_threads=args.threads)))  # loaded once, if asked for
+    llm = functools.cache(lambda: make_llm(LLMOptions(threads=args.threads)))  # loaded once, if asked for
     cache = CallCache(args.out / "llm-calls.sqlite")
     builders = {c: StrategyBuilder([LabelSpec(LABELS[c])], llm=llm, cache=cache) for c in corpora}
     test = {c: list(read_documents(DATA / c / "fewshot" / "chen2023_test_sample200.jsonl")) for c in corpora}

@@ -31,6 +31,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from clinie.core import read_documents, write_documents
+from clinie.llm.providers import providers
 from clinie.private import restrict_umask
 from clinie.settings import Settings
 
@@ -53,12 +54,12 @@ def _relation_specs(schema, docs: list) -> list:
 def _unannotated(args: argparse.Namespace, strategies: list) -> list:
     """The documents of ``--unannotated`` (their entities are the builder's to drop); refused
     when none of ``strategies`` would learn from them."""
-    from clinie.strategies import KINDS
+    from clinie.strategies import kinds
 
     if not args.unannotated:
         return []
     if not any(s.kind.learns_from_unannotated for s in strategies):
-        learners = ", ".join(name for name, kind in KINDS.items() if kind.learns_from_unannotated)
+        learners = ", ".join(name for name, kind in kinds().items() if kind.learns_from_unannotated)
         raise ValueError(f"--unannotated: no strategy asked for learns from unannotated text ({learners} do)")
     return list(read_documents(args.unannotated))
 
@@ -103,12 +104,19 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _llm_settings(args: argparse.Namespace) -> Settings:
-    """The settings with the command line's LLM options in place of CLINIE_LLM_*."""
+    """The settings, the command line's LLM options in place of the ``CLINIE_LLM_*`` they name.
+    Those not given keep their setting, unless ``--provider`` names another provider than
+    ``CLINIE_LLM_PROVIDER``: then they are its defaults (one provider's model or endpoint is never
+    handed to another)."""
     from dataclasses import replace
 
-    settings = replace(Settings.load(), llm_provider=args.provider, llm_model=args.llm_model or "",
-                       llm_base_url=args.base_url or "", llm_guided=args.guided or "", llm_chat=int(args.chat),
-                       llm_device=args.device or "")
+    given = {"llm_provider": args.provider, "llm_model": args.llm_model, "llm_base_url": args.base_url,
+             "llm_guided": args.guided, "llm_device": args.device, "llm_chat": 1 if args.chat else None}
+    settings = Settings.load()
+    if args.provider and args.provider != settings.llm_provider:
+        defaults = Settings()
+        settings = replace(settings, **{name: getattr(defaults, name) for name in given})
+    settings = replace(settings, **{name: value for name, value in given.items() if value is not None})
     settings.validate()
     return settings
 
@@ -173,7 +181,7 @@ class _CommandLineParts:
 
         if self._llm is None:
             settings = _llm_settings(self.args)
-            self._llm = LLMAccess(make_llm(settings), Embedder(),
+            self._llm = LLMAccess(make_llm(settings.llm_options()), Embedder(),
                                   CallCache(self.args.cache) if self.args.cache else None,
                                   guided=bool(settings.llm_guided))
         return self._llm
@@ -257,7 +265,7 @@ def _fewshot(args: argparse.Namespace) -> int:
     seeds = list(range(int(args.seeds))) if args.seeds.isdigit() \
         else [int(seed) for seed in args.seeds.split(",") if seed.strip()]
     settings = _llm_settings(args) if any(s.uses_llm for s in strategies) else None
-    build = StrategyBuilder(specs, llm=(lambda: make_llm(settings)) if settings else None,
+    build = StrategyBuilder(specs, llm=(lambda: make_llm(settings.llm_options())) if settings else None,
                             encoder_model=args.model, encoder_options={"epochs": args.epochs} if args.epochs else {},
                             guided=bool(settings and settings.llm_guided),
                             cache=CallCache(args.cache) if args.cache else None,
@@ -281,8 +289,9 @@ def _fewshot(args: argparse.Namespace) -> int:
 
 
 def _add_llm_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--provider", choices=("llama.cpp", "transformers", "openai"), default="llama.cpp",
-                        help="llm: in-process llama.cpp (default) or transformers, or an OpenAI-compatible endpoint")
+    parser.add_argument("--provider", choices=sorted(providers()),
+                        help="llm: in-process llama.cpp or transformers, an OpenAI-compatible endpoint, or another "
+                             "package's (default: CLINIE_LLM_PROVIDER, else llama.cpp)")
     parser.add_argument("--llm-model", help="llm: GGUF path, HF model directory or name (default: embedded "
                                             "Gemma 3 270M), or the endpoint's model name")
     parser.add_argument("--base-url", help="llm: the OpenAI-compatible endpoint (required with --provider openai)")

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, get_type_hints
 
 from clinie.embedded import EMBEDDED_LLM_NAME
+from clinie.llm.providers import LLMOptions, provider, providers
 
 PREFIX = "CLINIE_"
 #: The longest one request may run before gunicorn kills its worker.
@@ -95,7 +96,8 @@ class Settings:
     probe_model: str = ""
     #: ``llama.cpp`` (in-process on the CPU), ``transformers`` (in-process, a Hugging Face causal
     #: LM, on the GPU when there is one) — nothing leaves the machine — or ``openai`` (any
-    #: OpenAI-compatible endpoint: note text IS sent to ``llm_base_url``).
+    #: OpenAI-compatible endpoint: note text IS sent to ``llm_base_url``), or one another package
+    #: registers (``clinie.llm.providers``).
     llm_provider: str = "llama.cpp"
     #: llama.cpp: a GGUF path; transformers: a model directory, HF name or GGUF path (empty, for
     #: both: the embedded Gemma 3 270M); openai: the model name the endpoint serves.
@@ -190,12 +192,23 @@ class Settings:
         """
         return self.predict_budget_seconds + 30.0 if self.predict_budget_seconds > 0 else float(WORKER_TIMEOUT_SECONDS)
 
+    def llm_options(self) -> LLMOptions:
+        """The ``CLINIE_LLM_*`` settings, as what a provider is made from."""
+        return LLMOptions(provider=self.llm_provider, model=self.llm_model, base_url=self.llm_base_url,
+                          api_key=self.llm_api_key, chat=bool(self.llm_chat), guided=self.llm_guided,
+                          timeout_seconds=self.llm_timeout_seconds, device=self.llm_device, threads=self.llm_threads)
+
+    @property
+    def llm_remote(self) -> bool:
+        """The LLM provider sends text off the machine (to ``llm_base_url``)."""
+        return provider(self.llm_provider).remote
+
     @property
     def llm_name(self) -> str:
         """How model versions name the LLM: its provider and model (a local file by its name)."""
         if not self.llm_model:
             model = EMBEDDED_LLM_NAME
-        elif self.llm_provider == "openai":
+        elif self.llm_remote:
             model = self.llm_model
         else:
             model = Path(self.llm_model).name.removesuffix(".gguf")
@@ -204,7 +217,7 @@ class Settings:
     @property
     def embedded_llm(self) -> bool:
         """The LLM is the embedded Gemma 3 270M (by default, or named by its path as in the image)."""
-        return self.llm_provider != "openai" and self.llm_name == f"{self.llm_provider}-{EMBEDDED_LLM_NAME}"
+        return not self.llm_remote and self.llm_name == f"{self.llm_provider}-{EMBEDDED_LLM_NAME}"
 
     def cold_start_policy(self, annotations: int) -> str:
         """``cold_start`` for a project with that many annotations, ``auto`` resolved: with the
@@ -287,9 +300,10 @@ class Settings:
             raise ValueError(f"{PREFIX}SELECT_MAX_LLM_SHARE must be between 0 and 1")
         if not 0 <= self.min_precision <= 1:
             raise ValueError(f"{PREFIX}MIN_PRECISION must be a precision between 0 and 1, not {self.min_precision}")
-        if self.llm_provider not in ("llama.cpp", "transformers", "openai"):
-            raise ValueError(f"{PREFIX}LLM_PROVIDER must be llama.cpp, transformers or openai, "
-                             f"not {self.llm_provider!r}")
+        if self.llm_provider not in providers():
+            raise ValueError(f"{PREFIX}LLM_PROVIDER must be one of {', '.join(sorted(providers()))} "
+                             f"(clinie.llm_providers), not {self.llm_provider!r}")
+        llm = provider(self.llm_provider)
         if self.llm_guided not in ("", "llama.cpp", "vllm"):
             raise ValueError(f"{PREFIX}LLM_GUIDED must be empty, llama.cpp or vllm, not {self.llm_guided!r}")
         if bool(self.label_studio_url) != bool(self.label_studio_api_key):
@@ -299,9 +313,11 @@ class Settings:
             missing = "BASIC_AUTH_PASSWORD" if self.basic_auth_user else "BASIC_AUTH_USER"
             raise ValueError(f"{PREFIX}{missing} is not set: basic auth needs both {PREFIX}BASIC_AUTH_USER and "
                              f"{PREFIX}BASIC_AUTH_PASSWORD (with one alone, every endpoint would be open)")
-        if self.llm_provider == "openai" and not (self.llm_base_url and self.llm_model):
-            raise ValueError(f"{PREFIX}LLM_PROVIDER=openai needs {PREFIX}LLM_BASE_URL and {PREFIX}LLM_MODEL: "
-                             "clinie sends note text to no endpoint that was not named explicitly")
+        options = self.llm_options()
+        if missing := [f"{PREFIX}LLM_{name.upper()}" for name in llm.requires if not getattr(options, name)]:
+            raise ValueError(f"{PREFIX}LLM_PROVIDER={llm.name} needs {' and '.join(missing)}"
+                             + (": clinie sends note text to no endpoint that was not named explicitly"
+                                if llm.remote else ""))
 
     def validate_serving(self) -> None:
         """Before the backend answers anyone: the settings are valid, and patient text is not

@@ -16,8 +16,10 @@ tags, its doubts included).
 
 A strategy is built from ``Parts``: in cross-validation and studies the parts fitted on a fold's
 training set (``StrategyBuilder``); when serving, a model version's saved parts and the project's
-annotations as demonstrations (``ml_backend.serving``). Adding a kind is one ``register`` call
-and, if it needs one, its extractor; a new part is one entry in ``PARTS``.
+annotations as demonstrations (``ml_backend.serving``). Adding a kind is one function decorated
+with ``register`` and, if it needs one, its extractor — in clinie, or in a package of its own
+through the ``clinie.strategies`` entry points (docs/extending.md); a new part is one entry in
+``PARTS``.
 
     >>> [s.name for s in parse_strategies("encoder,probe,llm,rerank")]
     ['encoder', 'probe', 'llm-k5', 'rerank-0.70', 'rerank-0.80', 'rerank-0.90']
@@ -34,8 +36,10 @@ and, if it needs one, its extractor; a new part is one entry in ``PARTS``.
 from __future__ import annotations
 
 import re
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
@@ -175,14 +179,41 @@ class Kind:
                               "threshold": [f"{self.name}-0.NN"]}[self.param]
 
 
-KINDS: dict[str, Kind] = {}
+#: The entry-point group of strategy kinds from other packages (a module whose import registers
+#: them: see docs/extending.md).
+ENTRY_POINTS = "clinie.strategies"
+
+_KINDS: dict[str, Kind] = {}
+_lock = threading.RLock()  # a module an entry point names may look kinds up as it registers
+_loaded = False
 
 
-def register(kind: Kind) -> Kind:
-    if kind.name in KINDS or not re.fullmatch(r"[a-z]+", kind.name):
-        raise ValueError(f"strategy kind {kind.name!r} is taken or not a lower-case word")
-    KINDS[kind.name] = kind
-    return kind
+def register(name: str, param: Literal["", "k", "band", "threshold"] = "", *, parts: tuple[str, ...],
+             reads_llm: bool, version: str = "{model}", relations_by_llm: bool = False,
+             ) -> Callable[[Callable[[Parts, Strategy], Extractor]], Callable[[Parts, Strategy], Extractor]]:
+    """Register the decorated ``build(parts, strategy) -> Extractor`` as kind ``name`` (see ``Kind``)."""
+    if name in _KINDS or not re.fullmatch(r"[a-z]+", name):
+        raise ValueError(f"strategy kind {name!r} is taken or not a lower-case word")
+    if unknown := set(parts) - set(PARTS):
+        raise ValueError(f"strategy kind {name!r} reads parts there are none of: {sorted(unknown)}")
+
+    def add(build: Callable[[Parts, Strategy], Extractor]) -> Callable[[Parts, Strategy], Extractor]:
+        _KINDS[name] = Kind(name, param, parts=parts, reads_llm=reads_llm, build=build, version=version,
+                            relations_by_llm=relations_by_llm)
+        return build
+
+    return add
+
+
+def kinds() -> dict[str, Kind]:
+    """Every kind: clinie's own and those the installed packages' entry points add (loaded once)."""
+    global _loaded
+    with _lock:
+        if not _loaded:
+            _loaded = True
+            for entry in entry_points(group=ENTRY_POINTS):
+                entry.load()
+        return dict(_KINDS)
 
 
 @dataclass(frozen=True)
@@ -197,12 +228,12 @@ class Strategy:
     threshold: float = 0.0
 
     def __post_init__(self) -> None:
-        if self.kind_name not in KINDS:
+        if self.kind_name not in kinds():
             raise ValueError(f"unknown strategy kind {self.kind_name!r}")
 
     @property
     def kind(self) -> Kind:
-        return KINDS[self.kind_name]
+        return _KINDS[self.kind_name]
 
     @property
     def name(self) -> str:
@@ -227,21 +258,22 @@ class Strategy:
 
 def _with_value(kind: str, value: float) -> Strategy:
     """``kind`` with ``value`` as its band's upper bound or its threshold."""
-    return Strategy(kind, band=(0.0, value)) if KINDS[kind].param == "band" else Strategy(kind, threshold=value)
+    return Strategy(kind, band=(0.0, value)) if _KINDS[kind].param == "band" else Strategy(kind, threshold=value)
 
 
 def parse_strategies(text: str, k: int = DEFAULT_K, bands: Sequence[float] = DEFAULT_BANDS) -> list[Strategy]:
     """Comma-separated names: a kind alone takes its defaults (``k`` demonstrations; each of
     ``bands``; ``DEFAULT_THRESHOLD``), ``llm-kN``, ``gated-0.NN`` and ``student-0.NN`` name one."""
     out: list[Strategy] = []
+    known = kinds()
     for name in (part.strip() for part in text.split(",") if part.strip()):
-        if (kind := KINDS.get(name)) is not None:
+        if (kind := known.get(name)) is not None:
             out.extend([Strategy(name)] if kind.param == "" else [Strategy(name, k=k)] if kind.param == "k"
                        else [_with_value(name, v) for v in (bands if kind.param == "band" else [DEFAULT_THRESHOLD])])
-        elif (m := re.fullmatch(r"([a-z]+)-k(\d+)", name)) and m.group(1) in KINDS and KINDS[m.group(1)].param == "k":
+        elif (m := re.fullmatch(r"([a-z]+)-k(\d+)", name)) and m.group(1) in known and known[m.group(1)].param == "k":
             out.append(Strategy(m.group(1), k=int(m.group(2))))
-        elif (m := re.fullmatch(r"([a-z]+)-(0?\.\d+|1(?:\.0+)?)", name)) and m.group(1) in KINDS \
-                and KINDS[m.group(1)].param in ("band", "threshold"):
+        elif (m := re.fullmatch(r"([a-z]+)-(0?\.\d+|1(?:\.0+)?)", name)) and m.group(1) in known \
+                and known[m.group(1)].param in ("band", "threshold"):
             out.append(_with_value(m.group(1), float(m.group(2))))
         else:
             raise ValueError(f"unknown strategy {name!r}: use {strategy_forms()}")
@@ -266,7 +298,7 @@ def assemble(strategy: Strategy, parts: Parts, relation_specs: Sequence[Relation
 
 def strategy_forms() -> str:
     """How strategies are named: ``encoder, probe, gated, gated-0.NN, …``."""
-    forms = [form for kind in KINDS.values() for form in kind.forms()]
+    forms = [form for kind in kinds().values() for form in kind.forms()]
     return f"{', '.join(forms[:-1])} or {forms[-1]}"
 
 
@@ -276,23 +308,45 @@ def model_version(strategy: Strategy, *, trained: str | None, llm_name: str, poo
                                         k=strategy.k if pool else 0, pool=pool)
 
 
-register(Kind("encoder", "", parts=("encoder",), reads_llm=False, version="{model}",
-              build=lambda parts, s: parts.part("encoder")))
-register(Kind("probe", "", parts=("probe",), reads_llm=False, version="{model}",
-              build=lambda parts, s: parts.part("probe")))
-register(Kind("gated", "band", parts=("encoder", "probe"), reads_llm=False, version="{model}",
-              build=lambda parts, s: FilterThenProbe(parts.part("encoder"), parts.part("probe"), band=s.band)))
-register(Kind("llm", "k", parts=(), reads_llm=True, relations_by_llm=True, version="clinie-llm-{llm}-k{k}-pool{pool}",
-              build=lambda parts, s: parts.llm().tagger(parts.label_specs, s.k, parts.demos)))
-register(Kind("verified", "k", parts=(), reads_llm=True, relations_by_llm=True,
-              version="clinie-llm-{llm}-verified-k{k}-pool{pool}",
-              build=lambda parts, s: parts.llm().verified(parts.label_specs, s.k, parts.demos)))
-register(Kind("rerank", "band", parts=("encoder",), reads_llm=True, version="{model}-{name}-pool{pool}",
-              build=lambda parts, s: parts.llm().rerank(parts.part("encoder"), parts.label_specs, s.band, parts.demos)))
-register(Kind("student", "threshold", parts=("student",), reads_llm=False, version="{model}",
-              build=lambda parts, s: parts.part("student")))
-register(Kind("distilled", "", parts=("distilled",), reads_llm=False, version="{model}",
-              build=lambda parts, s: parts.part("distilled")))
+@register("encoder", parts=("encoder",), reads_llm=False)
+def _encoder(parts: Parts, strategy: Strategy) -> Extractor:
+    return parts.part("encoder")
+
+
+@register("probe", parts=("probe",), reads_llm=False)
+def _probe(parts: Parts, strategy: Strategy) -> Extractor:
+    return parts.part("probe")
+
+
+@register("gated", "band", parts=("encoder", "probe"), reads_llm=False)
+def _gated(parts: Parts, strategy: Strategy) -> Extractor:
+    return FilterThenProbe(parts.part("encoder"), parts.part("probe"), band=strategy.band)
+
+
+@register("llm", "k", parts=(), reads_llm=True, relations_by_llm=True, version="clinie-llm-{llm}-k{k}-pool{pool}")
+def _llm(parts: Parts, strategy: Strategy) -> Extractor:
+    return parts.llm().tagger(parts.label_specs, strategy.k, parts.demos)
+
+
+@register("verified", "k", parts=(), reads_llm=True, relations_by_llm=True,
+          version="clinie-llm-{llm}-verified-k{k}-pool{pool}")
+def _verified(parts: Parts, strategy: Strategy) -> Extractor:
+    return parts.llm().verified(parts.label_specs, strategy.k, parts.demos)
+
+
+@register("rerank", "band", parts=("encoder",), reads_llm=True, version="{model}-{name}-pool{pool}")
+def _rerank(parts: Parts, strategy: Strategy) -> Extractor:
+    return parts.llm().rerank(parts.part("encoder"), parts.label_specs, strategy.band, parts.demos)
+
+
+@register("student", "threshold", parts=("student",), reads_llm=False)
+def _student(parts: Parts, strategy: Strategy) -> Extractor:
+    return parts.part("student")
+
+
+@register("distilled", parts=("distilled",), reads_llm=False)
+def _distilled(parts: Parts, strategy: Strategy) -> Extractor:
+    return parts.part("distilled")
 
 
 # --- fitting: the parts of one training set --------------------------------------------------
@@ -307,7 +361,7 @@ class StrategyBuilder:
     through one call cache, so bands that ask the same question pay for it once.
 
     Example (not run here: it fine-tunes a model):
-        build = StrategyBuilder([LabelSpec("Disease")], llm=lambda: make_llm(settings))
+        build = StrategyBuilder([LabelSpec("Disease")], llm=lambda: make_llm(settings.llm_options()))
         extractor = build(Strategy("rerank", band=(0.0, 0.8)), train_docs)
         extractor.predict(test_docs)
     """

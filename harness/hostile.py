@@ -1,5 +1,5 @@
 """Hostile request bodies for ``/setup``, ``/predict`` and ``/webhook``: the one definition that the
-fuzz tests (``tests/test_fuzz_requests.py``) and the fault bench share, so that what the bench
+fuzz tests (``tests/integration/test_fuzz_requests.py``) and the fault bench share, so that what the bench
 counts against a live server is what the tests hold the app to — every answer JSON, none 5xx.
 
 Bodies are shaped like Label Studio's, and anything may be wrong at any level: wrong types, ids

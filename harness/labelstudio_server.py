@@ -19,7 +19,7 @@ Measured on a 2-core machine (Python 3.11): 27-30 s from process start to ``GET 
 ``{"status": "UP"}`` on a fresh data dir (Django migrations run on every fresh DB; allow more on a
 slow CI box, ``CLINIE_LS_START_TIMEOUT`` defaults to 180 s), ~400 MB RSS, <1 s to stop.
 
-Protocol facts and surprises checked against the real server by tests/test_labelstudio_server.py
+Protocol facts and surprises checked against the real server by tests/e2e/test_labelstudio_server.py
 (see also the project's notes on the ML backend protocol):
 
 - Project titles must have at least 3 characters (400 otherwise).

@@ -60,7 +60,7 @@ def _report(args: argparse.Namespace) -> int:
         raise ValueError(f"project {args.project} has {len(docs)} usable annotations: a report needs at least 2")
     strategies = parse_strategies(args.strategies or settings.selection_candidates or "encoder", k=settings.llm_k)
     pool = unannotated_documents(store, args.project, schema, settings.student_pool or None)
-    build = builder(schema, settings, llm=lambda: make_llm(settings), unannotated=pool.docs)
+    build = builder(schema, settings, llm=lambda: make_llm(settings.llm_options()), unannotated=pool.docs)
     cv = cross_validate(docs, strategies, build, k=settings.select_folds, seed=args.seed,
                         max_llm_share=settings.select_max_llm_share, prefer=settings.select_prefer, progress=True)
     sizes = sorted({max(1, round(len(docs) * f)) for f in (0.25, 0.5, 0.75)})

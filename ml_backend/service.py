@@ -167,7 +167,7 @@ class Backend:
     def health(self) -> dict[str, Any]:
         """``remote_endpoints``: where note text is sent (an OpenAI-compatible LLM, only when
         configured); ``label_studio``: what annotations are re-synced from (read only)."""
-        remote = [without_credentials(self.settings.llm_base_url)] if self.settings.llm_provider == "openai" else []
+        remote = [without_credentials(self.settings.llm_base_url)] if self.settings.llm_remote else []
         return {"status": "UP", "model_class": "clinie", "clinie_version": __version__,
                 "strategy": self.settings.strategy, "remote_endpoints": remote,
                 "label_studio": without_credentials(self.settings.label_studio_url) or None}

@@ -285,7 +285,7 @@ class Serving:
         with self._lock:
             if self._llm is None:
                 started = time.perf_counter()
-                self._llm = LLMAccess(make_llm(self.settings), Embedder(), self.llm_cache,
+                self._llm = LLMAccess(make_llm(self.settings.llm_options()), Embedder(), self.llm_cache,
                                       guided=bool(self.settings.llm_guided))
                 self.metrics.observe("model_load", time.perf_counter() - started)
             return self._llm

@@ -14,7 +14,7 @@ tunes: (0, 0) asks nothing (the encoder alone); a wider band sends more sentence
 
 Example (not run here: it trains an encoder and loads an LLM):
     encoder = EncoderTagger(["Disease"])
-    rerank = FilterThenRerank(encoder, make_llm(settings), [LabelSpec("Disease")], band=(0, 0.8))
+    rerank = FilterThenRerank(encoder, make_llm(settings.llm_options()), [LabelSpec("Disease")], band=(0, 0.8))
     predicted = rerank.fit(train_docs).predict(test_docs)
     predicted[0].meta["llm"]  # {'calls': 1, ..., 'sentences': 1, 'sentences_to_llm': 1, ...}
 """

@@ -15,6 +15,7 @@ import numpy as np
 
 from clinie.embedded import llm_gguf
 from clinie.llm.base import Completion, LLMError, LocalSession
+from clinie.llm.providers import LLMOptions, register
 
 
 class LlamaCppLLM:
@@ -84,3 +85,9 @@ class LlamaCppSession(LocalSession):
             self._pending = []
         # Logits of the last evaluated token (llama-cpp-python keeps them only with logits_all).
         return np.ctypeslib.as_array(self._llm._ctx.get_logits(), shape=(self._llm.n_vocab(),))
+
+
+@register("llama.cpp", reads=("model", "threads"))
+def make(options: LLMOptions) -> LlamaCppLLM:
+    """In-process on the CPU; ``model`` a GGUF path (empty: the embedded Gemma 3 270M)."""
+    return LlamaCppLLM(options.model or None, n_threads=options.threads or None)

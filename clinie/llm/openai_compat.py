@@ -14,6 +14,7 @@ import threading
 from collections.abc import Sequence
 
 from clinie.llm.base import Completion, LLMError
+from clinie.llm.providers import LLMOptions, register
 from clinie.logs import without_credentials
 
 #: How each kind of server takes a grammar, as extra fields of the request body.
@@ -80,3 +81,12 @@ class OpenAICompatibleLLM:
         usage = response.usage
         return Completion(text, usage.prompt_tokens if usage else 0, usage.completion_tokens if usage else 0,
                           logprobs)
+
+
+@register("openai", reads=("model", "base_url", "api_key", "chat", "guided", "timeout_seconds"),
+          requires=("base_url", "model"), remote=True)
+def make(options: LLMOptions) -> OpenAICompatibleLLM:
+    """Any OpenAI-compatible endpoint: note text IS sent to ``base_url``."""
+    return OpenAICompatibleLLM(options.model, base_url=options.base_url, api_key=options.api_key or None,
+                               chat=options.chat, timeout=options.timeout_seconds,
+                               grammar_style=options.guided or "llama.cpp")

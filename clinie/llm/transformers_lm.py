@@ -20,6 +20,7 @@ import numpy as np
 
 from clinie.embedded import llm_gguf
 from clinie.llm.base import Completion, LLMError, LocalSession
+from clinie.llm.providers import LLMOptions, register
 
 
 def load_causal_lm(model: str | Path | None = None, device: str | None = None) -> tuple[str, str, Any, Any]:
@@ -114,3 +115,10 @@ class TransformersSession(LocalSession):
             self._logits = out.logits[0, -1].float().cpu().numpy()
         assert self._logits is not None
         return self._logits
+
+
+@register("transformers", reads=("model", "device"))
+def make(options: LLMOptions) -> TransformersLLM:
+    """In-process, on the GPU when there is one; ``model`` a directory, an HF name available
+    offline or a GGUF path (empty: the embedded Gemma 3 270M)."""
+    return TransformersLLM(options.model or None, device=options.device or None)

@@ -4,8 +4,6 @@ llama.cpp in-process and behind llama.cpp's OpenAI-compatible server)."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 from hypothesis import assume, given, strategies as st
@@ -24,11 +22,10 @@ from clinie.prompting.relation_mc import generate_prompt, option_texts
 from clinie.relations import Pair, PairTypes, candidate_pairs, labelled_pairs, mark, unlisted_pairs
 from clinie.relations.priors import Calibration, adjust_to_priors, estimate_priors, fit_calibration, label_frequencies
 from clinie.retrieval import Embedder
-from harness import DATA
+from harness import DATA, ROOT
 from harness.backend_server import LlamaServer
 from harness.helpers import assert_relations_join_spans, assert_spans_match_text
 
-ROOT = Path(__file__).resolve().parents[1]
 DDI = DATA / "ddi"
 SPECS = parse_label_config((ROOT / "label_configs" / "drug_interactions.xml").read_text()).relation_labels
 MEDICATION = parse_label_config((ROOT / "label_configs" / "medication_attributes.xml").read_text()).relation_labels

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-from pathlib import Path
 
 import pytest
 from hypothesis import given, settings, strategies as st
@@ -19,9 +18,8 @@ from clinie.labelstudio import (
     parse_label_config,
     task_to_document,
 )
+from harness import ROOT
 from harness.helpers import assert_spans_match_text
-
-ROOT = Path(__file__).resolve().parents[1]
 
 NESTED = """<View>
   <Header value="Read the note"/>

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from clinie.settings import Settings
+from harness import ROOT
 
 
 def test_defaults_need_no_environment():
@@ -45,7 +46,7 @@ def test_unknown_keys_in_the_config_file_are_refused(tmp_path):
 def test_the_readme_documents_every_setting():
     """The settings reference in the README names every variable (a row whose first cell holds
     it, possibly beside a sibling) — a new setting cannot ship undocumented."""
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    readme = (ROOT / "README.md").read_text()
     rows = [line.split("|")[1] for line in readme.splitlines() if line.startswith("| `CLINIE_")]
     documented = {name for cell in rows for name in re.findall(r"`CLINIE_([A-Z_]+)`", cell)}
     assert {f.name.upper() for f in fields(Settings)} | {"CONFIG"} == documented

@@ -20,11 +20,11 @@ import yaml
 from werkzeug.serving import make_server
 
 from clinie.settings import Settings
+from harness import ROOT
 from harness.backend_server import ServerProcess
 from harness.labelstudio_server import LS_VERSION, free_port
 from ml_backend.app import create_app
 
-ROOT = Path(__file__).resolve().parents[1]
 #: What a deployment sets: the image listens on every address, so it requires them.
 CREDENTIALS = {"CLINIE_BASIC_AUTH_USER": "label-studio", "CLINIE_BASIC_AUTH_PASSWORD": "s3cret:with a colon"}
 

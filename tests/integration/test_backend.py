@@ -21,7 +21,7 @@ from clinie.labelstudio import document_to_result, parse_label_config
 from clinie.llm.hidden import HiddenStates
 from clinie.model_version import MAIN_PART, MANIFEST, ModelVersion
 from clinie.settings import Settings
-from harness import DATA
+from harness import DATA, ROOT
 from harness.helpers import Files, assert_regions_match_tasks, assert_spans_match_text, webhook_event
 from harness.labelstudio_server import free_port
 from ml_backend.app import create_app
@@ -31,7 +31,6 @@ from ml_backend.serving import NO_MODEL_VERSION, Serving
 from ml_backend.store import ModelRecord
 from ml_backend.training import Superseded, select_strategy, train_project
 
-ROOT = Path(__file__).resolve().parents[1]
 CONFIG = (ROOT / "label_configs" / "disease_ner.xml").read_text()
 SCHEMA = parse_label_config(CONFIG)
 NCBI_TRAIN = DATA / "ncbi_disease" / "fewshot" / "gutierrez_train100_seed42.jsonl"

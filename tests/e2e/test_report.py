@@ -11,12 +11,12 @@ import pytest
 
 from clinie.evaluation.report import new_report, render_markdown, write_report
 from clinie.evaluation.study import load_run, study_report, summarise
+from harness import ROOT
 from harness.browser import screenshot_page
 
-ROOT = Path(__file__).resolve().parents[1]
 COMMAND = "python -m bench.loop --corpora ncbi_disease --sizes 100 --seeds 42 --strategies encoder,gated,probe"
 #: ``COMMAND``'s saved run, as it came out (selection within a quarter of the sentences to the LLM)
-RUN = Path(__file__).parent / "data" / "loop_ncbi_disease_size100-seed42.json"
+RUN = ROOT / "tests" / "data" / "loop_ncbi_disease_size100-seed42.json"
 
 
 def real_report() -> dict:

@@ -21,7 +21,7 @@ from label_studio_sdk.client import LabelStudio
 from clinie.cli import main
 from clinie.core import read_documents, write_documents
 from clinie.labelstudio import document_to_result, parse_label_config
-from harness import DATA
+from harness import DATA, ROOT
 from harness.backend_server import BackendServer
 from ml_backend.annotations import project_documents
 from ml_backend.store import AnnotationStore
@@ -31,7 +31,6 @@ pytestmark = [
     pytest.mark.skipif(os.environ.get("CLINIE_SKIP_E2E") == "1", reason="CLINIE_SKIP_E2E=1"),
 ]
 
-ROOT = Path(__file__).resolve().parents[1]
 DISEASE_CONFIG = (ROOT / "label_configs" / "disease_ner.xml").read_text()
 
 

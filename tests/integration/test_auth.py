@@ -8,12 +8,12 @@ import base64
 import sqlite3
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import requests
 
 from clinie.settings import Settings
+from harness import ROOT
 from harness.backend_server import BackendServer
 from harness.helpers import webhook_event
 from harness.labelstudio_server import free_port
@@ -62,7 +62,7 @@ def test_clinie_serve_on_every_address_without_auth_exits_with_one_clear_line(tm
     env = {"PATH": "/usr/bin:/bin", "CLINIE_DATA_DIR": str(tmp_path / "data")}
     done = subprocess.run([sys.executable, "-m", "clinie.cli", "serve", "--host", "0.0.0.0",
                            "--port", str(free_port())],
-                          env=env, capture_output=True, text=True, timeout=120, cwd=Path(__file__).resolve().parents[1])
+                          env=env, capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert done.returncode == 2
     assert done.stderr.startswith("clinie serve: refusing to serve on 0.0.0.0 without authentication")
     assert "CLINIE_ALLOW_UNAUTHENTICATED=1" in done.stderr and "Traceback" not in done.stderr

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,9 +16,8 @@ from clinie.extractors.finetune import STEP_BUDGET, fine_tune, planned_steps
 from clinie.extractors.relation_encoder import SAMPLED_EPOCHS, RelationClassifier
 from clinie.labelstudio import parse_label_config
 from clinie.relations import MAX_DISTANCE, PairTypes, candidate_pairs, labelled_pairs, sample_at_shares
-from harness import DATA
+from harness import DATA, ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 SPECS = parse_label_config((ROOT / "label_configs" / "drug_interactions.xml").read_text()).relation_labels
 
 

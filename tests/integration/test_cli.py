@@ -11,7 +11,7 @@ import pytest
 
 from clinie.cli import main
 from clinie.core import read_documents, write_documents
-from harness import DATA
+from harness import DATA, ROOT
 from harness.helpers import assert_spans_match_text
 
 NCBI = DATA / "ncbi_disease" / "fewshot"
@@ -75,7 +75,7 @@ def test_errors_are_one_clear_line(tmp_path, capsys):
 def test_predict_with_the_llm_strategy_and_retrieved_demos(files, tmp_path, capsys):
     _, train, test = files
     out = tmp_path / "llm.jsonl"
-    config = Path(__file__).resolve().parents[1] / "label_configs" / "disease_ner.xml"
+    config = ROOT / "label_configs" / "disease_ner.xml"
     assert main(["predict", "--strategy", "llm", "--demos", str(train), "--k", "2", "--config", str(config),
                  "--data", str(test), "--out", str(out), "--cache", str(tmp_path / "calls.sqlite3")]) == 0
     predicted = list(read_documents(out))
@@ -111,7 +111,7 @@ def test_relations_train_predict_on_gold_spans_and_evaluate(tmp_path, capsys):
     write_documents(short[:30], train)
     write_documents(list(read_documents(ddi / "chen2023_test_sample200.jsonl"))[:20], test)
     model, pred = tmp_path / "model", tmp_path / "pred.jsonl"
-    config = Path(__file__).resolve().parents[1] / "label_configs" / "drug_interactions.xml"
+    config = ROOT / "label_configs" / "drug_interactions.xml"
     assert main(["train", "--data", str(train), "--out", str(model), "--config", str(config),
                  "--pairs", "listed", "--negatives", "20", "--epochs", "2"]) == 0
     assert (model / "relations" / "clinie.json").exists()
@@ -155,7 +155,7 @@ def test_report_of_a_project_from_the_backends_store(tmp_path, monkeypatch, caps
     from clinie.labelstudio import document_to_result, parse_label_config
     from ml_backend.store import AnnotationStore
 
-    config = (Path(__file__).resolve().parents[1] / "label_configs" / "disease_ner.xml").read_text()
+    config = (ROOT / "label_configs" / "disease_ner.xml").read_text()
     control = parse_label_config(config).span_controls[0]
     store = AnnotationStore(tmp_path / "data" / "clinie.sqlite3")
     store.set_label_config("3", config)

@@ -1,0 +1,1 @@
+"""End-to-end tests: a real Label Studio, the container image, Chromium."""
