@@ -8,19 +8,9 @@ Example:
     >>> m = Metrics()
     >>> m.count("predicted_tasks", 3)
     >>> m.observe("predict_request", 0.25)
-    >>> print(render_prometheus(m.snapshot()), end="")
-    # TYPE clinie_predicted_tasks_total counter
-    clinie_predicted_tasks_total 3
-    # TYPE clinie_predict_request_seconds summary
-    clinie_predict_request_seconds{quantile="0.5"} 0.25
-    clinie_predict_request_seconds{quantile="0.95"} 0.25
-    clinie_predict_request_seconds{quantile="0.99"} 0.25
-    clinie_predict_request_seconds_sum 0.25
-    clinie_predict_request_seconds_count 1
-    # TYPE clinie_predict_batches_in_flight gauge
-    clinie_predict_batches_in_flight 0
-    # TYPE clinie_trainings_in_flight gauge
-    clinie_trainings_in_flight 0
+    >>> print(render_prometheus(m.snapshot()).splitlines()[:3])  # doctest: +NORMALIZE_WHITESPACE
+    ['# HELP clinie_predicted_tasks_total predicted tasks', '# TYPE clinie_predicted_tasks_total counter',
+     'clinie_predicted_tasks_total 3.0']
 """
 
 from __future__ import annotations
@@ -29,7 +19,12 @@ import itertools
 import threading
 import time
 from collections import Counter, deque
+from collections.abc import Iterator
 from typing import Any
+
+from prometheus_client import CollectorRegistry, Metric, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
 
 PREFIX = "clinie_"
 
@@ -135,55 +130,82 @@ def _quantile(ordered: list[float], q: float) -> float:
 
 
 def render_prometheus(snapshot: dict[str, Any]) -> str:
-    """The snapshot in the Prometheus text exposition format (version 0.0.4).
+    """The snapshot in the Prometheus text exposition format (``prometheus_client`` writes it).
 
     Counters end in ``_total``; latencies are summaries over the last window (quantiles) with
     lifetime ``_count`` and ``_sum``; the store's figures and the batches in flight are gauges.
+    The figures are kept by ``Metrics`` (and the store), which the JSON view shares: the registry
+    is made for one answer, from one snapshot.
     """
-    lines: list[str] = []
-
-    def metric(name: str, kind: str, samples: list[tuple[str, float]]) -> None:
-        lines.append(f"# TYPE {PREFIX}{name} {kind}")
-        lines.extend(f"{PREFIX}{name}{labels} {_number(value)}" for labels, value in samples)
-
-    for name, value in sorted(snapshot["counts"].items()):
-        metric(f"{name}_total", "counter", [("", value)])
-    for name, by in sorted(snapshot.get("counts_by", {}).items()):
-        metric(f"{name}_total", "counter",
-               [(f'{{{label}="{value}"}}', n) for label, values in by.items() for value, n in values.items()])
-    for name, s in sorted(snapshot["latency_seconds"].items()):
-        lines.append(f"# TYPE {PREFIX}{name}_seconds summary")
-        for q, key in (("0.5", "p50"), ("0.95", "p95"), ("0.99", "p99")):
-            lines.append(f'{PREFIX}{name}_seconds{{quantile="{q}"}} {_number(s[key])}')
-        lines.append(f"{PREFIX}{name}_seconds_sum {_number(s['sum'])}")
-        lines.append(f"{PREFIX}{name}_seconds_count {_number(s['count'])}")
-    batches = snapshot.get("predict_batches", [])
-    metric("predict_batches_in_flight", "gauge", [("", len(batches))])
-    if batches:
-        metric("predict_batch_tasks", "gauge", [(f'{{batch="{b["id"]}"}}', b["tasks"]) for b in batches])
-        metric("predict_batch_tasks_done", "gauge", [(f'{{batch="{b["id"]}"}}', b["done"]) for b in batches])
-    trainings = snapshot.get("trainings_in_flight", [])
-    metric("trainings_in_flight", "gauge", [("", len(trainings))])
-    if trainings:
-        stage = [(f'{{project="{t["project"]}",stage="{t["stage"]}"}}', t) for t in trainings]
-        metric("training_seconds", "gauge", [(labels, t["seconds"]) for labels, t in stage])
-        metric("training_fits_done", "gauge", [(labels, t["done"]) for labels, t in stage])
-        metric("training_fits", "gauge", [(labels, t["total"]) for labels, t in stage])
-    store = snapshot.get("store")
-    if store:
-        metric("annotations", "gauge", [(f'{{state="{k}"}}', v) for k, v in sorted(store["annotations"].items())])
-        metric("trainings", "gauge", [(f'{{status="{k}"}}', v) for k, v in sorted(store["trainings"].items())])
-        metric("model_versions", "gauge", [("", store["model_versions"])])
-        if "queue" in store:  # training jobs on PostgreSQL, by status
-            metric("training_jobs", "gauge", [(f'{{status="{k}"}}', v) for k, v in sorted(store["queue"].items())])
-        metric("unannotated_tasks", "gauge",
-               [(f'{{project="{project}"}}', n) for project, n in sorted(store.get("unannotated_tasks", {}).items())])
-        metric("unusable_annotations", "gauge",
-               [(f'{{project="{project}",reason="{reason}"}}', n)
-                for project, reasons in sorted(store.get("unusable_annotations", {}).items())
-                for reason, n in sorted(reasons.items())])
-    return "\n".join(lines) + "\n"
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Snapshot(snapshot))
+    return generate_latest(registry).decode()
 
 
-def _number(value: float) -> str:
-    return str(int(value)) if float(value).is_integer() else repr(float(value))
+class _Snapshot(Collector):
+    def __init__(self, snapshot: dict[str, Any]) -> None:
+        self.snapshot = snapshot
+
+    def collect(self) -> Iterator[Metric]:
+        snapshot = self.snapshot
+        for name, value in sorted(snapshot["counts"].items()):
+            yield CounterMetricFamily(PREFIX + name, name.replace("_", " "), value=value)
+        for name, by in sorted(snapshot.get("counts_by", {}).items()):
+            for label, values in by.items():
+                yield _family(CounterMetricFamily, name, f"{name.replace('_', ' ')}, by {label}", [label],
+                              [([value], n) for value, n in values.items()])
+        for name, s in sorted(snapshot["latency_seconds"].items()):
+            summary = Metric(f"{PREFIX}{name}_seconds", f"seconds of {name.replace('_', ' ')}: quantiles over the "
+                             "last window, lifetime count and sum", "summary")
+            for q, key in (("0.5", "p50"), ("0.95", "p95"), ("0.99", "p99")):
+                summary.add_sample(summary.name, {"quantile": q}, s[key])
+            summary.add_sample(summary.name + "_sum", {}, s["sum"])
+            summary.add_sample(summary.name + "_count", {}, s["count"])
+            yield summary
+        batches = snapshot.get("predict_batches", [])
+        yield GaugeMetricFamily(PREFIX + "predict_batches_in_flight", "/predict batches being answered",
+                                value=len(batches))
+        if batches:
+            yield _family(GaugeMetricFamily, "predict_batch_tasks", "tasks of a batch in flight", ["batch"],
+                          [([str(b["id"])], b["tasks"]) for b in batches])
+            yield _family(GaugeMetricFamily, "predict_batch_tasks_done", "tasks of a batch in flight answered",
+                          ["batch"], [([str(b["id"])], b["done"]) for b in batches])
+        trainings = snapshot.get("trainings_in_flight", [])
+        yield GaugeMetricFamily(PREFIX + "trainings_in_flight", "trainings running", value=len(trainings))
+        if trainings:
+            labels = ["project", "stage"]
+            stage = [([str(t["project"]), t["stage"]], t) for t in trainings]
+            yield _family(GaugeMetricFamily, "training_seconds", "seconds since the training started", labels,
+                          [(values, t["seconds"]) for values, t in stage])
+            yield _family(GaugeMetricFamily, "training_fits_done", "steps of the stage done", labels,
+                          [(values, t["done"]) for values, t in stage])
+            yield _family(GaugeMetricFamily, "training_fits", "steps of the stage", labels,
+                          [(values, t["total"]) for values, t in stage])
+        if store := snapshot.get("store"):
+            yield from _store(store)
+
+
+def _store(store: dict[str, Any]) -> Iterator[Metric]:
+    """The store's figures, as gauges."""
+    yield _family(GaugeMetricFamily, "annotations", "stored annotations, by state", ["state"],
+                  [([k], v) for k, v in sorted(store["annotations"].items())])
+    yield _family(GaugeMetricFamily, "trainings", "trainings, by status", ["status"],
+                  [([k], v) for k, v in sorted(store["trainings"].items())])
+    yield GaugeMetricFamily(PREFIX + "model_versions", "registered model versions", value=store["model_versions"])
+    if "queue" in store:  # training jobs on PostgreSQL, by status
+        yield _family(GaugeMetricFamily, "training_jobs", "training jobs on the queue, by status", ["status"],
+                      [([k], v) for k, v in sorted(store["queue"].items())])
+    yield _family(GaugeMetricFamily, "unannotated_tasks", "unannotated tasks whose data is kept", ["project"],
+                  [([str(p)], n) for p, n in sorted(store.get("unannotated_tasks", {}).items())])
+    yield _family(GaugeMetricFamily, "unusable_annotations", "annotations that cannot be learned, by reason",
+                  ["project", "reason"], [([str(p), reason], n)
+                                          for p, reasons in sorted(store.get("unusable_annotations", {}).items())
+                                          for reason, n in sorted(reasons.items())])
+
+
+def _family(kind: type[CounterMetricFamily] | type[GaugeMetricFamily], name: str, documentation: str,
+            labels: list[str], samples: list[tuple[list[str], float]]) -> Metric:
+    family = kind(PREFIX + name, documentation, labels=labels)
+    for values, value in samples:
+        family.add_metric(values, value)
+    return family

@@ -288,7 +288,7 @@ def test_predicted_tasks_are_kept_as_the_projects_unannotated_text_until_label_s
     predict_marked_note(client)
     assert [t["id"] for t in backend.store.unannotated_tasks("1")] == [4, 5]
     assert MARKER.encode() in b"".join(f.read_bytes() for f in settings.data_dir.glob("clinie.sqlite3*"))
-    assert 'clinie_unannotated_tasks{project="1"} 2' in client.get("/metrics").text.splitlines()
+    assert 'clinie_unannotated_tasks{project="1"} 2.0' in client.get("/metrics").text.splitlines()
     assert client.post("/webhook", json=webhook_event(10, 5, "Another note.", [])).json["stored"]  # 5 is annotated
     assert backend.metrics_snapshot()["store"]["unannotated_tasks"] == {"1": 1}
 
@@ -318,7 +318,7 @@ def test_a_failure_to_store_predicted_tasks_is_counted_and_fails_no_prediction(s
     answer = predict_marked_note(client, more=" Stable." * 20_000)
     assert [r["result"] for r in answer["results"]] == [[], []] and answer["model_version"] == NO_MODEL_VERSION
     assert backend.metrics.snapshot()["counts"]["task_store_failures"] == 1
-    assert "clinie_task_store_failures_total 1" in client.get("/metrics").text.splitlines()
+    assert "clinie_task_store_failures_total 1.0" in client.get("/metrics").text.splitlines()
     backend.store._db().execute("PRAGMA max_page_count=1073741823")
     assert backend.store.unannotated_tasks("1") == []
     assert "not stored: OperationalError" in caplog.text and MARKER not in caplog.text

@@ -116,7 +116,7 @@ def test_a_damaged_serving_version_is_answered_by_the_one_registered_before_it(t
         assert_regions_match_tasks(TASKS, answer.json)
     assert backend.model_version("1") == first.version
     assert backend.metrics_snapshot()["counts"]["model_fallbacks"] == 1  # found once, then set aside
-    assert "clinie_model_fallbacks_total 1" in client.get("/metrics").text
+    assert "clinie_model_fallbacks_total 1.0" in client.get("/metrics").text
 
     restarted = create_app(backend.settings, Backend(backend.settings, start_worker=False)).test_client()
     assert predict(restarted).json["model_version"] == first.version

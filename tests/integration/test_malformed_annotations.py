@@ -120,5 +120,5 @@ def test_a_webhook_with_a_malformed_annotation_is_stored_and_answered_200_saying
     assert [e.annotation_id for e in backend.store.training_examples("1")] == [1, 2, 3]
     counted = client.get("/metrics?format=json").json["counts_by"]["annotations_unusable"]
     assert counted == {"reason": {"region labels not a list of strings": 1, "region offsets unusable": 1}}
-    assert 'clinie_annotations_unusable_total{reason="region offsets unusable"} 1' in client.get("/metrics").text
+    assert 'clinie_annotations_unusable_total{reason="region offsets unusable"} 1.0' in client.get("/metrics").text
     backend.close()
