@@ -286,7 +286,7 @@ the pool alone picks a strategy, among those that sent at most the budget's shar
 the LLM in that cross-validation; then every strategy is fitted on the whole pool and scored — strict entity
 F1, exact span and label — on the 200 items of `data/<corpus>/fewshot/chen2023_test_sample200.jsonl`, the
 items behind Chen et al. 2023's published GPT-4 figures. The strategies are those of the backend's selection
-(README, *The learning loop*): `encoder` the fine-tuned MiniLM alone; `gated-0.NN` filter-then-probe (the
+([learning-loop.md](learning-loop.md)): `encoder` the fine-tuned MiniLM alone; `gated-0.NN` filter-then-probe (the
 probe reads only the sentences holding a case the encoder is less sure of than 0.NN); `probe` the tagger on
 the local LLM's hidden states, reading every sentence; `rerank-0.NN` filter-then-rerank; `llm-kN` the
 prompted LLM.

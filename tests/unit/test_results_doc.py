@@ -39,9 +39,9 @@ def test_the_readme_summary_is_generated_from_the_run_files():
 
 
 def test_the_readme_stays_a_reference():
-    """The README is a reference (under 20 KB); full results live in docs/."""
+    """The README is a reference (under 16 KB); full results live in docs/."""
     readme = results_doc.README.read_bytes()
-    assert len(readme) < 20_000, f"README.md is {len(readme)} bytes: move long material to docs/"
+    assert len(readme) < 16_000, f"README.md is {len(readme)} bytes: move long material to docs/"
     for page in ("docs/results.md", "docs/earlier-measurements.md"):
         assert page in readme.decode("utf-8") and (ROOT / page).exists(), page
 
