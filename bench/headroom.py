@@ -6,7 +6,7 @@ are answered four ways and scored (strict F1):
 
 - *encoder*: its own answer (the hard spans kept, the possibly missed ones not added);
 - *drop hard*: every hard case answered "not an entity" (a confidence threshold, no LLM);
-- *rerank*: the LLM's answers (``FilterThenRerank.predict``, what the loop measures);
+- *rerank*: the LLM's answers (``Rerank.predict``, what the loop measures);
 - *oracle*: each hard case answered right — the ceiling of the question as asked; and
   *oracle + boundaries*: right, with the hard span also allowed to move each of its ends by one
   word (what questions offering boundary alternatives could reach at most).

@@ -34,7 +34,7 @@ from clinie.evaluation.report import new_report, write_report
 from clinie.evaluation.study import PICKS, load_run, mean_sd_text, run_study, study_report, summarise
 from clinie.llm import LLMOptions, make_llm
 from clinie.llm.cache import CallCache
-from clinie.strategies import StrategyBuilder, parse_strategies
+from clinie.strategies import StrategyBuilder, default_candidates, parse_strategies
 from harness import DATA, ROOT
 
 LABELS = {"ncbi_disease": "Disease", "bc5cdr_chem": "Chemical"}
@@ -49,7 +49,7 @@ def main() -> None:
     parser.add_argument("--corpora", default="ncbi_disease,bc5cdr_chem")
     parser.add_argument("--sizes", default="10,25,50,100")
     parser.add_argument("--seeds", default="42,33,21")
-    parser.add_argument("--strategies", default="encoder,gated,probe,llm,rerank")
+    parser.add_argument("--strategies", default=default_candidates())
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--max-llm-share", type=float, default=0.25,
                         help="select among strategies sending at most this share of the sentences to the LLM")

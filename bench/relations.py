@@ -242,7 +242,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from clinie.extractors.encoder import EncoderTagger
-    from clinie.extractors.relation_encoder import RelationClassifier
+    from clinie.extractors.relation_classifier import RelationClassifier
 
     command = command_line("bench.relations")
     if args.long_notes:
@@ -328,7 +328,7 @@ def teach(teacher: Any, tagger: Any, train: list[Document], seed: int, args: arg
     """A student fitted as ``teacher`` was, and on the candidate pairs of ``args.unannotated``
     train-split sentences (none of the few-shot file's or the test's) between the spans ``tagger``
     finds, each learnt as the teacher reads it; with what the teaching took."""
-    from clinie.extractors.relation_encoder import RelationClassifier, Scored
+    from clinie.extractors.relation_classifier import RelationClassifier, Scored
     from clinie.relations.priors import adjust_to_priors
 
     excluded = [*read_documents(DDI / "test.jsonl"),
@@ -371,7 +371,7 @@ def long_notes(sentences: Sequence[Document], n: int, chars: int, seed: int) -> 
 def run_long_notes(args: argparse.Namespace, command: str) -> None:
     """The classifier variants on long notes, exhaustively annotated (``--long-notes``): fit
     and prediction time, the share of ``false`` learnt beside the real one, and F1."""
-    from clinie.extractors.relation_encoder import RelationClassifier
+    from clinie.extractors.relation_classifier import RelationClassifier
 
     rows = []
     for seed in [int(s) for s in args.seeds.split(",")]:

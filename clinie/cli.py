@@ -67,7 +67,7 @@ def _unannotated(args: argparse.Namespace, strategies: list) -> list:
 def _train(args: argparse.Namespace) -> int:
     from clinie.core import LabelSpec
     from clinie.extractors.encoder import EncoderTagger
-    from clinie.extractors.relation_encoder import RELATIONS_DIR, RelationClassifier
+    from clinie.extractors.relation_classifier import RELATIONS_DIR, RelationClassifier
     from clinie.model_version import MAIN_PART, ModelVersion
     from clinie.selection import probe_states
     from clinie.strategies import PARTS, Strategy, StrategyBuilder
@@ -90,7 +90,7 @@ def _train(args: argparse.Namespace) -> int:
     print(f"trained on {len(docs)} documents, labels {', '.join(labels)}", file=sys.stderr)
     build = StrategyBuilder([LabelSpec(label) for label in labels], encoder_model=args.model, encoder_options=options,
                             states=lambda: probe_states(Settings.load()), unannotated=unannotated)
-    for name in strategy.kind.saves:  # what the strategy reads besides the encoder, saved beside it
+    for name in strategy.kind.saved_parts:  # what the strategy reads besides the encoder, saved beside it
         parts[PARTS[name].directory] = PARTS[name].fit(build, docs, strategy)
         print(f"{strategy.name}: {name} fitted", file=sys.stderr)
     if specs := _relation_specs(schema, docs):
@@ -130,7 +130,7 @@ class _CommandLineParts:
         self.args = args
         self.demos = list(read_documents(args.demos)) if args.demos else []
         self.schema = _schema(args)
-        self._llm = None
+        self._llm_access = None
         self._version = None
 
     @property
@@ -167,24 +167,24 @@ class _CommandLineParts:
         return part.load(self.version(name).local(part.directory), lambda: probe_states(_llm_settings(self.args)))
 
     def trained_relations(self):
-        from clinie.extractors.relation_encoder import RELATIONS_DIR, RelationClassifier
+        from clinie.extractors.relation_classifier import RELATIONS_DIR, RelationClassifier
 
         if not self.args.model or not self.version("relation classifier").has(RELATIONS_DIR):
             return None
         return RelationClassifier.load(self.version("relation classifier").local(RELATIONS_DIR))
 
-    def llm(self):
+    def llm_access(self):
         from clinie.llm import make_llm
         from clinie.llm.cache import CallCache
         from clinie.retrieval import Embedder
         from clinie.strategies import LLMAccess
 
-        if self._llm is None:
+        if self._llm_access is None:
             settings = _llm_settings(self.args)
-            self._llm = LLMAccess(make_llm(settings.llm_options()), Embedder(),
-                                  CallCache(self.args.cache) if self.args.cache else None,
-                                  guided=bool(settings.llm_guided))
-        return self._llm
+            self._llm_access = LLMAccess(make_llm(settings.llm_options()), Embedder(),
+                                         CallCache(self.args.cache) if self.args.cache else None,
+                                         guided=bool(settings.llm_guided))
+        return self._llm_access
 
 
 def _predict(args: argparse.Namespace) -> int:
@@ -313,7 +313,7 @@ PAIRS_HELP = ("relations in the data: 'all' (default) = every unannotated pair o
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from clinie.strategies import strategy_forms
+    from clinie.strategies import default_candidates, strategy_forms
 
     parser = argparse.ArgumentParser(prog="clinie", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -378,7 +378,7 @@ def build_parser() -> argparse.ArgumentParser:
     fewshot.add_argument("--sizes", default="10,25,50,100", help="pool sizes (default 10,25,50,100)")
     fewshot.add_argument("--seeds", default="3",
                          help="a count (3: seeds 0,1,2) or a comma-separated list (42,33,21; one seed: 42,)")
-    fewshot.add_argument("--strategies", default="encoder,gated,probe,llm,rerank",
+    fewshot.add_argument("--strategies", default=default_candidates(),
                          help=f"comma-separated: {strategy_forms()} (llm: --k demos; gated, rerank: every --bands)")
     fewshot.add_argument("--bands", default="0.7,0.8,0.9",
                          help="rerank and gated: upper confidence bounds of the bands")

@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime
 from typing import Any
 
+from clinie.clock import utc_now
 from clinie.core import Document, LabelSpec, Schema
 from clinie.evaluation.fewshot import CrossValidation, cross_validate
 from clinie.evaluation.study import cross_fitted_calibration
 from clinie.evaluation.thresholds import fit_thresholds
+from clinie.extractors.finetune import epochs_option
 from clinie.llm.base import LLM
 from clinie.llm.hidden import HiddenStates
 from clinie.retrieval import Embedder
@@ -45,7 +46,7 @@ def builder(schema: Schema, settings: Settings, llm: Callable[[], LLM] | None = 
     """What fits the strategies of a project with ``schema``; ``unannotated``: the project's
     unannotated documents (``unannotated_documents``), which the student strategy learns from."""
     return StrategyBuilder(span_specs(schema), llm=llm, embedder=embedder, encoder_model=settings.encoder_model or None,
-                           encoder_options={"epochs": settings.encoder_epochs} if settings.encoder_epochs else {},
+                           encoder_options=epochs_option(settings.encoder_epochs),
                            guided=bool(settings.llm_guided), states=states or (lambda: probe_states(settings)),
                            unannotated=unannotated)
 
@@ -63,7 +64,7 @@ def selection_record(cv: CrossValidation, min_precision: float) -> dict[str, Any
     cross-fitted expected calibration error)."""
     chosen = cv.selected.name
     record: dict[str, Any] = {"strategy": chosen,
-                              "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+                              "created_at": utc_now(),
                               **cv.summary(), "calibrator": None,
                               "thresholds": fit_thresholds(cv.docs, cv.runs[chosen].predictions,
                                                            min_precision=min_precision).as_dict()}

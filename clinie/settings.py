@@ -11,8 +11,10 @@ Example:
 
 from __future__ import annotations
 
+import inspect
 import ipaddress
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
@@ -20,6 +22,7 @@ from pathlib import Path
 from typing import Any, get_type_hints
 
 from clinie.embedded import EMBEDDED_LLM_NAME
+from clinie.llm.hidden import DEFAULT_CACHE_MB
 from clinie.llm.providers import LLMOptions, provider, providers
 
 PREFIX = "CLINIE_"
@@ -32,7 +35,8 @@ class Settings:
     #: Where the annotation store (``clinie.sqlite3``) and the model versions (``models/``) live.
     data_dir: Path = Path("clinie-data")
     #: The annotation store in a PostgreSQL database (``postgresql://user:password@host/db``), for
-    #: processes and machines that share it; empty = the SQLite file in ``data_dir``.
+    #: processes and machines that share it, trainings then running on ``clinie worker``
+    #: (docs/deploying.md, *Beyond one machine*); empty = the SQLite file in ``data_dir``.
     database_url: str = ""
     #: Where model versions are written and read: a directory every process shares, or an
     #: S3-compatible bucket (``s3://bucket/prefix``, credentials from ``AWS_*``); empty = ``models/``
@@ -41,8 +45,10 @@ class Settings:
     #: Address ``clinie serve`` listens on; the container sets 0.0.0.0. Any but loopback requires
     #: basic auth (or ``allow_unauthenticated``): see ``validate_serving``.
     host: str = "127.0.0.1"
+    #: Port ``clinie serve`` listens on: the one in the backend URL Label Studio is given.
     port: int = 9090
-    #: Encoder to fine-tune: a local directory or a Hugging Face name; empty = embedded MiniLM.
+    #: Encoder to fine-tune: a local directory or a Hugging Face name available offline (e.g. a
+    #: PubMedBERT directory); empty = embedded MiniLM.
     encoder_model: str = ""
     #: Fine-tuning epochs of the encoder; 0 = the tagger's default.
     encoder_epochs: int = 0
@@ -84,26 +90,29 @@ class Settings:
     #: Folds of that cross-validation (leave-one-out below 10 annotations).
     select_folds: int = 5
     #: The largest share of sentences the selected strategy may send to the LLM (as measured in
-    #: the cross-validation); 1 = no limit.
+    #: the cross-validation; e.g. 0.25); 1 = no limit.
     select_max_llm_share: float = 1.0
     #: Precision first: per label, regions are shown only from the score on at which at least
     #: this share of the selected strategy's cross-validated regions were right (the lowest such
     #: score); a label none reaches is not shown until the model improves; 0 = every region.
     #: Thresholds are chosen at each training: a new value takes effect from the next one (0 at once).
     min_precision: float = 0.5
-    #: The causal LM whose hidden states the ``probe`` strategy reads, in-process (transformers):
-    #: a GGUF path, a model directory or an HF name available offline; empty = embedded Gemma 3 270M.
+    #: The causal LM whose hidden states the ``probe`` strategy reads, in-process (transformers, on
+    #: ``llm_device``; always local): a GGUF path, a model directory or an HF name available
+    #: offline; empty = embedded Gemma 3 270M.
     probe_model: str = ""
     #: ``llama.cpp`` (in-process on the CPU), ``transformers`` (in-process, a Hugging Face causal
     #: LM, on the GPU when there is one) — nothing leaves the machine — or ``openai`` (any
-    #: OpenAI-compatible endpoint: note text IS sent to ``llm_base_url``), or one another package
-    #: registers (``clinie.llm.providers``).
+    #: OpenAI-compatible endpoint — vLLM, llama.cpp's server, Ollama: note text IS sent to
+    #: ``llm_base_url``), or one another package registers (``clinie.llm.providers``).
     llm_provider: str = "llama.cpp"
     #: llama.cpp: a GGUF path; transformers: a model directory, HF name or GGUF path (empty, for
     #: both: the embedded Gemma 3 270M); openai: the model name the endpoint serves.
     llm_model: str = ""
     #: The OpenAI-compatible endpoint; required with ``llm_provider=openai`` — never implied.
+    #: ``/health`` lists it under ``remote_endpoints``.
     llm_base_url: str = ""
+    #: openai: the API key the endpoint asks for, if any (a local server usually asks none).
     llm_api_key: str = ""
     #: openai: 1 = use the chat API (for chat-only models) instead of plain completions.
     llm_chat: int = 0
@@ -112,24 +121,29 @@ class Settings:
     #: re-aligned afterwards.
     llm_guided: str = ""
     #: openai: seconds one request may take before it is retried (3 retries, with backoff); a
-    #: prediction whose LLM fails is answered by the trained encoder where there is one.
+    #: prediction whose LLM fails is answered by the trained encoder where there is one (counted
+    #: as ``llm_failures`` in /metrics).
     llm_timeout_seconds: float = 60.0
     #: transformers: the torch device (``cuda``, ``cuda:1``, ``cpu``); empty = CUDA when available.
     llm_device: str = ""
-    #: Demonstrations retrieved per sentence (0 = zero-shot from the label descriptions).
+    #: Demonstrations retrieved per sentence, the most similar annotations by MiniLM sentence
+    #: embeddings (0 = zero-shot from the label descriptions).
     llm_k: int = 5
     #: CPU threads for llama.cpp (0 = its default).
     llm_threads: int = 0
     #: Label Studio to re-sync annotations from (webhooks can be lost): its URL and an API key —
     #: a personal access token or a legacy token. Both unset = no re-sync.
     label_studio_url: str = ""
+    #: The API key for ``label_studio_url``. Re-sync only reads: nothing is written to Label
+    #: Studio, no note text is sent there.
     label_studio_api_key: str = ""
-    #: Re-sync every known project at start, then this often, and on "Start training"; 0 = at
-    #: start and on "Start training" only.
+    #: Re-sync every known project at start, then this often, and before each training (a
+    #: "Start training" included); 0 = at start and before trainings only.
     sync_every_minutes: int = 10
     #: Basic auth required on every endpoint when both are set (put them in the backend URL
     #: that Label Studio calls: http://user:password@host:port); one without the other is refused.
     basic_auth_user: str = ""
+    #: The password of ``basic_auth_user``: pass it as a secret, not in a file others can read.
     basic_auth_password: str = ""
     #: Serve on an address other than loopback without basic auth (refused unless this is set:
     #: every endpoint hands out or takes in patient text).
@@ -138,7 +152,8 @@ class Settings:
     #: spent, the backend answers the first task only and Label Studio asks for the rest one
     #: task per request; 0 = no limit.
     predict_budget_seconds: float = 60.0
-    #: Largest request body accepted, in megabytes (Label Studio sends whole batches).
+    #: Largest request body accepted, in megabytes (Label Studio sends whole batches); a larger
+    #: one is refused (413).
     max_request_mb: int = 100
     #: Days a superseded version of an annotation (its text and result before an update) is
     #: kept, for audit; 0 = none is kept. Deleted annotations, tasks and projects keep nothing.
@@ -174,9 +189,10 @@ class Settings:
     #: Megabytes of the LLM's hidden states the probe keeps in memory (about 10 KB a word): a
     #: training reads each sentence once, when this holds the student pool's and the annotations'
     #: (each fold's teacher then labels from memory, and the next training reads only new tasks).
-    feature_cache_mb: int = 1024
+    feature_cache_mb: int = DEFAULT_CACHE_MB
 
-    #: Note text is never logged at INFO; above DEBUG, exception messages are redacted too.
+    #: Note text is never logged at INFO; above DEBUG, exception messages (they may quote note
+    #: text) are redacted to their length too.
     log_level: str = "INFO"
     #: ``text`` (one line per record) or ``json`` (one JSON object per line, for a log collector).
     log_format: str = "text"
@@ -233,7 +249,9 @@ class Settings:
         """``select_strategies`` with ``auto`` resolved (see there)."""
         if self.select_strategies != "auto":
             return self.select_strategies
-        return "encoder,gated,probe" if self.embedded_llm else "encoder,gated,probe,llm,rerank"
+        from clinie.strategies import default_candidates  # the registry reads the settings' module
+
+        return default_candidates(prompted=not self.embedded_llm)
 
     @property
     def requires_auth(self) -> bool:
@@ -374,3 +392,133 @@ def _flag(value: Any) -> bool:
     if text in ("0", "false", "no", "off", ""):
         return False
     raise ValueError("must be 1 or 0 (true or false)")
+
+
+# --- the settings reference (docs/configuration.md) ---
+
+#: The command that writes docs/configuration.md.
+REFERENCE_COMMAND = "python -m clinie.settings > docs/configuration.md"
+
+#: The sections of docs/configuration.md, in order: each claims the fields it names, or those a
+#: name ending in ``_`` begins (an exact name wins over a prefix, a longer prefix over a shorter).
+#: A field none claims is listed under *Other settings*: add it to a section.
+SECTIONS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("Where data lives", ("data_dir", "database_url", "models_url")),
+    ("Serving and security", ("host", "port", "basic_auth_", "allow_unauthenticated", "webhook_group_commit")),
+    ("Bounds on requests", ("predict_budget_seconds", "max_")),
+    ("Training", ("encoder_", "first_model_steps", "train_every", "min_annotations")),
+    ("What pre-annotates: strategies and their selection", ("strategy", "cold_start", "select_", "min_precision")),
+    ("The probe and the student", ("probe_model", "feature_cache_mb", "unannotated_tasks", "student_pool")),
+    ("The LLM", ("llm_",)),
+    ("Re-sync from Label Studio", ("label_studio_", "sync_every_minutes")),
+    ("What is kept on disk", ("keep_", "llm_cache_mb")),
+    ("Logs", ("log_",)),
+)
+
+_TYPES = {Path: "path", str: "text", int: "integer ≥ 0", float: "number ≥ 0", bool: "flag (1 or 0)"}
+
+
+def field_docs(cls: type | None = None) -> dict[str, str]:
+    """Each field's documentation: the ``#:`` comment lines right above it in the class's source,
+    joined into one paragraph (empty for a field without them).
+
+    >>> field_docs()["min_annotations"]
+    'Fewest usable annotations a project needs before an encoder is trained.'
+    """
+    cls = cls or Settings
+    names = {f.name for f in fields(cls)}
+    docs: dict[str, str] = {}
+    comment: list[str] = []
+    for line in inspect.getsource(cls).splitlines():
+        stripped = line.strip()
+        if stripped.startswith("#:"):
+            comment.append(stripped[2:].strip())
+            continue
+        if (match := re.match(r"(\w+)\s*:", stripped)) and match[1] in names and match[1] not in docs:
+            docs[match[1]] = " ".join(comment)
+        comment = []
+    return {f.name: docs.get(f.name, "") for f in fields(cls)}
+
+
+def sections(cls: type | None = None) -> list[tuple[str, list[str]]]:
+    """The fields of ``cls`` by section of ``SECTIONS`` (in source order within each; sections
+    with none left out), those no section claims last, under *Other settings*."""
+    claimed: dict[str, list[str]] = {title: [] for title, _ in SECTIONS}
+    other: list[str] = []
+    for f in fields(cls or Settings):
+        exact = [title for title, keys in SECTIONS if f.name in keys]
+        prefixes = sorted(((len(k), title) for title, keys in SECTIONS for k in keys
+                           if k.endswith("_") and f.name.startswith(k)), reverse=True)
+        title = exact[0] if exact else prefixes[0][1] if prefixes else None
+        (claimed[title] if title else other).append(f.name)
+    found = [(title, names) for title, names in claimed.items() if names]
+    return found + ([("Other settings", other)] if other else [])
+
+
+def _markdown(doc: str, names: set[str]) -> str:
+    """A ``#:`` comment as Markdown: ``code`` in single backticks, a field's name (alone or as
+    ``name=value``) as its variable."""
+
+    def code(match: re.Match[str]) -> str:
+        name, sep, value = match[1].partition("=")
+        return f"`{PREFIX}{name.upper()}{sep}{value}`" if name in names else f"`{match[1]}`"
+
+    return re.sub(r"``(.+?)``", code, doc).replace("|", "\\|")
+
+
+def _default(value: Any) -> str:
+    if isinstance(value, bool):
+        return "`1`" if value else "`0`"
+    return f"`{value}`" if value != "" else "empty"
+
+
+def reference(cls: type | None = None) -> str:
+    """docs/configuration.md: every setting of ``cls`` with its variable, type, default and the
+    ``#:`` documentation above its field, by section. A field without documentation is refused,
+    so that no setting ships undocumented."""
+    cls = cls or Settings
+    docs = field_docs(cls)
+    if missing := [name for name, doc in docs.items() if not doc]:
+        raise ValueError(f"settings without a #: comment above their field in clinie/settings.py: {', '.join(missing)}")
+    kinds = get_type_hints(cls)
+    defaults = {f.name: getattr(cls(), f.name) for f in fields(cls)}
+    lines = [
+        "# Configuration",
+        "",
+        f"<!-- generated by `{REFERENCE_COMMAND}` from clinie/settings.py; do not edit by hand -->",
+        "",
+        "Every setting of clinie, generated from the `Settings` class in "
+        "[`clinie/settings.py`](../clinie/settings.py): each setting's text is the `#:` comment above its field. "
+        f"To change one, edit the comment there and run `{REFERENCE_COMMAND}` from the repository's root "
+        "(`tests/unit/test_configuration_doc.py` fails until this page matches).",
+        "",
+        "## How settings are given",
+        "",
+        "One settings object is read once, at start-up (`Settings.load`), and passed down; changing a setting "
+        "takes a restart. Each setting comes from, in order of precedence:",
+        "",
+        f"1. an environment variable, `{PREFIX}` followed by the setting's name in upper case "
+        f"(`{PREFIX}TRAIN_EVERY=20`);",
+        f"2. a TOML file named by `{PREFIX}CONFIG` (`{PREFIX}CONFIG=/etc/clinie.toml`), whose keys are the "
+        "settings' names in lower case without the prefix (`train_every = 20`); a key that names no setting "
+        "is refused;",
+        "3. the default below.",
+        "",
+        "Flags take `1`, `true`, `yes` or `on` and `0`, `false`, `no`, `off` or empty (a TOML boolean too); "
+        "numbers must not be negative. A value that does not fit, or settings that contradict each other, "
+        "stop clinie at start with a message naming the variable.",
+    ]
+    for title, names in sections(cls):
+        lines += ["", f"## {title}", "", "| variable | type | default | what it does |", "|---|---|---|---|"]
+        for name in names:
+            lines.append(f"| `{PREFIX}{name.upper()}` | {_TYPES.get(kinds[name], kinds[name].__name__)} "
+                         f"| {_default(defaults[name])} | {_markdown(docs[name], set(docs))} |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    import sys
+
+    from clinie.settings import reference as _reference  # the module as the rest of clinie imports it
+
+    sys.stdout.write(_reference())

@@ -27,7 +27,7 @@ through the ``clinie.strategies`` entry points (docs/extending.md); a new part i
     ['gated-0.70', 'gated-0.80', 'gated-0.90', 'gated-0.95']
     >>> parse_strategies("llm-k2,rerank-0.85")[1].band
     (0.0, 0.85)
-    >>> Strategy.parse("gated-0.90").kind.saves
+    >>> Strategy.parse("gated-0.90").kind.saved_parts
     ('probe',)
     >>> [(s.name, s.threshold) for s in parse_strategies("student,student-0.50")]
     [('student-0.90', 0.9), ('student-0.50', 0.5)]
@@ -46,11 +46,11 @@ from typing import Any, Literal, Protocol
 from clinie.core import Document, Extractor, LabelSpec, RelationSpec, sentence_documents
 from clinie.extractors.base import SpansThenRelations
 from clinie.extractors.encoder import EncoderTagger
-from clinie.extractors.gated import FilterThenProbe
+from clinie.extractors.gated import Gated
 from clinie.extractors.llm import LLMTagger
 from clinie.extractors.probe import ProbeTagger
 from clinie.extractors.relation_llm import LLMRelationExtractor
-from clinie.extractors.rerank import FilterThenRerank
+from clinie.extractors.rerank import Rerank
 from clinie.extractors.verify import Verified
 from clinie.llm.base import LLM
 from clinie.llm.cache import CallCache
@@ -107,10 +107,10 @@ class LLMAccess:
                          cache=self.cache).fit(demos)
 
     def rerank(self, encoder: EncoderTagger, specs: Sequence[LabelSpec], band: tuple[float, float],
-               demos: Sequence[Document]) -> FilterThenRerank:
+               demos: Sequence[Document]) -> Rerank:
         """The trained ``encoder``, the LLM choosing the spans of the sentences in ``band``."""
-        return FilterThenRerank(encoder, self.llm, specs, band=band, embedder=self.embedder, guided=self.guided,
-                                cache=self.cache).fit(demos, refit_encoder=False)
+        return Rerank(encoder, self.llm, specs, band=band, embedder=self.embedder, guided=self.guided,
+                      cache=self.cache).fit(demos, refit_encoder=False)
 
     def verified(self, specs: Sequence[LabelSpec], k: int, demos: Sequence[Document]) -> Verified:
         """The word/TAG tagger's spans that the LLM confirms on a second look, scored by it."""
@@ -131,7 +131,7 @@ class Parts(Protocol):
 
     def part(self, name: str) -> Any: ...
 
-    def llm(self) -> LLMAccess: ...
+    def llm_access(self) -> LLMAccess: ...
 
 
 # --- kinds ---------------------------------------------------------------------------------
@@ -155,7 +155,7 @@ class Kind:
     relations_by_llm: bool = False  # relations asked of the LLM, not the version's classifier
 
     @property
-    def saves(self) -> tuple[str, ...]:
+    def saved_parts(self) -> tuple[str, ...]:
         """The parts saved beside the encoder in a model version that serves this kind."""
         return tuple(part for part in self.parts if PARTS[part].directory)
 
@@ -167,7 +167,7 @@ class Kind:
     @property
     def beyond_encoder(self) -> bool:
         """Reads more than the encoder, which then stands by in case that fails."""
-        return self.reads_llm or bool(self.saves)
+        return self.reads_llm or bool(self.saved_parts)
 
     @property
     def learns_from_unannotated(self) -> bool:
@@ -289,11 +289,27 @@ def assemble(strategy: Strategy, parts: Parts, relation_specs: Sequence[Relation
     trained relation classifier, if ``trained_relations()`` gives one (``SpansThenRelations``)."""
     model = strategy.build(parts)
     if strategy.kind.relations_by_llm:
-        relations = parts.llm().relations(relation_specs, strategy.k, parts.demos, listed=listed) \
+        relations = parts.llm_access().relations(relation_specs, strategy.k, parts.demos, listed=listed) \
             if relation_specs else None
     else:
         relations = trained_relations()
     return model if relations is None else SpansThenRelations(model, relations)
+
+
+#: The kinds selection and ``clinie fewshot`` compare when not told which, in this order (the
+#: first is the likeliest winner where none is preferred: ``clinie.selection.staged``).
+DEFAULT_CANDIDATES = ("encoder", "gated", "probe", "llm", "rerank")
+
+
+def default_candidates(*, prompted: bool = True) -> str:
+    """``DEFAULT_CANDIDATES`` as a strategy list, less the kinds that send text to the LLM
+    unless ``prompted`` (with the embedded LLM, whose prompted answers never beat the encoder).
+
+    >>> default_candidates(), default_candidates(prompted=False)
+    ('encoder,gated,probe,llm,rerank', 'encoder,gated,probe')
+    """
+    known = kinds()
+    return ",".join(name for name in DEFAULT_CANDIDATES if prompted or not known[name].reads_llm)
 
 
 def strategy_forms() -> str:
@@ -320,23 +336,23 @@ def _probe(parts: Parts, strategy: Strategy) -> Extractor:
 
 @register("gated", "band", parts=("encoder", "probe"), reads_llm=False)
 def _gated(parts: Parts, strategy: Strategy) -> Extractor:
-    return FilterThenProbe(parts.part("encoder"), parts.part("probe"), band=strategy.band)
+    return Gated(parts.part("encoder"), parts.part("probe"), band=strategy.band)
 
 
 @register("llm", "k", parts=(), reads_llm=True, relations_by_llm=True, version="clinie-llm-{llm}-k{k}-pool{pool}")
 def _llm(parts: Parts, strategy: Strategy) -> Extractor:
-    return parts.llm().tagger(parts.label_specs, strategy.k, parts.demos)
+    return parts.llm_access().tagger(parts.label_specs, strategy.k, parts.demos)
 
 
 @register("verified", "k", parts=(), reads_llm=True, relations_by_llm=True,
           version="clinie-llm-{llm}-verified-k{k}-pool{pool}")
 def _verified(parts: Parts, strategy: Strategy) -> Extractor:
-    return parts.llm().verified(parts.label_specs, strategy.k, parts.demos)
+    return parts.llm_access().verified(parts.label_specs, strategy.k, parts.demos)
 
 
 @register("rerank", "band", parts=("encoder",), reads_llm=True, version="{model}-{name}-pool{pool}")
 def _rerank(parts: Parts, strategy: Strategy) -> Extractor:
-    return parts.llm().rerank(parts.part("encoder"), parts.label_specs, strategy.band, parts.demos)
+    return parts.llm_access().rerank(parts.part("encoder"), parts.label_specs, strategy.band, parts.demos)
 
 
 @register("student", "threshold", parts=("student",), reads_llm=False)
@@ -493,5 +509,5 @@ class _Fitted:
     def part(self, name: str) -> Any:
         return PARTS[name].fit(self.builder, self.demos, self.strategy)
 
-    def llm(self) -> LLMAccess:
+    def llm_access(self) -> LLMAccess:
         return self.builder.llm_access()

@@ -59,6 +59,14 @@ def _require(condition: bool, message: str) -> None:
         raise BadRequest(message)
 
 
+def _project(body: dict[str, Any]) -> str:
+    """The key of the project ``body`` names (``project_key``), or the 400 that says why it names none."""
+    try:
+        return project_key(body.get("project"))
+    except ValueError as e:
+        raise BadRequest(f"'project': {e}") from None
+
+
 def validate_webhook(body: dict[str, Any]) -> None:
     """Everything the store will need is present and well-typed, or nothing is stored."""
     action = body.get("action")
@@ -68,10 +76,7 @@ def validate_webhook(body: dict[str, Any]) -> None:
              "'project.label_config' must be a string")
     if action in ANNOTATION_ACTIONS or action in ("ANNOTATIONS_DELETED", "PROJECT_DELETED", "START_TRAINING") \
             or (action == "TASKS_DELETED" and project is not None):
-        try:
-            project_key(body.get("project"))
-        except ValueError as e:
-            raise BadRequest(f"'project': {e}") from None
+        _project(body)
     if action in ANNOTATION_ACTIONS:
         annotation, task = body.get("annotation"), body.get("task")
         _require(isinstance(annotation, dict) and is_id(annotation.get("id")),
@@ -152,10 +157,7 @@ def create_app(settings: Settings | None = None, backend: Backend | None = None)
         body = _json_object()
         schema = body.get("schema")
         _require(isinstance(schema, str) and schema.strip() != "", "'schema' must be the labeling config XML")
-        try:
-            project = project_key(body.get("project"))
-        except ValueError as e:
-            raise BadRequest(f"'project': {e}") from None
+        project = _project(body)
         return jsonify(model_version=backend.setup(project, schema))
 
     @app.post("/predict")
@@ -166,10 +168,7 @@ def create_app(settings: Settings | None = None, backend: Backend | None = None)
         _within_task_limit(len(tasks), settings.max_tasks_per_request)
         label_config = body.get("label_config")
         _require(label_config is None or isinstance(label_config, str), "'label_config' must be a string")
-        try:
-            project = project_key(body.get("project"))
-        except ValueError as e:
-            raise BadRequest(f"'project': {e}") from None
+        project = _project(body)
         try:
             return jsonify(backend.predict(project, tasks, label_config))
         except LabelConfigError:

@@ -182,7 +182,8 @@ class TrainingPipeline:
             try:
                 select_strategy(self.store, self.settings, self.models, record, annotations, self.metrics,
                                 superseded=lambda: self.jobs is not None and self.jobs.is_pending(project),
-                                incumbent=incumbent, llm=lambda: self.serving.llm().llm, states=self.serving.states,
+                                incumbent=incumbent, llm=lambda: self.serving.llm_access().llm,
+                                states=self.serving.states,
                                 after_first=completed if first_stage_first else None)
                 self.metrics.observe("selection", time.perf_counter() - started)
             except Superseded as e:

@@ -24,7 +24,7 @@ from clinie import __version__
 from clinie.core import Document, Extractor, LabelSpec, Schema
 from clinie.evaluation.calibration import Calibrator, calibrator_from_dict
 from clinie.evaluation.thresholds import Thresholds
-from clinie.extractors.relation_encoder import RELATIONS_DIR, RelationClassifier
+from clinie.extractors.relation_classifier import RELATIONS_DIR, RelationClassifier
 from clinie.llm import make_llm
 from clinie.llm.cache import CallCache
 from clinie.llm.hidden import HiddenStates
@@ -79,7 +79,7 @@ class Serving:
         self._loaded: dict[tuple[str, str], tuple[str, Any]] = {}  # (project, part) -> (version, model)
         self._assembled: dict[str, tuple[str, Extractor]] = {}  # project -> (revision, extractor)
         self._lock = threading.RLock()  # re-entered: loading the probe loads the hidden states
-        self._llm: LLMAccess | None = None
+        self._llm_access: LLMAccess | None = None
         self._states: HiddenStates | None = None
         self.llm_cache = CallCache(settings.llm_cache_path, max_bytes=settings.llm_cache_mb * MB)
         self._damaged: set[str] = set()  # versions that failed to load: skipped until pruned
@@ -112,7 +112,7 @@ class Serving:
         if record is None:
             return None if strategy.kind.needs_training else strategy
         version = self._opened(record)
-        if any(not version.has(PARTS[part].directory) for part in strategy.kind.saves):
+        if any(not version.has(PARTS[part].directory) for part in strategy.kind.saved_parts):
             return Strategy("encoder")  # a strategy configured that this version was not trained for
         return strategy
 
@@ -280,15 +280,15 @@ class Serving:
 
     # --- the shared models ----------------------------------------------------------------
 
-    def llm(self) -> LLMAccess:
+    def llm_access(self) -> LLMAccess:
         """The one LLM of the process, with its embedder and call cache (trainings use it too)."""
         with self._lock:
-            if self._llm is None:
+            if self._llm_access is None:
                 started = time.perf_counter()
-                self._llm = LLMAccess(make_llm(self.settings.llm_options()), Embedder(), self.llm_cache,
-                                      guided=bool(self.settings.llm_guided))
+                self._llm_access = LLMAccess(make_llm(self.settings.llm_options()), Embedder(), self.llm_cache,
+                                             guided=bool(self.settings.llm_guided))
                 self.metrics.observe("model_load", time.perf_counter() - started)
-            return self._llm
+            return self._llm_access
 
     def states(self) -> HiddenStates:
         """The hidden states the probe reads: one model per process, for trainings and /predict."""
@@ -310,10 +310,10 @@ class Serving:
                     continue
                 if record is None:  # a cold-start policy
                     if strategy.kind.reads_llm:
-                        self.llm()
+                        self.llm_access()
                     continue
                 encoder = ("encoder",) if self._opened(record).has(MAIN_PART) else ()
-                for part in dict.fromkeys((*encoder, *strategy.kind.saves)):
+                for part in dict.fromkeys((*encoder, *strategy.kind.saved_parts)):
                     self._part(record, part)
                 if not strategy.kind.relations_by_llm:
                     self._relation_classifier(record)
@@ -352,6 +352,6 @@ class _VersionParts:
             raise ValueError(f"the {name} part needs a trained model version")
         return self.serving._part(self.record, name)
 
-    def llm(self) -> LLMAccess:
-        return self.serving.llm()
+    def llm_access(self) -> LLMAccess:
+        return self.serving.llm_access()
 

@@ -50,6 +50,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from clinie.clock import utc_now
 from clinie.labelstudio import parse_label_config
 from clinie.sqlite_wal import open_wal, until_unlocked
 from ml_backend import postgres
@@ -164,10 +165,6 @@ class ModelRecord:
     created_at: str
 
 
-def _now() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds")
-
-
 def _dump(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, sort_keys=True, separators=(",", ":"))
 
@@ -271,7 +268,7 @@ class AnnotationStore:
                 if current >= version:
                     continue
                 shrink = migration(self, db)
-                db.execute("INSERT INTO schema_version VALUES (?, ?)", (version, _now()))
+                db.execute("INSERT INTO schema_version VALUES (?, ?)", (version, utc_now("milliseconds")))
             if shrink:
                 self._shrink()
 
@@ -374,7 +371,7 @@ class AnnotationStore:
             "INSERT INTO projects (project, label_config, updated_at) VALUES (?, ?, ?) "
             "ON CONFLICT (project) DO UPDATE SET label_config = excluded.label_config, "
             "updated_at = excluded.updated_at WHERE projects.label_config IS DISTINCT FROM excluded.label_config",
-            (project, label_config, _now()),
+            (project, label_config, utc_now("milliseconds")),
         )
 
     def projects(self) -> list[str]:
@@ -421,7 +418,7 @@ class AnnotationStore:
 
     def _upsert(self, db: Connection, project: str, annotation_id: int, task_id: int, task_data: str,
                 result: str, state: str, action: str, completed_by: Any, source_updated_at: str | None) -> bool:
-        now = _now()
+        now = utc_now("milliseconds")
         # who completed it is informative only: a user id SQLite's 64-bit INTEGER cannot hold (2**70) is not kept
         if not (isinstance(completed_by, int) and -2**63 <= completed_by < 2**63):
             completed_by = None
@@ -483,7 +480,7 @@ class AnnotationStore:
         if self.keep_history_days is None:
             return 0
         cutoff = (datetime.now(UTC) - timedelta(days=self.keep_history_days)).isoformat(
-            timespec="milliseconds")
+            timespec="milliseconds")  # as ``utc_now("milliseconds")`` stamps rows
         return db.execute(
             "DELETE FROM annotation_versions AS v WHERE (CAST(?1 AS BIGINT) IS NULL OR v.annotation_id = ?1) "
             "AND EXISTS ("
@@ -510,7 +507,7 @@ class AnnotationStore:
         there already. An unchanged task is not rewritten."""
         if not self.keeps_tasks or not tasks:
             return 0
-        now = _now()
+        now = utc_now("milliseconds")
         stored = db.executemany(
             "INSERT INTO tasks (task_id, project, task_data, received_at, updated_at) "
             "SELECT ?1, ?2, ?3, ?4, ?4 WHERE NOT EXISTS (SELECT 1 FROM annotations WHERE task_id = ?1) "
@@ -587,7 +584,7 @@ class AnnotationStore:
     def _purge_rows(self, db: Connection, project: str, annotation_ids: Iterable[int],
                     task_ids: Iterable[int]) -> Purged:
         """The one deletion: tombstones first, then the rows (``secure_delete`` zeroes them)."""
-        now = _now()
+        now = utc_now("milliseconds")
         refused: list[int] = []
         targets: set[int] = set()
         tasks_removed = 0
@@ -689,7 +686,7 @@ class AnnotationStore:
                 return None
             db.execute("UPDATE projects SET changes_since_training = 0 WHERE project = ?", (project,))
             [training_id] = db.execute("INSERT INTO trainings (project, status, started_at) VALUES (?, 'running', ?) "
-                                       "RETURNING id", (project, _now())).fetchone()
+                                       "RETURNING id", (project, utc_now("milliseconds"))).fetchone()
             pruned = self._prune_history(db)
         if pruned:
             self._shrink()
@@ -698,14 +695,14 @@ class AnnotationStore:
     def fail_training(self, training_id: int, error: str) -> None:
         with self._write() as db:
             db.execute("UPDATE trainings SET status = 'failed', finished_at = ?, error = ? WHERE id = ?",
-                       (_now(), error, training_id))
+                       (utc_now("milliseconds"), error, training_id))
 
     def abandon_running_trainings(self, project: str | None = None) -> int:
         """Trainings left 'running' by a killed process (of ``project``, or all) will never finish."""
         with self._write() as db:
             return db.execute("UPDATE trainings SET status = 'failed', finished_at = ?, error = 'interrupted' "
                               "WHERE status = 'running' AND (CAST(? AS TEXT) IS NULL OR project = ?)",
-                              (_now(), project, project)).rowcount
+                              (utc_now("milliseconds"), project, project)).rowcount
 
     def finish_training(self, training_id: int, model: ModelRecord, *, serve: bool = True) -> None:
         """Register ``model`` and (``serve``) make it the project's serving version, atomically;
@@ -716,7 +713,7 @@ class AnnotationStore:
         """
         with self._write() as db:
             if not db.execute("UPDATE trainings SET status = 'succeeded', finished_at = ?, version = ? WHERE id = ?",
-                              (_now(), model.version, training_id)).rowcount:
+                              (utc_now("milliseconds"), model.version, training_id)).rowcount:
                 raise LookupError(f"training {training_id} no longer exists: project {model.project} was purged")
             self._register(db, model)
             if serve:
@@ -751,7 +748,7 @@ class AnnotationStore:
     def _make_serving(db: Connection, project: str, version: str) -> None:
         db.execute("INSERT INTO serving (project, version, since) VALUES (?, ?, ?) "
                    "ON CONFLICT (project) DO UPDATE SET version = excluded.version, since = excluded.since",
-                   (project, version, _now()))
+                   (project, version, utc_now("milliseconds")))
 
     def set_selection(self, version: str, selection: dict[str, Any], *, serve: bool = False) -> None:
         """Record the strategy selected for a registered model version (``info["selection"]``),

@@ -27,14 +27,15 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
-from datetime import UTC, datetime
 from typing import Any, Protocol
 
+from clinie.clock import utc_now
 from clinie.core import Document, RelationSpec
 from clinie.evaluation.fewshot import CrossValidation
 from clinie.evaluation.thresholds import per_label, relation_outcomes
 from clinie.extractors.encoder import EncoderTagger
-from clinie.extractors.relation_encoder import RELATIONS_DIR, RelationClassifier
+from clinie.extractors.finetune import epochs_option
+from clinie.extractors.relation_classifier import RELATIONS_DIR, RelationClassifier
 from clinie.llm.base import LLM
 from clinie.llm.hidden import HiddenStates
 from clinie.model_version import MAIN_PART, Saveable
@@ -90,8 +91,8 @@ def train_project(store: AnnotationStore, settings: Settings, models: ModelStore
         # a quick first model only while no trained version serves: one already serving is better than one cut short
         first = store.serving_model(project) is None
         budget = {"max_steps": settings.first_model_steps} if settings.first_model_steps and first else {}
-        tagger = EncoderTagger(list(schema.span_labels), settings.encoder_model or None, **_epochs(settings),
-                               **budget).fit(docs)
+        tagger = EncoderTagger(list(schema.span_labels), settings.encoder_model or None,
+                               **epochs_option(settings.encoder_epochs), **budget).fit(docs)
         parts[MAIN_PART], cut_short = tagger, tagger.cut_short
     version = f"clinie-{'encoder-' if encoder else ''}p{project}-t{training_id}-n{len(docs)}"
     info = {"labels": list(schema.span_labels), "base_model": settings.encoder_model or "embedded MiniLM",
@@ -100,7 +101,7 @@ def train_project(store: AnnotationStore, settings: Settings, models: ModelStore
             "seconds": round(time.perf_counter() - started, 1)}
     written = models.write(project, version, parts, info)
     record = ModelRecord(version=version, project=project, kind="encoder" if encoder else "annotations",
-                         location=written.location, n_examples=len(docs), info=info, created_at=_now())
+                         location=written.location, n_examples=len(docs), info=info, created_at=utc_now())
     try:
         store.finish_training(training_id, record, serve=serve and encoder)
     except LookupError:  # the project was deleted meanwhile: so is what was learned from it
@@ -125,7 +126,7 @@ def complete(store: AnnotationStore, settings: Settings, models: ModelStore, rec
         started = time.perf_counter()
         thresholds = relation_thresholds(settings, schema.relation_labels, docs)
         classifier = RelationClassifier(schema.relation_labels, settings.encoder_model or None,
-                                        **_epochs(settings)).fit(
+                                        **epochs_option(settings.encoder_epochs)).fit(
             docs, on_step=lambda done, total: progress.training_step(record.project, done, total))
         completed = _add(store, models, record, "relations", {RELATIONS_DIR: classifier}, {
             "relations": list(classifier.labels), "relation_pairs": classifier.n_train_pairs,
@@ -170,8 +171,8 @@ def relation_thresholds(settings: Settings, specs: Sequence[RelationSpec], docs:
         return {}
     held = set(random.Random(0).sample([d.id for d in with_relations],
                                        max(1, round(RELATIONS_HELD_OUT * len(with_relations)))))
-    classifier = RelationClassifier(specs, settings.encoder_model or None, **_epochs(settings)).fit(
-        [d for d in docs if d.id not in held])
+    classifier = RelationClassifier(specs, settings.encoder_model or None,
+                                    **epochs_option(settings.encoder_epochs)).fit([d for d in docs if d.id not in held])
     gold = [d for d in docs if d.id in held]
     predicted = classifier.predict([d.with_annotations(d.entities, ()) for d in gold])
     return per_label(relation_outcomes(gold, predicted), min_precision=settings.min_precision)
@@ -181,7 +182,7 @@ def full_tagger(settings: Settings, project: str, annotations: Annotations, prog
     """The encoder of a first model that ``CLINIE_FIRST_MODEL_STEPS`` cut short, trained to its full budget."""
     progress.training_stage(project, "encoder, full budget")
     return EncoderTagger(list(annotations.schema.span_labels), settings.encoder_model or None,
-                         **_epochs(settings)).fit(annotations.docs)
+                         **epochs_option(settings.encoder_epochs)).fit(annotations.docs)
 
 
 def derive(models: ModelStore, record: ModelRecord, suffix: str, parts: Mapping[str, Saveable],
@@ -194,7 +195,7 @@ def derive(models: ModelStore, record: ModelRecord, suffix: str, parts: Mapping[
     version = f"{record.version}-{suffix}"
     info = {**record.info, **info, "first_model": record.version}
     written = models.write(record.project, version, parts, info, carried=carried)
-    return replace(record, version=version, location=written.location, created_at=_now(), info=info)
+    return replace(record, version=version, location=written.location, created_at=utc_now(), info=info)
 
 
 def serve_full_encoder(store: AnnotationStore, settings: Settings, models: ModelStore, record: ModelRecord,
@@ -227,15 +228,6 @@ def prune_versions(store: AnnotationStore, settings: Settings, models: ModelStor
     for record in pruned:
         models.remove(record.location)
     return pruned
-
-
-def _epochs(settings: Settings) -> dict[str, int]:
-    """``CLINIE_ENCODER_EPOCHS`` as the encoders' keyword, when set (else their default)."""
-    return {"epochs": settings.encoder_epochs} if settings.encoder_epochs else {}
-
-
-def _now() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 def select_strategy(store: AnnotationStore, settings: Settings, models: ModelStore, record: ModelRecord,
@@ -326,12 +318,12 @@ def _serve_choice(store: AnnotationStore, settings: Settings, models: ModelStore
         parts[MAIN_PART] = full_tagger(settings, project, annotations, progress)
         check()
     progress.training_stage(project, f"fitting {chosen.name}")
-    for part in chosen.kind.saves:
+    for part in chosen.kind.saved_parts:
         parts[PARTS[part].directory] = PARTS[part].fit(build, docs, chosen)
     if not parts:
         store.set_selection(record.version, selection, serve=True)
         return replace(record, info={**record.info, "selection": selection})
-    suffix = chosen.name if chosen.kind.saves else "full" if had_encoder else "encoder"
+    suffix = chosen.name if chosen.kind.saved_parts else "full" if had_encoder else "encoder"
     return serve(store, models, derive(models, record, suffix, parts, {"cut_short": False, "selection": selection}))
 
 

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from datetime import UTC, datetime
 from html import escape
 from pathlib import Path
 from typing import Any
 
 from clinie import __version__
+from clinie.clock import utc_now
 from clinie.evaluation.plots import line_chart, reliability_chart
 
 Block = tuple  # ("h2", text) | ("p", text) | ("table", columns, rows) | ("plot", file name, svg)
@@ -24,7 +24,7 @@ Block = tuple  # ("h2", text) | ("p", text) | ("table", columns, rows) | ("plot"
 
 def new_report(title: str, kind: str, command: str) -> dict[str, Any]:
     return {"title": title, "kind": kind, "command": command, "clinie_version": __version__,
-            "created": datetime.now(UTC).isoformat(timespec="seconds")}
+            "created": utc_now()}
 
 
 def _auroc(value: float | None) -> str:

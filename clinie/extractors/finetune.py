@@ -7,11 +7,11 @@ import json
 import math
 import random
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
 from clinie import __version__
+from clinie.clock import utc_now
 
 CONFIG_FILE = "clinie.json"
 #: The most optimiser steps a default training takes, whatever the data's size: 20 epochs of 100
@@ -59,6 +59,16 @@ def default_epochs(n_examples: int, *, batch_size: int, epochs: int | None) -> i
     """
     batches = math.ceil(n_examples / batch_size)
     return epochs or max(EPOCHS, math.ceil(MIN_STEPS / max(batches, 1)))
+
+
+def epochs_option(epochs: int) -> dict[str, int]:
+    """``epochs`` (``CLINIE_ENCODER_EPOCHS``) as the encoders' keyword when set, else none: 0 leaves
+    them their default (``default_epochs``).
+
+    >>> epochs_option(3), epochs_option(0)
+    ({'epochs': 3}, {})
+    """
+    return {"epochs": epochs} if epochs else {}
 
 
 def step_budget(*, epochs: int | None, max_steps: int | None) -> int | None:
@@ -114,7 +124,7 @@ def fine_tune(parameters: Sequence[Any], examples: list[Example], batch_loss: Ca
 def write_meta(directory: Path, kind: str, **fields: Any) -> None:
     """``clinie.json``: what a saved model is, what it was trained from, by which clinie, when."""
     meta = {"kind": kind, **fields, "clinie_version": __version__,
-            "created_at": datetime.now(UTC).isoformat(timespec="seconds")}
+            "created_at": utc_now()}
     (directory / CONFIG_FILE).write_text(json.dumps(meta, indent=2))
 
 

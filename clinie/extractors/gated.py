@@ -11,7 +11,7 @@ reaches the LLM. The band trades F1 for the share of sentences the LLM reads; tr
 selection chooses it like the reranker's.
 
 Example (not run here: it trains an encoder and loads the LLM):
-    gated = FilterThenProbe(EncoderTagger(["Disease"]), ProbeTagger(["Disease"], HiddenStates.shared()), band=(0, 0.8))
+    gated = Gated(EncoderTagger(["Disease"]), ProbeTagger(["Disease"], HiddenStates.shared()), band=(0, 0.8))
     predicted = gated.fit(train_docs).predict(test_docs)
     predicted[0].meta["llm"]  # {'calls': 1, ..., 'sentences': 1, 'sentences_to_llm': 1, 'seconds': 0.21}
 """
@@ -40,7 +40,10 @@ def shift(span: Span, text: str, offset: int) -> Span:
     return Span.from_text(text, span.start + offset, span.end + offset, span.label, score=span.score)
 
 
-class FilterThenProbe:
+class Gated:
+    """The ``gated`` strategy kind (a strategy kind's class is named for it): filter-then-probe,
+    the probe reading the sentences where the encoder's confidence falls in ``band``."""
+
     def __init__(self, encoder: EncoderTagger, probe: ProbeTagger, band: tuple[float, float] = (0.0, 0.8)) -> None:
         if tuple(encoder.labels) != tuple(probe.labels):
             raise ValueError(f"the encoder tags {list(encoder.labels)} but the probe {list(probe.labels)}")
@@ -51,7 +54,7 @@ class FilterThenProbe:
         self.labels = encoder.labels
         self.band = band
 
-    def fit(self, docs: Sequence[Document]) -> FilterThenProbe:
+    def fit(self, docs: Sequence[Document]) -> Gated:
         """Train the encoder and the probe on ``docs`` (``StrategyBuilder`` passes both trained)."""
         self.encoder.fit(docs)
         self.probe.fit(docs)

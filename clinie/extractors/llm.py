@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 
 from clinie.core import (
     Document,
@@ -30,27 +30,9 @@ from clinie.core import (
 )
 from clinie.llm.base import LLM, SupportsDecoding
 from clinie.llm.cache import CallCache
-from clinie.prompting.wordtag import ParseStats, decode_constrained, generate_prompt, grammar, parse_response
+from clinie.prompting.usage import Usage
+from clinie.prompting.wordtag import decode_constrained, generate_prompt, grammar, parse_response
 from clinie.retrieval import DemoPool, Embedder
-
-
-@dataclass
-class Usage:
-    """What the LLM cost: calls actually made, cache hits, tokens in and out."""
-
-    calls: int = 0
-    cache_hits: int = 0
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    parse: ParseStats = field(default_factory=ParseStats)
-
-    def counts(self) -> dict[str, int]:
-        return {"calls": self.calls, "cache_hits": self.cache_hits, "prompt_tokens": self.prompt_tokens,
-                "completion_tokens": self.completion_tokens}
-
-    def since(self, before: dict[str, int]) -> dict[str, int]:
-        """What was spent since ``before = usage.counts()``: a document's own cost."""
-        return {name: value - before[name] for name, value in self.counts().items()}
 
 
 class LLMTagger:

@@ -5,7 +5,7 @@ are the relation labels its span types allow, plus "none of these". Demonstratio
 annotated pairs most similar to it (MiniLM kNN over their marked sentences). A provider that
 runs in-process scores the option letters from their logits (the answer's probability is the
 relation's score); any other provider answers in text and the letter is parsed
-(``clinie.extractors.choice``).
+(``clinie.prompting.choice.MultipleChoice``).
 """
 
 from __future__ import annotations
@@ -13,11 +13,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from clinie.core import NO_RELATION, Document, Relation, RelationSpec, split_sentences
-from clinie.extractors.choice import MultipleChoice
-from clinie.extractors.llm import Usage
 from clinie.llm.base import LLM
 from clinie.llm.cache import CallCache
+from clinie.prompting.choice import MultipleChoice
 from clinie.prompting.relation_mc import MARKS, generate_prompt, option_texts
+from clinie.prompting.usage import Usage
 from clinie.relations import Pair, PairTypes, candidate_pairs, labelled_pairs, mark
 from clinie.retrieval import DemoPool, Embedder
 

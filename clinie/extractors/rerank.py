@@ -14,7 +14,7 @@ tunes: (0, 0) asks nothing (the encoder alone); a wider band sends more sentence
 
 Example (not run here: it trains an encoder and loads an LLM):
     encoder = EncoderTagger(["Disease"])
-    rerank = FilterThenRerank(encoder, make_llm(settings.llm_options()), [LabelSpec("Disease")], band=(0, 0.8))
+    rerank = Rerank(encoder, make_llm(settings.llm_options()), [LabelSpec("Disease")], band=(0, 0.8))
     predicted = rerank.fit(train_docs).predict(test_docs)
     predicted[0].meta["llm"]  # {'calls': 1, ..., 'sentences': 1, 'sentences_to_llm': 1, ...}
 """
@@ -40,12 +40,11 @@ from clinie.core import (
     tokenize,
     word_ranges,
 )
-from clinie.extractors.choice import MultipleChoice
 from clinie.extractors.decoding import bio_viterbi
 from clinie.extractors.encoder import EncoderTagger
 from clinie.llm.base import LLM
 from clinie.llm.cache import CallCache
-from clinie.prompting.choice import MARKS
+from clinie.prompting.choice import MARKS, MultipleChoice
 from clinie.prompting.entity_mc import generate_prompt, option_texts
 from clinie.retrieval import DemoPool, Embedder
 
@@ -122,7 +121,10 @@ def negative_mention(text: str, sentence: tuple[int, int], spans: Sequence[Span]
     return Span.from_text(text, word.start + start, word.end + start, "")
 
 
-class FilterThenRerank:
+class Rerank:
+    """The ``rerank`` strategy kind (a strategy kind's class is named for it): filter-then-rerank,
+    the LLM choosing the spans of the hard cases in ``band`` of the encoder's confidence."""
+
     def __init__(self, encoder: EncoderTagger, llm: LLM, label_specs: Sequence[LabelSpec], *,
                  band: tuple[float, float] = (0.0, 0.9), top: int = 2, k: int = 5,
                  embedder: Embedder | None = None, guided: bool = False, cache: CallCache | None = None) -> None:
@@ -143,7 +145,7 @@ class FilterThenRerank:
     def _options(self, candidates: Sequence[str], mention: str) -> list[str]:
         return option_texts([self.specs[label] for label in candidates], mention)
 
-    def fit(self, docs: Sequence[Document], *, refit_encoder: bool = True) -> FilterThenRerank:
+    def fit(self, docs: Sequence[Document], *, refit_encoder: bool = True) -> Rerank:
         """Fine-tune the encoder on ``docs`` (unless it already was: ``refit_encoder=False``) and
         make their mentions the demonstrations."""
         if refit_encoder:

@@ -14,14 +14,16 @@ from collections.abc import Sequence
 from dataclasses import replace
 
 from clinie.core import Document, Extractor, LabelSpec, mark_spans, split_sentences
-from clinie.extractors.choice import MultipleChoice
 from clinie.llm.base import LLM
 from clinie.llm.cache import CallCache
-from clinie.prompting.choice import MARKS
+from clinie.prompting.choice import MARKS, MultipleChoice
 from clinie.prompting.entity_mc import generate_prompt, option_texts
 
 
 class Verified:
+    """The ``verified`` strategy kind (a strategy kind's class is named for it): the spans of
+    ``proposer`` that the LLM confirms on a second look, scored by it."""
+
     def __init__(self, proposer: Extractor, llm: LLM, label_specs: Sequence[LabelSpec], *, guided: bool = False,
                  cache: CallCache | None = None) -> None:
         self.proposer = proposer

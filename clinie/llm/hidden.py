@@ -56,8 +56,10 @@ def last_token_in(offsets: Sequence[tuple[int, int]], start: int, end: int) -> i
     return best
 
 
-#: The feature cache's default bound (``CLINIE_FEATURE_CACHE_MB`` in a backend).
-DEFAULT_CACHE_BYTES = 512 * 2**20
+#: The feature cache's default bound in megabytes: ``CLINIE_FEATURE_CACHE_MB``'s default too
+#: (``clinie.settings``), so that a backend and the command line keep as much.
+DEFAULT_CACHE_MB = 1024
+DEFAULT_CACHE_BYTES = DEFAULT_CACHE_MB * 2**20
 #: Texts per forward pass: on 2 (busy) CPU cores, 16 and 32 read about as fast, 8 and 64 slower
 #: (``python -m bench.serve --parts probe --batch-sizes 8,32,64``).
 BATCH_SIZE = 16

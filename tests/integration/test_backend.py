@@ -16,7 +16,7 @@ import requests
 from werkzeug.serving import make_server
 
 from clinie.core import read_documents
-from clinie.extractors.relation_encoder import RELATIONS_DIR
+from clinie.extractors.relation_classifier import RELATIONS_DIR
 from clinie.labelstudio import document_to_result, parse_label_config
 from clinie.llm.hidden import HiddenStates
 from clinie.model_version import MAIN_PART, MANIFEST, ModelVersion
@@ -508,7 +508,7 @@ def test_a_fresh_project_is_pre_annotated_by_the_llm_and_new_annotations_join_it
     restarted = Serving(settings, backend.store, backend.models, backend.metrics)
     restarted.warm_up()  # at a restart: the LLM the cold start prompts
     restarted.warm_up_trainings()  # and, in the training thread, the one the selection's probe reads
-    assert restarted._llm is not None and restarted._states is not None
+    assert restarted._llm_access is not None and restarted._states is not None
 
 
 @pytest.mark.heavy

@@ -23,9 +23,9 @@ from clinie.evaluation.fewshot import (
     subsample,
 )
 from clinie.evaluation.study import load_run, run_study
-from clinie.extractors.gated import FilterThenProbe
+from clinie.extractors.gated import Gated
 from clinie.extractors.llm import LLMTagger
-from clinie.extractors.rerank import FilterThenRerank
+from clinie.extractors.rerank import Rerank
 from clinie.llm.llamacpp import LlamaCppLLM
 from clinie.strategies import Strategy, StrategyBuilder, parse_strategies
 from harness import DATA
@@ -261,10 +261,10 @@ class Recorder:
         extractor = self.build(strategy, train)
         if isinstance(extractor, LLMTagger):
             demos = {d.id.split("#")[0] for d in extractor.pool.docs}  # split_document names parts "<id>#n"
-        elif isinstance(extractor, FilterThenRerank):
+        elif isinstance(extractor, Rerank):
             demos = {d.id.split("#")[0] for d in extractor.pool.docs}
             assert extractor.encoder.n_train_docs == len(train)
-        elif isinstance(extractor, FilterThenProbe):
+        elif isinstance(extractor, Gated):
             demos = set()
             assert extractor.encoder.n_train_docs == extractor.probe.n_train_docs == len(train)
         else:

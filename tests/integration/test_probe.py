@@ -11,7 +11,7 @@ import pytest
 from clinie.core import Document, read_documents, split_sentences, tokenize
 from clinie.evaluation import evaluate_spans
 from clinie.extractors.encoder import EncoderTagger, decode
-from clinie.extractors.gated import FilterThenProbe, shift
+from clinie.extractors.gated import Gated, shift
 from clinie.extractors.probe import ProbeTagger
 from clinie.llm.hidden import BATCH_SIZE, HiddenStates
 from harness import DATA
@@ -124,12 +124,12 @@ def test_filter_then_probe_reads_only_the_sentences_the_encoder_is_unsure_of(enc
     docs = [*held, note]
     assert len(split_sentences(note.text)) > 1
 
-    never = FilterThenProbe(encoder, probe, band=(0.0, 0.0)).predict(docs)
+    never = Gated(encoder, probe, band=(0.0, 0.0)).predict(docs)
     assert [d.entities for d in never] == [d.entities for d in encoder.predict(docs)]
     assert all(d.meta["llm"]["sentences_to_llm"] == 0 == d.meta["llm"]["calls"] for d in never)
     assert [d.meta["confidence"] for d in never] == [d.meta["confidence"] for d in encoder.predict(docs)]
 
-    gated = FilterThenProbe(encoder, probe, band=(0.0, 0.9))
+    gated = Gated(encoder, probe, band=(0.0, 0.9))
     read_in_all = 0
     for doc, out, windows in zip(docs, gated.predict(docs), encoder.predict_words(docs)):
         sentences = split_sentences(doc.text)
@@ -153,6 +153,6 @@ def test_filter_then_probe_reads_only_the_sentences_the_encoder_is_unsure_of(enc
 
 def test_filter_then_probe_refuses_models_of_other_labels_and_bands_that_are_not_probabilities(encoder, probe, states):
     with pytest.raises(ValueError, match="probe"):
-        FilterThenProbe(encoder, ProbeTagger(["Chemical"], states))
+        Gated(encoder, ProbeTagger(["Chemical"], states))
     with pytest.raises(ValueError, match="band"):
-        FilterThenProbe(encoder, probe, band=(0.5, 1.2))
+        Gated(encoder, probe, band=(0.5, 1.2))

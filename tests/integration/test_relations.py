@@ -12,7 +12,7 @@ from clinie.core import NO_RELATION, Document, Relation, Span, read_documents
 from clinie.embedded import llm_gguf
 from clinie.evaluation import evaluate_relations
 from clinie.extractors.finetune import annotated_repeats
-from clinie.extractors.relation_encoder import RelationClassifier, Scored
+from clinie.extractors.relation_classifier import RelationClassifier, Scored
 from clinie.extractors.relation_llm import LLMRelationExtractor
 from clinie.labelstudio import LabelConfigError, parse_label_config
 from clinie.llm.llamacpp import LlamaCppLLM

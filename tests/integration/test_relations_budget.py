@@ -13,7 +13,7 @@ from hypothesis import given, strategies as st
 
 from clinie.core import NO_RELATION, Document, Span, read_documents
 from clinie.extractors.finetune import STEP_BUDGET, fine_tune, planned_steps
-from clinie.extractors.relation_encoder import SAMPLED_EPOCHS, RelationClassifier
+from clinie.extractors.relation_classifier import SAMPLED_EPOCHS, RelationClassifier
 from clinie.labelstudio import parse_label_config
 from clinie.relations import MAX_DISTANCE, PairTypes, candidate_pairs, labelled_pairs, sample_at_shares
 from harness import DATA, ROOT

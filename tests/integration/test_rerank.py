@@ -7,7 +7,7 @@ import pytest
 
 from clinie.core import LabelSpec, Span, read_documents, split_sentences, tokenize
 from clinie.extractors.encoder import EncoderTagger
-from clinie.extractors.rerank import MAX_MISSED_WORDS, FilterThenRerank, negative_mention, triage
+from clinie.extractors.rerank import MAX_MISSED_WORDS, Rerank, negative_mention, triage
 from clinie.llm.llamacpp import LlamaCppLLM
 from clinie.prompting.entity_mc import generate_prompt, option_texts
 from clinie.retrieval import Embedder
@@ -87,12 +87,12 @@ def test_the_llm_decides_only_the_hard_cases_and_each_document_says_what_it_cost
     llm, embedder = LlamaCppLLM(), Embedder()
     alone = encoder.predict(test)
 
-    nothing = FilterThenRerank(encoder, llm, [LabelSpec("Disease")], band=(0.0, 0.0), k=3, embedder=embedder)
+    nothing = Rerank(encoder, llm, [LabelSpec("Disease")], band=(0.0, 0.0), k=3, embedder=embedder)
     nothing.fit(train, refit_encoder=False)
     assert [d.entities for d in nothing.predict(test)] == [d.entities for d in alone]
     assert nothing.questions.usage.calls == 0
 
-    rerank = FilterThenRerank(encoder, llm, [LabelSpec("Disease")], band=(0.0, 1.0), k=3, embedder=embedder)
+    rerank = Rerank(encoder, llm, [LabelSpec("Disease")], band=(0.0, 1.0), k=3, embedder=embedder)
     rerank.fit(train, refit_encoder=False)
     answers = {d.meta["answer"] for d in rerank.pool.docs}
     assert answers == {0, 1}  # annotated mentions and unannotated words both shown

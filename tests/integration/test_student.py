@@ -36,10 +36,10 @@ def test_student_names_take_one_default_threshold_and_round_trip():
         assert Strategy.parse(strategy.name) == strategy
     assert Strategy.parse("student-0.5").threshold == 0.5 and Strategy.parse("student-0.5").band == (0.0, 0.0)
     student = kinds()["student"]
-    assert (student.saves, student.reads_llm, student.learns_from_unannotated) == (("student",), False, True)
+    assert (student.saved_parts, student.reads_llm, student.learns_from_unannotated) == (("student",), False, True)
     assert not any(kinds()[name].learns_from_unannotated for name in ("encoder", "probe", "gated", "llm"))
     distilled = Strategy.parse("distilled")
-    assert (distilled.name, distilled.kind.saves, distilled.uses_llm) == ("distilled", ("distilled",), False)
+    assert (distilled.name, distilled.kind.saved_parts, distilled.uses_llm) == ("distilled", ("distilled",), False)
     assert distilled.kind.learns_from_unannotated
     # a student serves from a version of its own, named for it (``ml_backend.training.derive``)
     assert model_version(distilled, trained="v1-distilled", llm_name="x", pool=3) == "v1-distilled"
@@ -96,7 +96,7 @@ def test_a_student_learns_the_teachers_sure_sentences_and_serves_from_its_versio
 
     test = list(read_documents(NCBI / "fewshot" / "chen2023_test_sample200.jsonl"))[:8]
     version = tmp_path / "clinie-encoder-p1-t1-n10"
-    for name in kinds()["student"].saves:
+    for name in kinds()["student"].saved_parts:
         PARTS[name].fit(build, annotated, Strategy("student", threshold=middle)).save(version / PARTS[name].directory)
     loaded = PARTS["student"].load(version / "student", HiddenStates.shared)
     assert isinstance(loaded, EncoderTagger) and loaded.n_taught_docs == sure.n_taught_docs
