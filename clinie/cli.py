@@ -26,7 +26,7 @@ import shlex
 import sys
 from importlib.metadata import entry_points
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tqdm.auto import tqdm
 
@@ -34,6 +34,10 @@ from clinie.core import read_documents, write_documents
 from clinie.llm.providers import providers
 from clinie.private import restrict_umask
 from clinie.settings import Settings
+
+if TYPE_CHECKING:
+    from clinie.model_version import ModelVersion
+    from clinie.strategies import LLMAccess
 
 
 def _schema(args: argparse.Namespace):
@@ -130,8 +134,8 @@ class _CommandLineParts:
         self.args = args
         self.demos = list(read_documents(args.demos)) if args.demos else []
         self.schema = _schema(args)
-        self._llm_access = None
-        self._version = None
+        self._llm_access: LLMAccess | None = None
+        self._version: ModelVersion | None = None
 
     @property
     def label_specs(self) -> list:

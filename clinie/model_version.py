@@ -89,7 +89,8 @@ class ModelVersion:
         name = location.rstrip("/").rsplit("/", 1)[-1]
         if is_remote(location) and staging is None:
             raise ValueError(f"a remote version ({location}) is staged in a local directory: pass staging")
-        partial = (staging / name if is_remote(location) else _local_path(location)).with_name(name + PARTIAL)
+        partial = (staging / name if is_remote(location) and staging is not None else _local_path(location)) \
+            .with_name(name + PARTIAL)
         shutil.rmtree(partial, ignore_errors=True)
         partial.mkdir(parents=True)
         try:
@@ -99,7 +100,7 @@ class ModelVersion:
                 parts[directory].save(partial / directory)
             for directory, (source, local) in (carried or {}).items():
                 _link(local, source.parts[directory], partial / directory)
-            manifest = {"format": FORMAT, "parts": _checksums(partial, [*parts, *(carried or {})]),
+            manifest: dict[str, Any] = {"format": FORMAT, "parts": _checksums(partial, [*parts, *(carried or {})]),
                         "info": dict(info or {})}
             (partial / MANIFEST).write_text(json.dumps(manifest, ensure_ascii=False, indent=1, sort_keys=True))
             if is_remote(location):

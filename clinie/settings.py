@@ -286,8 +286,8 @@ class Settings:
         environ = os.environ if environ is None else environ
         values: dict[str, Any] = {}
         if config := environ.get(PREFIX + "CONFIG"):
-            with open(config, "rb") as f:
-                values.update(tomllib.load(f))
+            with open(config, "rb") as file:
+                values.update(tomllib.load(file))
         for f in fields(cls):
             if (raw := environ.get(PREFIX + f.name.upper())) is not None:
                 values[f.name] = raw
@@ -332,8 +332,8 @@ class Settings:
             raise ValueError(f"{PREFIX}{missing} is not set: basic auth needs both {PREFIX}BASIC_AUTH_USER and "
                              f"{PREFIX}BASIC_AUTH_PASSWORD (with one alone, every endpoint would be open)")
         options = self.llm_options()
-        if missing := [f"{PREFIX}LLM_{name.upper()}" for name in llm.requires if not getattr(options, name)]:
-            raise ValueError(f"{PREFIX}LLM_PROVIDER={llm.name} needs {' and '.join(missing)}"
+        if unset := [f"{PREFIX}LLM_{name.upper()}" for name in llm.requires if not getattr(options, name)]:
+            raise ValueError(f"{PREFIX}LLM_PROVIDER={llm.name} needs {' and '.join(unset)}"
                              + (": clinie sends note text to no endpoint that was not named explicitly"
                                 if llm.remote else ""))
 

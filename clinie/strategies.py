@@ -41,7 +41,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from importlib.metadata import entry_points
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, TypeVar
 
 from clinie.core import Document, Extractor, LabelSpec, RelationSpec, sentence_documents
 from clinie.extractors.base import SpansThenRelations
@@ -57,6 +57,8 @@ from clinie.llm.cache import CallCache
 from clinie.llm.hidden import HiddenStates
 from clinie.retrieval import Embedder
 
+_T = TypeVar("_T")
+
 DEFAULT_K = 5
 DEFAULT_BANDS = (0.7, 0.8, 0.9)
 #: The teacher's confidence a sentence needs to teach a student. One default, not a band per
@@ -64,6 +66,12 @@ DEFAULT_BANDS = (0.7, 0.8, 0.9)
 DEFAULT_THRESHOLD = 0.9
 
 # --- parts: what strategies are assembled from ----------------------------------------------
+
+
+class FittedPart(Extractor, Protocol):
+    """A fitted part: an extractor that saves itself into a model version's directory."""
+
+    def save(self, directory: Path) -> Any: ...
 
 
 @dataclass(frozen=True)
@@ -74,8 +82,8 @@ class Part:
     encoder's)."""
 
     directory: str
-    fit: Callable[[StrategyBuilder, Sequence[Document], Strategy], Extractor]
-    load: Callable[[Path, Callable[[], HiddenStates]], Extractor]
+    fit: Callable[[StrategyBuilder, Sequence[Document], Strategy], FittedPart]
+    load: Callable[[Path, Callable[[], HiddenStates]], FittedPart]
     unannotated: bool = False
 
 
@@ -126,8 +134,12 @@ class LLMAccess:
 class Parts(Protocol):
     """What a strategy is assembled from: fitted on a fold's training set, or loaded to serve."""
 
-    label_specs: Sequence[LabelSpec]
-    demos: Sequence[Document]  # the annotations it learns from (and the LLM's demonstration pool)
+    # read-only (an attribute or a property provides them)
+    @property
+    def label_specs(self) -> Sequence[LabelSpec]: ...
+
+    @property
+    def demos(self) -> Sequence[Document]: ...  # the annotations it learns from (and the LLM's demonstration pool)
 
     def part(self, name: str) -> Any: ...
 
@@ -288,6 +300,7 @@ def assemble(strategy: Strategy, parts: Parts, relation_specs: Sequence[Relation
     LLM's questions when the kind asks them of the LLM (and there are relation labels), else the
     trained relation classifier, if ``trained_relations()`` gives one (``SpansThenRelations``)."""
     model = strategy.build(parts)
+    relations: Extractor | None
     if strategy.kind.relations_by_llm:
         relations = parts.llm_access().relations(relation_specs, strategy.k, parts.demos, listed=listed) \
             if relation_specs else None
@@ -324,14 +337,20 @@ def model_version(strategy: Strategy, *, trained: str | None, llm_name: str, poo
                                         k=strategy.k if pool else 0, pool=pool)
 
 
+def _extractor(parts: Parts, name: str) -> Extractor:
+    """The fitted part ``name``, one that predicts on its own."""
+    part: Extractor = parts.part(name)
+    return part
+
+
 @register("encoder", parts=("encoder",), reads_llm=False)
 def _encoder(parts: Parts, strategy: Strategy) -> Extractor:
-    return parts.part("encoder")
+    return _extractor(parts, "encoder")
 
 
 @register("probe", parts=("probe",), reads_llm=False)
 def _probe(parts: Parts, strategy: Strategy) -> Extractor:
-    return parts.part("probe")
+    return _extractor(parts, "probe")
 
 
 @register("gated", "band", parts=("encoder", "probe"), reads_llm=False)
@@ -357,12 +376,12 @@ def _rerank(parts: Parts, strategy: Strategy) -> Extractor:
 
 @register("student", "threshold", parts=("student",), reads_llm=False)
 def _student(parts: Parts, strategy: Strategy) -> Extractor:
-    return parts.part("student")
+    return _extractor(parts, "student")
 
 
 @register("distilled", parts=("distilled",), reads_llm=False)
 def _distilled(parts: Parts, strategy: Strategy) -> Extractor:
-    return parts.part("distilled")
+    return _extractor(parts, "distilled")
 
 
 # --- fitting: the parts of one training set --------------------------------------------------
@@ -424,12 +443,13 @@ class StrategyBuilder:
             self._states = self._states()
         return self._states
 
-    def _fitted_on(self, part: str, train: Sequence[Document], fit: Callable[[], Any]) -> Any:
+    def _fitted_on(self, part: str, train: Sequence[Document], fit: Callable[[], _T]) -> _T:
         """``fit()``, once per distinct training set in a row: the strategies of one fold share it."""
         key = tuple(d.id for d in train)
         if (cached := self._fitted.get(part)) is None or cached[0] != key:
             cached = self._fitted[part] = (key, fit())
-        return cached[1]
+        fitted: _T = cached[1]  # what ``fit`` gave for ``part``
+        return fitted
 
     def probe(self, train: Sequence[Document]) -> ProbeTagger:
         """The probe trained on ``train``."""

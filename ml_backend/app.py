@@ -79,8 +79,8 @@ def validate_webhook(body: dict[str, Any]) -> None:
         _project(body)
     if action in ANNOTATION_ACTIONS:
         annotation, task = body.get("annotation"), body.get("task")
-        _require(isinstance(annotation, dict) and is_id(annotation.get("id")),
-                 "'annotation' must be an object with an integer 'id'")
+        if not (isinstance(annotation, dict) and is_id(annotation.get("id"))):
+            raise BadRequest("'annotation' must be an object with an integer 'id'")
         _require(isinstance(annotation.get("result", []), list), "'annotation.result' must be a list")
         _require(all(isinstance(r, dict) for r in annotation.get("result") or []),
                  "'annotation.result' items must be objects")
@@ -156,7 +156,8 @@ def create_app(settings: Settings | None = None, backend: Backend | None = None)
     def setup() -> Response:
         body = _json_object()
         schema = body.get("schema")
-        _require(isinstance(schema, str) and schema.strip() != "", "'schema' must be the labeling config XML")
+        if not (isinstance(schema, str) and schema.strip() != ""):
+            raise BadRequest("'schema' must be the labeling config XML")
         project = _project(body)
         return jsonify(model_version=backend.setup(project, schema))
 
@@ -164,7 +165,8 @@ def create_app(settings: Settings | None = None, backend: Backend | None = None)
     def predict() -> Response:
         body = _json_object()
         tasks = body.get("tasks")
-        _require(isinstance(tasks, list), "'tasks' must be a list")
+        if not isinstance(tasks, list):
+            raise BadRequest("'tasks' must be a list")
         _within_task_limit(len(tasks), settings.max_tasks_per_request)
         label_config = body.get("label_config")
         _require(label_config is None or isinstance(label_config, str), "'label_config' must be a string")

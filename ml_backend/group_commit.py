@@ -127,7 +127,7 @@ class GroupCommit:
             pending.done.set()
 
     def _drain(self) -> list[_Pending]:
-        waiting = []
+        waiting: list[_Pending] = []
         while True:
             try:
                 pending = self._queue.get_nowait()

@@ -19,7 +19,7 @@ import itertools
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Metric, generate_latest
@@ -39,7 +39,7 @@ class Metrics:
         self._counts: Counter[str] = Counter()
         self._counts_by: dict[str, tuple[str, Counter[str]]] = {}  # name -> (its label, value -> count)
         self._observed: Counter[str] = Counter()  # lifetime count and sum of each timed operation
-        self._sums: Counter[str] = Counter()
+        self._sums: dict[str, float] = {}
         self._latencies: dict[str, deque[float]] = {}
         self._window = window
         self._batches: dict[int, dict[str, float]] = {}
@@ -60,7 +60,7 @@ class Metrics:
         with self._lock:
             self._latencies.setdefault(name, deque(maxlen=self._window)).append(seconds)
             self._observed[name] += 1
-            self._sums[name] += seconds
+            self._sums[name] = self._sums.get(name, 0) + seconds
 
     def start_batch(self, tasks: int) -> int:
         with self._lock:
@@ -95,7 +95,7 @@ class Metrics:
         with self._lock:
             return {project: dict(info) for project, info in self._trainings.items()}
 
-    def snapshot(self, shared_trainings: list[dict[str, Any]] = ()) -> dict[str, Any]:
+    def snapshot(self, shared_trainings: Sequence[dict[str, Any]] = ()) -> dict[str, Any]:
         """``shared_trainings``: those of other processes (``clinie worker``), as the store has them."""
         with self._lock:
             trainings = [{"project": p, **info} for p, info in self._trainings.items()]

@@ -177,7 +177,7 @@ class TrainingPipeline:
         if not (first_stage_first and selects):  # the entities serve already: now the relations
             record = completed(record)
         log.info("project %s: trained %s (%d examples)%s", project, record.version, record.n_examples,
-                 "" if serve else f"; {incumbent.name} serves until the selection compares them")
+                 "" if serve or incumbent is None else f"; {incumbent.name} serves until the selection compares them")
         if selects:
             try:
                 select_strategy(self.store, self.settings, self.models, record, annotations, self.metrics,

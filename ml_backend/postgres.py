@@ -47,7 +47,7 @@ class Row(tuple):
 
     _names: dict[str, int]
 
-    def __getitem__(self, key: Any) -> Any:  # type: ignore[override]
+    def __getitem__(self, key: Any) -> Any:
         if isinstance(key, str):
             return super().__getitem__(self._names[key])
         return super().__getitem__(key)

@@ -48,7 +48,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 from clinie.clock import utc_now
 from clinie.labelstudio import parse_label_config
@@ -184,7 +184,7 @@ def _source_time(value: Any) -> str | None:
     if value.tzinfo is None:
         value = value.replace(tzinfo=UTC)
     try:
-        return value.astimezone(UTC).isoformat(timespec="microseconds")
+        return cast(datetime, value).astimezone(UTC).isoformat(timespec="microseconds")
     except OverflowError:
         return None
 
@@ -343,8 +343,8 @@ class AnnotationStore:
     def _read(self, sql: str, params: Iterable[Any] = ()) -> list[sqlite3.Row]:
         if self._shared is not None:
             with self._lock:
-                return self._shared.execute(sql, tuple(params)).fetchall()
-        return self._db().execute(sql, tuple(params)).fetchall()
+                return cast(list[sqlite3.Row], self._shared.execute(sql, tuple(params)).fetchall())
+        return cast(list[sqlite3.Row], self._db().execute(sql, tuple(params)).fetchall())
 
     def _shrink(self) -> bool:
         """After a purge: rewrite what still holds the purged rows as they were, so that what was
@@ -654,8 +654,8 @@ class AnnotationStore:
 
     def count_training_examples(self, project: str) -> int:
         """``len(training_examples(project))`` without reading them: tasks with a submitted annotation."""
-        return self._read("SELECT COUNT(DISTINCT task_id) FROM annotations WHERE project = ? AND state = 'submitted'",
-                          (project,))[0][0]
+        return cast(int, self._read("SELECT COUNT(DISTINCT task_id) FROM annotations "
+                                    "WHERE project = ? AND state = 'submitted'", (project,))[0][0])
 
     def training_examples(self, project: str) -> list[Example]:
         """The latest submitted annotation of each task: what the project's models learn from."""
@@ -685,6 +685,7 @@ class AnnotationStore:
                           (project,)).fetchone():
                 return None
             db.execute("UPDATE projects SET changes_since_training = 0 WHERE project = ?", (project,))
+            training_id: int
             [training_id] = db.execute("INSERT INTO trainings (project, status, started_at) VALUES (?, 'running', ?) "
                                        "RETURNING id", (project, utc_now("milliseconds"))).fetchone()
             pruned = self._prune_history(db)
@@ -700,9 +701,10 @@ class AnnotationStore:
     def abandon_running_trainings(self, project: str | None = None) -> int:
         """Trainings left 'running' by a killed process (of ``project``, or all) will never finish."""
         with self._write() as db:
-            return db.execute("UPDATE trainings SET status = 'failed', finished_at = ?, error = 'interrupted' "
-                              "WHERE status = 'running' AND (CAST(? AS TEXT) IS NULL OR project = ?)",
-                              (utc_now("milliseconds"), project, project)).rowcount
+            return cast(int, db.execute("UPDATE trainings SET status = 'failed', finished_at = ?, "
+                                        "error = 'interrupted' "
+                                        "WHERE status = 'running' AND (CAST(? AS TEXT) IS NULL OR project = ?)",
+                                        (utc_now("milliseconds"), project, project)).rowcount)
 
     def finish_training(self, training_id: int, model: ModelRecord, *, serve: bool = True) -> None:
         """Register ``model`` and (``serve``) make it the project's serving version, atomically;
@@ -872,7 +874,7 @@ class _SQLite:
         db.execute("BEGIN IMMEDIATE")
 
     @staticmethod
-    def add_column(db: sqlite3.Connection, table: str, column: str) -> None:
+    def add_column(db: Connection, table: str, column: str) -> None:
         if column.split()[0] not in {r["name"] for r in db.execute(f"PRAGMA table_info({table})")}:
             db.execute(f"ALTER TABLE {table} ADD COLUMN {column}")
 
@@ -919,7 +921,7 @@ class _PostgreSQL:
         db.execute("SELECT pg_advisory_xact_lock(?)", (self.WRITE_LOCK,))
 
     @staticmethod
-    def add_column(db: postgres.Connection, table: str, column: str) -> None:
+    def add_column(db: Connection, table: str, column: str) -> None:
         db.execute(f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {column}")
 
     @staticmethod

@@ -19,6 +19,7 @@ import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from clinie.labelstudio import LabelConfigError
@@ -99,10 +100,10 @@ class LabelStudioSync:
         once Label Studio confirms it is gone (404): a listing paged while tasks are deleted
         can skip one that still exists, and a purge leaves a tombstone that no re-sync undoes."""
         tasks = {t for t in self.store.task_ids(project) - listed_tasks
-                 if _gone(lambda t=t: self._client.tasks.get(id=str(t)))}
+                 if _gone(partial(self._client.tasks.get, id=str(t)))}
         purged = self.store.purge(project, tasks=tasks)
         annotations = {a for a in self.store.annotation_ids(project) - listed_annotations
-                       if _gone(lambda a=a: self._client.annotations.get(id=a))}
+                       if _gone(partial(self._client.annotations.get, id=a))}
         then = self.store.purge(project, annotations=annotations)
         return Purged(purged.annotations + then.annotations, tasks=purged.tasks,
                       left_in_wal=purged.left_in_wal or then.left_in_wal)

@@ -90,7 +90,8 @@ def train_project(store: AnnotationStore, settings: Settings, models: ModelStore
     if encoder:
         # a quick first model only while no trained version serves: one already serving is better than one cut short
         first = store.serving_model(project) is None
-        budget = {"max_steps": settings.first_model_steps} if settings.first_model_steps and first else {}
+        budget: dict[str, Any] = \
+            {"max_steps": settings.first_model_steps} if settings.first_model_steps and first else {}
         tagger = EncoderTagger(list(schema.span_labels), settings.encoder_model or None,
                                **epochs_option(settings.encoder_epochs), **budget).fit(docs)
         parts[MAIN_PART], cut_short = tagger, tagger.cut_short
@@ -287,9 +288,11 @@ def select_strategy(store: AnnotationStore, settings: Settings, models: ModelSto
                 store.set_selection(served.version, selection)
                 continue
             first = served is None
-            served = _serve_choice(store, settings, models, record, annotations, progress, build, cv.selected,
+            chosen = cv.selected
+            assert isinstance(chosen, Strategy)  # select() compares strategies
+            served = _serve_choice(store, settings, models, record, annotations, progress, build, chosen,
                                    selection, check)
-            serving = cv.selected
+            serving = chosen
             log.info("project %s: %s serves (cross-validated F1 %.3f over %d annotations)", project, serving.name,
                      selection["strategies"][serving.name]["mean_f1"], len(docs))
             if first and after_first is not None:
@@ -332,7 +335,7 @@ class TrainingWorker:
     ``warm_up()`` (what the trainings read, loaded in the thread that reads it: libraries that
     import lazily are not safe to import from two threads at once)."""
 
-    def __init__(self, train: Callable[[str], None], warm_up: Callable[[], None] = lambda: None) -> None:
+    def __init__(self, train: Callable[[str], object], warm_up: Callable[[], None] = lambda: None) -> None:
         self._train = train
         self._warm_up = warm_up
         self._queue: queue.Queue[str] = queue.Queue()

@@ -13,7 +13,7 @@ Example:
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Literal
+from typing import Any, Literal
 
 Granularity = Literal["word", "symbol"]
 
@@ -60,7 +60,7 @@ class Document:
     text: str
     entities: tuple[Span, ...] = ()
     relations: tuple[Relation, ...] = ()
-    meta: dict = field(default_factory=dict, compare=False, hash=False)
+    meta: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
 
     def with_annotations(
         self, entities: tuple[Span, ...] | list[Span], relations: tuple[Relation, ...] | list[Relation] = ()

@@ -122,7 +122,7 @@ def confusion(gold_docs: Sequence[Document], pred_docs: Sequence[Document]) -> d
 
 def worst_documents(gold_docs: Sequence[Document], pred_docs: Sequence[Document], n: int = 5) -> list[dict[str, Any]]:
     """The ``n`` documents with the most strict errors (fp + fn), with what was missed and invented."""
-    out = []
+    out: list[dict[str, Any]] = []
     for gold, pred in _paired(gold_docs, pred_docs):
         g = {(s.start, s.end, s.label): s for s in gold.entities}
         p = {(s.start, s.end, s.label): s for s in (pred.entities if pred else ())}

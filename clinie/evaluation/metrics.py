@@ -153,7 +153,8 @@ def evaluate_relations(gold_docs: Iterable[Document], pred_docs: Iterable[Docume
     pred_by_id = {d.id: d for d in pred_docs}
     if unknown := set(pred_by_id) - set(gold_by_id):
         raise ValueError(f"{len(unknown)} predicted documents have no gold, e.g. {sorted(unknown)[0]!r}")
-    counts = {mode: (Counter(), Counter(), Counter()) for mode in ("strict", "pairs")}
+    counts: dict[str, tuple[Counter[str], Counter[str], Counter[str]]] = \
+        {mode: (Counter(), Counter(), Counter()) for mode in ("strict", "pairs")}
     for doc_id, gold in gold_by_id.items():
         gold_keys = _relation_keys(gold)
         pred_keys = [k for k in _relation_keys(pred_by_id[doc_id]) if k[1] != NO_RELATION] \

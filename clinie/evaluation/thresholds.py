@@ -105,7 +105,7 @@ def relation_outcomes(gold_docs: Iterable[Document], pred_docs: Iterable[Documen
                 if r.head in spans and r.tail in spans]
 
     gold = {d.id: {key for key, _ in keyed(d)} for d in gold_docs}
-    return [(key[-1], float(score), int(key in gold.get(doc.id, ())))  # type: ignore[misc]
+    return [(key[-1], float(score), int(key in gold.get(doc.id, ())))
             for doc in pred_docs for key, score in keyed(doc) if score is not None]
 
 

@@ -173,9 +173,10 @@ class EncoderTagger:
         self.labels = tuple(labels)
         self.tags = bio_labels(self.labels)
         self.base_model = str(model or encoder_path())
-        self.hyperparameters = {"epochs": epochs, "learning_rate": learning_rate, "batch_size": batch_size,
-                                "max_words_per_chunk": max_words_per_chunk, "max_subwords": max_subwords,
-                                "seed": seed, "max_steps": max_steps}
+        self.hyperparameters: dict[str, Any] = {
+            "epochs": epochs, "learning_rate": learning_rate, "batch_size": batch_size,
+            "max_words_per_chunk": max_words_per_chunk, "max_subwords": max_subwords, "seed": seed,
+            "max_steps": max_steps}
         self.device = device
         self.n_train_docs = 0
         self.n_taught_docs = 0  # teacher-labelled documents the last fit learnt from beside them

@@ -61,7 +61,7 @@ def default_epochs(n_examples: int, *, batch_size: int, epochs: int | None) -> i
     return epochs or max(EPOCHS, math.ceil(MIN_STEPS / max(batches, 1)))
 
 
-def epochs_option(epochs: int) -> dict[str, int]:
+def epochs_option(epochs: int) -> dict[str, Any]:
     """``epochs`` (``CLINIE_ENCODER_EPOCHS``) as the encoders' keyword when set, else none: 0 leaves
     them their default (``default_epochs``).
 

@@ -63,7 +63,7 @@ class Gated:
     def hard_sentences(self, doc: Document, windows: Sequence[tuple[Sequence[Token], np.ndarray]],
                        sentences: Sequence[tuple[int, int]]) -> list[int]:
         """Indices of the sentences of ``doc`` holding a hard case of the encoder, in text order."""
-        hard = set()
+        hard: set[int] = set()
         for words, probabilities in windows:
             _, cases = triage(doc.text, words, probabilities, self.encoder.tags, self.band)
             hard.update(sentence_of(sentences, case.span.start) for case in cases)

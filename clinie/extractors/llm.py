@@ -93,6 +93,7 @@ class LLMTagger:
             self.usage.parse.add(stats)
             scores = None
         if key is not None:
+            assert self.cache is not None  # a key is made only with a cache
             self.cache.put(key, {"tags": tags, "scores": scores})
         return tags, scores
 

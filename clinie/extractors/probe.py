@@ -105,9 +105,9 @@ class ProbeTagger:
         self.labels = tuple(labels)
         self.tags = bio_labels(self.labels)
         self._states = states
-        self.hyperparameters = {"epochs": epochs, "learning_rate": learning_rate, "hidden": hidden,
-                                "dropout": dropout, "max_words_per_chunk": max_words_per_chunk, "seed": seed,
-                                "max_steps": max_steps}
+        self.hyperparameters: dict[str, Any] = {"epochs": epochs, "learning_rate": learning_rate, "hidden": hidden,
+                                                "dropout": dropout, "max_words_per_chunk": max_words_per_chunk,
+                                                "seed": seed, "max_steps": max_steps}
         self.n_train_docs = 0
         self._head: Any = None
         self._scale: tuple[np.ndarray, np.ndarray] | None = None

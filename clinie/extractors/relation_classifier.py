@@ -84,6 +84,11 @@ SAMPLED_EPOCHS = 4
 Example = tuple[str, np.ndarray, list[bool]]
 
 
+def _spec_field(value: Any) -> Any:
+    """A relation spec's field as read from JSON: its lists back to tuples."""
+    return tuple(value) if isinstance(value, list) else value
+
+
 @dataclass(frozen=True)
 class Scored:
     """A document's candidate pairs and their posteriors as trained (``RelationClassifier.posteriors``)."""
@@ -118,9 +123,10 @@ class RelationClassifier:
         self.labels = tuple(s.name for s in self.specs)
         self.classes = (NO_RELATION, *self.labels)
         self.base_model = str(model or encoder_path())
-        self.hyperparameters = {"epochs": epochs, "learning_rate": learning_rate, "batch_size": batch_size,
-                                "window": window, "max_subwords": max_subwords, "seed": seed, "max_steps": max_steps,
-                                "max_pairs": max_pairs, "max_distance": max_distance}
+        self.hyperparameters: dict[str, Any] = {
+            "epochs": epochs, "learning_rate": learning_rate, "batch_size": batch_size, "window": window,
+            "max_subwords": max_subwords, "seed": seed, "max_steps": max_steps, "max_pairs": max_pairs,
+            "max_distance": max_distance}
         self.device = device
         self.types = PairTypes(self.specs)
         self.n_labelled_pairs = 0  # the documents' labelled pairs, before sampling (``fit``)
@@ -253,7 +259,8 @@ class RelationClassifier:
                    for n in range(len(steps))]
         self.calibration = Calibration()
         if folds:
-            held_out, labels = [], []
+            held_out: list[np.ndarray] = []
+            labels: list[int] = []
             for out, report in zip(folds, reports):
                 self._train([e for i, e in enumerate(examples) if i not in out], extra, progress, report)
                 part = [examples[i] for i in sorted(out)]
@@ -441,7 +448,7 @@ class RelationClassifier:
 
         directory = Path(directory)
         meta = read_meta(directory, KIND)
-        specs = [RelationSpec(**{k: tuple(v) if isinstance(v, list) else v for k, v in s.items()})
+        specs = [RelationSpec(**{k: _spec_field(v) for k, v in s.items()})
                  for s in meta["specs"]]
         classifier = cls(specs, directory, device=device, **meta["hyperparameters"])
         classifier.base_model = meta["base_model"]

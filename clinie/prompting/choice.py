@@ -128,5 +128,6 @@ class MultipleChoice:
             index = n - 1 if parsed is None else parsed
             score = math.exp(completion.token_logprobs[0]) if parsed is not None and completion.token_logprobs else None
         if key is not None:
+            assert self.cache is not None  # a key is made only with a cache
             self.cache.put(key, {"index": index, "score": score})
         return index, score

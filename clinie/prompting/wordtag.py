@@ -119,7 +119,7 @@ def _answer_items(response: str) -> list[tuple[str, str | None]]:
     if not lines:
         return []
     best = max(lines[:3], key=lambda line: line.count("/"))  # the tagged line, not the chatter
-    items = []
+    items: list[tuple[str, str | None]] = []
     for raw in best.split():
         word, slash, tag = raw.rpartition("/")
         items.append((word, tag.strip(".,;:")) if slash and word else (raw, None))
